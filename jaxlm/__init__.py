@@ -1,0 +1,17 @@
+"""jaxlm: pretrain, fine-tune, evaluate and sample Transformer language models with JAX and Flax."""
+
+from jaxlm.config import Config, load_config
+from jaxlm.errors import ConfigError, DataError, JaxlmError
+from jaxlm.models import build_model, init_params
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DataError",
+    "JaxlmError",
+    "build_model",
+    "init_params",
+    "load_config",
+]

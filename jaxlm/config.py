@@ -1,0 +1,266 @@
+"""Typed configs: dataclasses loaded from YAML (a preset name or a path) with dotted overrides.
+
+    cfg = load_config("gpt2-small", ["model.num_layers=4", "train.steps=100"])
+
+An unknown key, a wrong type or an invalid value raises `ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jax.numpy as jnp
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from jaxlm.errors import ConfigError
+
+PRESET_DIR = Path(__file__).parent / "configs"
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of one of the three families; defaults are GPT-2 small."""
+
+    family: str = "gpt"  # gpt (causal LM) | bert (encoder) | seq2seq (encoder-decoder)
+    vocab_size: int = 50257  # tokens the tokenizer can produce
+    vocab_multiple: int = 128  # embedding rows padded to a multiple of this (speed only)
+    max_len: int = 1024  # longest sequence (size of the position table)
+    num_layers: int = 12  # encoder layers (bert, seq2seq) or decoder layers (gpt)
+    num_decoder_layers: int | None = None  # seq2seq decoder layers; None = num_layers
+    embed_dim: int = 768
+    num_heads: int = 12
+    num_kv_heads: int | None = None  # grouped-query attention; None = num_heads
+    head_dim: int | None = None  # None = embed_dim // num_heads
+    mlp_dim: int = 3072
+    activation: str = "gelu"  # gelu (tanh approx.) | gelu_exact | relu | silu
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    norm_eps: float = 1e-5
+    norm_position: str = "pre"  # pre (GPT-2) | post (BERT, original Transformer)
+    position_embedding: str = "learned"  # learned | sinusoidal | rotary
+    rope_base: float = 10_000.0
+    scale_embeddings: bool = False  # multiply token embeddings by sqrt(embed_dim)
+    tie_embeddings: bool = True  # output logits use the token embedding table
+    use_bias: bool = True
+    dropout_rate: float = 0.0
+    attention_dropout_rate: float = 0.0  # only the 'reference' attention backend supports it
+    init_std: float = 0.02
+    scaled_residual_init: bool = False  # GPT-2: residual projections init std / sqrt(2 * layers)
+    type_vocab_size: int = 2  # bert: token type (segment A/B) embeddings
+    heads: list[str] = field(default_factory=list)  # bert heads: mlm, nsp, classifier
+    num_classes: int = 2  # bert classifier head
+    attention_backend: str = "auto"  # auto | reference | jax | cudnn
+    dtype: str = "float32"  # compute dtype: float32 | bfloat16 | float16
+    param_dtype: str = "float32"  # parameter (master weight) dtype
+    remat_policy: str = "none"  # none | full | dots | dots_no_batch
+
+    @property
+    def compute_dtype(self):
+        return DTYPES[self.dtype]
+
+    @property
+    def weight_dtype(self):
+        return DTYPES[self.param_dtype]
+
+    @property
+    def resolved_head_dim(self) -> int:
+        return self.head_dim or self.embed_dim // self.num_heads
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return math.ceil(self.vocab_size / self.vocab_multiple) * self.vocab_multiple
+
+    @property
+    def decoder_layers(self) -> int:
+        return self.num_decoder_layers or self.num_layers
+
+
+@dataclass
+class MeshConfig:
+    """Device mesh shape; -1 takes all remaining devices."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup, cosine decay to min_lr_ratio * learning_rate, and clipping."""
+
+    learning_rate: float = 3e-4
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # global norm; 0 disables clipping
+
+
+@dataclass
+class DataConfig:
+    """Plain-text corpus, sentencepiece tokenizer and packed causal-LM batches."""
+
+    train_files: list[str] = field(default_factory=list)  # paths or globs of UTF-8 text
+    document_unit: str = "file"  # what one document is: file | paragraph | line
+    eval_fraction: float = 0.05  # share of documents held out for evaluation
+    tokenizer: str = ""  # sentencepiece model; "" = <workdir>/tokenizer.model, trained if absent
+    tokenizer_type: str = "unigram"  # unigram | bpe (when training one)
+    tokenizer_sample_lines: int = 200_000  # lines sampled to train the tokenizer
+    seq_len: int = 128
+    batch_size: int = 32  # global batch, in rows of seq_len tokens
+    shuffle_buffer: int = 1024  # packed rows
+
+
+@dataclass
+class SampleConfig:
+    """Text generation after training and for `jaxlm generate`."""
+
+    prompts: list[str] = field(default_factory=list)
+    max_new_tokens: int = 100
+    temperature: float = 0.8  # 0 = greedy
+    top_k: int = 0  # 0 = no top-k filtering
+    seed: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """The training loop: length, logging, evaluation and checkpoint cadence."""
+
+    workdir: str = "runs/default"
+    steps: int = 1000
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 200
+    eval_batches: int = 20
+    checkpoint_every: int = 0  # 0 = only at the end
+    progress_bar: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+CHOICES = {
+    "model.family": ("gpt", "bert", "seq2seq"),
+    "model.activation": ("gelu", "gelu_exact", "relu", "silu"),
+    "model.norm": ("layernorm", "rmsnorm"),
+    "model.norm_position": ("pre", "post"),
+    "model.position_embedding": ("learned", "sinusoidal", "rotary"),
+    "model.attention_backend": ("auto", "reference", "jax", "cudnn"),
+    "model.dtype": tuple(DTYPES),
+    "model.param_dtype": tuple(DTYPES),
+    "model.remat_policy": ("none", "full", "dots", "dots_no_batch"),
+    "data.document_unit": ("file", "paragraph", "line"),
+    "data.tokenizer_type": ("unigram", "bpe"),
+}
+BERT_HEADS = ("mlm", "nsp", "classifier")
+
+
+def preset_names() -> list[str]:
+    """Names of the YAML presets shipped in `configs/`."""
+    return sorted(path.stem for path in PRESET_DIR.glob("*.yaml"))
+
+
+def _read_yaml(name_or_path: str) -> dict:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {name_or_path}")
+        text = path.read_text()
+    elif name_or_path in preset_names():
+        text = (PRESET_DIR / f"{name_or_path}.yaml").read_text()
+    else:
+        raise ConfigError(
+            f"unknown config {name_or_path!r}: not a YAML file, nor a preset ({', '.join(preset_names())})"
+        )
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{name_or_path}: invalid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{name_or_path}: a config file must hold a mapping of sections")
+    return data
+
+
+def _one_line(error: OmegaConfBaseException) -> str:
+    message = str(getattr(error, "msg", None) or error).splitlines()[0]
+    key = getattr(error, "full_key", None)
+    if "not in" in message and key:
+        return f"unknown config key '{key}'"
+    return f"config key '{key}': {message}" if key else f"config: {message}"
+
+
+def load_config(name_or_path: str | None = None, overrides: list[str] = ()) -> Config:
+    """Defaults <- YAML (preset name or file path) <- dotted `key=value` overrides, validated."""
+    schema = OmegaConf.structured(Config)
+    try:
+        merged = OmegaConf.merge(schema, _read_yaml(name_or_path) if name_or_path else {})
+        for override in overrides:
+            if "=" not in override:
+                raise ConfigError(f"override {override!r} is not of the form section.key=value")
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([override]))
+        config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        raise ConfigError(_one_line(e)) from None
+    validate(config)
+    return config
+
+
+def to_yaml(config: Config) -> str:
+    """The config as YAML; `load_config` on it gives the same config back."""
+    return yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)
+
+
+def _check(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"config key '{key}': {message}")
+
+
+def validate(config: Config) -> None:
+    """Values within their allowed sets and consistent with each other."""
+    for key, choices in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        _check(value in choices, key, f"{value!r} is not one of {', '.join(choices)}")
+    m = config.model
+    for key in ("vocab_size", "max_len", "num_layers", "embed_dim", "num_heads", "mlp_dim"):
+        _check(getattr(m, key) > 0, f"model.{key}", "must be positive")
+    _check(m.vocab_multiple > 0, "model.vocab_multiple", "must be positive")
+    _check(
+        m.head_dim is not None or m.embed_dim % m.num_heads == 0,
+        "model.num_heads",
+        f"embed_dim {m.embed_dim} is not divisible by num_heads {m.num_heads}",
+    )
+    if m.num_kv_heads is not None:
+        _check(m.num_heads % m.num_kv_heads == 0, "model.num_kv_heads", "must divide num_heads")
+    for head in m.heads:
+        _check(head in BERT_HEADS, "model.heads", f"{head!r} is not one of {', '.join(BERT_HEADS)}")
+    _check(0 <= m.dropout_rate < 1, "model.dropout_rate", "must be in [0, 1)")
+    _check(0 <= m.attention_dropout_rate < 1, "model.attention_dropout_rate", "must be in [0, 1)")
+    _check(
+        m.attention_dropout_rate == 0 or m.attention_backend in ("auto", "reference"),
+        "model.attention_dropout_rate",
+        "needs model.attention_backend=reference",
+    )
+    d = config.data
+    _check(0 < d.seq_len <= m.max_len, "data.seq_len", f"must be in [1, model.max_len={m.max_len}]")
+    _check(d.batch_size > 0, "data.batch_size", "must be positive")
+    _check(0 <= d.eval_fraction < 1, "data.eval_fraction", "must be in [0, 1)")
+    t = config.train
+    _check(t.steps >= 0, "train.steps", "must be >= 0")
+    _check(t.log_every > 0, "train.log_every", "must be positive")
+    _check(config.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+    _check(config.sample.temperature >= 0, "sample.temperature", "must be >= 0")

@@ -1,0 +1,37 @@
+"""Pure functional Flax (Linen) building blocks; they know nothing of meshes, files or training."""
+
+from jaxlm.layers.attention import (
+    MultiHeadAttention,
+    attention_mask,
+    causal_mask,
+    dot_product_attention,
+    padding_mask,
+    reference_attention,
+    segment_mask,
+)
+from jaxlm.layers.embeddings import (
+    LearnedPositions,
+    SinusoidalPositions,
+    TokenEmbedding,
+    apply_rotary,
+    sinusoidal_table,
+)
+from jaxlm.layers.transformer import Mlp, TransformerBlock, TransformerStack
+
+__all__ = [
+    "LearnedPositions",
+    "Mlp",
+    "MultiHeadAttention",
+    "SinusoidalPositions",
+    "TokenEmbedding",
+    "TransformerBlock",
+    "TransformerStack",
+    "apply_rotary",
+    "attention_mask",
+    "causal_mask",
+    "dot_product_attention",
+    "padding_mask",
+    "reference_attention",
+    "segment_mask",
+    "sinusoidal_table",
+]

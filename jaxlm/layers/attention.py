@@ -1,0 +1,184 @@
+"""Scaled dot-product attention backends, attention masks and multi-head attention."""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ATTENTION_BACKENDS = ("auto", "reference", "jax", "cudnn")
+
+
+# --- masks: boolean, True where a query may attend to a key, shaped [batch, 1, q, k] ----------
+
+
+def causal_mask(length: int) -> jax.Array:
+    """Position q may attend to key positions k <= q. Shape [1, 1, length, length]."""
+    idx = jnp.arange(length)
+    return (idx[:, None] >= idx[None, :])[None, None]
+
+
+def padding_mask(query_valid: jax.Array, key_valid: jax.Array) -> jax.Array:
+    """Both the query and the key are real tokens. Inputs [batch, q] / [batch, k]."""
+    return query_valid[:, None, :, None] & key_valid[:, None, None, :]
+
+
+def segment_mask(query_segments: jax.Array, key_segments: jax.Array) -> jax.Array:
+    """Query and key belong to the same packed document (equal segment ids)."""
+    return query_segments[:, None, :, None] == key_segments[:, None, None, :]
+
+
+def attention_mask(
+    query_segments: jax.Array, key_segments: jax.Array, *, causal: bool
+) -> jax.Array:
+    """The full mask for segment ids where 0 marks padding: same segment, no padding, causal."""
+    mask = segment_mask(query_segments, key_segments)
+    mask &= padding_mask(query_segments != 0, key_segments != 0)
+    if causal:
+        mask &= causal_mask(query_segments.shape[1])
+    return mask
+
+
+# --- scaled dot-product attention ---------------------------------------------------------
+
+
+def reference_attention(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    mask: jax.Array | None = None,
+    *,
+    dropout_rate: float = 0.0,
+    dropout_rng: jax.Array | None = None,
+) -> jax.Array:
+    """softmax(q k^T / sqrt(d)) v in plain XLA ops, softmax in float32.
+
+    query: [batch, q, heads, head_dim]; key, value: [batch, k, kv_heads, head_dim] where
+    heads is a multiple of kv_heads (grouped-query attention). Returns [batch, q, heads, head_dim].
+    """
+    batch, q_len, heads, head_dim = query.shape
+    kv_heads = key.shape[2]
+    query = query.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim)
+    logits = jnp.einsum("bqhgd,bkhd->bhgqk", query * (head_dim**-0.5), key)
+    logits = logits.astype(jnp.float32)
+    if mask is not None:
+        # mask: [batch | 1, heads | 1, q, k] -> split its head axis as (kv_heads, group).
+        group = heads // kv_heads if mask.shape[1] == heads else 1
+        mask = mask.reshape(mask.shape[0], mask.shape[1] // group, group, *mask.shape[2:])
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1)
+    if dropout_rate > 0.0:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+    out = jnp.einsum("bhgqk,bkhd->bqhgd", probs.astype(value.dtype), value)
+    return out.reshape(batch, q_len, heads, head_dim)
+
+
+def resolve_backend(backend: str, dtype: jnp.dtype) -> str:
+    """'auto' picks cuDNN flash attention on NVIDIA GPUs in 16-bit, the reference elsewhere."""
+    if backend != "auto":
+        return backend
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    return "cudnn" if jax.default_backend() == "gpu" and half else "reference"
+
+
+def dot_product_attention(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    mask: jax.Array | None = None,
+    *,
+    backend: str = "auto",
+    dropout_rate: float = 0.0,
+    dropout_rng: jax.Array | None = None,
+) -> jax.Array:
+    """Scaled dot-product attention through the selected backend (shapes as in the reference)."""
+    backend = resolve_backend(backend, query.dtype)
+    if backend == "reference":
+        return reference_attention(
+            query, key, value, mask, dropout_rate=dropout_rate, dropout_rng=dropout_rng
+        )
+    if dropout_rate > 0.0:
+        raise ValueError(f"attention dropout is only supported by the 'reference' backend, not {backend!r}")
+    if backend not in ("jax", "cudnn"):
+        raise ValueError(f"unknown attention backend {backend!r}; choose one of {ATTENTION_BACKENDS}")
+    implementation = "cudnn" if backend == "cudnn" else None
+    return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation=implementation)
+
+
+# --- multi-head attention -----------------------------------------------------------------
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head (optionally grouped-query) attention with logical axis names on every weight.
+
+    Self-attention when `inputs_kv` is `inputs_q`; cross-attention otherwise. Rotary position
+    embedding, when given as `rotary(x, positions)`, is applied to queries and keys.
+    """
+
+    num_heads: int
+    head_dim: int
+    num_kv_heads: int | None = None
+    use_bias: bool = True
+    dropout_rate: float = 0.0
+    backend: str = "auto"
+    kernel_init: nn.initializers.Initializer = nn.initializers.normal(0.02)
+    out_kernel_init: nn.initializers.Initializer = nn.initializers.normal(0.02)
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        inputs_q: jax.Array,
+        inputs_kv: jax.Array,
+        mask: jax.Array | None = None,
+        *,
+        rotary=None,
+        q_positions: jax.Array | None = None,
+        kv_positions: jax.Array | None = None,
+        deterministic: bool = True,
+    ) -> jax.Array:
+        # inputs_q: [batch, q, embed]; inputs_kv: [batch, k, embed]
+        kv_heads = self.num_kv_heads or self.num_heads
+        projection = functools.partial(
+            nn.DenseGeneral,
+            axis=-1,
+            use_bias=self.use_bias,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=nn.with_logical_partitioning(self.kernel_init, ("embed", "heads", "kv")),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("heads", "kv")),
+        )
+        query = projection((self.num_heads, self.head_dim), name="query")(inputs_q)
+        key = projection((kv_heads, self.head_dim), name="key")(inputs_kv)
+        value = projection((kv_heads, self.head_dim), name="value")(inputs_kv)
+        if rotary is not None:
+            query, key = rotary(query, q_positions), rotary(key, kv_positions)
+        head_axes = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
+        query, key, value = (nn.with_logical_constraint(t, head_axes) for t in (query, key, value))
+
+        dropout_rate = 0.0 if deterministic else self.dropout_rate
+        dropout_rng = self.make_rng("dropout") if dropout_rate > 0.0 else None
+        out = dot_product_attention(
+            query,
+            key,
+            value,
+            mask,
+            backend=self.backend,
+            dropout_rate=dropout_rate,
+            dropout_rng=dropout_rng,
+        )
+        out = nn.with_logical_constraint(out, head_axes)
+        return nn.DenseGeneral(
+            features=inputs_q.shape[-1],
+            axis=(-2, -1),
+            use_bias=self.use_bias,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=nn.with_logical_partitioning(self.out_kernel_init, ("heads", "kv", "embed")),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+            name="out",
+        )(out)

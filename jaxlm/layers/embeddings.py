@@ -1,0 +1,95 @@
+"""Token embeddings and positional encodings: sinusoidal, learned and rotary."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def sinusoidal_table(num_positions: int, features: int, max_timescale: float = 10_000.0) -> np.ndarray:
+    """Vaswani et al. (2017): PE[p, 2i] = sin(p / T^(2i/d)), PE[p, 2i+1] = cos(p / T^(2i/d))."""
+    positions = np.arange(num_positions, dtype=np.float64)[:, None]
+    rates = max_timescale ** (-np.arange(0, features, 2, dtype=np.float64) / features)
+    angles = positions * rates[None, :]
+    table = np.zeros((num_positions, features), dtype=np.float64)
+    table[:, 0::2] = np.sin(angles)
+    table[:, 1::2] = np.cos(angles[:, : features // 2])
+    return table.astype(np.float32)
+
+
+class SinusoidalPositions(nn.Module):
+    """Fixed sinusoidal position encodings, looked up at (possibly per-row) positions."""
+
+    num_positions: int
+    features: int
+    dtype: jnp.dtype = jnp.float32
+
+    def __call__(self, positions: jax.Array) -> jax.Array:
+        # positions: [batch, length] -> [batch, length, features]
+        table = jnp.asarray(sinusoidal_table(self.num_positions, self.features), self.dtype)
+        return jnp.take(table, positions, axis=0)
+
+
+class LearnedPositions(nn.Module):
+    """A trained table of position embeddings (GPT-2, BERT)."""
+
+    num_positions: int
+    features: int
+    init_std: float = 0.02
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, positions: jax.Array) -> jax.Array:
+        table = self.param(
+            "embedding",
+            nn.with_logical_partitioning(nn.initializers.normal(self.init_std), ("position", "embed")),
+            (self.num_positions, self.features),
+            self.param_dtype,
+        )
+        return jnp.take(jnp.asarray(table, self.dtype), positions, axis=0)
+
+
+class TokenEmbedding(nn.Module):
+    """Token embedding table of `num_embeddings` rows (the vocabulary padded for speed).
+
+    `attend` computes output logits with the same table (tied input/output embeddings).
+    """
+
+    num_embeddings: int
+    features: int
+    init_std: float = 0.02
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def setup(self):
+        self.embedding = self.param(
+            "embedding",
+            nn.with_logical_partitioning(nn.initializers.normal(self.init_std), ("vocab", "embed")),
+            (self.num_embeddings, self.features),
+            self.param_dtype,
+        )
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        # tokens: [batch, length] -> [batch, length, features]
+        return jnp.take(jnp.asarray(self.embedding, self.dtype), tokens, axis=0)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        # x: [batch, length, features] -> logits [batch, length, num_embeddings]
+        return jnp.einsum("bld,vd->blv", x, jnp.asarray(self.embedding, self.dtype))
+
+
+def apply_rotary(x: jax.Array, positions: jax.Array, base: float = 10_000.0) -> jax.Array:
+    """Rotary position embedding (Su et al. 2021), rotating pairs (i, i + d/2) of each head.
+
+    x: [batch, length, heads, head_dim]; positions: [batch, length].
+    """
+    half = x.shape[-1] // 2
+    inv_freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angles = positions[..., None].astype(jnp.float32) * inv_freq  # [batch, length, half]
+    sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
+    x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return rotated.astype(x.dtype)

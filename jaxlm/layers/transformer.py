@@ -1,0 +1,176 @@
+"""Transformer blocks (pre-LN or post-LN) and layer stacks scanned over depth with remat."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import flax.linen as nn
+import jax
+
+from jaxlm.config import ModelConfig
+from jaxlm.layers.attention import MultiHeadAttention
+from jaxlm.layers.embeddings import apply_rotary
+
+ACTIVATIONS = {
+    "gelu": functools.partial(jax.nn.gelu, approximate=True),  # GPT-2's tanh approximation
+    "gelu_exact": functools.partial(jax.nn.gelu, approximate=False),  # BERT
+    "relu": jax.nn.relu,  # the original Transformer
+    "silu": jax.nn.silu,
+}
+
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_embed")
+
+
+def make_norm(cfg: ModelConfig, name: str) -> nn.Module:
+    """LayerNorm or RMSNorm with logically named parameters."""
+    scale_init = nn.with_logical_partitioning(nn.initializers.ones, ("norm",))
+    common = dict(epsilon=cfg.norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, name=name)
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(scale_init=scale_init, **common)
+    bias_init = nn.with_logical_partitioning(nn.initializers.zeros, ("norm",))
+    return nn.LayerNorm(scale_init=scale_init, bias_init=bias_init, **common)
+
+
+def output_init(cfg: ModelConfig) -> nn.initializers.Initializer:
+    """Init of projections back into the residual stream; GPT-2 scales it by 1/sqrt(2 * layers)."""
+    std = cfg.init_std
+    if cfg.scaled_residual_init:
+        std /= math.sqrt(2 * cfg.num_layers)
+    return nn.initializers.normal(std)
+
+
+class Mlp(nn.Module):
+    """Position-wise feed-forward network: Dense(mlp_dim) -> activation -> Dense(embed)."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cfg = self.cfg
+        dense = functools.partial(
+            nn.Dense, use_bias=cfg.use_bias, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype
+        )
+        hidden = dense(
+            cfg.mlp_dim,
+            kernel_init=nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std), ("embed", "mlp")),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)),
+            name="wi",
+        )(x)
+        hidden = ACTIVATIONS[cfg.activation](hidden)
+        hidden = nn.with_logical_constraint(
+            hidden, ("activation_batch", "activation_length", "activation_mlp")
+        )
+        return dense(
+            x.shape[-1],
+            kernel_init=nn.with_logical_partitioning(output_init(cfg), ("mlp", "embed")),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+            name="wo",
+        )(hidden)
+
+
+class TransformerBlock(nn.Module):
+    """Self-attention, optional cross-attention, MLP; each a residual sublayer, pre- or post-LN.
+
+    Called as a scan body: `(x, mask, positions, encoded, cross_mask, deterministic) -> (x, None)`
+    with x: [batch, length, embed], mask: [batch, 1, length, length], positions: [batch, length],
+    encoded: [batch, source_length, embed], cross_mask: [batch, 1, length, source_length].
+    """
+
+    cfg: ModelConfig
+    cross_attention: bool = False
+
+    @nn.compact
+    def __call__(self, x, mask, positions, encoded=None, cross_mask=None, deterministic=True):
+        cfg = self.cfg
+
+        def residual(name: str, sublayer):
+            nonlocal x
+            if cfg.norm_position == "pre":
+                y = sublayer(make_norm(cfg, f"{name}_norm")(x))
+                x = x + nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+            else:
+                y = sublayer(x)
+                x = x + nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+                x = make_norm(cfg, f"{name}_norm")(x)
+            x = nn.with_logical_constraint(x, ACTIVATION_AXES)
+
+        attention = functools.partial(
+            MultiHeadAttention,
+            num_heads=cfg.num_heads,
+            head_dim=cfg.resolved_head_dim,
+            use_bias=cfg.use_bias,
+            dropout_rate=cfg.attention_dropout_rate,
+            backend=cfg.attention_backend,
+            kernel_init=nn.initializers.normal(cfg.init_std),
+            out_kernel_init=output_init(cfg),
+            dtype=cfg.compute_dtype,
+            param_dtype=cfg.weight_dtype,
+        )
+        rotary = None
+        if cfg.position_embedding == "rotary":
+            rotary = functools.partial(apply_rotary, base=cfg.rope_base)
+
+        residual(
+            "self_attention",
+            lambda h: attention(num_kv_heads=cfg.num_kv_heads, name="self_attention")(
+                h,
+                h,
+                mask,
+                rotary=rotary,
+                q_positions=positions,
+                kv_positions=positions,
+                deterministic=deterministic,
+            ),
+        )
+        if self.cross_attention:
+            residual(
+                "cross_attention",
+                lambda h: attention(name="cross_attention")(
+                    h, encoded, cross_mask, deterministic=deterministic
+                ),
+            )
+        residual("mlp", lambda h: Mlp(cfg, name="mlp")(h))
+        return x, None
+
+
+class TransformerStack(nn.Module):
+    """`num_layers` blocks stacked with `nn.scan` (parameters get a leading `layers` axis),
+    each wrapped in `nn.remat` with the configured policy; pre-LN stacks end with a norm."""
+
+    cfg: ModelConfig
+    num_layers: int
+    cross_attention: bool = False
+
+    @nn.compact
+    def __call__(self, x, mask, positions, encoded=None, cross_mask=None, deterministic=True):
+        cfg = self.cfg
+        block = TransformerBlock
+        if cfg.remat_policy != "none":
+            block = nn.remat(
+                block,
+                policy=REMAT_POLICIES[cfg.remat_policy],
+                prevent_cse=False,
+                static_argnums=(6,),  # deterministic, counting self
+            )
+        stack = nn.scan(
+            block,
+            variable_axes={"params": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=(nn.broadcast,) * 5,
+            length=self.num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )
+        x, _ = stack(cfg, cross_attention=self.cross_attention, name="layers")(
+            x, mask, positions, encoded, cross_mask, deterministic
+        )
+        if cfg.norm_position == "pre":
+            x = make_norm(cfg, "final_norm")(x)
+        return x
+

@@ -1,0 +1,82 @@
+"""Pieces shared by the model families: embeddings in, logits out."""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxlm.config import ModelConfig
+from jaxlm.layers.embeddings import LearnedPositions, SinusoidalPositions, TokenEmbedding
+from jaxlm.layers.transformer import ACTIVATION_AXES
+
+
+def default_positions(tokens: jax.Array) -> jax.Array:
+    """0, 1, 2, ... for every row. tokens: [batch, length]."""
+    return jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+
+
+def token_embedding(cfg: ModelConfig, name: str = "token_embed") -> TokenEmbedding:
+    std = cfg.embed_dim**-0.5 if cfg.scale_embeddings else cfg.init_std
+    return TokenEmbedding(
+        cfg.padded_vocab_size, cfg.embed_dim, std, cfg.compute_dtype, cfg.weight_dtype, name=name
+    )
+
+
+def position_module(cfg: ModelConfig, name: str = "position_embed") -> nn.Module | None:
+    """The absolute position embedding; None for rotary (applied inside attention)."""
+    if cfg.position_embedding == "learned":
+        return LearnedPositions(
+            cfg.max_len, cfg.embed_dim, cfg.init_std, cfg.compute_dtype, cfg.weight_dtype, name=name
+        )
+    if cfg.position_embedding == "sinusoidal":
+        return SinusoidalPositions(cfg.max_len, cfg.embed_dim, cfg.compute_dtype, name=name)
+    return None
+
+
+def embed_inputs(
+    cfg: ModelConfig,
+    embed: TokenEmbedding,
+    positions_embed: nn.Module | None,
+    dropout: nn.Dropout,
+    tokens: jax.Array,
+    positions: jax.Array,
+    deterministic: bool,
+) -> jax.Array:
+    """Token (+ position) embeddings with dropout: [batch, length] -> [batch, length, embed]."""
+    x = embed(tokens)
+    if cfg.scale_embeddings:
+        x = x * math.sqrt(cfg.embed_dim)
+    if positions_embed is not None:
+        x = x + positions_embed(positions)
+    x = dropout(x, deterministic=deterministic)
+    return nn.with_logical_constraint(x.astype(cfg.compute_dtype), ACTIVATION_AXES)
+
+
+def output_logits(cfg: ModelConfig, embed: TokenEmbedding, x: jax.Array, name: str = "lm_head"):
+    """Float32 logits over the padded vocabulary; padding rows can never be predicted."""
+    if cfg.tie_embeddings:
+        logits = embed.attend(x)
+    else:
+        logits = nn.Dense(
+            cfg.padded_vocab_size,
+            use_bias=False,
+            dtype=cfg.compute_dtype,
+            param_dtype=cfg.weight_dtype,
+            kernel_init=nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std), ("embed", "vocab")),
+            name=name,
+        )(x)
+    logits = nn.with_logical_constraint(
+        logits.astype(jnp.float32), ("activation_batch", "activation_length", "activation_vocab")
+    )
+    return mask_vocab_padding(logits, cfg.vocab_size)
+
+
+def mask_vocab_padding(logits: jax.Array, vocab_size: int) -> jax.Array:
+    """Set logits of the rows added only to pad the vocabulary to a large negative value."""
+    if logits.shape[-1] == vocab_size:
+        return logits
+    real = jnp.arange(logits.shape[-1]) < vocab_size
+    return jnp.where(real, logits, jnp.finfo(logits.dtype).min)

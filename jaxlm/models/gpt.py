@@ -1,0 +1,49 @@
+"""GPT-style decoder-only causal language model (GPT-2 with the default config)."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxlm.config import ModelConfig
+from jaxlm.layers.attention import attention_mask
+from jaxlm.layers.transformer import TransformerStack
+from jaxlm.models.common import (
+    default_positions,
+    embed_inputs,
+    output_logits,
+    position_module,
+    token_embedding,
+)
+
+
+class GPT(nn.Module):
+    """tokens -> next-token logits, attending only to earlier tokens of the same segment."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        tokens: jax.Array,
+        positions: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
+        *,
+        deterministic: bool = True,
+    ) -> jax.Array:
+        """tokens, positions, segment_ids: [batch, length] (segment 0 = padding).
+
+        Returns float32 logits [batch, length, padded_vocab_size].
+        """
+        cfg = self.cfg
+        positions = default_positions(tokens) if positions is None else positions
+        segment_ids = jnp.ones_like(tokens) if segment_ids is None else segment_ids
+        embed = token_embedding(cfg)
+        dropout = nn.Dropout(cfg.dropout_rate)
+        x = embed_inputs(cfg, embed, position_module(cfg), dropout, tokens, positions, deterministic)
+        mask = attention_mask(segment_ids, segment_ids, causal=True)
+        x = TransformerStack(cfg, cfg.num_layers, name="decoder")(
+            x, mask, positions, deterministic=deterministic
+        )
+        return output_logits(cfg, embed, x)

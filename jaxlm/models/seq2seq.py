@@ -1,0 +1,106 @@
+"""Encoder-decoder Transformer (Vaswani et al. 2017): shared vocabulary and embeddings."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxlm.config import ModelConfig
+from jaxlm.layers.attention import attention_mask
+from jaxlm.layers.transformer import TransformerStack
+from jaxlm.models.common import (
+    default_positions,
+    embed_inputs,
+    output_logits,
+    position_module,
+    token_embedding,
+)
+
+
+class EncoderDecoder(nn.Module):
+    """source tokens + shifted target tokens -> target logits.
+
+    One embedding table serves the source, the target and (tied) the output projection.
+    `encode` and `decode` are separate so decoding can encode the source once.
+    """
+
+    cfg: ModelConfig
+
+    def setup(self):
+        cfg = self.cfg
+        self.embed = token_embedding(cfg, name="token_embed")
+        self.source_positions = position_module(cfg, name="source_position_embed")
+        self.target_positions = position_module(cfg, name="target_position_embed")
+        self.dropout = nn.Dropout(cfg.dropout_rate)
+        self.encoder = TransformerStack(cfg, cfg.num_layers, name="encoder")
+        self.decoder = TransformerStack(
+            cfg, cfg.decoder_layers, cross_attention=True, name="decoder"
+        )
+
+    def encode(self, source, source_segments=None, source_positions=None, *, deterministic=True):
+        """source: [batch, source_length] -> [batch, source_length, embed]."""
+        source_positions = default_positions(source) if source_positions is None else source_positions
+        source_segments = jnp.ones_like(source) if source_segments is None else source_segments
+        x = embed_inputs(
+            self.cfg, self.embed, self.source_positions, self.dropout, source, source_positions, deterministic
+        )
+        mask = attention_mask(source_segments, source_segments, causal=False)
+        return self.encoder(x, mask, source_positions, deterministic=deterministic)
+
+    def decode(
+        self,
+        encoded: jax.Array,
+        target_inputs: jax.Array,
+        source_segments: jax.Array | None = None,
+        target_segments: jax.Array | None = None,
+        target_positions: jax.Array | None = None,
+        *,
+        deterministic: bool = True,
+    ) -> jax.Array:
+        """encoded: [batch, source_length, embed]; target_inputs: [batch, target_length].
+
+        Returns float32 logits [batch, target_length, padded_vocab_size].
+        """
+        if target_positions is None:
+            target_positions = default_positions(target_inputs)
+        if target_segments is None:
+            target_segments = jnp.ones_like(target_inputs)
+        if source_segments is None:
+            source_segments = jnp.ones(encoded.shape[:2], jnp.int32)
+        x = embed_inputs(
+            self.cfg,
+            self.embed,
+            self.target_positions,
+            self.dropout,
+            target_inputs,
+            target_positions,
+            deterministic,
+        )
+        self_mask = attention_mask(target_segments, target_segments, causal=True)
+        cross_mask = attention_mask(target_segments, source_segments, causal=False)
+        x = self.decoder(
+            x, self_mask, target_positions, encoded, cross_mask, deterministic=deterministic
+        )
+        return output_logits(self.cfg, self.embed, x)
+
+    def __call__(
+        self,
+        source: jax.Array,
+        target_inputs: jax.Array,
+        source_segments: jax.Array | None = None,
+        target_segments: jax.Array | None = None,
+        source_positions: jax.Array | None = None,
+        target_positions: jax.Array | None = None,
+        *,
+        deterministic: bool = True,
+    ) -> jax.Array:
+        encoded = self.encode(source, source_segments, source_positions, deterministic=deterministic)
+        return self.decode(
+            encoded,
+            target_inputs,
+            source_segments,
+            target_segments,
+            target_positions,
+            deterministic=deterministic,
+        )
