@@ -8,6 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxlm.layers.linear import DenseGeneral
+
 ATTENTION_BACKENDS = ("auto", "reference", "jax", "cudnn")
 
 
@@ -144,13 +146,12 @@ class MultiHeadAttention(nn.Module):
         # inputs_q: [batch, q, embed]; inputs_kv: [batch, k, embed]
         kv_heads = self.num_kv_heads or self.num_heads
         projection = functools.partial(
-            nn.DenseGeneral,
-            axis=-1,
+            DenseGeneral,
+            kernel_axes=("embed", "heads", "kv"),
             use_bias=self.use_bias,
+            kernel_init=self.kernel_init,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
-            kernel_init=nn.with_logical_partitioning(self.kernel_init, ("embed", "heads", "kv")),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("heads", "kv")),
         )
         query = projection((self.num_heads, self.head_dim), name="query")(inputs_q)
         key = projection((kv_heads, self.head_dim), name="key")(inputs_kv)
@@ -172,13 +173,12 @@ class MultiHeadAttention(nn.Module):
             dropout_rng=dropout_rng,
         )
         out = nn.with_logical_constraint(out, head_axes)
-        return nn.DenseGeneral(
-            features=inputs_q.shape[-1],
-            axis=(-2, -1),
+        return DenseGeneral(
+            features=(inputs_q.shape[-1],),
+            kernel_axes=("heads", "kv", "embed"),
             use_bias=self.use_bias,
+            kernel_init=self.out_kernel_init,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
-            kernel_init=nn.with_logical_partitioning(self.out_kernel_init, ("heads", "kv", "embed")),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
             name="out",
         )(out)

@@ -1,0 +1,125 @@
+"""The device mesh, the one table of logical-to-mesh axis rules, and shardings built from them.
+
+Parameters and activations carry logical axis names (`embed`, `heads`, `activation_batch`, ...);
+`LOGICAL_AXIS_RULES` maps each to mesh axes. Data parallelism shards the batch over `data` and
+`fsdp`; FSDP additionally shards parameters (and so optimizer state) over `fsdp` along `embed`;
+tensor parallelism splits heads, MLP width and vocabulary over `tensor`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxlm.config import MeshConfig
+from jaxlm.errors import ConfigError
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+LOGICAL_AXIS_RULES = (
+    # parameters
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("layers", None),
+    ("position", None),
+    ("type", None),
+    ("norm", None),
+    ("embed_out", None),
+    ("classes", None),
+    # activations
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_heads", "tensor"),
+    ("activation_kv", None),
+    ("activation_mlp", "tensor"),
+    ("activation_vocab", "tensor"),
+)
+BATCH_AXES = ("data", "fsdp")
+
+
+def mesh_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, int, int]:
+    """Axis sizes with at most one -1 filled in so that their product is `num_devices`."""
+    sizes = [cfg.data, cfg.fsdp, cfg.tensor]
+    if sizes.count(-1) > 1:
+        raise ConfigError("config key 'mesh': at most one axis may be -1")
+    if any(s == 0 or s < -1 for s in sizes):
+        raise ConfigError(f"config key 'mesh': axis sizes must be positive or -1, got {sizes}")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if num_devices % known:
+            raise ConfigError(f"config key 'mesh': {num_devices} devices are not divisible by {known}")
+        sizes[sizes.index(-1)] = num_devices // known
+    if math.prod(sizes) != num_devices:
+        raise ConfigError(
+            f"config key 'mesh': data*fsdp*tensor = {math.prod(sizes)} but {num_devices} devices are used"
+        )
+    return tuple(sizes)
+
+
+def make_mesh(cfg: MeshConfig, devices: list | None = None) -> Mesh:
+    """A mesh with axes (data, fsdp, tensor) over `devices` (default: all devices)."""
+    devices = jax.devices() if devices is None else devices
+    shape = mesh_shape(cfg, len(devices))
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+
+
+@contextlib.contextmanager
+def activate(mesh: Mesh):
+    """Context in which models trace with activation sharding constraints on `mesh`."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
+        yield
+
+
+def logical_shardings(boxed_tree, mesh: Mesh):
+    """NamedShardings for a tree whose leaves may be boxed with logical axis names.
+
+    Checks that every sharded dimension divides evenly, naming the parameter otherwise.
+    """
+    specs = nn.get_partition_spec(boxed_tree)
+    shardings = nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_AXIS_RULES)
+    shapes = nn.unbox(boxed_tree)
+    for (path, sharding), shape in zip(
+        jax.tree_util.tree_flatten_with_path(shardings)[0], jax.tree.leaves(shapes), strict=True
+    ):
+        for dim, axes in zip(shape.shape, sharding.spec, strict=False):
+            size = math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes or ()))
+            if dim % size:
+                name = jax.tree_util.keystr(path, simple=True, separator="/")
+                raise ConfigError(
+                    f"{name} has shape {tuple(shape.shape)}: dimension {dim} cannot be split "
+                    f"{size} ways over mesh axes {axes}; change the mesh or the model size"
+                )
+    return shardings
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Batch rows split over `data` and `fsdp`; everything else replicated."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Host arrays (this process's rows) -> global arrays sharded over the batch axes."""
+    sharding = batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def check_batch_size(batch_size: int, mesh: Mesh) -> None:
+    shards = math.prod(mesh.shape[a] for a in BATCH_AXES)
+    if batch_size % shards:
+        raise ConfigError(
+            f"config key 'data.batch_size': {batch_size} rows cannot be split over "
+            f"data*fsdp = {shards} devices"
+        )

@@ -1,0 +1,181 @@
+"""Training: the one place with a loop, I/O and side effects.
+
+    metrics = train(load_config("configs/demo.yaml"))
+
+reads the corpus, trains (or loads) the tokenizer, builds the state on the mesh, resumes from
+the latest checkpoint in the workdir, trains with periodic evaluation, then writes a final
+checkpoint, the loss plot and samples.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxlm.checkpoint import Checkpointer
+from jaxlm.config import Config, to_yaml
+from jaxlm.data.documents import read_documents, resolve_files, split_documents
+from jaxlm.data.pipeline import lm_dataset
+from jaxlm.data.tokenizer import Tokenizer, train_tokenizer
+from jaxlm.errors import ConfigError
+from jaxlm.generate import generate_text
+from jaxlm.parallel import activate, check_batch_size, make_mesh, shard_batch
+from jaxlm.train.metrics_log import MetricsLog, read_metrics
+from jaxlm.train.optim import make_optimizer
+from jaxlm.train.plot import plot_loss
+from jaxlm.train.state import init_state, state_shardings
+from jaxlm.train.step import compile_steps
+
+
+def prepare_tokenizer(cfg: Config, files: list[Path], workdir: Path) -> Tokenizer:
+    """The configured sentencepiece model, or one trained on the corpus into the workdir."""
+    if cfg.data.tokenizer:
+        tokenizer = Tokenizer.load(Path(cfg.data.tokenizer))
+    elif (workdir / "tokenizer.model").exists():
+        tokenizer = Tokenizer.load(workdir / "tokenizer.model")
+    else:
+        log(f"training a {cfg.data.tokenizer_type} tokenizer of {cfg.model.vocab_size} tokens")
+        tokenizer = train_tokenizer(
+            files,
+            workdir / "tokenizer.model",
+            cfg.model.vocab_size,
+            cfg.data.tokenizer_type,
+            cfg.data.tokenizer_sample_lines,
+        )
+    if tokenizer.vocab_size > cfg.model.vocab_size:
+        raise ConfigError(
+            f"config key 'model.vocab_size': {cfg.model.vocab_size} is smaller than the "
+            f"tokenizer's {tokenizer.vocab_size} tokens"
+        )
+    return tokenizer
+
+
+def log(message: str) -> None:
+    if jax.process_index() == 0:
+        tqdm.write(message)
+
+
+def evaluate(eval_step, params, batches, mesh) -> dict[str, float]:
+    """Loss, perplexity and accuracy over all weighted tokens of `batches`."""
+    totals = {"nll": 0.0, "weights": 0.0, "correct": 0.0}
+    for batch in batches:
+        stats = jax.device_get(eval_step(params, shard_batch(batch, mesh)))
+        for key in totals:
+            totals[key] += float(stats[key])
+    if totals["weights"] == 0:
+        return {}
+    loss = totals["nll"] / totals["weights"]
+    return {"loss": loss, "perplexity": math.exp(loss), "accuracy": totals["correct"] / totals["weights"]}
+
+
+def train(cfg: Config) -> dict[str, float]:
+    """Train `cfg` in `cfg.train.workdir`; returns the last train and eval metrics."""
+    if cfg.model.family != "gpt":
+        raise ConfigError(
+            f"config key 'model.family': training from text supports 'gpt'; got {cfg.model.family!r}"
+        )
+    workdir = Path(cfg.train.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    files = resolve_files(cfg.data.train_files)
+    documents = read_documents(files, cfg.data.document_unit)
+    train_docs, eval_docs = split_documents(documents, cfg.data.eval_fraction)
+    log(f"corpus: {len(files)} files, {len(train_docs)} train / {len(eval_docs)} eval documents")
+    tokenizer = prepare_tokenizer(cfg, files, workdir)
+    (workdir / "config.yaml").write_text(to_yaml(cfg))
+
+    mesh = make_mesh(cfg.mesh)
+    check_batch_size(cfg.data.batch_size, mesh)
+    tx, schedule = make_optimizer(cfg.optim, cfg.train.steps)
+    checkpointer = Checkpointer(workdir / "checkpoints")
+    start = checkpointer.latest_step()
+    if start is None:
+        state, shardings = init_state(cfg.model, tx, mesh, cfg.train.seed)
+        start = 0
+    else:
+        abstract, shardings = state_shardings(cfg.model, tx, mesh)
+        state = checkpointer.restore(abstract, shardings, start)
+        log(f"resumed from step {start} in {checkpointer.directory}")
+    train_step, eval_step = compile_steps(cfg, tx, schedule, shardings, mesh)
+
+    def dataset(docs, *, training):
+        return lm_dataset(
+            docs,
+            tokenizer,
+            seq_len=cfg.data.seq_len,
+            batch_size=cfg.data.batch_size // jax.process_count(),
+            seed=cfg.train.seed,
+            shuffle=training,
+            repeat=training,
+            shuffle_buffer=cfg.data.shuffle_buffer,
+        )
+
+    # The same seed gives the same batch sequence; a resumed run skips what it already saw.
+    batches = dataset(train_docs, training=True).skip(start).as_numpy_iterator()
+
+    def eval_batches():
+        if not eval_docs:
+            return []
+        return itertools.islice(dataset(eval_docs, training=False).as_numpy_iterator(), cfg.train.eval_batches)
+
+    metrics_log = MetricsLog(workdir)
+    last: dict[str, float] = {}
+    progress = tqdm(
+        total=cfg.train.steps,
+        initial=start,
+        desc="train",
+        disable=not cfg.train.progress_bar or jax.process_index() != 0,
+        dynamic_ncols=True,
+    )
+    with activate(mesh):
+        logged_step, tick = start, time.perf_counter()
+        for step in range(start + 1, cfg.train.steps + 1):
+            state, metrics = train_step(state, shard_batch(next(batches), mesh))
+            progress.update()
+            if step == start + 1:  # the first step includes compilation: keep it out of tokens/s
+                jax.block_until_ready(metrics)
+                log(f"compiled and ran the first step in {time.perf_counter() - tick:.1f}s")
+                logged_step, tick = step, time.perf_counter()
+            if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                if not np.isfinite(metrics["loss"]):
+                    raise FloatingPointError(f"loss is {metrics['loss']} at step {step}")
+                tokens = (step - logged_step) * cfg.data.batch_size * cfg.data.seq_len
+                metrics["tokens_per_second"] = tokens / (time.perf_counter() - tick)
+                logged_step, tick = step, time.perf_counter()
+                metrics_log.write(step, "train", metrics)
+                progress.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['learning_rate']:.1e}")
+                log(
+                    f"step {step:>6}/{cfg.train.steps} | loss {metrics['loss']:.4f} | "
+                    f"lr {metrics['learning_rate']:.2e} | {metrics['tokens_per_second']:,.0f} tokens/s"
+                )
+                last.update({f"train_{k}": v for k, v in metrics.items()})
+            if cfg.train.eval_every and step % cfg.train.eval_every == 0 or step == cfg.train.steps:
+                results = evaluate(eval_step, state.params, eval_batches(), mesh)
+                if results:
+                    metrics_log.write(step, "eval", results)
+                    log(f"step {step:>6} | eval loss {results['loss']:.4f} | perplexity {results['perplexity']:.1f}")
+                    last.update({f"eval_{k}": v for k, v in results.items()})
+                logged_step, tick = step, time.perf_counter()  # eval time is not throughput
+            if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
+                checkpointer.save(step, state)
+    progress.close()
+    if checkpointer.latest_step() != int(state.step):
+        checkpointer.save(int(state.step), state)
+    checkpointer.close()
+    metrics_log.close()
+
+    if jax.process_index() == 0:
+        plot = plot_loss(read_metrics(metrics_log.path), workdir / "loss.png", title=str(workdir))
+        log(f"loss plot: {plot}")
+    if cfg.sample.prompts:
+        texts = generate_text(cfg.model, state.params, tokenizer, cfg.sample.prompts, cfg.sample)
+        for prompt, text in zip(cfg.sample.prompts, texts, strict=True):
+            log(f"--- sample ---\n{prompt}{text}")
+    return last

@@ -1,0 +1,306 @@
+"""Attention masks, scaled dot-product attention and multi-head attention against NumPy."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxlm.layers.attention import (
+    MultiHeadAttention,
+    attention_mask,
+    causal_mask,
+    dot_product_attention,
+    padding_mask,
+    reference_attention,
+    segment_mask,
+)
+from jaxlm.layers.embeddings import apply_rotary
+
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def np_attention(query, key, value, mask=None):
+    """softmax(q k^T / sqrt(d)) v in float64, kv heads repeated for grouped-query attention."""
+    query, key, value = (np.asarray(t, np.float64) for t in (query, key, value))
+    group = query.shape[2] // key.shape[2]
+    key, value = np.repeat(key, group, axis=2), np.repeat(value, group, axis=2)
+    logits = np.einsum("bqhd,bkhd->bhqk", query, key) / np.sqrt(query.shape[-1])
+    if mask is not None:
+        logits = np.where(mask, logits, -np.inf)
+    with np.errstate(invalid="ignore"):  # rows with no key at all become NaN
+        probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        probs /= probs.sum(axis=-1, keepdims=True)
+    return np.einsum("bhqk,bkhd->bqhd", probs, value)
+
+
+def np_rotary(x, positions, base=10_000.0):
+    """Rotate pairs (i, i + d/2) by positions * base^(-i / (d/2)), in float64."""
+    x = np.asarray(x, np.float64)
+    half = x.shape[-1] // 2
+    angles = np.asarray(positions, np.float64)[..., None] * base ** (-np.arange(half) / half)
+    cos, sin = np.cos(angles)[:, :, None], np.sin(angles)[:, :, None]
+    x1, x2 = x[..., :half], x[..., half:]
+    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def random_qkv(rng, batch=2, q_len=5, k_len=7, heads=4, kv_heads=4, head_dim=8):
+    query = rng.normal(size=(batch, q_len, heads, head_dim)).astype(np.float32)
+    key = rng.normal(size=(batch, k_len, kv_heads, head_dim)).astype(np.float32)
+    value = rng.normal(size=(batch, k_len, kv_heads, head_dim)).astype(np.float32)
+    return query, key, value
+
+
+def random_mask(rng, shape):
+    """A random boolean mask in which every query row keeps at least one key."""
+    mask = rng.random(shape) < 0.6
+    mask[..., 0] = True
+    return mask
+
+
+# --- masks against naive loops ------------------------------------------------------------
+
+
+def test_causal_mask():
+    length = 6
+    mask = np.asarray(causal_mask(length))
+    assert mask.shape == (1, 1, length, length) and mask.dtype == bool
+    for q in range(length):
+        for k in range(length):
+            assert mask[0, 0, q, k] == (k <= q)
+
+
+def test_padding_mask():
+    rng = np.random.default_rng(0)
+    query_valid, key_valid = rng.random((3, 4)) < 0.7, rng.random((3, 6)) < 0.7
+    mask = np.asarray(padding_mask(jnp.asarray(query_valid), jnp.asarray(key_valid)))
+    assert mask.shape == (3, 1, 4, 6)
+    for b in range(3):
+        for q in range(4):
+            for k in range(6):
+                assert mask[b, 0, q, k] == (query_valid[b, q] and key_valid[b, k])
+
+
+def test_segment_mask():
+    query_segments = np.array([[1, 1, 2, 2, 0], [1, 2, 3, 3, 3]])
+    key_segments = np.array([[1, 2, 2, 0, 0, 1], [3, 3, 1, 2, 0, 0]])
+    mask = np.asarray(segment_mask(jnp.asarray(query_segments), jnp.asarray(key_segments)))
+    assert mask.shape == (2, 1, 5, 6)
+    for b in range(2):
+        for q in range(5):
+            for k in range(6):
+                assert mask[b, 0, q, k] == (query_segments[b, q] == key_segments[b, k])
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_mask(causal):
+    segments = np.array([[1, 1, 1, 2, 2, 0, 0], [1, 2, 2, 2, 3, 3, 0], [0, 0, 1, 1, 1, 1, 1]])
+    mask = np.asarray(attention_mask(jnp.asarray(segments), jnp.asarray(segments), causal=causal))
+    assert mask.shape == (3, 1, 7, 7)
+    for b in range(3):
+        for q in range(7):
+            for k in range(7):
+                same = segments[b, q] == segments[b, k]
+                real = segments[b, q] != 0 and segments[b, k] != 0
+                assert mask[b, 0, q, k] == (same and real and (k <= q or not causal))
+
+
+def test_attention_mask_cross():
+    """Queries and keys of different lengths (cross-attention): same non-padding segment."""
+    query_segments = np.array([[1, 1, 2, 0], [1, 1, 1, 1]])
+    key_segments = np.array([[1, 2, 2, 2, 0, 0], [1, 1, 1, 0, 0, 0]])
+    mask = np.asarray(
+        attention_mask(jnp.asarray(query_segments), jnp.asarray(key_segments), causal=False)
+    )
+    assert mask.shape == (2, 1, 4, 6)
+    for b in range(2):
+        for q in range(4):
+            for k in range(6):
+                same = query_segments[b, q] == key_segments[b, k]
+                assert mask[b, 0, q, k] == (same and key_segments[b, k] != 0)
+
+
+# --- scaled dot-product attention ---------------------------------------------------------
+
+
+# Jitted: one compilation per shape instead of one per primitive.
+attend = jax.jit(dot_product_attention, static_argnames=("backend", "dropout_rate"))
+ATTENTION_FNS = {
+    "reference_attention": jax.jit(reference_attention),
+    "jax": functools.partial(attend, backend="jax"),
+}
+
+
+@pytest.mark.parametrize("fn", list(ATTENTION_FNS))
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+@pytest.mark.parametrize("mask_heads", [None, 1, 4])
+def test_attention_matches_numpy(fn, kv_heads, mask_heads):
+    """Random inputs, multi-head and grouped-query, no mask / a shared mask / a per-head mask."""
+    rng = np.random.default_rng(kv_heads * 10 + (mask_heads or 0))
+    query, key, value = random_qkv(rng, kv_heads=kv_heads)
+    mask = None if mask_heads is None else random_mask(rng, (2, mask_heads, 5, 7))
+    out = ATTENTION_FNS[fn](query, key, value, None if mask is None else jnp.asarray(mask))
+    assert out.shape == query.shape and out.dtype == jnp.float32
+    np.testing.assert_allclose(out, np_attention(query, key, value, mask), **TOL)
+
+
+@pytest.mark.parametrize("backend", ["reference", "jax"])
+def test_attention_causal_and_segment_masks(backend):
+    """causal_mask (broadcast over the batch) and attention_mask for self-attention."""
+    rng = np.random.default_rng(1)
+    query, key, value = random_qkv(rng, q_len=6, k_len=6, kv_heads=2)
+    segments = jnp.asarray([[1, 1, 1, 2, 2, 2], [1, 1, 1, 1, 1, 1]])
+    for mask in (causal_mask(6), attention_mask(segments, segments, causal=True)):
+        out = attend(query, key, value, mask, backend=backend)
+        np.testing.assert_allclose(out, np_attention(query, key, value, np.asarray(mask)), **TOL)
+
+
+@pytest.mark.parametrize("backend", ["reference", "jax"])
+def test_fully_masked_rows_are_finite(backend):
+    """A query that may attend to nothing (padding) gives finite output; other rows unaffected."""
+    rng = np.random.default_rng(2)
+    query, key, value = random_qkv(rng, kv_heads=2)
+    mask = random_mask(rng, (2, 1, 5, 7))
+    mask[0, 0, 3] = False
+    mask[1, 0, :] = False
+    out = np.asarray(attend(query, key, value, jnp.asarray(mask), backend=backend))
+    assert np.isfinite(out).all()
+    expected = np_attention(query, key, value, mask)
+    np.testing.assert_allclose(out[0, :3], expected[0, :3], **TOL)
+    np.testing.assert_allclose(out[0, 4:], expected[0, 4:], **TOL)
+
+
+def test_attention_gradients_finite_with_fully_masked_rows():
+    """Padding rows must not poison the gradients with NaNs."""
+    rng = np.random.default_rng(3)
+    query, key, value = random_qkv(rng)
+    segments = jnp.asarray([[1, 1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 0, 0]])
+    mask = attention_mask(segments[:, :5], segments, causal=False)
+    loss = jax.jit(jax.grad(lambda *qkv: reference_attention(*qkv, mask).sum(), argnums=(0, 1, 2)))
+    grads = loss(query, key, value)
+    assert all(np.isfinite(g).all() for g in grads)
+
+
+def test_backends_agree():
+    """reference and jax agree; auto is the reference off GPU or in float32."""
+    rng = np.random.default_rng(4)
+    query, key, value = random_qkv(rng, q_len=9, k_len=9, heads=6, kv_heads=3, head_dim=16)
+    mask = jnp.asarray(random_mask(rng, (2, 1, 9, 9)))
+    ref = attend(query, key, value, mask, backend="reference")
+    np.testing.assert_allclose(attend(query, key, value, mask, backend="jax"), ref, **TOL)
+    np.testing.assert_array_equal(attend(query, key, value, mask, backend="auto"), ref)
+
+
+def test_dropout_needs_reference_backend():
+    rng = np.random.default_rng(5)
+    query, key, value = random_qkv(rng)
+    with pytest.raises(ValueError, match="reference"):
+        attend(query, key, value, backend="jax", dropout_rate=0.1, dropout_rng=jax.random.key(0))
+    out = attend(
+        query, key, value, backend="reference", dropout_rate=0.1, dropout_rng=jax.random.key(0)
+    )
+    assert np.isfinite(out).all()
+
+
+def test_unknown_backend_raises():
+    query, key, value = random_qkv(np.random.default_rng(6))
+    with pytest.raises(ValueError, match="flash"):
+        attend(query, key, value, backend="flash")
+
+
+# --- multi-head attention -----------------------------------------------------------------
+
+
+def np_multi_head_attention(params, inputs_q, inputs_kv, mask, rotary, q_positions, kv_positions):
+    """Project, attend and project back in float64 from the module's own parameters."""
+    p = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
+    inputs_q, inputs_kv = np.asarray(inputs_q, np.float64), np.asarray(inputs_kv, np.float64)
+
+    def project(name, x):
+        return np.einsum("ble,ehd->blhd", x, p[name]["kernel"]) + p[name]["bias"]
+
+    query, key, value = (
+        project("query", inputs_q),
+        project("key", inputs_kv),
+        project("value", inputs_kv),
+    )
+    if rotary:
+        query, key = np_rotary(query, q_positions), np_rotary(key, kv_positions)
+    out = np_attention(query, key, value, mask)
+    return np.einsum("blhd,hde->ble", out, p["out"]["kernel"]) + p["out"]["bias"]
+
+
+def random_params(module, rng, *inputs, scale=0.3):
+    """The module's parameter shapes filled with random values (biases too, not zero)."""
+    shapes = jax.eval_shape(module.init, jax.random.key(0), *inputs)["params"]
+    return jax.tree.map(
+        lambda x: (scale * rng.normal(size=x.shape)).astype(np.float32), nn.unbox(shapes)
+    )
+
+
+@pytest.mark.parametrize(
+    "kv_heads, cross, rotary, backend",
+    [
+        (None, False, False, "reference"),
+        (2, False, True, "reference"),
+        (1, True, False, "jax"),
+        (None, False, True, "jax"),
+    ],
+)
+def test_multi_head_attention_matches_numpy(kv_heads, cross, rotary, backend):
+    rng = np.random.default_rng(7)
+    batch, q_len, embed, heads, head_dim = 2, 6, 12, 4, 6
+    k_len = 8 if cross else q_len
+    inputs_q = rng.normal(size=(batch, q_len, embed)).astype(np.float32)
+    inputs_kv = rng.normal(size=(batch, k_len, embed)).astype(np.float32) if cross else inputs_q
+    mask = random_mask(rng, (batch, 1, q_len, k_len))
+    q_positions = rng.integers(0, 50, size=(batch, q_len))
+    kv_positions = rng.integers(0, 50, size=(batch, k_len)) if cross else q_positions
+    module = MultiHeadAttention(heads, head_dim, num_kv_heads=kv_heads, backend=backend)
+    params = random_params(module, rng, inputs_q, inputs_kv, mask)
+    assert params["query"]["kernel"].shape == (embed, heads, head_dim)
+    assert params["key"]["kernel"].shape == (embed, kv_heads or heads, head_dim)
+    assert params["out"]["kernel"].shape == (heads, head_dim, embed)
+    apply = jax.jit(functools.partial(module.apply, rotary=apply_rotary if rotary else None))
+    out = apply(
+        {"params": params},
+        inputs_q,
+        inputs_kv,
+        jnp.asarray(mask),
+        q_positions=jnp.asarray(q_positions),
+        kv_positions=jnp.asarray(kv_positions),
+    )
+    expected = np_multi_head_attention(
+        params, inputs_q, inputs_kv, mask, rotary, q_positions, kv_positions
+    )
+    assert out.shape == (batch, q_len, embed)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=2e-5)
+
+
+def test_multi_head_attention_backends_agree():
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(2, 7, 16)).astype(np.float32)
+    segments = jnp.asarray([[1] * 7, [1] * 4 + [0] * 3])
+    mask = attention_mask(segments, segments, causal=True)
+    params = random_params(MultiHeadAttention(4, 4, num_kv_heads=2), rng, x, x, mask)
+    ref, fast = (
+        jax.jit(MultiHeadAttention(4, 4, num_kv_heads=2, backend=backend).apply)(
+            {"params": params}, x, x, mask
+        )
+        for backend in ("reference", "jax")
+    )
+    np.testing.assert_allclose(ref[0], fast[0], **TOL)
+    np.testing.assert_allclose(ref[1, :4], fast[1, :4], **TOL)  # real tokens of the padded row
+
+
+def test_multi_head_attention_dropout_with_jax_backend_raises():
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(1, 4, 8)).astype(np.float32)
+    module = MultiHeadAttention(2, 4, dropout_rate=0.1, backend="jax")
+    params = {"params": random_params(module, rng, x, x)}
+    apply = jax.jit(module.apply, static_argnames="deterministic")
+    assert np.isfinite(apply(params, x, x)).all()  # deterministic: no dropout, no error
+    with pytest.raises(ValueError, match="dropout"):
+        apply(params, x, x, deterministic=False, rngs={"dropout": jax.random.key(1)})

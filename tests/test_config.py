@@ -1,0 +1,203 @@
+"""Typed configs: presets, dotted overrides, one-line errors naming the key, YAML round trip."""
+
+import dataclasses
+
+import pytest
+
+from jaxlm.config import Config, load_config, preset_names, to_yaml
+from jaxlm.errors import ConfigError
+
+PRESETS = [  # the presets of published architectures
+    "bert-base",
+    "bert-large",
+    "gpt2-large",
+    "gpt2-medium",
+    "gpt2-small",
+    "gpt2-xl",
+    "transformer-base",
+]
+
+
+def test_preset_names():
+    assert set(PRESETS) <= set(preset_names())
+
+
+@pytest.mark.parametrize("preset", preset_names())
+def test_presets_load(preset):
+    config = load_config(preset)
+    assert isinstance(config, Config)
+    assert config.model.family in ("gpt", "bert", "seq2seq")
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_families(preset):
+    family = {"bert": "bert", "gpt2": "gpt", "transformer": "seq2seq"}[preset.split("-")[0]]
+    assert load_config(preset).model.family == family
+
+
+def test_preset_values():
+    """A few architecture figures from the papers."""
+    gpt2 = load_config("gpt2-medium").model
+    assert (gpt2.num_layers, gpt2.embed_dim, gpt2.num_heads, gpt2.vocab_size) == (
+        24,
+        1024,
+        16,
+        50257,
+    )
+    bert = load_config("bert-base").model
+    assert (bert.norm_position, bert.activation, bert.norm_eps) == ("post", "gelu_exact", 1e-12)
+    base = load_config("transformer-base").model
+    assert (base.num_layers, base.decoder_layers, base.embed_dim, base.mlp_dim) == (6, 6, 512, 2048)
+    assert base.position_embedding == "sinusoidal" and base.scale_embeddings
+
+
+def test_defaults_without_a_file():
+    assert load_config() == Config()
+    assert load_config(None, []) == Config()
+
+
+def test_dotted_overrides_convert_types():
+    config = load_config(
+        "gpt2-small",
+        [
+            "model.num_layers=4",
+            "optim.learning_rate=1e-3",
+            "model.dropout_rate=0.25",
+            "model.tie_embeddings=false",
+            "model.num_kv_heads=4",
+            "model.dtype=bfloat16",
+            "data.train_files=[a.txt,b.txt]",
+            "train.workdir=runs/x",
+        ],
+    )
+    m = config.model
+    assert m.num_layers == 4 and type(m.num_layers) is int
+    assert config.optim.learning_rate == 1e-3 and type(config.optim.learning_rate) is float
+    assert m.dropout_rate == 0.25
+    assert m.tie_embeddings is False
+    assert m.num_kv_heads == 4
+    assert m.dtype == "bfloat16"
+    assert config.data.train_files == ["a.txt", "b.txt"]
+    assert config.train.workdir == "runs/x"
+    assert m.embed_dim == 768  # untouched values keep the preset's
+
+
+def test_list_override():
+    config = load_config("bert-base", ["model.heads=[mlm,nsp]"])
+    assert config.model.heads == ["mlm", "nsp"] and isinstance(config.model.heads, list)
+    assert load_config("bert-base", ["model.heads=[]"]).model.heads == []
+
+
+def test_later_overrides_win():
+    config = load_config(None, ["model.num_layers=4", "model.num_layers=6"])
+    assert config.model.num_layers == 6
+
+
+def test_yaml_file_with_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "model:\n  num_layers: 3\n  heads: [mlm]\n  family: bert\noptim:\n  learning_rate: 1e-4\n"
+    )
+    config = load_config(str(path), ["model.num_layers=5"])
+    assert config.model.num_layers == 5
+    assert config.model.heads == ["mlm"] and config.model.family == "bert"
+    assert config.optim.learning_rate == 1e-4  # YAML 1.1 reads 1e-4 as a string: converted
+
+
+def assert_one_line_error(match: str, name_or_path, overrides=()):
+    with pytest.raises(ConfigError) as info:
+        load_config(name_or_path, list(overrides))
+    message = str(info.value)
+    assert "\n" not in message and message.strip() == message and message
+    assert match in message, message
+    return message
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("model.foo=1", "model.foo"),
+        ("optim.lr=1", "optim.lr"),
+        ("nosection.key=1", "nosection"),
+        ("model.num_layers=abc", "model.num_layers"),
+        ("model.tie_embeddings=maybe", "model.tie_embeddings"),
+        ("optim.learning_rate=fast", "optim.learning_rate"),
+        ("model.norm=batchnorm", "model.norm"),
+        ("model.family=rnn", "model.family"),
+        ("model.heads=[mlm,ner]", "model.heads"),
+        ("model.num_heads=5", "model.num_heads"),
+        ("model.num_kv_heads=5", "model.num_kv_heads"),
+        ("data.seq_len=4096", "data.seq_len"),
+        ("model.num_layers", "model.num_layers"),
+    ],
+)
+def test_bad_override_raises_one_line_error_naming_the_key(override, key):
+    assert_one_line_error(key, "gpt2-small", [override])
+
+
+def test_unknown_key_message():
+    message = assert_one_line_error("model.foo", None, ["model.foo=1"])
+    assert "unknown" in message
+
+
+def test_wrong_type_message():
+    message = assert_one_line_error("model.num_layers", None, ["model.num_layers=abc"])
+    assert "abc" in message
+
+
+def test_invalid_choice_message_lists_the_choices():
+    message = assert_one_line_error("model.norm", None, ["model.norm=batchnorm"])
+    assert "batchnorm" in message and "layernorm" in message and "rmsnorm" in message
+
+
+def test_unknown_key_in_yaml_file(tmp_path):
+    path = tmp_path / "bad_key.yaml"
+    path.write_text("model:\n  num_layers: 2\n  foo: 1\n")
+    assert_one_line_error("model.foo", str(path))
+
+
+def test_wrong_type_in_yaml_file(tmp_path):
+    path = tmp_path / "bad_type.yaml"
+    path.write_text("model:\n  num_layers: many\n")
+    assert_one_line_error("model.num_layers", str(path))
+
+
+def test_missing_config_file(tmp_path):
+    path = tmp_path / "absent.yaml"
+    message = assert_one_line_error(str(path), str(path))
+    assert "not found" in message
+
+
+def test_malformed_yaml(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("model:\n  num_layers: [2\n  embed_dim: : 3\n")
+    assert_one_line_error(str(path), str(path))
+
+
+def test_yaml_that_is_not_a_mapping(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- model\n- optim\n")
+    assert_one_line_error(str(path), str(path))
+
+
+def test_unknown_preset():
+    message = assert_one_line_error("gpt5-huge", "gpt5-huge")
+    assert "gpt2-small" in message  # it lists the presets there are
+
+
+@pytest.mark.parametrize(
+    "preset, overrides",
+    [
+        ("gpt2-small", []),
+        ("bert-base", ["model.heads=[mlm,nsp]", "optim.learning_rate=1e-3"]),
+        ("transformer-base", ["model.num_kv_heads=4", "data.train_files=[x.txt]"]),
+        (None, ["model.dtype=bfloat16", "sample.prompts=[Hello,Once upon a time]"]),
+    ],
+)
+def test_to_yaml_round_trip(tmp_path, preset, overrides):
+    config = load_config(preset, overrides)
+    path = tmp_path / "config.yaml"
+    path.write_text(to_yaml(config))
+    loaded = load_config(str(path))
+    assert loaded == config
+    assert dataclasses.asdict(loaded) == dataclasses.asdict(config)

@@ -1,0 +1,131 @@
+"""Sinusoidal, rotary and token embeddings against formulas evaluated in float64."""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxlm.layers.embeddings import (
+    LearnedPositions,
+    SinusoidalPositions,
+    TokenEmbedding,
+    apply_rotary,
+    sinusoidal_table,
+)
+
+
+def vaswani_table(num_positions, features):
+    """PE[p, 2i] = sin(p / 10000^(2i/d)), PE[p, 2i+1] = cos(p / 10000^(2i/d)), elementwise."""
+    table = np.zeros((num_positions, features), np.float64)
+    for p in range(num_positions):
+        for j in range(features):
+            angle = p / 10_000 ** (2 * (j // 2) / features)
+            table[p, j] = math.sin(angle) if j % 2 == 0 else math.cos(angle)
+    return table
+
+
+def naive_rotary(x, positions, base=10_000.0):
+    """Rotate each pair (i, i + d/2) by the angle p * base^(-i / (d/2)), one element at a time."""
+    x = np.asarray(x, np.float64)
+    out = np.empty_like(x)
+    batch, length, heads, dim = x.shape
+    half = dim // 2
+    for b in range(batch):
+        for t in range(length):
+            for h in range(heads):
+                for i in range(half):
+                    angle = float(positions[b, t]) * base ** (-i / half)
+                    c, s = math.cos(angle), math.sin(angle)
+                    x1, x2 = x[b, t, h, i], x[b, t, h, i + half]
+                    out[b, t, h, i] = x1 * c - x2 * s
+                    out[b, t, h, i + half] = x2 * c + x1 * s
+    return out
+
+
+@pytest.mark.parametrize("num_positions, features", [(64, 16), (33, 7), (5, 1)])
+def test_sinusoidal_table_matches_vaswani(num_positions, features):
+    table = sinusoidal_table(num_positions, features)
+    assert table.shape == (num_positions, features) and table.dtype == np.float32
+    np.testing.assert_allclose(table, vaswani_table(num_positions, features), rtol=0, atol=1e-6)
+
+
+def test_sinusoidal_positions_gather_per_row():
+    positions = np.array([[0, 1, 2, 3, 4], [7, 7, 0, 19, 3]])
+    out = SinusoidalPositions(20, 10).apply({}, jnp.asarray(positions))
+    expected = vaswani_table(20, 10)[positions]
+    assert out.shape == (2, 5, 10)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-6)
+
+
+def test_learned_positions_gather_per_row():
+    module = LearnedPositions(12, 6)
+    positions = jnp.asarray([[0, 1, 2], [11, 4, 4]])
+    params = nn.unbox(module.init(jax.random.key(0), positions)["params"])
+    table = np.asarray(params["embedding"])
+    assert table.shape == (12, 6)
+    np.testing.assert_array_equal(module.apply({"params": params}, positions), table[positions])
+
+
+@pytest.mark.parametrize("base", [10_000.0, 500.0])
+def test_apply_rotary_matches_naive_loop(base):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 5, 3, 8)).astype(np.float32)
+    positions = np.array([[0, 1, 2, 3, 4], [40, 3, 17, 0, 9]])
+    out = jax.jit(apply_rotary, static_argnames="base")(x, jnp.asarray(positions), base=base)
+    assert out.shape == x.shape and out.dtype == jnp.float32
+    np.testing.assert_allclose(out, naive_rotary(x, positions, base), rtol=1e-5, atol=1e-5)
+
+
+def test_apply_rotary_keeps_dtype_and_norm():
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(1, 4, 2, 6)), jnp.bfloat16)
+    positions = jnp.asarray([[0, 5, 9, 30]])
+    out = apply_rotary(x, positions)
+    assert out.dtype == jnp.bfloat16
+    x64, out64 = np.asarray(x, np.float64), np.asarray(out, np.float64)
+    np.testing.assert_allclose(
+        np.linalg.norm(out64, axis=-1), np.linalg.norm(x64, axis=-1), rtol=2e-2
+    )
+    np.testing.assert_array_equal(out[:, 0], x[:, 0])  # position 0: no rotation
+
+
+def test_rotary_scores_depend_only_on_relative_position():
+    """q·k after rotary at positions (m, n) equals that at (m + s, n + s) for any shift s."""
+    rng = np.random.default_rng(2)
+    dim, shifts = 16, np.array([0, 1, 7, 100, 513])
+    q = rng.normal(size=dim).astype(np.float32)
+    k = rng.normal(size=dim).astype(np.float32)
+
+    def scores(m, n):
+        # One row per shift: q at m + s, k at n + s. Shapes [shifts, 1, 1, dim].
+        rows = len(shifts)
+        q_rot = apply_rotary(
+            jnp.broadcast_to(q, (rows, 1, 1, dim)), jnp.asarray(m + shifts)[:, None]
+        )
+        k_rot = apply_rotary(
+            jnp.broadcast_to(k, (rows, 1, 1, dim)), jnp.asarray(n + shifts)[:, None]
+        )
+        return np.asarray(jnp.sum(q_rot * k_rot, axis=-1)).ravel()
+
+    for m, n in [(3, 0), (0, 3), (10, 10), (25, 4)]:
+        s = scores(m, n)
+        np.testing.assert_allclose(s, np.full_like(s, s[0]), rtol=1e-4, atol=1e-4)
+    # And they do depend on the relative position.
+    assert abs(scores(3, 0)[0] - scores(5, 0)[0]) > 1e-3
+    np.testing.assert_allclose(scores(4, 4)[0], float(q @ k), rtol=1e-5)
+
+
+def test_token_embedding_lookup_and_attend():
+    module = TokenEmbedding(num_embeddings=13, features=6)
+    tokens = jnp.asarray([[0, 5, 12], [3, 3, 7]])
+    params = nn.unbox(module.init(jax.random.key(0), tokens)["params"])
+    table = np.asarray(params["embedding"], np.float64)
+    assert table.shape == (13, 6)
+    np.testing.assert_array_equal(module.apply({"params": params}, tokens), table[tokens])
+    x = np.random.default_rng(3).normal(size=(2, 4, 6)).astype(np.float32)
+    logits = module.apply({"params": params}, jnp.asarray(x), method=TokenEmbedding.attend)
+    assert logits.shape == (2, 4, 13)
+    np.testing.assert_allclose(logits, x.astype(np.float64) @ table.T, rtol=1e-5, atol=1e-6)
