@@ -32,13 +32,17 @@ class Checkpointer:
         if step is None:
             raise JaxlmError(f"no checkpoint in {self.directory}")
         target = jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            abstract_state,
+            shardings,
         )
         try:
             return self.manager.restore(step, args=ocp.args.StandardRestore(target))
         except (ValueError, FileNotFoundError, KeyError) as e:
             message = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise JaxlmError(f"cannot restore checkpoint {self.directory / str(step)}: {message}") from None
+            raise JaxlmError(
+                f"cannot restore checkpoint {self.directory / str(step)}: {message}"
+            ) from None
 
     def close(self) -> None:
         """Wait for pending saves, then release the manager."""

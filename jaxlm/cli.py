@@ -1,8 +1,8 @@
 """The `jaxlm` command line: a thin layer over the Python API.
 
-    jaxlm train CONFIG [section.key=value ...]
-    jaxlm generate WORKDIR [--prompt TEXT | --prompt-file FILE] [--temperature T] ...
-    jaxlm describe MODEL_OR_CONFIG [section.key=value ...] [--params]
+jaxlm train CONFIG [section.key=value ...]
+jaxlm generate WORKDIR [--prompt TEXT | --prompt-file FILE] [--temperature T] ...
+jaxlm describe MODEL_OR_CONFIG [section.key=value ...] [--params]
 """
 
 from __future__ import annotations
@@ -66,7 +66,9 @@ def _generate(args) -> None:
         top_k=args.top_k,
         seed=args.seed,
     )
-    for prompt, text in zip(prompts, generate_text(cfg.model, params, tokenizer, prompts, sample), strict=True):
+    for prompt, text in zip(
+        prompts, generate_text(cfg.model, params, tokenizer, prompts, sample), strict=True
+    ):
         print(prompt + text)
 
 

@@ -183,8 +183,9 @@ def _read_yaml(name_or_path: str) -> dict:
     elif name_or_path in preset_names():
         text = (PRESET_DIR / f"{name_or_path}.yaml").read_text()
     else:
+        presets = ", ".join(preset_names())
         raise ConfigError(
-            f"unknown config {name_or_path!r}: not a YAML file, nor a preset ({', '.join(preset_names())})"
+            f"unknown config {name_or_path!r}: not a YAML file, nor a preset ({presets})"
         )
     try:
         data = yaml.safe_load(text) or {}

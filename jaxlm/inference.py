@@ -18,7 +18,9 @@ def load_for_inference(workdir: Path) -> tuple[Config, dict, Tokenizer]:
     if not (workdir / "config.yaml").is_file():
         raise JaxlmError(f"{workdir} is not a training workdir (no config.yaml)")
     cfg = load_config(str(workdir / "config.yaml"))
-    tokenizer = Tokenizer.load(Path(cfg.data.tokenizer) if cfg.data.tokenizer else workdir / "tokenizer.model")
+    tokenizer = Tokenizer.load(
+        Path(cfg.data.tokenizer) if cfg.data.tokenizer else workdir / "tokenizer.model"
+    )
     tx, _ = make_optimizer(cfg.optim, cfg.train.steps)
     abstract, shardings = state_shardings(cfg.model, tx, make_mesh(MeshConfig()))
     checkpointer = Checkpointer(workdir / "checkpoints")

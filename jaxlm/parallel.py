@@ -56,11 +56,14 @@ def mesh_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, int, int]:
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if num_devices % known:
-            raise ConfigError(f"config key 'mesh': {num_devices} devices are not divisible by {known}")
+            raise ConfigError(
+                f"config key 'mesh': {num_devices} devices are not divisible by {known}"
+            )
         sizes[sizes.index(-1)] = num_devices // known
     if math.prod(sizes) != num_devices:
         raise ConfigError(
-            f"config key 'mesh': data*fsdp*tensor = {math.prod(sizes)} but {num_devices} devices are used"
+            f"config key 'mesh': data*fsdp*tensor = {math.prod(sizes)} "
+            f"but {num_devices} devices are used"
         )
     return tuple(sizes)
 
@@ -91,7 +94,9 @@ def logical_shardings(boxed_tree, mesh: Mesh):
         jax.tree_util.tree_flatten_with_path(shardings)[0], jax.tree.leaves(shapes), strict=True
     ):
         for dim, axes in zip(shape.shape, sharding.spec, strict=False):
-            size = math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes or ()))
+            size = math.prod(
+                mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes or ())
+            )
             if dim % size:
                 name = jax.tree_util.keystr(path, simple=True, separator="/")
                 raise ConfigError(

@@ -49,7 +49,9 @@ def test_generation_stops_at_eos_per_row():
     prompts = [[2, 7, 9], [2, 30, 1]]
     reference = [_naive_greedy(p, 10, eos_id=-1) for p in prompts]
     eos = reference[0][3]  # the 4th greedy token of row 0 acts as EOS
-    got = generate(CFG, PARAMS, prompts, SampleConfig(max_new_tokens=10, temperature=0.0), eos_id=eos)
+    got = generate(
+        CFG, PARAMS, prompts, SampleConfig(max_new_tokens=10, temperature=0.0), eos_id=eos
+    )
     assert got == [_naive_greedy(p, 10, eos_id=eos) for p in prompts]
     assert got[0][-1] == eos and len(got[0]) == reference[0].index(eos) + 1
 
@@ -59,7 +61,9 @@ def test_sampling_is_reproducible_with_the_same_key():
     sample = SampleConfig(max_new_tokens=12, temperature=1.0, seed=5)
     first = generate(CFG, PARAMS, prompts, sample, eos_id=-1)
     assert first == generate(CFG, PARAMS, prompts, sample, eos_id=-1)
-    other = generate(CFG, PARAMS, prompts, SampleConfig(max_new_tokens=12, temperature=1.0, seed=6), eos_id=-1)
+    other = generate(
+        CFG, PARAMS, prompts, SampleConfig(max_new_tokens=12, temperature=1.0, seed=6), eos_id=-1
+    )
     assert other != first
 
 

@@ -103,9 +103,13 @@ def dot_product_attention(
             query, key, value, mask, dropout_rate=dropout_rate, dropout_rng=dropout_rng
         )
     if dropout_rate > 0.0:
-        raise ValueError(f"attention dropout is only supported by the 'reference' backend, not {backend!r}")
+        raise ValueError(
+            f"attention dropout is only supported by the 'reference' backend, not {backend!r}"
+        )
     if backend not in ("jax", "cudnn"):
-        raise ValueError(f"unknown attention backend {backend!r}; choose one of {ATTENTION_BACKENDS}")
+        raise ValueError(
+            f"unknown attention backend {backend!r}; choose one of {ATTENTION_BACKENDS}"
+        )
     implementation = "cudnn" if backend == "cudnn" else None
     return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation=implementation)
 

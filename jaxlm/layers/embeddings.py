@@ -8,7 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def sinusoidal_table(num_positions: int, features: int, max_timescale: float = 10_000.0) -> np.ndarray:
+def sinusoidal_table(
+    num_positions: int, features: int, max_timescale: float = 10_000.0
+) -> np.ndarray:
     """Vaswani et al. (2017): PE[p, 2i] = sin(p / T^(2i/d)), PE[p, 2i+1] = cos(p / T^(2i/d))."""
     positions = np.arange(num_positions, dtype=np.float64)[:, None]
     rates = max_timescale ** (-np.arange(0, features, 2, dtype=np.float64) / features)
@@ -45,7 +47,9 @@ class LearnedPositions(nn.Module):
     def __call__(self, positions: jax.Array) -> jax.Array:
         table = self.param(
             "embedding",
-            nn.with_logical_partitioning(nn.initializers.normal(self.init_std), ("position", "embed")),
+            nn.with_logical_partitioning(
+                nn.initializers.normal(self.init_std), ("position", "embed")
+            ),
             (self.num_positions, self.features),
             self.param_dtype,
         )

@@ -32,7 +32,9 @@ class DenseGeneral(nn.Module):
             self.param_dtype,
         )
         contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-        y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())))
+        y = jax.lax.dot_general(
+            x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ()))
+        )
         if self.use_bias:
             bias = self.param(
                 "bias",

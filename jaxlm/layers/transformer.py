@@ -31,7 +31,9 @@ ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_embed")
 def make_norm(cfg: ModelConfig, name: str) -> nn.Module:
     """LayerNorm or RMSNorm with logically named parameters."""
     scale_init = nn.with_logical_partitioning(nn.initializers.ones, ("norm",))
-    common = dict(epsilon=cfg.norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, name=name)
+    common = dict(
+        epsilon=cfg.norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, name=name
+    )
     if cfg.norm == "rmsnorm":
         return nn.RMSNorm(scale_init=scale_init, **common)
     bias_init = nn.with_logical_partitioning(nn.initializers.zeros, ("norm",))
@@ -59,7 +61,9 @@ class Mlp(nn.Module):
         )
         hidden = dense(
             cfg.mlp_dim,
-            kernel_init=nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std), ("embed", "mlp")),
+            kernel_init=nn.with_logical_partitioning(
+                nn.initializers.normal(cfg.init_std), ("embed", "mlp")
+            ),
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)),
             name="wi",
         )(x)
@@ -173,4 +177,3 @@ class TransformerStack(nn.Module):
         if cfg.norm_position == "pre":
             x = make_norm(cfg, "final_norm")(x)
         return x
-

@@ -30,4 +30,12 @@ def init_params(cfg: ModelConfig, rng: jax.Array) -> dict:
     return build_model(cfg).init(rng, *example_inputs(cfg))["params"]
 
 
-__all__ = ["GPT", "Bert", "EncoderDecoder", "FAMILIES", "build_model", "example_inputs", "init_params"]
+__all__ = [
+    "GPT",
+    "Bert",
+    "EncoderDecoder",
+    "FAMILIES",
+    "build_model",
+    "example_inputs",
+    "init_params",
+]

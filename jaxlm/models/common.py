@@ -65,7 +65,9 @@ def output_logits(cfg: ModelConfig, embed: TokenEmbedding, x: jax.Array, name: s
             use_bias=False,
             dtype=cfg.compute_dtype,
             param_dtype=cfg.weight_dtype,
-            kernel_init=nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std), ("embed", "vocab")),
+            kernel_init=nn.with_logical_partitioning(
+                nn.initializers.normal(cfg.init_std), ("embed", "vocab")
+            ),
             name=name,
         )(x)
     logits = nn.with_logical_constraint(

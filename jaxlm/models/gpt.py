@@ -41,7 +41,9 @@ class GPT(nn.Module):
         segment_ids = jnp.ones_like(tokens) if segment_ids is None else segment_ids
         embed = token_embedding(cfg)
         dropout = nn.Dropout(cfg.dropout_rate)
-        x = embed_inputs(cfg, embed, position_module(cfg), dropout, tokens, positions, deterministic)
+        x = embed_inputs(
+            cfg, embed, position_module(cfg), dropout, tokens, positions, deterministic
+        )
         mask = attention_mask(segment_ids, segment_ids, causal=True)
         x = TransformerStack(cfg, cfg.num_layers, name="decoder")(
             x, mask, positions, deterministic=deterministic

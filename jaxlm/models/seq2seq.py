@@ -40,10 +40,18 @@ class EncoderDecoder(nn.Module):
 
     def encode(self, source, source_segments=None, source_positions=None, *, deterministic=True):
         """source: [batch, source_length] -> [batch, source_length, embed]."""
-        source_positions = default_positions(source) if source_positions is None else source_positions
+        source_positions = (
+            default_positions(source) if source_positions is None else source_positions
+        )
         source_segments = jnp.ones_like(source) if source_segments is None else source_segments
         x = embed_inputs(
-            self.cfg, self.embed, self.source_positions, self.dropout, source, source_positions, deterministic
+            self.cfg,
+            self.embed,
+            self.source_positions,
+            self.dropout,
+            source,
+            source_positions,
+            deterministic,
         )
         mask = attention_mask(source_segments, source_segments, causal=False)
         return self.encoder(x, mask, source_positions, deterministic=deterministic)
@@ -95,7 +103,9 @@ class EncoderDecoder(nn.Module):
         *,
         deterministic: bool = True,
     ) -> jax.Array:
-        encoded = self.encode(source, source_segments, source_positions, deterministic=deterministic)
+        encoded = self.encode(
+            source, source_segments, source_positions, deterministic=deterministic
+        )
         return self.decode(
             encoded,
             target_inputs,

@@ -51,6 +51,8 @@ def parameter_table(cfg: ModelConfig, boxed: dict | None = None) -> str:
     lines = [f"{'parameter':<{width}}  {'shape':<22} {'logical axes':<36} count"]
     for path, shape, names in rows:
         axes = ", ".join(str(n) for n in names) if names else "-"
-        lines.append(f"{path:<{width}}  {str(shape):<22} {axes:<36} {real_size(shape, names, cfg):,}")
+        lines.append(
+            f"{path:<{width}}  {str(shape):<22} {axes:<36} {real_size(shape, names, cfg):,}"
+        )
     lines.append(f"parameters: {count_parameters(cfg, boxed)}")
     return "\n".join(lines)

@@ -31,7 +31,9 @@ def make_train_step(
         (value, stats), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         new_state = TrainState(
-            step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state
+            step=state.step + 1,
+            params=optax.apply_updates(state.params, updates),
+            opt_state=opt_state,
         )
         metrics = {
             "loss": value,

@@ -56,6 +56,29 @@ def prepare_tokenizer(cfg: Config, files: list[Path], workdir: Path) -> Tokenize
     return tokenizer
 
 
+def _due(step: int, every: int, last_step: int) -> bool:
+    """Periodic actions run every `every` steps (never when 0) and at the last step."""
+    return step == last_step or (every > 0 and step % every == 0)
+
+
+class Throughput:
+    """Tokens per second of training since the last restart (host-side wall clock)."""
+
+    def __init__(self, tokens_per_step: int, step: int):
+        self.tokens_per_step = tokens_per_step
+        self.step, self.time = step, time.perf_counter()
+
+    def restart(self, step: int) -> float:
+        """Start measuring after `step`; returns the seconds since the previous restart."""
+        now = time.perf_counter()
+        elapsed, self.step, self.time = now - self.time, step, now
+        return elapsed
+
+    def rate(self, step: int) -> float:
+        steps = step - self.step
+        return steps * self.tokens_per_step / self.restart(step)
+
+
 def log(message: str) -> None:
     if jax.process_index() == 0:
         tqdm.write(message)
@@ -71,14 +94,19 @@ def evaluate(eval_step, params, batches, mesh) -> dict[str, float]:
     if totals["weights"] == 0:
         return {}
     loss = totals["nll"] / totals["weights"]
-    return {"loss": loss, "perplexity": math.exp(loss), "accuracy": totals["correct"] / totals["weights"]}
+    return {
+        "loss": loss,
+        "perplexity": math.exp(loss),
+        "accuracy": totals["correct"] / totals["weights"],
+    }
 
 
 def train(cfg: Config) -> dict[str, float]:
     """Train `cfg` in `cfg.train.workdir`; returns the last train and eval metrics."""
     if cfg.model.family != "gpt":
         raise ConfigError(
-            f"config key 'model.family': training from text supports 'gpt'; got {cfg.model.family!r}"
+            "config key 'model.family': training from text supports 'gpt', "
+            f"not {cfg.model.family!r}"
         )
     workdir = Path(cfg.train.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -122,7 +150,9 @@ def train(cfg: Config) -> dict[str, float]:
     def eval_batches():
         if not eval_docs:
             return []
-        return itertools.islice(dataset(eval_docs, training=False).as_numpy_iterator(), cfg.train.eval_batches)
+        return itertools.islice(
+            dataset(eval_docs, training=False).as_numpy_iterator(), cfg.train.eval_batches
+        )
 
     metrics_log = MetricsLog(workdir)
     last: dict[str, float] = {}
@@ -133,36 +163,37 @@ def train(cfg: Config) -> dict[str, float]:
         disable=not cfg.train.progress_bar or jax.process_index() != 0,
         dynamic_ncols=True,
     )
+    meter = Throughput(cfg.data.batch_size * cfg.data.seq_len, start)
     with activate(mesh):
-        logged_step, tick = start, time.perf_counter()
         for step in range(start + 1, cfg.train.steps + 1):
             state, metrics = train_step(state, shard_batch(next(batches), mesh))
             progress.update()
             if step == start + 1:  # the first step includes compilation: keep it out of tokens/s
                 jax.block_until_ready(metrics)
-                log(f"compiled and ran the first step in {time.perf_counter() - tick:.1f}s")
-                logged_step, tick = step, time.perf_counter()
-            if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+                log(f"compiled and ran the first step in {meter.restart(step):.1f}s")
+            if _due(step, cfg.train.log_every, cfg.train.steps):
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 if not np.isfinite(metrics["loss"]):
                     raise FloatingPointError(f"loss is {metrics['loss']} at step {step}")
-                tokens = (step - logged_step) * cfg.data.batch_size * cfg.data.seq_len
-                metrics["tokens_per_second"] = tokens / (time.perf_counter() - tick)
-                logged_step, tick = step, time.perf_counter()
+                metrics["tokens_per_second"] = meter.rate(step)
                 metrics_log.write(step, "train", metrics)
-                progress.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['learning_rate']:.1e}")
+                progress.set_postfix(loss=f"{metrics['loss']:.3f}")
                 log(
                     f"step {step:>6}/{cfg.train.steps} | loss {metrics['loss']:.4f} | "
-                    f"lr {metrics['learning_rate']:.2e} | {metrics['tokens_per_second']:,.0f} tokens/s"
+                    f"lr {metrics['learning_rate']:.2e} | "
+                    f"{metrics['tokens_per_second']:,.0f} tokens/s"
                 )
                 last.update({f"train_{k}": v for k, v in metrics.items()})
-            if cfg.train.eval_every and step % cfg.train.eval_every == 0 or step == cfg.train.steps:
+            if _due(step, cfg.train.eval_every, cfg.train.steps):
                 results = evaluate(eval_step, state.params, eval_batches(), mesh)
                 if results:
                     metrics_log.write(step, "eval", results)
-                    log(f"step {step:>6} | eval loss {results['loss']:.4f} | perplexity {results['perplexity']:.1f}")
+                    log(
+                        f"step {step:>6} | eval loss {results['loss']:.4f} | "
+                        f"perplexity {results['perplexity']:.1f}"
+                    )
                     last.update({f"eval_{k}": v for k, v in results.items()})
-                logged_step, tick = step, time.perf_counter()  # eval time is not throughput
+                meter.restart(step)  # evaluation time is not training throughput
             if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
                 checkpointer.save(step, state)
     progress.close()

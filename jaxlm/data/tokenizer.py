@@ -1,0 +1,164 @@
+"""Sentencepiece tokenizer: training on text files, loading, and newline-safe encode/decode.
+
+Special ids are fixed: pad=0, unk=1, bos=2, eos=3. Text is encoded one line at a time and the
+lines are joined with the byte-fallback piece `<0x0A>`, so newlines survive and a word after a
+newline tokenizes as it does at the start of a text.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import sentencepiece as spm
+
+from jaxlm.errors import DataError
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+NEWLINE_PIECE = "<0x0A>"
+
+
+class Tokenizer:
+    """A sentencepiece model with newline-preserving `encode` and `decode`."""
+
+    def __init__(self, sp: spm.SentencePieceProcessor):
+        self.sp = sp
+        newline = sp.piece_to_id(NEWLINE_PIECE)
+        # Models without byte fallback have no newline piece: plain sentencepiece encode/decode.
+        self._newline = newline if sp.is_byte(newline) else None
+
+    @classmethod
+    def load(cls, path: str | Path) -> Tokenizer:
+        """Loads a `.model` file; a missing or invalid one raises `DataError`."""
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"tokenizer model not found: {path}")
+        sp = spm.SentencePieceProcessor()
+        try:
+            sp.LoadFromSerializedProto(path.read_bytes())
+        except RuntimeError:
+            raise DataError(f"{path} is not a sentencepiece model") from None
+        return cls(sp)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size()
+
+    @property
+    def pad_id(self) -> int:
+        return self.sp.pad_id()
+
+    @property
+    def bos_id(self) -> int:
+        return self.sp.bos_id()
+
+    @property
+    def eos_id(self) -> int:
+        return self.sp.eos_id()
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, without bos/eos."""
+        return self.encode_batch([text])[0]
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text; all lines of all texts go to sentencepiece in one call."""
+        if self._newline is None:
+            return self.sp.encode(list(texts))
+        texts_lines = [text.split("\n") for text in texts]
+        lines_ids = iter(self.sp.encode([line for lines in texts_lines for line in lines]))
+        result = []
+        for lines in texts_lines:
+            ids = list(next(lines_ids))
+            for _ in lines[1:]:
+                ids.append(self._newline)
+                ids.extend(next(lines_ids))
+            result.append(ids)
+        return result
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of `ids`; pad, bos and eos (control pieces) decode to nothing."""
+        ids = [int(i) for i in ids]
+        if self._newline is None:
+            return self.sp.decode(ids)
+        lines = [[]]
+        for i in ids:
+            if i == self._newline:
+                lines.append([])
+            else:
+                lines[-1].append(i)
+        return "\n".join(self.sp.decode(lines))
+
+
+def train_tokenizer(
+    files: Sequence[Path],
+    model_path: Path,
+    vocab_size: int,
+    model_type: str = "unigram",
+    sample_lines: int = 200_000,
+) -> Tokenizer:
+    """Trains a byte-fallback sentencepiece model on up to `sample_lines` random lines of `files`.
+
+    The model is written atomically to `model_path` (parent folders created). A vocab_size the
+    text cannot support raises `DataError`.
+    """
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            input=[str(f) for f in files],
+            model_writer=model,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            byte_fallback=True,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            input_sentence_size=sample_lines,
+            shuffle_input_sentence=True,
+            pad_id=PAD_ID,
+            unk_id=UNK_ID,
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
+            num_threads=os.cpu_count(),
+            minloglevel=2,
+            split_digits=True,
+        )
+    except RuntimeError as e:
+        raise DataError(_training_error(str(e), vocab_size, len(files))) from None
+    _write_atomically(Path(model_path), model.getvalue())
+    sp = spm.SentencePieceProcessor()
+    sp.LoadFromSerializedProto(model.getvalue())
+    return Tokenizer(sp)
+
+
+def _training_error(message: str, vocab_size: int, num_files: int) -> str:
+    """One line for a sentencepiece training failure."""
+    if too_high := re.search(r"Vocabulary size too high.*<= (\d+)", message):
+        return (
+            f"tokenizer vocab_size {vocab_size} is too large for its training text: "
+            f"sentencepiece can learn at most {too_high[1]} pieces from it"
+        )
+    if too_low := re.search(r"smaller than required_chars\. \d+ vs (\d+)", message):
+        return (
+            f"tokenizer vocab_size {vocab_size} is too small: its training text needs at least "
+            f"{too_low[1]} pieces"
+        )
+    if "sentences_.empty()" in message:
+        return f"the {num_files} tokenizer training file(s) contain no usable text"
+    detail = message.split("] ", 1)[-1].strip() or message.strip()
+    return f"could not train a tokenizer on {num_files} file(s): {detail.splitlines()[0]}"
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Writes `data` to a temporary file beside `path`, then renames it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

@@ -1,0 +1,125 @@
+"""End to end on real text: train, evaluate, plot, checkpoint, resume, generate, and bad input."""
+
+import json
+import math
+
+import pytest
+
+from jaxlm import cli
+from jaxlm.config import load_config
+from jaxlm.train.trainer import train
+
+VOCAB = 512
+
+
+def _overrides(files, workdir, steps):
+    return [
+        f"data.train_files=[{','.join(str(f) for f in files)}]",
+        "data.eval_fraction=0.1",
+        "data.seq_len=64",
+        "data.batch_size=8",
+        "model.num_layers=2",
+        "model.embed_dim=64",
+        "model.num_heads=4",
+        "model.mlp_dim=128",
+        f"model.vocab_size={VOCAB}",
+        "model.max_len=128",
+        "optim.learning_rate=3e-3",
+        "optim.warmup_steps=10",
+        f"train.steps={steps}",
+        "train.log_every=10",
+        "train.eval_every=40",
+        "train.eval_batches=4",
+        "train.progress_bar=false",
+        f"train.workdir={workdir}",
+        "sample.prompts=[The]",
+        "sample.max_new_tokens=8",
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained(real_text_files, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    overrides = _overrides(real_text_files, workdir, steps=80)
+    return workdir, overrides, train(load_config(None, overrides))
+
+
+def _records(workdir):
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_loss_decreases_on_real_text(trained):
+    workdir, _, last = trained
+    records = _records(workdir)
+    train_losses = [r["loss"] for r in records if r["split"] == "train"]
+    eval_losses = [r["loss"] for r in records if r["split"] == "eval"]
+    assert train_losses[-1] < train_losses[0] - 0.5
+    assert eval_losses[-1] < eval_losses[0]
+    # Far below the loss of a uniform guess over the vocabulary, ln(512) = 6.24 nats.
+    assert last["eval_loss"] < math.log(VOCAB) - 1.5
+    assert last["eval_perplexity"] == pytest.approx(math.exp(last["eval_loss"]))
+
+
+def test_outputs_are_written(trained):
+    workdir, _, _ = trained
+    png = (workdir / "loss.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 5_000
+    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    assert (workdir / "checkpoints" / "80").is_dir()
+    assert {r["split"] for r in _records(workdir)} == {"train", "eval"}
+
+
+def test_generate_cli_is_deterministic_when_greedy(trained, capsys):
+    workdir, _, _ = trained
+    argv = [
+        "generate",
+        str(workdir),
+        "--prompt",
+        "The",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "12",
+    ]
+    assert cli.main(argv) == 0
+    first = capsys.readouterr().out
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out == first
+    assert first.startswith("The") and len(first.rstrip("\n")) > len("The")
+
+
+def test_training_resumes_from_the_latest_checkpoint(trained):
+    workdir, overrides, _ = trained
+    train(load_config(None, overrides + ["train.steps=90"]))
+    steps = [r["step"] for r in _records(workdir) if r["split"] == "train"]
+    assert steps[-2:] == [80, 90]  # continued from 80; no step was repeated
+    assert (workdir / "checkpoints" / "90").is_dir()
+
+
+def _error_line(capsys, argv):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    return err
+
+
+def test_bad_input_is_one_line_error(capsys, tmp_path):
+    assert "unknown config key 'model.foo'" in _error_line(
+        capsys, ["describe", "gpt2-small", "model.foo=1"]
+    )
+    err = _error_line(capsys, ["describe", "gpt2-small", "model.num_layers=many"])
+    assert "model.num_layers" in err
+    missing = tmp_path / "nowhere" / "*.txt"
+    err = _error_line(
+        capsys,
+        ["train", "gpt2-small", f"data.train_files=[{missing}]", f"train.workdir={tmp_path}"],
+    )
+    assert str(missing) in err
+    assert "no config.yaml" in _error_line(capsys, ["generate", str(tmp_path), "--prompt", "x"])
+    assert not (tmp_path / "config.yaml").exists()  # the failed run left no half-made workdir
+
+
+def test_describe_prints_published_parameter_counts(capsys):
+    for preset, count in (("gpt2-small", 124_439_808), ("bert-base", 109_482_240)):
+        assert cli.main(["describe", preset]) == 0
+        assert f"parameters: {count}" in capsys.readouterr().out.splitlines()
