@@ -101,6 +101,17 @@ def evaluate(eval_step, params, batches, mesh) -> dict[str, float]:
     }
 
 
+def _eval_and_log(eval_step, params, batches, mesh, step, metrics_log, last) -> None:
+    results = evaluate(eval_step, params, batches, mesh)
+    if results:
+        metrics_log.write(step, "eval", results)
+        log(
+            f"step {step:>6} | eval loss {results['loss']:.4f} | "
+            f"perplexity {results['perplexity']:.1f}"
+        )
+        last.update({f"eval_{k}": v for k, v in results.items()})
+
+
 def train(cfg: Config) -> dict[str, float]:
     """Train `cfg` in `cfg.train.workdir`; returns the last train and eval metrics."""
     if cfg.model.family != "gpt":
@@ -165,6 +176,9 @@ def train(cfg: Config) -> dict[str, float]:
     )
     meter = Throughput(cfg.data.batch_size * cfg.data.seq_len, start)
     with activate(mesh):
+        if start == 0 and cfg.train.eval_every:  # the untrained model's loss starts the curve
+            _eval_and_log(eval_step, state.params, eval_batches(), mesh, 0, metrics_log, last)
+        meter.restart(start)
         for step in range(start + 1, cfg.train.steps + 1):
             state, metrics = train_step(state, shard_batch(next(batches), mesh))
             progress.update()
@@ -185,14 +199,9 @@ def train(cfg: Config) -> dict[str, float]:
                 )
                 last.update({f"train_{k}": v for k, v in metrics.items()})
             if _due(step, cfg.train.eval_every, cfg.train.steps):
-                results = evaluate(eval_step, state.params, eval_batches(), mesh)
-                if results:
-                    metrics_log.write(step, "eval", results)
-                    log(
-                        f"step {step:>6} | eval loss {results['loss']:.4f} | "
-                        f"perplexity {results['perplexity']:.1f}"
-                    )
-                    last.update({f"eval_{k}": v for k, v in results.items()})
+                _eval_and_log(
+                    eval_step, state.params, eval_batches(), mesh, step, metrics_log, last
+                )
                 meter.restart(step)  # evaluation time is not training throughput
             if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
                 checkpointer.save(step, state)
