@@ -4,6 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tiny import TINY_MODEL
 
 from jaxlm.config import SampleConfig, load_config
 from jaxlm.generate import generate, sample_logits
@@ -11,11 +12,8 @@ from jaxlm.models import build_model, init_params
 
 CFG = load_config(
     None,
-    [
-        "model.num_layers=2",
-        "model.embed_dim=32",
-        "model.num_heads=4",
-        "model.mlp_dim=64",
+    TINY_MODEL
+    + [
         "model.vocab_size=50",
         "model.max_len=32",
         "data.seq_len=32",

@@ -9,21 +9,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny import TINY_MODEL
 
 from jaxlm.config import ModelConfig, load_config
 from jaxlm.models import build_model
 from jaxlm.models.summary import abstract_params, count_parameters
 
 VOCAB, PADDED_VOCAB, LENGTH, EMBED = 100, 128, 16, 32
-TINY = [
-    "model.num_layers=2",
-    f"model.embed_dim={EMBED}",
-    "model.num_heads=4",
-    "model.mlp_dim=64",
-    f"model.vocab_size={VOCAB}",
-    f"model.max_len={LENGTH}",
-    f"data.seq_len={LENGTH}",
-]
+TINY = TINY_MODEL  # embed_dim EMBED, vocab_size VOCAB, max_len LENGTH
 VARIANTS = {
     "gpt": ["model.family=gpt"],
     # Rotary, grouped-query attention, RMSNorm, an untied output head, no biases, jax backend.

@@ -3,6 +3,7 @@
 import jax
 import numpy as np
 import pytest
+from tiny import TINY_MODEL
 
 from jaxlm.config import load_config
 from jaxlm.parallel import activate, make_mesh, shard_batch
@@ -10,15 +11,9 @@ from jaxlm.train.optim import make_optimizer
 from jaxlm.train.state import init_state
 from jaxlm.train.step import compile_steps
 
-TINY = [
-    "model.num_layers=2",
-    "model.embed_dim=32",
-    "model.num_heads=8",
-    "model.mlp_dim=64",
-    "model.vocab_size=100",
+TINY = TINY_MODEL + [
+    "model.num_heads=8",  # tensor parallelism over 8 devices splits heads 8 ways
     "model.vocab_multiple=8",
-    "model.max_len=16",
-    "data.seq_len=16",
     "data.batch_size=8",
     "optim.warmup_steps=1",
     "optim.learning_rate=1e-3",

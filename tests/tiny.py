@@ -1,0 +1,11 @@
+"""Overrides for a model small enough to compile and run in a second; tests add their own."""
+
+TINY_MODEL = [
+    "model.num_layers=2",
+    "model.embed_dim=32",
+    "model.num_heads=4",
+    "model.mlp_dim=64",
+    "model.vocab_size=100",
+    "model.max_len=16",
+    "data.seq_len=16",
+]
