@@ -304,3 +304,15 @@ def test_multi_head_attention_dropout_with_jax_backend_raises():
     assert np.isfinite(apply(params, x, x)).all()  # deterministic: no dropout, no error
     with pytest.raises(ValueError, match="dropout"):
         apply(params, x, x, deterministic=False, rngs={"dropout": jax.random.key(1)})
+
+
+def test_auto_backend_selection(monkeypatch):
+    from jaxlm.layers.attention import resolve_backend
+
+    assert resolve_backend("auto", jnp.bfloat16) == "reference"  # on the CPU
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert resolve_backend("auto", jnp.bfloat16) == "cudnn"
+    assert resolve_backend("auto", jnp.float16) == "cudnn"
+    assert resolve_backend("auto", jnp.float32) == "reference"  # cuDNN attention is 16-bit only
+    assert resolve_backend("auto", jnp.bfloat16, dropout_rate=0.1) == "reference"
+    assert resolve_backend("jax", jnp.bfloat16) == "jax"

@@ -78,12 +78,14 @@ def reference_attention(
     return out.reshape(batch, q_len, heads, head_dim)
 
 
-def resolve_backend(backend: str, dtype: jnp.dtype) -> str:
-    """'auto' picks cuDNN flash attention on NVIDIA GPUs in 16-bit, the reference elsewhere."""
+def resolve_backend(backend: str, dtype: jnp.dtype, dropout_rate: float = 0.0) -> str:
+    """'auto' picks cuDNN flash attention on NVIDIA GPUs in 16-bit without attention dropout,
+    the reference elsewhere."""
     if backend != "auto":
         return backend
     half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-    return "cudnn" if jax.default_backend() == "gpu" and half else "reference"
+    fused = jax.default_backend() == "gpu" and half and dropout_rate == 0.0
+    return "cudnn" if fused else "reference"
 
 
 def dot_product_attention(
@@ -97,7 +99,7 @@ def dot_product_attention(
     dropout_rng: jax.Array | None = None,
 ) -> jax.Array:
     """Scaled dot-product attention through the selected backend (shapes as in the reference)."""
-    backend = resolve_backend(backend, query.dtype)
+    backend = resolve_backend(backend, query.dtype, dropout_rate)
     if backend == "reference":
         return reference_attention(
             query, key, value, mask, dropout_rate=dropout_rate, dropout_rng=dropout_rng
