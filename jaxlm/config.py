@@ -126,6 +126,11 @@ class SampleConfig:
     max_new_tokens: int = 100
     temperature: float = 0.8  # 0 = greedy
     top_k: int = 0  # 0 = no top-k filtering
+    top_p: float = 1.0  # nucleus sampling; 1 = off
+    repetition_penalty: float = 1.0  # > 1 discourages tokens already generated; 1 = off
+    num_beams: int = 1  # > 1 = beam search (deterministic; ignores the sampling settings)
+    length_penalty: float = 1.0  # beam scores are log-probability / length ** length_penalty
+    early_stopping: bool = True  # beam search ends once num_beams hypotheses are finished
     seed: int = 0
 
 
@@ -264,4 +269,10 @@ def validate(config: Config) -> None:
     _check(t.steps >= 0, "train.steps", "must be >= 0")
     _check(t.log_every > 0, "train.log_every", "must be positive")
     _check(config.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
-    _check(config.sample.temperature >= 0, "sample.temperature", "must be >= 0")
+    smp = config.sample
+    _check(smp.temperature >= 0, "sample.temperature", "must be >= 0")
+    _check(smp.top_k >= 0, "sample.top_k", "must be >= 0")
+    _check(0 < smp.top_p <= 1, "sample.top_p", "must be in (0, 1]")
+    _check(smp.repetition_penalty > 0, "sample.repetition_penalty", "must be > 0")
+    _check(smp.num_beams >= 1, "sample.num_beams", "must be >= 1")
+    _check(smp.max_new_tokens >= 1, "sample.max_new_tokens", "must be >= 1")

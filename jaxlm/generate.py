@@ -1,49 +1,85 @@
-"""Autoregressive sampling for the GPT family: greedy, temperature and top-k, in one jit.
+"""Generation for the GPT and encoder-decoder families: sampling, greedy or beam search.
 
-Each step runs the model over the whole fixed-size token buffer and reads the logits at every
-row's current position; causal attention makes later (not yet written) slots irrelevant.
+    new_ids = generate(cfg.model, params, [[bos, *ids]], cfg.sample, eos_id=eos)
+    texts = generate_text(cfg.model, params, tokenizer, ["ROMEO."], cfg.sample)
+
+Prompts of different lengths are left-padded; the loop runs on the device with a key/value cache
+(see `jaxlm.decoding`) and is compiled once per model, settings and shape.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxlm.config import ModelConfig, SampleConfig
-from jaxlm.models import build_model
+from jaxlm.decoding.beam import beam_search
+from jaxlm.decoding.cache import encode
+from jaxlm.decoding.loop import sample_tokens
 
 
-def sample_logits(logits: jax.Array, rng: jax.Array, temperature: float, top_k: int) -> jax.Array:
-    """Next token per row from logits [batch, vocab]: argmax when temperature is 0."""
-    if temperature == 0.0:
-        return jnp.argmax(logits, axis=-1)
-    if top_k > 0:
-        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
-        logits = jnp.where(logits < kth, jnp.finfo(logits.dtype).min, logits)
-    return jax.random.categorical(rng, logits / temperature, axis=-1)
+def pad_rows(sequences: list[list[int]], pad_id: int, left: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, segments) [batch, longest], segments 1 on real tokens. Prompts are left-padded
+    (every row's last token is in the last column); encoder sources are right-padded."""
+    if not sequences or min(len(s) for s in sequences) == 0:
+        raise ValueError("every prompt needs at least one token (e.g. BOS)")
+    width = max(len(s) for s in sequences)
+    tokens = np.full((len(sequences), width), pad_id, np.int32)
+    segments = np.zeros((len(sequences), width), np.int32)
+    for row, seq in enumerate(sequences):
+        cols = slice(width - len(seq), width) if left else slice(0, len(seq))
+        tokens[row, cols], segments[row, cols] = seq, 1
+    return tokens, segments
 
 
-def _sampler(cfg: ModelConfig, max_new_tokens: int, sample: SampleConfig, eos_id: int, pad_id: int):
-    """The jitted loop `(params, buffer, lengths, rng) -> buffer` for one set of settings."""
-    model = build_model(cfg)
+@functools.lru_cache(maxsize=32)
+def _compiled(model_json: str, sample_json: str, max_new_tokens, eos_id, pad_id, stream):
+    """The jitted decoding function for one model and one set of decoding settings."""
+    cfg = ModelConfig(**json.loads(model_json))
+    sample = SampleConfig(**json.loads(sample_json))
+    settings = dict(sample=sample, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id)
 
-    def run(params, tokens, lengths, rng):
-        rows = jnp.arange(tokens.shape[0])
-
-        def step(i, carry):
-            tokens, done, rng = carry
-            rng, key = jax.random.split(rng)
-            position = lengths + i  # where each row writes its next token
-            logits = model.apply({"params": params}, tokens)[rows, position - 1]
-            token = sample_logits(logits, key, sample.temperature, sample.top_k)
-            token = jnp.where(done, pad_id, token).astype(tokens.dtype)
-            return tokens.at[rows, position].set(token), done | (token == eos_id), rng
-
-        done = jnp.zeros(tokens.shape[:1], bool)
-        return jax.lax.fori_loop(0, max_new_tokens, step, (tokens, done, rng))[0]
+    def run(params, tokens, segments, rng, source, source_segments):
+        context = None
+        if cfg.family == "seq2seq":
+            context = encode(cfg, params, source, source_segments)
+        if sample.num_beams > 1:
+            return beam_search(cfg, params, tokens, segments, context=context, **settings)[0][:, 0]
+        return sample_tokens(
+            cfg, params, tokens, segments, rng, context=context, stream=stream, **settings
+        )
 
     return jax.jit(run)
+
+
+def _decode(cfg, params, tokens, segments, sample, eos_id, pad_id, stream, source=None):
+    """Run the compiled loop; rows are cut after their EOS."""
+    longest = tokens.shape[1]
+    max_new = min(sample.max_new_tokens, cfg.max_len - longest)
+    if max_new <= 0:
+        raise ValueError(f"prompts of {longest} tokens leave no room in max_len={cfg.max_len}")
+    settings = dataclasses.asdict(sample)
+    del settings["prompts"]
+    run = _compiled(
+        json.dumps(dataclasses.asdict(cfg), sort_keys=True),
+        json.dumps(settings, sort_keys=True),
+        max_new,
+        eos_id,
+        pad_id,
+        stream,
+    )
+    source_tokens, source_segments = source if source is not None else (None, None)
+    rng = jax.random.key(sample.seed)
+    out = run(params, tokens, segments, rng, source_tokens, source_segments)
+    return [
+        row[: row.index(eos_id) + 1] if eos_id in row else row for row in np.asarray(out).tolist()
+    ]
 
 
 def generate(
@@ -54,33 +90,48 @@ def generate(
     *,
     eos_id: int,
     pad_id: int = 0,
+    stream: Callable | None = None,
 ) -> list[list[int]]:
-    """Continue each prompt (token ids) by up to `sample.max_new_tokens` tokens, stopping a row
-    at `eos_id`. Returns only the new tokens of each row (EOS included when produced)."""
-    if not prompts or min(len(p) for p in prompts) == 0:
-        raise ValueError("every prompt needs at least one token (e.g. BOS)")
-    longest = max(len(p) for p in prompts)
-    new_tokens = min(sample.max_new_tokens, cfg.max_len - longest)
-    if new_tokens <= 0:
-        raise ValueError(f"prompts of {longest} tokens leave no room in max_len={cfg.max_len}")
-    width = longest + new_tokens
-    buffer = np.full((len(prompts), width), pad_id, np.int32)
-    for row, prompt in enumerate(prompts):
-        buffer[row, : len(prompt)] = prompt
-    lengths = np.array([len(p) for p in prompts], np.int32)
-    run = _sampler(cfg, new_tokens, sample, eos_id, pad_id)
-    tokens = np.asarray(run(params, buffer, lengths, jax.random.key(sample.seed)))
-    results = []
-    for row, length in enumerate(lengths):
-        out = tokens[row, length : length + new_tokens].tolist()
-        results.append(out[: out.index(eos_id) + 1] if eos_id in out else out)
-    return results
+    """GPT: continue each prompt (token ids) by up to `sample.max_new_tokens` tokens, stopping a
+    row at `eos_id` (included). Returns only the new tokens of each row."""
+    tokens, segments = pad_rows(prompts, pad_id, left=True)
+    return _decode(cfg, params, tokens, segments, sample, eos_id, pad_id, stream)
+
+
+def translate(
+    cfg: ModelConfig,
+    params: dict,
+    sources: list[list[int]],
+    sample: SampleConfig,
+    *,
+    bos_id: int,
+    eos_id: int,
+    pad_id: int = 0,
+) -> list[list[int]]:
+    """Encoder-decoder: target tokens for each source (token ids), starting from `bos_id`."""
+    source_tokens, source_segments = pad_rows(sources, pad_id, left=False)
+    tokens, segments = pad_rows([[bos_id]] * len(sources), pad_id, left=True)
+    source = (jnp.asarray(source_tokens), jnp.asarray(source_segments))
+    return _decode(cfg, params, tokens, segments, sample, eos_id, pad_id, None, source)
 
 
 def generate_text(
-    cfg: ModelConfig, params: dict, tokenizer, prompts: list[str], sample: SampleConfig
+    cfg: ModelConfig,
+    params: dict,
+    tokenizer,
+    prompts: list[str],
+    sample: SampleConfig,
+    stream: Callable | None = None,
 ) -> list[str]:
     """Continue each text prompt; returns the generated continuations as text."""
     encoded = [[tokenizer.bos_id, *tokenizer.encode(p)] for p in prompts]
-    new = generate(cfg, params, encoded, sample, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+    new = generate(
+        cfg,
+        params,
+        encoded,
+        sample,
+        eos_id=tokenizer.eos_id,
+        pad_id=tokenizer.pad_id,
+        stream=stream,
+    )
     return [tokenizer.decode(ids) for ids in new]

@@ -1,36 +1,39 @@
-"""Sampling against a naive reference: a growing sequence re-run through the model each step."""
+"""Cached decoding against naive references: full forward passes over growing sequences,
+exhaustive search over all continuations, and the uncached logits at every step."""
+
+import itertools
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from tiny import TINY_MODEL
 
 from jaxlm.config import SampleConfig, load_config
-from jaxlm.generate import generate, sample_logits
+from jaxlm.decoding.beam import beam_search
+from jaxlm.decoding.cache import encode, init_cache, step_fn
+from jaxlm.generate import generate, pad_rows, translate
 from jaxlm.models import build_model, init_params
 
-CFG = load_config(
-    None,
-    TINY_MODEL
-    + [
-        "model.vocab_size=50",
-        "model.max_len=32",
-        "data.seq_len=32",
-        "model.init_std=0.5",  # large weights: peaked, prompt-dependent predictions
-    ],
-).model
-PARAMS = nn.unbox(init_params(CFG, jax.random.key(3)))
+LARGE_INIT = ["model.max_len=32", "data.seq_len=32", "model.init_std=0.5"]  # peaked predictions
 
 
-FORWARD = jax.jit(lambda tokens: build_model(CFG).apply({"params": PARAMS}, tokens))
+def _model(family, extra=()):
+    cfg = load_config(None, [*TINY_MODEL, *LARGE_INIT, f"model.family={family}", *extra]).model
+    return cfg, nn.unbox(init_params(cfg, jax.random.key(3)))
 
 
-def _naive_greedy(prompt, steps, eos_id):
+GPT, GPT_PARAMS = _model("gpt")
+S2S, S2S_PARAMS = _model("seq2seq")
+GPT_FORWARD = jax.jit(lambda t: build_model(GPT).apply({"params": GPT_PARAMS}, t))
+S2S_FORWARD = jax.jit(lambda s, t: build_model(S2S).apply({"params": S2S_PARAMS}, s, t))
+
+
+def _naive_greedy(forward, prompt, steps, eos_id):
     tokens = list(prompt)
     for _ in range(steps):
-        logits = FORWARD(jnp.asarray([tokens]))[0, -1]
-        tokens.append(int(jnp.argmax(logits)))
+        tokens.append(int(jnp.argmax(forward(jnp.asarray([tokens]))[0, -1])))
         if tokens[-1] == eos_id:
             break
     return tokens[len(prompt) :]
@@ -38,44 +41,107 @@ def _naive_greedy(prompt, steps, eos_id):
 
 def test_greedy_matches_naive_loop_for_prompts_of_different_lengths():
     prompts = [[2, 7, 9, 11, 4], [2, 30], [2, 5, 5, 8]]
-    sample = SampleConfig(max_new_tokens=10, temperature=0.0)
-    got = generate(CFG, PARAMS, prompts, sample, eos_id=-1)
-    assert got == [_naive_greedy(p, 10, eos_id=-1) for p in prompts]
+    got = generate(
+        GPT, GPT_PARAMS, prompts, SampleConfig(max_new_tokens=10, temperature=0), eos_id=-1
+    )
+    assert got == [_naive_greedy(GPT_FORWARD, p, 10, eos_id=-1) for p in prompts]
 
 
 def test_generation_stops_at_eos_per_row():
     prompts = [[2, 7, 9], [2, 30, 1]]
-    reference = [_naive_greedy(p, 10, eos_id=-1) for p in prompts]
-    eos = reference[0][3]  # the 4th greedy token of row 0 acts as EOS
+    eos = _naive_greedy(GPT_FORWARD, prompts[0], 10, eos_id=-1)[3]  # row 0's 4th token
     got = generate(
-        CFG, PARAMS, prompts, SampleConfig(max_new_tokens=10, temperature=0.0), eos_id=eos
+        GPT, GPT_PARAMS, prompts, SampleConfig(max_new_tokens=10, temperature=0), eos_id=eos
     )
-    assert got == [_naive_greedy(p, 10, eos_id=eos) for p in prompts]
-    assert got[0][-1] == eos and len(got[0]) == reference[0].index(eos) + 1
+    assert got == [_naive_greedy(GPT_FORWARD, p, 10, eos_id=eos) for p in prompts]
+    assert got[0][-1] == eos and len(got[0]) <= 4
+
+
+def test_seq2seq_greedy_matches_naive_loop():
+    sources = [[5, 6, 7, 8, 9], [10, 11]]
+    got = translate(
+        S2S, S2S_PARAMS, sources, SampleConfig(max_new_tokens=8, temperature=0), bos_id=2, eos_id=-1
+    )
+    for source, row in zip(sources, got, strict=True):
+        src = jnp.asarray([source])
+        assert row == _naive_greedy(lambda t, src=src: S2S_FORWARD(src, t), [2], 8, eos_id=-1)
+
+
+@pytest.mark.parametrize("family", ["gpt", "seq2seq"])
+def test_cached_step_logits_equal_the_full_forward_pass(family):
+    cfg, params = (GPT, GPT_PARAMS) if family == "gpt" else (S2S, S2S_PARAMS)
+    rng = np.random.default_rng(0)
+    rows = [list(rng.integers(4, 100, 9)), list(rng.integers(4, 100, 6))]
+    tokens, segments = pad_rows(rows, 0, left=True)
+    positions = np.maximum(np.cumsum(segments, 1) - 1, 0)
+    context, model = None, build_model(cfg)
+    if family == "gpt":
+        full = model.apply({"params": params}, tokens, positions, segments)
+    else:
+        source, source_segments = pad_rows([[5, 6, 7, 8], [9, 10, 11]], 0, left=False)
+        full = model.apply(
+            {"params": params}, source, tokens, source_segments, segments, None, positions
+        )
+        context = encode(cfg, params, source, source_segments)
+    step = jax.jit(step_fn(cfg))
+    cache = init_cache(cfg, 2, 12, context)
+    logits, cache = step(params, cache, tokens[:, :3], positions[:, :3], segments[:, :3], context)
+    outputs = [logits]
+    for t in range(3, tokens.shape[1]):  # prefill 3 tokens, then one token per step
+        cols = slice(t, t + 1)
+        logits, cache = step(
+            params, cache, tokens[:, cols], positions[:, cols], segments[:, cols], context
+        )
+        outputs.append(logits)
+    cached = np.asarray(jnp.concatenate(outputs, axis=1))[..., : cfg.vocab_size]
+    real = segments.astype(bool)
+    np.testing.assert_allclose(
+        cached[real], np.asarray(full)[..., : cfg.vocab_size][real], atol=1e-5
+    )
 
 
 def test_sampling_is_reproducible_with_the_same_key():
     prompts = [[2, 7, 9]]
     sample = SampleConfig(max_new_tokens=12, temperature=1.0, seed=5)
-    first = generate(CFG, PARAMS, prompts, sample, eos_id=-1)
-    assert first == generate(CFG, PARAMS, prompts, sample, eos_id=-1)
-    other = generate(
-        CFG, PARAMS, prompts, SampleConfig(max_new_tokens=12, temperature=1.0, seed=6), eos_id=-1
+    first = generate(GPT, GPT_PARAMS, prompts, sample, eos_id=-1)
+    assert first == generate(GPT, GPT_PARAMS, prompts, sample, eos_id=-1)
+    other = SampleConfig(max_new_tokens=12, temperature=1.0, seed=6)
+    assert generate(GPT, GPT_PARAMS, prompts, other, eos_id=-1) != first
+
+
+def test_streaming_reports_every_token_in_order():
+    seen = []
+    sample = SampleConfig(max_new_tokens=6, temperature=0)
+    got = generate(
+        GPT, GPT_PARAMS, [[2, 7]], sample, eos_id=-1, stream=lambda i, t: seen.append(int(t[0]))
     )
-    assert other != first
+    assert seen == got[0]
 
 
-def test_top_k_only_emits_the_k_most_likely_tokens():
-    logits = jax.random.normal(jax.random.key(0), (4, 50))
-    allowed = np.argsort(-np.asarray(logits), axis=-1)[:, :5]
-    for seed in range(50):
-        tokens = np.asarray(sample_logits(logits, jax.random.key(seed), temperature=1.5, top_k=5))
-        assert all(tokens[row] in allowed[row] for row in range(4))
+def test_beam_size_one_equals_greedy():
+    prompts = [[2, 7, 9], [2, 30]]
+    greedy = generate(
+        GPT, GPT_PARAMS, prompts, SampleConfig(max_new_tokens=8, temperature=0), eos_id=-1
+    )
+    tokens, segments = pad_rows(prompts, 0, left=True)
+    beam = SampleConfig(num_beams=1, early_stopping=False)
+    best, _ = beam_search(
+        GPT, GPT_PARAMS, tokens, segments, sample=beam, max_new_tokens=8, eos_id=-1, pad_id=0
+    )
+    assert np.asarray(best[:, 0]).tolist() == greedy
 
 
-def test_temperature_one_samples_follow_softmax():
-    logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]]))
-    keys = jax.random.split(jax.random.key(0), 20_000)
-    draws = jax.vmap(lambda k: sample_logits(logits, k, 1.0, 0))(keys)[:, 0]
-    freq = np.bincount(np.asarray(draws), minlength=4) / len(keys)
-    np.testing.assert_allclose(freq, [0.5, 0.3, 0.15, 0.05], atol=0.015)
+def test_beam_search_equals_exhaustive_search():
+    """With 4 real tokens and 3 steps there are 64 continuations; 16 beams keep every prefix,
+    so beam search must return the most likely continuation."""
+    cfg, params = _model("gpt", ["model.vocab_size=4", "model.vocab_multiple=4"])
+    forward = jax.jit(lambda t: build_model(cfg).apply({"params": params}, t))
+    prompt = [1, 3, 0]
+    best, best_logp = None, -np.inf
+    for tail in itertools.product(range(4), repeat=3):
+        logp = np.asarray(jax.nn.log_softmax(forward(jnp.asarray([prompt + list(tail)]))[0], -1))
+        total = sum(logp[len(prompt) - 1 + i, t] for i, t in enumerate(tail))
+        if total > best_logp:
+            best, best_logp = list(tail), total
+    sample = SampleConfig(max_new_tokens=3, num_beams=16, length_penalty=0.0, early_stopping=False)
+    assert generate(cfg, params, [prompt], sample, eos_id=-1) == [best]

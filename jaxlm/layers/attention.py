@@ -124,6 +124,11 @@ class MultiHeadAttention(nn.Module):
 
     Self-attention when `inputs_kv` is `inputs_q`; cross-attention otherwise. Rotary position
     embedding, when given as `rotary(x, positions)`, is applied to queries and keys.
+
+    With `decode_index` (a traced int), keys and values of the inputs are written into a
+    preallocated cache (collection "cache", [batch, cache_length, kv_heads, head_dim]) at that
+    slot, and the queries attend over the whole cache; `mask` is then [batch, 1, q, cache_length].
+    Initialising with `decode_index` set sizes the cache from the input length.
     """
 
     num_heads: int
@@ -148,6 +153,7 @@ class MultiHeadAttention(nn.Module):
         q_positions: jax.Array | None = None,
         kv_positions: jax.Array | None = None,
         deterministic: bool = True,
+        decode_index: jax.Array | None = None,
     ) -> jax.Array:
         # inputs_q: [batch, q, embed]; inputs_kv: [batch, k, embed]
         kv_heads = self.num_kv_heads or self.num_heads
@@ -166,6 +172,8 @@ class MultiHeadAttention(nn.Module):
             query, key = rotary(query, q_positions), rotary(key, kv_positions)
         head_axes = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
         query, key, value = (nn.with_logical_constraint(t, head_axes) for t in (query, key, value))
+        if decode_index is not None:
+            key, value = self._cached(key, value, decode_index)
 
         dropout_rate = 0.0 if deterministic else self.dropout_rate
         dropout_rng = self.make_rng("dropout") if dropout_rate > 0.0 else None
@@ -188,3 +196,14 @@ class MultiHeadAttention(nn.Module):
             param_dtype=self.param_dtype,
             name="out",
         )(out)
+
+    def _cached(self, key: jax.Array, value: jax.Array, index: jax.Array):
+        """Write key/value [batch, k, kv_heads, head_dim] at slot `index`; return the caches."""
+        initialising = not self.has_variable("cache", "cached_key")
+        cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+        cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+        if not initialising:
+            start = (0, index, 0, 0)
+            cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, start)
+            cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, start)
+        return cached_key.value, cached_value.value

@@ -82,8 +82,9 @@ class Mlp(nn.Module):
 class TransformerBlock(nn.Module):
     """Self-attention, optional cross-attention, MLP; each a residual sublayer, pre- or post-LN.
 
-    Called as a scan body: `(x, mask, positions, encoded, cross_mask, deterministic) -> (x, None)`
-    with x: [batch, length, embed], mask: [batch, 1, length, length], positions: [batch, length],
+    A scan body: `(x, mask, positions, encoded, cross_mask, deterministic, decode_index) ->
+    (x, None)` with x: [batch, length, embed], mask: [batch, 1, length, keys] (keys = length, or
+    the cache length when decoding), positions: [batch, length],
     encoded: [batch, source_length, embed], cross_mask: [batch, 1, length, source_length].
     """
 
@@ -91,7 +92,16 @@ class TransformerBlock(nn.Module):
     cross_attention: bool = False
 
     @nn.compact
-    def __call__(self, x, mask, positions, encoded=None, cross_mask=None, deterministic=True):
+    def __call__(
+        self,
+        x,
+        mask,
+        positions,
+        encoded=None,
+        cross_mask=None,
+        deterministic=True,
+        decode_index=None,
+    ):
         cfg = self.cfg
 
         def residual(name: str, sublayer):
@@ -131,6 +141,7 @@ class TransformerBlock(nn.Module):
                 q_positions=positions,
                 kv_positions=positions,
                 deterministic=deterministic,
+                decode_index=decode_index,
             ),
         )
         if self.cross_attention:
@@ -146,14 +157,24 @@ class TransformerBlock(nn.Module):
 
 class TransformerStack(nn.Module):
     """`num_layers` blocks stacked with `nn.scan` (parameters get a leading `layers` axis),
-    each wrapped in `nn.remat` with the configured policy; pre-LN stacks end with a norm."""
+    each wrapped in `nn.remat` with the configured policy; pre-LN stacks end with a norm.
+    When decoding, each layer keeps its key/value cache (stacked like the parameters)."""
 
     cfg: ModelConfig
     num_layers: int
     cross_attention: bool = False
 
     @nn.compact
-    def __call__(self, x, mask, positions, encoded=None, cross_mask=None, deterministic=True):
+    def __call__(
+        self,
+        x,
+        mask,
+        positions,
+        encoded=None,
+        cross_mask=None,
+        deterministic=True,
+        decode_index=None,
+    ):
         cfg = self.cfg
         block = TransformerBlock
         if cfg.remat_policy != "none":
@@ -165,14 +186,14 @@ class TransformerStack(nn.Module):
             )
         stack = nn.scan(
             block,
-            variable_axes={"params": 0},
+            variable_axes={"params": 0, "cache": 0},
             split_rngs={"params": True, "dropout": True},
-            in_axes=(nn.broadcast,) * 5,
+            in_axes=(nn.broadcast,) * 6,
             length=self.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
         x, _ = stack(cfg, cross_attention=self.cross_attention, name="layers")(
-            x, mask, positions, encoded, cross_mask, deterministic
+            x, mask, positions, encoded, cross_mask, deterministic, decode_index
         )
         if cfg.norm_position == "pre":
             x = make_norm(cfg, "final_norm")(x)

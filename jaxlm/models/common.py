@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.config import ModelConfig
+from jaxlm.layers.attention import attention_mask, padding_mask
 from jaxlm.layers.embeddings import LearnedPositions, SinusoidalPositions, TokenEmbedding
 from jaxlm.layers.transformer import ACTIVATION_AXES
 
@@ -82,3 +83,29 @@ def mask_vocab_padding(logits: jax.Array, vocab_size: int) -> jax.Array:
         return logits
     real = jnp.arange(logits.shape[-1]) < vocab_size
     return jnp.where(real, logits, jnp.finfo(logits.dtype).min)
+
+
+class CachedSelfAttentionMask(nn.Module):
+    """Causal mask over a key/value cache, and the cache slot where new tokens go.
+
+    Keeps in the "cache" collection the next free slot and the segment id of every filled slot
+    (0 = padding or empty). Called with the new tokens' segment_ids [batch, length], it appends
+    them and returns the mask [batch, 1, length, cache_length] and the slot they are written at.
+    Initialising sizes the cache from the input length.
+    """
+
+    @nn.compact
+    def __call__(self, segment_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
+        initialising = not self.has_variable("cache", "index")
+        index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+        filled = self.variable("cache", "segments", jnp.zeros, segment_ids.shape, jnp.int32)
+        if initialising:
+            return attention_mask(segment_ids, segment_ids, causal=True), index.value
+        start = index.value
+        filled.value = jax.lax.dynamic_update_slice(
+            filled.value, segment_ids.astype(jnp.int32), (0, start)
+        )
+        query_slots = start + jnp.arange(segment_ids.shape[1])
+        causal = query_slots[:, None] >= jnp.arange(filled.value.shape[1])[None, :]
+        index.value = start + segment_ids.shape[1]
+        return causal[None, None] & padding_mask(segment_ids != 0, filled.value != 0), start

@@ -10,6 +10,7 @@ from jaxlm.config import ModelConfig
 from jaxlm.layers.attention import attention_mask
 from jaxlm.layers.transformer import TransformerStack
 from jaxlm.models.common import (
+    CachedSelfAttentionMask,
     default_positions,
     embed_inputs,
     output_logits,
@@ -31,10 +32,12 @@ class GPT(nn.Module):
         segment_ids: jax.Array | None = None,
         *,
         deterministic: bool = True,
+        use_cache: bool = False,
     ) -> jax.Array:
         """tokens, positions, segment_ids: [batch, length] (segment 0 = padding).
 
-        Returns float32 logits [batch, length, padded_vocab_size].
+        Returns float32 logits [batch, length, padded_vocab_size]. With `use_cache`, the tokens
+        continue the sequence held in the "cache" collection (`CachedSelfAttentionMask`).
         """
         cfg = self.cfg
         positions = default_positions(tokens) if positions is None else positions
@@ -44,8 +47,11 @@ class GPT(nn.Module):
         x = embed_inputs(
             cfg, embed, position_module(cfg), dropout, tokens, positions, deterministic
         )
-        mask = attention_mask(segment_ids, segment_ids, causal=True)
+        if use_cache:
+            mask, decode_index = CachedSelfAttentionMask(name="cache_mask")(segment_ids)
+        else:
+            mask, decode_index = attention_mask(segment_ids, segment_ids, causal=True), None
         x = TransformerStack(cfg, cfg.num_layers, name="decoder")(
-            x, mask, positions, deterministic=deterministic
+            x, mask, positions, deterministic=deterministic, decode_index=decode_index
         )
         return output_logits(cfg, embed, x)

@@ -1,0 +1,1 @@
+"""Decoding with a key/value cache: sampling, beam search and fill-mask."""

@@ -1,0 +1,73 @@
+"""Sampling and greedy decoding: prefill the prompt in one pass, then one token per step with
+the key/value cache, the whole loop inside one `lax.while_loop`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import io_callback
+
+from jaxlm.config import ModelConfig, SampleConfig
+from jaxlm.decoding.cache import init_cache, step_fn
+from jaxlm.decoding.sampling import next_token
+
+
+def prompt_positions(segments: jax.Array) -> jax.Array:
+    """Positions 0, 1, ... of the real tokens of left-padded rows [batch, length]."""
+    return jnp.maximum(jnp.cumsum(segments, axis=1) - 1, 0)
+
+
+def sample_tokens(
+    cfg: ModelConfig,
+    params,
+    prompts: jax.Array,
+    segments: jax.Array,
+    rng: jax.Array,
+    *,
+    sample: SampleConfig,
+    max_new_tokens: int,
+    eos_id: int,
+    pad_id: int,
+    context=None,
+    stream: Callable[[jax.Array, jax.Array], None] | None = None,
+) -> jax.Array:
+    """New tokens [batch, max_new_tokens] after left-padded prompts [batch, prompt_length]
+    (segments: 1 = token, 0 = padding). A row stops at `eos_id` and is padded with `pad_id`;
+    `stream(step, tokens)`, if given, is called from the device loop with every new token."""
+    batch, prompt_length = prompts.shape
+    step = step_fn(cfg)
+    cache = init_cache(cfg, batch, prompt_length + max_new_tokens, context)
+    logits, cache = step(params, cache, prompts, prompt_positions(segments), segments, context)
+    lengths = jnp.sum(segments, axis=1)  # real tokens per row: the next position
+    rows = jnp.arange(batch)
+    seen = jnp.zeros((batch, logits.shape[-1]), bool).at[rows[:, None], prompts].max(segments > 0)
+
+    def keep_going(state):
+        i, _, _, _, done, _ = state
+        return (i < max_new_tokens) & ~jnp.all(done)
+
+    def body(state):
+        i, out, logits, cache, done, seen = state
+        token = next_token(logits, seen, jax.random.fold_in(rng, i), sample)
+        token = jnp.where(done, pad_id, token).astype(jnp.int32)
+        if stream is not None:
+            io_callback(stream, None, i, token, ordered=True)
+        out = out.at[:, i].set(token)
+        seen = seen.at[rows, token].set(True)
+        done = done | (token == eos_id)
+        logits, cache = step(
+            params,
+            cache,
+            token[:, None],
+            (lengths + i)[:, None],
+            jnp.ones_like(token)[:, None],
+            context,
+        )
+        return i + 1, out, logits[:, -1], cache, done, seen
+
+    out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32)
+    done = jnp.zeros((batch,), bool)
+    state = (jnp.zeros((), jnp.int32), out, logits[:, -1], cache, done, seen)
+    return jax.lax.while_loop(keep_going, body, state)[1]
