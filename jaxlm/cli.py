@@ -8,6 +8,7 @@ jaxlm describe MODEL_OR_CONFIG [section.key=value ...] [--params]
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -44,32 +45,68 @@ def _describe(args) -> None:
     print(parameter_table(m, boxed) if args.params else f"parameters: {count_parameters(m, boxed)}")
 
 
+def _read_prompts(args) -> list[str]:
+    if args.prompt is not None:
+        return [args.prompt]
+    if args.prompt_file is not None:
+        path = Path(args.prompt_file)
+        if not path.is_file():
+            raise JaxlmError(f"prompt file not found: {path}")
+        return [line for line in path.read_text().splitlines() if line.strip()]
+    return [sys.stdin.read()]
+
+
+class _Printer:
+    """Prints a single generation as its tokens arrive from the device loop."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.ids, self.printed = tokenizer, [], ""
+
+    def __call__(self, step, tokens) -> None:
+        token = int(tokens[0])
+        if token in (self.tokenizer.eos_id, self.tokenizer.pad_id):
+            return
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
+        print(text[len(self.printed) :], end="", flush=True)
+        self.printed = text
+
+
 def _generate(args) -> None:
     from jaxlm.config import SampleConfig
     from jaxlm.generate import generate_text
     from jaxlm.inference import load_for_inference
 
-    if args.prompt is not None:
-        prompts = [args.prompt]
-    elif args.prompt_file is not None:
-        path = Path(args.prompt_file)
-        if not path.is_file():
-            raise JaxlmError(f"prompt file not found: {path}")
-        prompts = [line for line in path.read_text().splitlines() if line.strip()]
-    else:
-        prompts = [sys.stdin.read()]
+    prompts = _read_prompts(args)
     cfg, params, tokenizer = load_for_inference(Path(args.workdir))
     sample = SampleConfig(
-        prompts=prompts,
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        num_beams=args.num_beams,
+        length_penalty=args.length_penalty,
         seed=args.seed,
     )
-    for prompt, text in zip(
-        prompts, generate_text(cfg.model, params, tokenizer, prompts, sample), strict=True
-    ):
+    if len(prompts) == 1 and args.num_beams == 1:  # stream tokens as they come
+        print(prompts[0], end="", flush=True)
+        generate_text(cfg.model, params, tokenizer, prompts, sample, stream=_Printer(tokenizer))
+        print()
+        return
+    texts = generate_text(cfg.model, params, tokenizer, prompts, sample)
+    for prompt, text in zip(prompts, texts, strict=True):
         print(prompt + text)
+
+
+def _eval(args) -> None:
+    from jaxlm.inference import evaluate_workdir
+
+    metrics = evaluate_workdir(Path(args.workdir), args.files, args.batches)
+    text = json.dumps(metrics, indent=2)
+    print(text)
+    output = Path(args.output) if args.output else Path(args.workdir) / "eval.json"
+    output.write_text(text + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,8 +132,21 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--max-new-tokens", type=int, default=100)
     generate.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     generate.add_argument("--top-k", type=int, default=0, help="0 = no top-k filtering")
+    generate.add_argument("--top-p", type=float, default=1.0, help="nucleus; 1 = off")
+    generate.add_argument("--repetition-penalty", type=float, default=1.0, help="1 = off")
+    generate.add_argument("--num-beams", type=int, default=1, help="> 1 = beam search")
+    generate.add_argument("--length-penalty", type=float, default=1.0, help="beam search")
     generate.add_argument("--seed", type=int, default=0)
     generate.set_defaults(run=_generate)
+
+    evaluate = commands.add_parser("eval", help="evaluate a trained model's latest checkpoint")
+    evaluate.add_argument("workdir", help="the training workdir (config, tokenizer, checkpoints)")
+    evaluate.add_argument(
+        "--files", nargs="+", help="text files or globs (default: the run's held-out split)"
+    )
+    evaluate.add_argument("--batches", type=int, default=0, help="0 = the whole dataset")
+    evaluate.add_argument("--output", help="metrics JSON (default: WORKDIR/eval.json)")
+    evaluate.set_defaults(run=_eval)
     return parser
 
 

@@ -8,6 +8,7 @@ An unknown key, a wrong type or an invalid value raises `ConfigError` naming the
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +24,16 @@ PRESET_DIR = Path(__file__).parent / "configs"
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
+def _hash_by_value(config) -> int:
+    """Configs that key compilation caches hash by their values."""
+    return hash(json.dumps(dataclasses.asdict(config), sort_keys=True))
+
+
 @dataclass
 class ModelConfig:
     """Architecture of one of the three families; defaults are GPT-2 small."""
+
+    __hash__ = _hash_by_value
 
     family: str = "gpt"  # gpt (causal LM) | bert (encoder) | seq2seq (encoder-decoder)
     vocab_size: int = 50257  # tokens the tokenizer can produce
@@ -121,6 +129,8 @@ class DataConfig:
 @dataclass
 class SampleConfig:
     """Text generation after training and for `jaxlm generate`."""
+
+    __hash__ = _hash_by_value
 
     prompts: list[str] = field(default_factory=list)
     max_new_tokens: int = 100

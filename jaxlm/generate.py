@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from collections.abc import Callable
 
 import jax
@@ -39,10 +38,8 @@ def pad_rows(sequences: list[list[int]], pad_id: int, left: bool) -> tuple[np.nd
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled(model_json: str, sample_json: str, max_new_tokens, eos_id, pad_id, stream):
+def _compiled(cfg: ModelConfig, sample: SampleConfig, max_new_tokens, eos_id, pad_id, stream):
     """The jitted decoding function for one model and one set of decoding settings."""
-    cfg = ModelConfig(**json.loads(model_json))
-    sample = SampleConfig(**json.loads(sample_json))
     settings = dict(sample=sample, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id)
 
     def run(params, tokens, segments, rng, source, source_segments):
@@ -64,16 +61,8 @@ def _decode(cfg, params, tokens, segments, sample, eos_id, pad_id, stream, sourc
     max_new = min(sample.max_new_tokens, cfg.max_len - longest)
     if max_new <= 0:
         raise ValueError(f"prompts of {longest} tokens leave no room in max_len={cfg.max_len}")
-    settings = dataclasses.asdict(sample)
-    del settings["prompts"]
-    run = _compiled(
-        json.dumps(dataclasses.asdict(cfg), sort_keys=True),
-        json.dumps(settings, sort_keys=True),
-        max_new,
-        eos_id,
-        pad_id,
-        stream,
-    )
+    settings = dataclasses.replace(sample, prompts=[], seed=0)  # neither changes the program
+    run = _compiled(cfg, settings, max_new, eos_id, pad_id, stream)
     source_tokens, source_segments = source if source is not None else (None, None)
     rng = jax.random.key(sample.seed)
     out = run(params, tokens, segments, rng, source_tokens, source_segments)

@@ -1,16 +1,23 @@
-"""Load a trained model from its workdir for sampling or evaluation."""
+"""A trained model from its workdir, for sampling and evaluation."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
+
+import jax
 
 from jaxlm.checkpoint import Checkpointer
 from jaxlm.config import Config, MeshConfig, load_config
+from jaxlm.data.documents import read_documents, resolve_files, split_documents
+from jaxlm.data.pipeline import lm_dataset
 from jaxlm.data.tokenizer import Tokenizer
 from jaxlm.errors import JaxlmError
 from jaxlm.parallel import make_mesh
 from jaxlm.train.optim import make_optimizer
 from jaxlm.train.state import state_shardings
+from jaxlm.train.step import make_eval_step
+from jaxlm.train.trainer import evaluate
 
 
 def load_for_inference(workdir: Path) -> tuple[Config, dict, Tokenizer]:
@@ -29,3 +36,32 @@ def load_for_inference(workdir: Path) -> tuple[Config, dict, Tokenizer]:
     finally:
         checkpointer.close()
     return cfg, state.params, tokenizer
+
+
+def evaluate_workdir(workdir: Path, files: list[str] | None = None, batches: int = 0) -> dict:
+    """Perplexity, loss and token accuracy of the latest checkpoint on text `files` (default: the
+    documents the run held out), over all of it or its first `batches` batches."""
+    cfg, params, tokenizer = load_for_inference(workdir)
+    if files:
+        documents = read_documents(resolve_files(files), cfg.data.document_unit)
+    else:
+        documents = read_documents(resolve_files(cfg.data.train_files), cfg.data.document_unit)
+        documents = split_documents(documents, cfg.data.eval_fraction)[1]
+        if not documents:
+            raise JaxlmError("the run held out no documents (data.eval_fraction=0): pass --files")
+    mesh = make_mesh(MeshConfig())
+    dataset = lm_dataset(
+        documents,
+        tokenizer,
+        seq_len=cfg.data.seq_len,
+        batch_size=cfg.data.batch_size,
+        seed=cfg.train.seed,
+        shuffle=False,
+        repeat=False,
+    ).as_numpy_iterator()
+    dataset = itertools.islice(dataset, batches or None)
+    metrics = evaluate(jax.jit(make_eval_step(cfg)), params, dataset, mesh)
+    if not metrics:
+        shape = f"{cfg.data.batch_size} x {cfg.data.seq_len}"
+        raise JaxlmError(f"the evaluation text holds less than one batch of {shape} tokens")
+    return metrics

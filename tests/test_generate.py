@@ -145,3 +145,24 @@ def test_beam_search_equals_exhaustive_search():
             best, best_logp = list(tail), total
     sample = SampleConfig(max_new_tokens=3, num_beams=16, length_penalty=0.0, early_stopping=False)
     assert generate(cfg, params, [prompt], sample, eos_id=-1) == [best]
+
+
+def test_seq2seq_beam_search_runs_per_example_and_beats_greedy_likelihood():
+    sources = [[5, 6, 7, 8, 9], [10, 11]]
+    greedy = SampleConfig(max_new_tokens=6, temperature=0)
+    beam = SampleConfig(max_new_tokens=6, num_beams=4, length_penalty=0.0, early_stopping=False)
+    for source in sources:
+        got_greedy = translate(S2S, S2S_PARAMS, [source], greedy, bos_id=2, eos_id=-1)[0]
+        got_beam = translate(S2S, S2S_PARAMS, [source], beam, bos_id=2, eos_id=-1)[0]
+        src = jnp.asarray([source])
+
+        def logp(target, src=src):
+            logits = S2S_FORWARD(src, jnp.asarray([[2, *target[:-1]]]))[0]
+            scores = np.asarray(jax.nn.log_softmax(logits, -1))
+            return sum(scores[i, t] for i, t in enumerate(target))
+
+        assert logp(got_beam) >= logp(got_greedy) - 1e-4
+    batched = translate(S2S, S2S_PARAMS, sources, beam, bos_id=2, eos_id=-1)
+    assert batched == [
+        translate(S2S, S2S_PARAMS, [s], beam, bos_id=2, eos_id=-1)[0] for s in sources
+    ]

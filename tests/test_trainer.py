@@ -123,3 +123,24 @@ def test_describe_prints_published_parameter_counts(capsys):
     for preset, count in (("gpt2-small", 124_439_808), ("bert-base", 109_482_240)):
         assert cli.main(["describe", preset]) == 0
         assert f"parameters: {count}" in capsys.readouterr().out.splitlines()
+
+
+def test_eval_cli_writes_metrics_of_the_held_out_split(trained, capsys):
+    workdir, _, _ = trained
+    assert cli.main(["eval", str(workdir), "--batches", "4"]) == 0
+    metrics = json.loads((workdir / "eval.json").read_text())
+    assert json.loads(capsys.readouterr().out) == metrics
+    # The trainer's last evaluation saw the same 4 held-out batches with the same parameters.
+    last_eval = [r for r in _records(workdir) if r["split"] == "eval"][-1]
+    assert metrics["loss"] == pytest.approx(last_eval["loss"], rel=1e-6)
+    assert metrics["perplexity"] == pytest.approx(math.exp(metrics["loss"]))
+
+
+def test_generate_cli_streams_a_single_prompt_and_runs_beam_search(trained, capsys):
+    workdir, _, _ = trained
+    argv = ["generate", str(workdir), "--prompt", "The", "--max-new-tokens", "6"]
+    assert cli.main([*argv, "--temperature", "0"]) == 0
+    streamed = capsys.readouterr().out
+    assert cli.main([*argv, "--num-beams", "3"]) == 0
+    assert capsys.readouterr().out.startswith("The")
+    assert streamed.startswith("The") and streamed.endswith("\n")

@@ -10,7 +10,6 @@ checkpoint, the loss plot and samples.
 from __future__ import annotations
 
 import itertools
-import math
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from jaxlm.data.pipeline import lm_dataset
 from jaxlm.data.tokenizer import Tokenizer, train_tokenizer
 from jaxlm.errors import ConfigError
 from jaxlm.generate import generate_text
+from jaxlm.metrics import TokenTotals, language_model_metrics
 from jaxlm.parallel import activate, check_batch_size, make_mesh, shard_batch
 from jaxlm.train.metrics_log import MetricsLog, read_metrics
 from jaxlm.train.optim import make_optimizer
@@ -85,20 +85,11 @@ def log(message: str) -> None:
 
 
 def evaluate(eval_step, params, batches, mesh) -> dict[str, float]:
-    """Loss, perplexity and accuracy over all weighted tokens of `batches`."""
-    totals = {"nll": 0.0, "weights": 0.0, "correct": 0.0}
+    """Loss, perplexity and token accuracy over all weighted tokens of `batches` ({} if none)."""
+    totals = TokenTotals()
     for batch in batches:
-        stats = jax.device_get(eval_step(params, shard_batch(batch, mesh)))
-        for key in totals:
-            totals[key] += float(stats[key])
-    if totals["weights"] == 0:
-        return {}
-    loss = totals["nll"] / totals["weights"]
-    return {
-        "loss": loss,
-        "perplexity": math.exp(loss),
-        "accuracy": totals["correct"] / totals["weights"],
-    }
+        totals.add(jax.device_get(eval_step(params, shard_batch(batch, mesh))))
+    return language_model_metrics(totals) if totals.weights > 0 else {}
 
 
 def _eval_and_log(eval_step, params, batches, mesh, step, metrics_log, last) -> None:
