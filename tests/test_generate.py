@@ -84,7 +84,7 @@ def test_cached_step_logits_equal_the_full_forward_pass(family):
         )
         context = encode(cfg, params, source, source_segments)
     step = jax.jit(step_fn(cfg))
-    cache = init_cache(cfg, 2, 12, context)
+    cache = init_cache(cfg, 2, 12)
     logits, cache = step(params, cache, tokens[:, :3], positions[:, :3], segments[:, :3], context)
     outputs = [logits]
     for t in range(3, tokens.shape[1]):  # prefill 3 tokens, then one token per step

@@ -42,7 +42,7 @@ def beam_search(
     k, alpha = sample.num_beams, sample.length_penalty
     batch, prompt_length = prompts.shape
     step = step_fn(cfg)
-    cache = init_cache(cfg, batch, prompt_length + max_new_tokens, context)
+    cache = init_cache(cfg, batch, prompt_length + max_new_tokens)
     logits, cache = step(params, cache, prompts, prompt_positions(segments), segments, context)
     # Every beam starts as the same prompt: repeat the cache and the context k times.
     repeat = lambda x, axis: jnp.repeat(x, k, axis=axis)  # noqa: E731

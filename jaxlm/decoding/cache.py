@@ -1,7 +1,7 @@
 """The generating families (GPT, encoder-decoder) as steps over a preallocated key/value cache.
 
-A cache is the model's "cache" collection: per layer (stacked on a leading `layers` axis) the
-keys and values of every filled slot, plus the next free slot and each slot's segment id.
+A cache (`jaxlm.models.common.empty_cache`) holds every decoder layer's keys and values,
+[layers, batch, kv_heads, length, head_dim], the segment id of every slot and the next free slot.
 """
 
 from __future__ import annotations
@@ -9,13 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 
 from jaxlm.config import ModelConfig
 from jaxlm.models import build_model
+from jaxlm.models.common import empty_cache
 
 # (params, cache, tokens, positions, segments, context) -> (logits [batch, length, vocab], cache)
 StepFn = Callable[..., tuple[jax.Array, dict]]
+BATCH_AXIS = {"key": 1, "value": 1, "segments": 0}
 
 
 def step_fn(cfg: ModelConfig) -> StepFn:
@@ -26,48 +27,27 @@ def step_fn(cfg: ModelConfig) -> StepFn:
     model = build_model(cfg)
 
     def step(params, cache, tokens, positions, segments, context):
-        variables = {"params": params, "cache": cache}
         if cfg.family == "seq2seq":
             encoded, source_segments = context
-            logits, updated = model.apply(
-                variables,
+            return model.apply(
+                {"params": params},
                 encoded,
                 tokens,
                 source_segments,
                 segments,
                 positions,
-                use_cache=True,
-                mutable=["cache"],
+                cache=cache,
                 method="decode",
             )
-        else:
-            logits, updated = model.apply(
-                variables, tokens, positions, segments, use_cache=True, mutable=["cache"]
-            )
-        return logits, updated["cache"]
+        return model.apply({"params": params}, tokens, positions, segments, cache=cache)
 
     return step
 
 
-def init_cache(cfg: ModelConfig, batch: int, length: int, context=None) -> dict:
+def init_cache(cfg: ModelConfig, batch: int, length: int) -> dict:
     """An empty cache for `batch` sequences of up to `length` tokens."""
-    model = build_model(cfg)
-    tokens = jnp.zeros((batch, length), jnp.int32)
-
-    def shapes():
-        if cfg.family == "seq2seq":
-            encoded, source_segments = context
-            return model.init(
-                jax.random.key(0),
-                encoded,
-                tokens,
-                source_segments,
-                use_cache=True,
-                method="decode",
-            )["cache"]
-        return model.init(jax.random.key(0), tokens, use_cache=True)["cache"]
-
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(shapes))
+    layers = cfg.decoder_layers if cfg.family == "seq2seq" else cfg.num_layers
+    return empty_cache(cfg, layers, batch, length)
 
 
 def encode(cfg: ModelConfig, params, source: jax.Array, source_segments: jax.Array):
@@ -77,12 +57,5 @@ def encode(cfg: ModelConfig, params, source: jax.Array, source_segments: jax.Arr
 
 
 def map_batch(cache: dict, fn: Callable[[jax.Array, int], jax.Array]) -> dict:
-    """Apply `fn(leaf, batch_axis)` to every batched cache entry (layer caches are stacked)."""
-
-    def apply(path, leaf):
-        if leaf.ndim == 0:
-            return leaf
-        stacked = any(getattr(k, "key", None) == "layers" for k in path)
-        return fn(leaf, 1 if stacked else 0)
-
-    return jax.tree_util.tree_map_with_path(apply, cache)
+    """Apply `fn(entry, batch_axis)` to every batched cache entry (beam search reorders rows)."""
+    return {k: fn(v, BATCH_AXIS[k]) if k in BATCH_AXIS else v for k, v in cache.items()}

@@ -38,7 +38,7 @@ def sample_tokens(
     `stream(step, tokens)`, if given, is called from the device loop with every new token."""
     batch, prompt_length = prompts.shape
     step = step_fn(cfg)
-    cache = init_cache(cfg, batch, prompt_length + max_new_tokens, context)
+    cache = init_cache(cfg, batch, prompt_length + max_new_tokens)
     logits, cache = step(params, cache, prompts, prompt_positions(segments), segments, context)
     lengths = jnp.sum(segments, axis=1)  # real tokens per row: the next position
     rows = jnp.arange(batch)

@@ -125,10 +125,10 @@ class MultiHeadAttention(nn.Module):
     Self-attention when `inputs_kv` is `inputs_q`; cross-attention otherwise. Rotary position
     embedding, when given as `rotary(x, positions)`, is applied to queries and keys.
 
-    With `decode_index` (a traced int), keys and values of the inputs are written into a
-    preallocated cache (collection "cache", [batch, cache_length, kv_heads, head_dim]) at that
-    slot, and the queries attend over the whole cache; `mask` is then [batch, 1, q, cache_length].
-    Initialising with `decode_index` set sizes the cache from the input length.
+    With `kv_cache` = (keys, values), each [layers, batch, kv_heads, cache_length, head_dim], the
+    inputs' keys and values are written into layer `layer` at slot `decode_index`, the queries
+    attend over that layer's whole cache (`mask` is then [batch, 1, q, cache_length]) and the
+    call returns (output, updated kv_cache).
     """
 
     num_heads: int
@@ -153,8 +153,10 @@ class MultiHeadAttention(nn.Module):
         q_positions: jax.Array | None = None,
         kv_positions: jax.Array | None = None,
         deterministic: bool = True,
+        kv_cache: tuple[jax.Array, jax.Array] | None = None,
         decode_index: jax.Array | None = None,
-    ) -> jax.Array:
+        layer: jax.Array | None = None,
+    ):
         # inputs_q: [batch, q, embed]; inputs_kv: [batch, k, embed]
         kv_heads = self.num_kv_heads or self.num_heads
         projection = functools.partial(
@@ -172,8 +174,18 @@ class MultiHeadAttention(nn.Module):
             query, key = rotary(query, q_positions), rotary(key, kv_positions)
         head_axes = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
         query, key, value = (nn.with_logical_constraint(t, head_axes) for t in (query, key, value))
-        if decode_index is not None:
-            key, value = self._cached(key, value, decode_index)
+        if kv_cache is not None:
+            # The cache is [layers, batch, kv_heads, cache_length, head_dim]: the layout in which
+            # attention reads it without transposing.
+            kv_cache = tuple(
+                jax.lax.dynamic_update_slice(
+                    cache,
+                    jnp.swapaxes(new, 1, 2)[None].astype(cache.dtype),
+                    (layer, 0, 0, decode_index, 0),
+                )
+                for cache, new in zip(kv_cache, (key, value), strict=True)
+            )
+            key, value = (jnp.swapaxes(cache[layer], 1, 2) for cache in kv_cache)
 
         dropout_rate = 0.0 if deterministic else self.dropout_rate
         dropout_rng = self.make_rng("dropout") if dropout_rate > 0.0 else None
@@ -187,7 +199,7 @@ class MultiHeadAttention(nn.Module):
             dropout_rng=dropout_rng,
         )
         out = nn.with_logical_constraint(out, head_axes)
-        return DenseGeneral(
+        out = DenseGeneral(
             features=(inputs_q.shape[-1],),
             kernel_axes=("heads", "kv", "embed"),
             use_bias=self.use_bias,
@@ -196,14 +208,4 @@ class MultiHeadAttention(nn.Module):
             param_dtype=self.param_dtype,
             name="out",
         )(out)
-
-    def _cached(self, key: jax.Array, value: jax.Array, index: jax.Array):
-        """Write key/value [batch, k, kv_heads, head_dim] at slot `index`; return the caches."""
-        initialising = not self.has_variable("cache", "cached_key")
-        cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
-        cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
-        if not initialising:
-            start = (0, index, 0, 0)
-            cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, start)
-            cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, start)
-        return cached_key.value, cached_value.value
+        return out if kv_cache is None else (out, kv_cache)

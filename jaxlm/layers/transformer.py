@@ -7,6 +7,7 @@ import math
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from jaxlm.config import ModelConfig
 from jaxlm.layers.attention import MultiHeadAttention
@@ -82,10 +83,12 @@ class Mlp(nn.Module):
 class TransformerBlock(nn.Module):
     """Self-attention, optional cross-attention, MLP; each a residual sublayer, pre- or post-LN.
 
-    A scan body: `(x, mask, positions, encoded, cross_mask, deterministic, decode_index) ->
-    (x, None)` with x: [batch, length, embed], mask: [batch, 1, length, keys] (keys = length, or
-    the cache length when decoding), positions: [batch, length],
-    encoded: [batch, source_length, embed], cross_mask: [batch, 1, length, source_length].
+    A scan body: `((x, kv_cache), mask, positions, encoded, cross_mask, deterministic,
+    decode_index, layer) -> ((x, kv_cache), None)` with x: [batch, length, embed], mask:
+    [batch, 1, length, keys] (keys = length, or the cache length when decoding), positions:
+    [batch, length], encoded: [batch, source_length, embed], cross_mask:
+    [batch, 1, length, source_length]. `kv_cache` (None unless decoding) holds every layer's keys
+    and values; this block reads and writes its own, number `layer`.
     """
 
     cfg: ModelConfig
@@ -94,14 +97,16 @@ class TransformerBlock(nn.Module):
     @nn.compact
     def __call__(
         self,
-        x,
+        carry,
         mask,
         positions,
         encoded=None,
         cross_mask=None,
         deterministic=True,
         decode_index=None,
+        layer=None,
     ):
+        x, kv_cache = carry
         cfg = self.cfg
 
         def residual(name: str, sublayer):
@@ -131,9 +136,9 @@ class TransformerBlock(nn.Module):
         if cfg.position_embedding == "rotary":
             rotary = functools.partial(apply_rotary, base=cfg.rope_base)
 
-        residual(
-            "self_attention",
-            lambda h: attention(num_kv_heads=cfg.num_kv_heads, name="self_attention")(
+        def self_attention(h):
+            nonlocal kv_cache
+            out = attention(num_kv_heads=cfg.num_kv_heads, name="self_attention")(
                 h,
                 h,
                 mask,
@@ -141,9 +146,15 @@ class TransformerBlock(nn.Module):
                 q_positions=positions,
                 kv_positions=positions,
                 deterministic=deterministic,
+                kv_cache=kv_cache,
                 decode_index=decode_index,
-            ),
-        )
+                layer=layer,
+            )
+            if kv_cache is not None:
+                out, kv_cache = out
+            return out
+
+        residual("self_attention", self_attention)
         if self.cross_attention:
             residual(
                 "cross_attention",
@@ -152,13 +163,14 @@ class TransformerBlock(nn.Module):
                 ),
             )
         residual("mlp", lambda h: Mlp(cfg, name="mlp")(h))
-        return x, None
+        return (x, kv_cache), None
 
 
 class TransformerStack(nn.Module):
     """`num_layers` blocks stacked with `nn.scan` (parameters get a leading `layers` axis),
     each wrapped in `nn.remat` with the configured policy; pre-LN stacks end with a norm.
-    When decoding, each layer keeps its key/value cache (stacked like the parameters)."""
+    When decoding, `kv_cache` carries every layer's keys and values through the scan (updated in
+    place) and the call returns (x, kv_cache)."""
 
     cfg: ModelConfig
     num_layers: int
@@ -173,6 +185,7 @@ class TransformerStack(nn.Module):
         encoded=None,
         cross_mask=None,
         deterministic=True,
+        kv_cache=None,
         decode_index=None,
     ):
         cfg = self.cfg
@@ -186,15 +199,16 @@ class TransformerStack(nn.Module):
             )
         stack = nn.scan(
             block,
-            variable_axes={"params": 0, "cache": 0},
+            variable_axes={"params": 0},
             split_rngs={"params": True, "dropout": True},
-            in_axes=(nn.broadcast,) * 6,
+            in_axes=(*(nn.broadcast,) * 6, 0),  # all shared but the layer number
             length=self.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
-        x, _ = stack(cfg, cross_attention=self.cross_attention, name="layers")(
-            x, mask, positions, encoded, cross_mask, deterministic, decode_index
+        layers = jnp.arange(self.num_layers)
+        (x, kv_cache), _ = stack(cfg, cross_attention=self.cross_attention, name="layers")(
+            (x, kv_cache), mask, positions, encoded, cross_mask, deterministic, decode_index, layers
         )
         if cfg.norm_position == "pre":
             x = make_norm(cfg, "final_norm")(x)
-        return x
+        return x if kv_cache is None else (x, kv_cache)

@@ -85,27 +85,52 @@ def mask_vocab_padding(logits: jax.Array, vocab_size: int) -> jax.Array:
     return jnp.where(real, logits, jnp.finfo(logits.dtype).min)
 
 
-class CachedSelfAttentionMask(nn.Module):
-    """Causal mask over a key/value cache, and the cache slot where new tokens go.
+def empty_cache(cfg: ModelConfig, num_layers: int, batch: int, length: int) -> dict:
+    """A key/value cache for `batch` sequences of up to `length` tokens.
 
-    Keeps in the "cache" collection the next free slot and the segment id of every filled slot
-    (0 = padding or empty). Called with the new tokens' segment_ids [batch, length], it appends
-    them and returns the mask [batch, 1, length, cache_length] and the slot they are written at.
-    Initialising sizes the cache from the input length.
+    key, value: [layers, batch, kv_heads, length, head_dim]; segments: [batch, length] (the
+    segment id of every filled slot, 0 = padding or empty); index: the next free slot.
     """
+    shape = (num_layers, batch, cfg.num_kv_heads or cfg.num_heads, length, cfg.resolved_head_dim)
+    return {
+        "key": jnp.zeros(shape, cfg.compute_dtype),
+        "value": jnp.zeros(shape, cfg.compute_dtype),
+        "segments": jnp.zeros((batch, length), jnp.int32),
+        "index": jnp.zeros((), jnp.int32),
+    }
 
-    @nn.compact
-    def __call__(self, segment_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
-        initialising = not self.has_variable("cache", "index")
-        index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
-        filled = self.variable("cache", "segments", jnp.zeros, segment_ids.shape, jnp.int32)
-        if initialising:
-            return attention_mask(segment_ids, segment_ids, causal=True), index.value
-        start = index.value
-        filled.value = jax.lax.dynamic_update_slice(
-            filled.value, segment_ids.astype(jnp.int32), (0, start)
-        )
-        query_slots = start + jnp.arange(segment_ids.shape[1])
-        causal = query_slots[:, None] >= jnp.arange(filled.value.shape[1])[None, :]
-        index.value = start + segment_ids.shape[1]
-        return causal[None, None] & padding_mask(segment_ids != 0, filled.value != 0), start
+
+def cached_self_attention_mask(cache: dict, segment_ids: jax.Array):
+    """Append new tokens' segment_ids [batch, length] to the cache's slots.
+
+    Returns the causal mask of the new tokens over the cache [batch, 1, length, cache_length],
+    the slot where they go, and the cache with its segments and next free slot updated.
+    """
+    start = cache["index"]
+    filled = jax.lax.dynamic_update_slice(
+        cache["segments"], segment_ids.astype(jnp.int32), (0, start)
+    )
+    query_slots = start + jnp.arange(segment_ids.shape[1])
+    causal = query_slots[:, None] >= jnp.arange(filled.shape[1])[None, :]
+    mask = causal[None, None] & padding_mask(segment_ids != 0, filled != 0)
+    return mask, start, {**cache, "segments": filled, "index": start + segment_ids.shape[1]}
+
+
+def causal_self_attention(segment_ids: jax.Array, cache: dict | None):
+    """What a causal decoder stack needs: (mask, extra stack arguments, updated cache).
+
+    Without a cache the mask covers the inputs; with one, the new tokens attend over the cache
+    and the stack gets the cache and the slot to write at.
+    """
+    if cache is None:
+        return attention_mask(segment_ids, segment_ids, causal=True), {}, None
+    mask, start, cache = cached_self_attention_mask(cache, segment_ids)
+    return mask, {"kv_cache": (cache["key"], cache["value"]), "decode_index": start}, cache
+
+
+def stack_output(out, cache: dict | None):
+    """(x, cache) from a stack's output: x alone, or (x, updated keys and values)."""
+    if cache is None:
+        return out, None
+    x, (key, value) = out
+    return x, {**cache, "key": key, "value": value}

@@ -7,14 +7,14 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.config import ModelConfig
-from jaxlm.layers.attention import attention_mask
 from jaxlm.layers.transformer import TransformerStack
 from jaxlm.models.common import (
-    CachedSelfAttentionMask,
+    causal_self_attention,
     default_positions,
     embed_inputs,
     output_logits,
     position_module,
+    stack_output,
     token_embedding,
 )
 
@@ -32,12 +32,12 @@ class GPT(nn.Module):
         segment_ids: jax.Array | None = None,
         *,
         deterministic: bool = True,
-        use_cache: bool = False,
-    ) -> jax.Array:
+        cache: dict | None = None,
+    ):
         """tokens, positions, segment_ids: [batch, length] (segment 0 = padding).
 
-        Returns float32 logits [batch, length, padded_vocab_size]. With `use_cache`, the tokens
-        continue the sequence held in the "cache" collection (`CachedSelfAttentionMask`).
+        Returns float32 logits [batch, length, padded_vocab_size]. With a key/value `cache`
+        (`empty_cache`), the tokens continue the cached sequence and (logits, cache) is returned.
         """
         cfg = self.cfg
         positions = default_positions(tokens) if positions is None else positions
@@ -47,11 +47,10 @@ class GPT(nn.Module):
         x = embed_inputs(
             cfg, embed, position_module(cfg), dropout, tokens, positions, deterministic
         )
-        if use_cache:
-            mask, decode_index = CachedSelfAttentionMask(name="cache_mask")(segment_ids)
-        else:
-            mask, decode_index = attention_mask(segment_ids, segment_ids, causal=True), None
-        x = TransformerStack(cfg, cfg.num_layers, name="decoder")(
-            x, mask, positions, deterministic=deterministic, decode_index=decode_index
+        mask, stack_cache, cache = causal_self_attention(segment_ids, cache)
+        out = TransformerStack(cfg, cfg.num_layers, name="decoder")(
+            x, mask, positions, deterministic=deterministic, **stack_cache
         )
-        return output_logits(cfg, embed, x)
+        x, cache = stack_output(out, cache)
+        logits = output_logits(cfg, embed, x)
+        return logits if cache is None else (logits, cache)

@@ -10,11 +10,12 @@ from jaxlm.config import ModelConfig
 from jaxlm.layers.attention import attention_mask
 from jaxlm.layers.transformer import TransformerStack
 from jaxlm.models.common import (
-    CachedSelfAttentionMask,
+    causal_self_attention,
     default_positions,
     embed_inputs,
     output_logits,
     position_module,
+    stack_output,
     token_embedding,
 )
 
@@ -34,7 +35,6 @@ class EncoderDecoder(nn.Module):
         self.source_positions = position_module(cfg, name="source_position_embed")
         self.target_positions = position_module(cfg, name="target_position_embed")
         self.dropout = nn.Dropout(cfg.dropout_rate)
-        self.cache_mask = CachedSelfAttentionMask()
         self.encoder = TransformerStack(cfg, cfg.num_layers, name="encoder")
         self.decoder = TransformerStack(
             cfg, cfg.decoder_layers, cross_attention=True, name="decoder"
@@ -67,12 +67,13 @@ class EncoderDecoder(nn.Module):
         target_positions: jax.Array | None = None,
         *,
         deterministic: bool = True,
-        use_cache: bool = False,
-    ) -> jax.Array:
+        cache: dict | None = None,
+    ):
         """encoded: [batch, source_length, embed]; target_inputs: [batch, target_length].
 
-        Returns float32 logits [batch, target_length, padded_vocab_size]. With `use_cache`, the
-        targets continue the ones held in the "cache" collection (`CachedSelfAttentionMask`).
+        Returns float32 logits [batch, target_length, padded_vocab_size]. With a key/value
+        `cache` (`empty_cache`), the targets continue the cached ones and (logits, cache) is
+        returned.
         """
         if target_positions is None:
             target_positions = default_positions(target_inputs)
@@ -89,22 +90,20 @@ class EncoderDecoder(nn.Module):
             target_positions,
             deterministic,
         )
-        if use_cache:
-            self_mask, decode_index = self.cache_mask(target_segments)
-        else:
-            self_mask = attention_mask(target_segments, target_segments, causal=True)
-            decode_index = None
+        self_mask, stack_cache, cache = causal_self_attention(target_segments, cache)
         cross_mask = attention_mask(target_segments, source_segments, causal=False)
-        x = self.decoder(
+        out = self.decoder(
             x,
             self_mask,
             target_positions,
             encoded,
             cross_mask,
             deterministic=deterministic,
-            decode_index=decode_index,
+            **stack_cache,
         )
-        return output_logits(self.cfg, self.embed, x)
+        x, cache = stack_output(out, cache)
+        logits = output_logits(self.cfg, self.embed, x)
+        return logits if cache is None else (logits, cache)
 
     def __call__(
         self,
