@@ -3,6 +3,9 @@
 jaxlm train CONFIG [section.key=value ...]
 jaxlm generate WORKDIR [--prompt TEXT | --prompt-file FILE] [--temperature T] ...
 jaxlm describe MODEL_OR_CONFIG [section.key=value ...] [--params]
+jaxlm checkpoint list DIR | inspect DIR/STEP | export DIR/STEP OUT.safetensors
+
+`jaxlm train` exits with code 75 (`PREEMPTED_EXIT_CODE`) after checkpointing on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -10,7 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
+
+import numpy as np
 
 from jaxlm.errors import JaxlmError
 
@@ -109,6 +115,57 @@ def _eval(args) -> None:
     output.write_text(text + "\n")
 
 
+def _checkpoint_dir(path: str) -> Path:
+    """A run's `checkpoints` folder, given it or the workdir that holds it."""
+    directory = Path(path)
+    return directory / "checkpoints" if (directory / "checkpoints").is_dir() else directory
+
+
+def _checkpoint_list(args) -> None:
+    from jaxlm.checkpoint import TMP_MARK, read_meta, step_directories
+
+    for step_dir in step_directories(_checkpoint_dir(args.directory)):
+        if TMP_MARK in step_dir.name:
+            print(f"{step_dir.name.split('.')[0]:>8}  unfinished  {step_dir.name}")
+            continue
+        try:
+            meta = read_meta(step_dir)
+        except JaxlmError:
+            print(f"{step_dir.name:>8}  unreadable")
+            continue
+        metrics = " ".join(f"{k}={v:.6g}" for k, v in sorted(meta.get("metrics", {}).items()))
+        print(f"{step_dir.name:>8}  complete  {metrics}".rstrip())
+
+
+def _checkpoint_inspect(args) -> None:
+    from jaxlm.checkpoint import array_metadata, read_meta
+
+    step_dir = Path(args.step_dir)
+    meta = read_meta(step_dir)
+    print(f"step: {meta['step']}")
+    print(f"data batches consumed: {meta['data_batches_consumed']}")
+    for name, value in sorted(meta.get("metrics", {}).items()):
+        print(f"{name}: {value:.6g}")
+    arrays = array_metadata(step_dir)
+    width = max(len(name) for name in arrays)
+    for name, (shape, dtype) in arrays.items():
+        print(f"{name:<{width}}  {dtype:<8} {shape}")
+    params = sum(
+        int(np.prod(shape)) for name, (shape, _) in arrays.items() if name.startswith("params.")
+    )
+    print(f"parameters: {params}")
+
+
+def _checkpoint_export(args) -> None:
+    from safetensors.numpy import save_file
+
+    from jaxlm.checkpoint import restore_numpy
+
+    params = restore_numpy(Path(args.step_dir))
+    save_file({name: np.ascontiguousarray(value) for name, value in params.items()}, args.output)
+    print(f"wrote {len(params)} parameter arrays to {args.output}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxlm", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -147,13 +204,36 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batches", type=int, default=0, help="0 = the whole dataset")
     evaluate.add_argument("--output", help="metrics JSON (default: WORKDIR/eval.json)")
     evaluate.set_defaults(run=_eval)
+
+    checkpoint = commands.add_parser("checkpoint", help="list, inspect and export checkpoints")
+    actions = checkpoint.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="steps, whether complete, stored metrics")
+    listing.add_argument("directory", help="a checkpoints folder or a training workdir")
+    listing.set_defaults(run=_checkpoint_list)
+    inspect = actions.add_parser("inspect", help="step, metrics, array paths, shapes, dtypes")
+    inspect.add_argument("step_dir", help="DIR/STEP")
+    inspect.set_defaults(run=_checkpoint_inspect)
+    export = actions.add_parser("export", help="the parameters as a safetensors file")
+    export.add_argument("step_dir", help="DIR/STEP")
+    export.add_argument("output", help="OUT.safetensors (names joined by '.')")
+    export.set_defaults(run=_checkpoint_export)
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"jaxlm: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    from jaxlm.train.preemption import PREEMPTED_EXIT_CODE, Preempted
+
+    warnings.formatwarning = _one_line_warning
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
+    except Preempted as e:
+        print(f"jaxlm: {e}; run the same command again to resume", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
     except JaxlmError as e:
         print(f"jaxlm: error: {e}", file=sys.stderr)
         return 2

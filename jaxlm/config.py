@@ -154,7 +154,11 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 200
     eval_batches: int = 20
-    checkpoint_every: int = 0  # 0 = only at the end
+    checkpoint_every: int = 0  # 0 = only at the end (and when preempted)
+    keep_checkpoints: int = 3  # the last N checkpoints are kept
+    keep_best: int = 0  # also keep the N with the lowest `best_metric` (saved at eval steps)
+    best_metric: str = "eval_loss"  # eval_loss, eval_perplexity, ...; lower is better
+    nan_policy: str = "stop"  # non-finite loss or gradient: stop (error) or skip the update
     progress_bar: bool = True
 
 
@@ -169,6 +173,7 @@ class Config:
 
 
 CHOICES = {
+    "train.nan_policy": ("stop", "skip"),
     "model.family": ("gpt", "bert", "seq2seq"),
     "model.activation": ("gelu", "gelu_exact", "relu", "silu"),
     "model.norm": ("layernorm", "rmsnorm"),

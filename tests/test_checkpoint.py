@@ -1,45 +1,206 @@
-"""Orbax round trip of a sharded train state, onto the same and onto another mesh."""
+"""Orbax checkpoints: round trips across meshes, retention, broken steps, CLI inspection."""
+
+import functools
+import re
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from tiny import TINY_MODEL
 
-from jaxlm.checkpoint import Checkpointer
+from jaxlm import cli
+from jaxlm.checkpoint import (
+    Checkpointer,
+    CheckpointWarning,
+    array_metadata,
+    read_meta,
+    restore_numpy,
+)
 from jaxlm.config import load_config
 from jaxlm.errors import JaxlmError
 from jaxlm.parallel import make_mesh
 from jaxlm.train.optim import make_optimizer
 from jaxlm.train.state import init_state, state_shardings
 
-CFG = load_config(
-    None,
-    TINY_MODEL + ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"],
-)
+CFG = load_config(None, TINY_MODEL)
+MESHES = {"(8,1,1)": (8, 1, 1), "(2,2,2)": (2, 2, 2), "1 device": None}
 
 
-def test_sharded_state_round_trips_onto_same_and_single_device_mesh(tmp_path):
-    tx, _ = make_optimizer(CFG.optim, 10)
-    state, _ = init_state(CFG.model, tx, make_mesh(CFG.mesh), seed=1)
-    checkpointer = Checkpointer(tmp_path)
-    checkpointer.save(7, state)
+def _mesh(shape):
+    if shape is None:
+        return make_mesh(load_config().mesh, jax.devices()[:1])
+    data, fsdp, tensor = shape
+    return make_mesh(
+        load_config(None, [f"mesh.data={data}", f"mesh.fsdp={fsdp}", f"mesh.tensor={tensor}"]).mesh
+    )
+
+
+def _tx():
+    return make_optimizer(CFG.optim, 10)[0]
+
+
+@functools.cache
+def _state(mesh_shape=(8, 1, 1), seed=1):
+    return init_state(CFG.model, _tx(), _mesh(mesh_shape), seed=seed)[0]
+
+
+def _target(mesh_shape=(8, 1, 1)):
+    return state_shardings(CFG.model, _tx(), _mesh(mesh_shape))
+
+
+def _assert_same(got, want):
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _save(directory, states: dict, **options):
+    checkpointer = Checkpointer(directory, **options)
+    for step, (state, metrics) in states.items():
+        checkpointer.save(step, state, metrics)
     checkpointer.close()
 
-    for mesh in (make_mesh(CFG.mesh), make_mesh(load_config().mesh, jax.devices()[:1])):
-        abstract, shardings = state_shardings(CFG.model, tx, mesh)
-        restored = Checkpointer(tmp_path).restore(abstract, shardings)
-        assert int(restored.step) == 0
-        pairs = zip(jax.tree.leaves(restored), jax.tree.leaves(state), strict=True)
-        for got, want in pairs:
-            np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+@pytest.mark.parametrize("source", ["(8,1,1)", "(2,2,2)"])
+def test_sharded_state_round_trips_onto_other_meshes(tmp_path, source):
+    state = _state(MESHES[source])
+    _save(tmp_path, {7: (state, None)})
+    for target in MESHES.values():
+        abstract, shardings = _target(target)
+        restored, meta = Checkpointer(tmp_path).restore_with_meta(abstract, shardings)
+        assert meta == {"step": 7, "data_batches_consumed": 7, "metrics": {}}
+        _assert_same(restored, state)
         for leaf, sharding in zip(
             jax.tree.leaves(restored), jax.tree.leaves(shardings), strict=True
         ):
             assert leaf.sharding == sharding
 
 
+def test_checkpoints_of_the_previous_format_still_restore(tmp_path):
+    state = _state()
+    with ocp.CheckpointManager(tmp_path) as manager:  # how jaxlm saved before the `meta` item
+        manager.save(4, args=ocp.args.StandardSave(state))
+    restored, meta = Checkpointer(tmp_path).restore_with_meta(*_target(None))
+    assert meta["step"] == meta["data_batches_consumed"] == 4
+    _assert_same(restored, state)
+    assert read_meta(tmp_path / "4") == meta
+    params = restore_numpy(tmp_path / "4")  # what `jaxlm checkpoint export` writes
+    names = {n for n in array_metadata(tmp_path / "4") if n.startswith("params.")}
+    assert {f"params.{n}" for n in params} == names
+    assert len(params) == len(jax.tree.leaves(state.params))
+
+
 def test_restoring_from_an_empty_directory_is_a_clear_error(tmp_path):
-    tx, _ = make_optimizer(CFG.optim, 10)
-    abstract, shardings = state_shardings(CFG.model, tx, make_mesh(CFG.mesh))
     with pytest.raises(JaxlmError, match="no checkpoint in"):
-        Checkpointer(tmp_path).restore(abstract, shardings)
+        Checkpointer(tmp_path).restore(*_target())
+
+
+def test_keeps_the_last_steps_and_the_best_by_eval_loss(tmp_path):
+    state = _state()
+    losses = {2: 3.0, 4: 1.0, 6: 2.0, 8: 4.0}  # step 4 is best
+    saves = {
+        step: (state, {"eval_loss": losses[step]} if step in losses else None)
+        for step in range(1, 10)
+    }
+    _save(tmp_path, saves, max_to_keep=2, keep_best=1)
+    assert Checkpointer(tmp_path).all_steps() == [4, 8, 9]
+
+
+def _three_steps(directory):
+    """Checkpoints of steps 1, 2, 3 holding different parameters; returns them by step."""
+    states = {step: jax.tree.map(lambda x, s=step: x + s, _state()) for step in (1, 2, 3)}
+    _save(directory, {step: (state, None) for step, state in states.items()})
+    return states
+
+
+def _data_files(step_dir):
+    return sorted(p for p in (step_dir / "state").rglob("d/*") if p.is_file())
+
+
+def _truncate(step_dir):
+    for path in _data_files(step_dir):
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _delete(step_dir):
+    for path in _data_files(step_dir):
+        path.unlink()
+
+
+@pytest.mark.parametrize("damage", [_truncate, _delete])
+def test_a_broken_latest_step_falls_back_to_the_previous_one(tmp_path, damage):
+    states = _three_steps(tmp_path)
+    damage(tmp_path / "3")
+    checkpointer = Checkpointer(tmp_path)
+    with pytest.warns(CheckpointWarning, match=re.escape(str(tmp_path / "3"))):
+        restored, meta = checkpointer.restore_with_meta(*_target())
+    assert meta["step"] == 2
+    _assert_same(restored, states[2])
+    checkpointer.discard_after(2)  # what the trainer does, so that step 3 can be saved again
+    checkpointer.save(3, states[3])
+    checkpointer.close()
+    _assert_same(Checkpointer(tmp_path).restore(*_target()), states[3])
+
+
+def test_an_unfinished_save_is_ignored_and_removed_with_a_warning(tmp_path):
+    states = _three_steps(tmp_path)
+    unfinished = tmp_path / "4.orbax-checkpoint-tmp-1234"
+    (unfinished / "state").mkdir(parents=True)
+    (unfinished / "state" / "_METADATA").write_text("{")
+    with pytest.warns(CheckpointWarning, match=re.escape(str(unfinished))):
+        checkpointer = Checkpointer(tmp_path, clean_unfinished=True)
+    assert checkpointer.all_steps() == [1, 2, 3]
+    _assert_same(checkpointer.restore(*_target()), states[3])
+    assert not unfinished.exists()
+
+
+def test_when_no_step_is_readable_it_is_one_line_error(tmp_path, capsys):
+    _three_steps(tmp_path)
+    for step in (1, 2, 3):
+        _truncate(tmp_path / str(step))
+    with pytest.warns(CheckpointWarning), pytest.raises(JaxlmError) as info:
+        Checkpointer(tmp_path).restore(*_target())
+    assert str(info.value) == f"no readable checkpoint in {tmp_path} (tried 3 steps)"
+
+
+def test_cli_lists_inspects_and_exports_checkpoints(tmp_path, capsys):
+    state = _state()
+    _save(tmp_path, {5: (state, None), 10: (state, {"eval_loss": 2.5})})
+    (tmp_path / "15.orbax-checkpoint-tmp-99").mkdir()
+
+    assert cli.main(["checkpoint", "list", str(tmp_path)]) == 0
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert lines[0] == ["5", "complete"]
+    assert lines[1] == ["10", "complete", "eval_loss=2.5"]
+    assert lines[2][:2] == ["15", "unfinished"]
+
+    assert cli.main(["checkpoint", "inspect", str(tmp_path / "10")]) == 0
+    out = capsys.readouterr().out
+    assert "step: 10" in out and "eval_loss: 2.5" in out
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state.params)[0]:
+        name = "params." + ".".join(k.key for k in path)
+        assert re.search(rf"^{re.escape(name)}\s+float32\s+\({leaf.shape[0]},", out, re.M), name
+    n_params = sum(leaf.size for leaf in jax.tree.leaves(state.params))
+    assert f"parameters: {n_params}" in out
+
+    out_file = tmp_path / "params.safetensors"
+    assert cli.main(["checkpoint", "export", str(tmp_path / "10"), str(out_file)]) == 0
+    from safetensors.numpy import load_file
+
+    exported = load_file(out_file)
+    restored = Checkpointer(tmp_path).restore(*_target(None)).params
+    flat = {
+        ".".join(k.key for k in path): np.asarray(leaf)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(restored)[0]
+    }
+    assert exported.keys() == flat.keys()
+    for name, value in flat.items():
+        np.testing.assert_array_equal(exported[name], value, err_msg=name)
+    assert restore_numpy(tmp_path / "10").keys() == flat.keys()
+
+
+def test_cli_checkpoint_errors_are_one_line(tmp_path, capsys):
+    assert cli.main(["checkpoint", "list", str(tmp_path / "missing")]) == 2
+    assert cli.main(["checkpoint", "inspect", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("jaxlm: error:") for line in err)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
@@ -18,9 +20,14 @@ from jaxlm.train.state import TrainState
 def make_train_step(
     cfg: Config, tx: optax.GradientTransformation, schedule: optax.Schedule
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-    """`(state, batch) -> (state, metrics)`; dropout keys derive from the seed and the step."""
+    """`(state, batch) -> (state, metrics)`; dropout keys derive from the seed and the step.
+
+    `metrics["finite"]` says whether the loss and gradient norm were finite; with
+    `train.nan_policy=skip` a non-finite step leaves parameters and optimizer state unchanged.
+    """
     model, loss_fn = build_model(cfg.model), LOSSES[cfg.model.family]
     base_key = jax.random.key(cfg.train.seed)
+    skip_nonfinite = cfg.train.nan_policy == "skip"
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rngs = {"dropout": jax.random.fold_in(base_key, state.step)}
@@ -29,17 +36,20 @@ def make_train_step(
             return loss_fn(model, params, batch, rngs, deterministic=False)
 
         (value, stats), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new_state = TrainState(
-            step=state.step + 1,
-            params=optax.apply_updates(state.params, updates),
-            opt_state=opt_state,
-        )
+        params = optax.apply_updates(state.params, updates)
+        if skip_nonfinite:
+            keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
+            params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+        new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
         metrics = {
             "loss": value,
             "accuracy": stats["correct"] / jax.numpy.maximum(stats["weights"], 1.0),
             "tokens": stats["weights"],
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": grad_norm,
+            "finite": finite,
             "learning_rate": schedule(state.step),
         }
         return new_state, metrics

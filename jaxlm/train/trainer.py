@@ -3,18 +3,24 @@
     metrics = train(load_config("configs/demo.yaml"))
 
 reads the corpus, trains (or loads) the tokenizer, builds the state on the mesh, resumes from
-the latest checkpoint in the workdir, trains with periodic evaluation, then writes a final
-checkpoint, the loss plot and samples.
+the latest readable checkpoint in the workdir, trains with periodic evaluation, then writes a
+final checkpoint, the loss plot and samples.
+
+Fault tolerance: checkpoints are written asynchronously and atomically, so a run killed at any
+moment loses only the steps since the last one, and resuming is exact (the data pipeline and the
+dropout keys are functions of the seed and the step). SIGTERM / SIGINT checkpoint the current
+step and raise `Preempted` (the CLI exits with `PREEMPTED_EXIT_CODE`). A non-finite loss or
+gradient norm stops training before it is checkpointed (`train.nan_policy=stop`) or is skipped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 from pathlib import Path
 
 import jax
-import numpy as np
 from tqdm.auto import tqdm
 
 from jaxlm.checkpoint import Checkpointer
@@ -22,13 +28,14 @@ from jaxlm.config import Config, to_yaml
 from jaxlm.data.documents import read_documents, resolve_files, split_documents
 from jaxlm.data.pipeline import lm_dataset
 from jaxlm.data.tokenizer import Tokenizer, train_tokenizer
-from jaxlm.errors import ConfigError
+from jaxlm.errors import ConfigError, JaxlmError
 from jaxlm.generate import generate_text
 from jaxlm.metrics import TokenTotals, language_model_metrics
 from jaxlm.parallel import activate, check_batch_size, make_mesh, shard_batch
 from jaxlm.train.metrics_log import MetricsLog, read_metrics
 from jaxlm.train.optim import make_optimizer
 from jaxlm.train.plot import plot_loss
+from jaxlm.train.preemption import Preempted, Preemption
 from jaxlm.train.state import init_state, state_shardings
 from jaxlm.train.step import compile_steps
 
@@ -79,6 +86,60 @@ class Throughput:
         return steps * self.tokens_per_step / self.restart(step)
 
 
+class TrainingDiverged(JaxlmError):
+    """The loss or gradient norm became NaN or infinite (with `train.nan_policy=stop`)."""
+
+
+class NonFiniteGuard:
+    """Checks each step's `finite` flag one step late, so the host never waits on the device.
+
+    `flush()` checks the pending step now: call it before anything is saved.
+    """
+
+    def __init__(self, policy: str):
+        self.policy = policy
+        self.pending: tuple[int, jax.Array] | None = None
+
+    def push(self, step: int, finite: jax.Array) -> None:
+        self.flush()
+        self.pending = (step, finite)
+
+    def flush(self) -> None:
+        if self.pending is None:
+            return
+        (step, finite), self.pending = self.pending, None
+        if bool(finite):
+            return
+        if self.policy == "stop":
+            raise TrainingDiverged(
+                f"non-finite loss or gradient norm at step {step}; stopped without "
+                f"checkpointing it (train.nan_policy=skip would skip such steps)"
+            )
+        log(f"step {step:>6} | non-finite loss or gradient norm: update skipped")
+
+
+def restore_or_init(cfg: Config, tx, mesh, checkpointer: Checkpointer):
+    """(state, shardings, step) from the latest readable checkpoint, or fresh at step 0.
+
+    Newer unreadable checkpoints are deleted (with a warning) so that their steps can be redone.
+    """
+    if not checkpointer.all_steps():
+        state, shardings = init_state(cfg.model, tx, mesh, cfg.train.seed)
+        return state, shardings, 0
+    abstract, shardings = state_shardings(cfg.model, tx, mesh)
+    state, meta = checkpointer.restore_with_meta(abstract, shardings)
+    start = int(meta["data_batches_consumed"])
+    if int(state.step) != start:
+        raise JaxlmError(
+            f"checkpoint {checkpointer.directory / str(meta['step'])} is inconsistent: state "
+            f"step {int(state.step)}, data position {start}"
+        )
+    if discarded := checkpointer.discard_after(start):
+        log(f"deleted the unreadable checkpoints of steps {discarded}: they will be redone")
+    log(f"resumed from step {start} in {checkpointer.directory}")
+    return state, shardings, start
+
+
 def log(message: str) -> None:
     if jax.process_index() == 0:
         tqdm.write(message)
@@ -92,7 +153,8 @@ def evaluate(eval_step, params, batches, mesh) -> dict[str, float]:
     return language_model_metrics(totals) if totals.weights > 0 else {}
 
 
-def _eval_and_log(eval_step, params, batches, mesh, step, metrics_log, last) -> None:
+def _eval_and_log(eval_step, params, batches, mesh, step, metrics_log, last) -> dict[str, float]:
+    """Evaluates and logs; returns `{"eval_loss": ..., ...}` ({} without held-out data)."""
     results = evaluate(eval_step, params, batches, mesh)
     if results:
         metrics_log.write(step, "eval", results)
@@ -101,6 +163,7 @@ def _eval_and_log(eval_step, params, batches, mesh, step, metrics_log, last) -> 
             f"perplexity {results['perplexity']:.1f}"
         )
         last.update({f"eval_{k}": v for k, v in results.items()})
+    return {f"eval_{k}": v for k, v in results.items()}
 
 
 def train(cfg: Config) -> dict[str, float]:
@@ -123,15 +186,14 @@ def train(cfg: Config) -> dict[str, float]:
     mesh = make_mesh(cfg.mesh)
     check_batch_size(cfg.data.batch_size, mesh)
     tx, schedule = make_optimizer(cfg.optim, cfg.train.steps)
-    checkpointer = Checkpointer(workdir / "checkpoints")
-    start = checkpointer.latest_step()
-    if start is None:
-        state, shardings = init_state(cfg.model, tx, mesh, cfg.train.seed)
-        start = 0
-    else:
-        abstract, shardings = state_shardings(cfg.model, tx, mesh)
-        state = checkpointer.restore(abstract, shardings, start)
-        log(f"resumed from step {start} in {checkpointer.directory}")
+    checkpointer = Checkpointer(
+        workdir / "checkpoints",
+        cfg.train.keep_checkpoints,
+        keep_best=cfg.train.keep_best,
+        best_metric=cfg.train.best_metric,
+        clean_unfinished=True,
+    )
+    state, shardings, start = restore_or_init(cfg, tx, mesh, checkpointer)
     train_step, eval_step = compile_steps(cfg, tx, schedule, shardings, mesh)
 
     def dataset(docs, *, training):
@@ -166,20 +228,30 @@ def train(cfg: Config) -> dict[str, float]:
         dynamic_ncols=True,
     )
     meter = Throughput(cfg.data.batch_size * cfg.data.seq_len, start)
-    with activate(mesh):
+    guard = NonFiniteGuard(cfg.train.nan_policy)
+
+    def checkpoint(step: int, metrics: dict[str, float] | None = None) -> None:
+        guard.flush()  # never checkpoint a poisoned state
+        if checkpointer.latest_step() != step:
+            checkpointer.save(step, state, metrics)
+
+    with contextlib.ExitStack() as cleanup:  # pending saves finish however the loop ends
+        preemption = cleanup.enter_context(Preemption())
+        for close in (metrics_log.close, checkpointer.close, progress.close):
+            cleanup.callback(close)
+        cleanup.enter_context(activate(mesh))
         if start == 0 and cfg.train.eval_every:  # the untrained model's loss starts the curve
             _eval_and_log(eval_step, state.params, eval_batches(), mesh, 0, metrics_log, last)
         meter.restart(start)
         for step in range(start + 1, cfg.train.steps + 1):
             state, metrics = train_step(state, shard_batch(next(batches), mesh))
+            guard.push(step, metrics.pop("finite"))
             progress.update()
             if step == start + 1:  # the first step includes compilation: keep it out of tokens/s
                 jax.block_until_ready(metrics)
                 log(f"compiled and ran the first step in {meter.restart(step):.1f}s")
             if _due(step, cfg.train.log_every, cfg.train.steps):
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                if not np.isfinite(metrics["loss"]):
-                    raise FloatingPointError(f"loss is {metrics['loss']} at step {step}")
                 metrics["tokens_per_second"] = meter.rate(step)
                 metrics_log.write(step, "train", metrics)
                 progress.set_postfix(loss=f"{metrics['loss']:.3f}")
@@ -189,18 +261,22 @@ def train(cfg: Config) -> dict[str, float]:
                     f"{metrics['tokens_per_second']:,.0f} tokens/s"
                 )
                 last.update({f"train_{k}": v for k, v in metrics.items()})
+            evaluated = {}
             if _due(step, cfg.train.eval_every, cfg.train.steps):
-                _eval_and_log(
+                evaluated = _eval_and_log(
                     eval_step, state.params, eval_batches(), mesh, step, metrics_log, last
                 )
                 meter.restart(step)  # evaluation time is not training throughput
-            if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
-                checkpointer.save(step, state)
-    progress.close()
-    if checkpointer.latest_step() != int(state.step):
-        checkpointer.save(int(state.step), state)
-    checkpointer.close()
-    metrics_log.close()
+            # Evaluated steps are checkpointed too when the best ones are kept.
+            if _due(step, cfg.train.checkpoint_every, cfg.train.steps) or (
+                evaluated and cfg.train.keep_best
+            ):
+                checkpoint(step, evaluated)
+            if preemption.requested(step):
+                checkpoint(step, evaluated)
+                log(f"step {step:>6} | {preemption.signal_name}: checkpointed, stopping")
+                raise Preempted(step, preemption.signal_name)
+        checkpoint(int(state.step))
 
     if jax.process_index() == 0:
         plot = plot_loss(read_metrics(metrics_log.path), workdir / "loss.png", title=str(workdir))
