@@ -65,15 +65,18 @@ def _read_prompts(args) -> list[str]:
 class _Printer:
     """Prints a single generation as its tokens arrive from the device loop."""
 
-    def __init__(self, tokenizer):
-        self.tokenizer, self.ids, self.printed = tokenizer, [], ""
+    def __init__(self, tokenizer, prompt: str):
+        self.tokenizer, self.printed = tokenizer, ""
+        self.prompt_ids, self.ids = [tokenizer.bos_id, *tokenizer.encode(prompt)], []
 
     def __call__(self, step, tokens) -> None:
+        from jaxlm.generate import continuation
+
         token = int(tokens[0])
         if token in (self.tokenizer.eos_id, self.tokenizer.pad_id):
             return
         self.ids.append(token)
-        text = self.tokenizer.decode(self.ids)
+        text = continuation(self.tokenizer, self.prompt_ids, self.ids)
         print(text[len(self.printed) :], end="", flush=True)
         self.printed = text
 
@@ -97,7 +100,9 @@ def _generate(args) -> None:
     )
     if len(prompts) == 1 and args.num_beams == 1:  # stream tokens as they come
         print(prompts[0], end="", flush=True)
-        generate_text(cfg.model, params, tokenizer, prompts, sample, stream=_Printer(tokenizer))
+        generate_text(
+            cfg.model, params, tokenizer, prompts, sample, stream=_Printer(tokenizer, prompts[0])
+        )
         print()
         return
     texts = generate_text(cfg.model, params, tokenizer, prompts, sample)

@@ -123,4 +123,10 @@ def generate_text(
         pad_id=tokenizer.pad_id,
         stream=stream,
     )
-    return [tokenizer.decode(ids) for ids in new]
+    return [continuation(tokenizer, p, n) for p, n in zip(encoded, new, strict=True)]
+
+
+def continuation(tokenizer, prompt_ids: list[int], new_ids: list[int]) -> str:
+    """The text that `new_ids` add after `prompt_ids`. Decoded together, so that a continuation
+    starting with a word keeps the space before it (decoding it alone would drop that space)."""
+    return tokenizer.decode([*prompt_ids, *new_ids])[len(tokenizer.decode(prompt_ids)) :]

@@ -144,3 +144,17 @@ def test_generate_cli_streams_a_single_prompt_and_runs_beam_search(trained, caps
     assert cli.main([*argv, "--num-beams", "3"]) == 0
     assert capsys.readouterr().out.startswith("The")
     assert streamed.startswith("The") and streamed.endswith("\n")
+
+
+def test_continuation_text_keeps_the_space_before_its_first_word(trained):
+    from jaxlm.data.tokenizer import Tokenizer
+    from jaxlm.generate import continuation
+
+    workdir, _, _ = trained
+    tokenizer = Tokenizer.load(workdir / "tokenizer.model")
+    prompt = [tokenizer.bos_id, *tokenizer.encode("The value of")]
+    full = tokenizer.encode("The value of the object")
+    new = full[len(prompt) - 1 :]
+    assert full[: len(prompt) - 1] == prompt[1:]  # the prompt's tokens are a prefix
+    assert tokenizer.decode(new) == "the object"  # alone, the leading space is lost
+    assert continuation(tokenizer, prompt, new) == " the object"
