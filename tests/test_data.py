@@ -7,7 +7,7 @@ import pytest
 import sentencepiece as spm
 
 from jaxlm.data.documents import read_documents, resolve_files, split_documents
-from jaxlm.data.pipeline import lm_dataset, numpy_batches
+from jaxlm.data.pipeline import lm_dataset
 from jaxlm.data.tokenizer import Tokenizer, train_tokenizer
 from jaxlm.errors import DataError
 
@@ -210,7 +210,7 @@ def reference_batches(documents, tokenizer, seq_len, batch_size, repeat, max_bat
 
 
 def take(dataset, n):
-    return list(numpy_batches(dataset.take(n)))
+    return list(dataset.take(n).as_numpy_iterator())
 
 
 @pytest.fixture(scope="module")
@@ -248,9 +248,9 @@ def test_without_repeat_ends_after_last_full_batch(tokenizer, paragraphs):
     dataset = lm_dataset(paragraphs, tokenizer, seed=0, shuffle=False, repeat=False, **kwargs)
     expected = reference_batches(paragraphs, tokenizer, repeat=False, **kwargs)
     assert len(expected) > 3
-    assert_batches_equal(list(numpy_batches(dataset)), expected)
+    assert_batches_equal(list(dataset.as_numpy_iterator()), expected)
     tiny = lm_dataset(["too short"], tokenizer, seed=0, repeat=False, **kwargs)
-    assert list(numpy_batches(tiny)) == []
+    assert list(tiny.as_numpy_iterator()) == []
 
 
 def test_shapes_and_dtypes(tokenizer, paragraphs):

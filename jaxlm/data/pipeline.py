@@ -10,7 +10,7 @@ token array, so no Python runs per element (and iterators never block interprete
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -85,8 +85,3 @@ def _features(tokens: tf.Tensor, tags: tf.Tensor) -> dict[str, tf.Tensor]:
         "positions": tf.range(tf.shape(segment_ids)[1]) - starts,
         "segment_ids": segment_ids,
     }
-
-
-def numpy_batches(dataset: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
-    """The dataset's batches as dicts of numpy arrays."""
-    return dataset.as_numpy_iterator()

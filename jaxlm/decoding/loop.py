@@ -42,7 +42,10 @@ def sample_tokens(
     logits, cache = step(params, cache, prompts, prompt_positions(segments), segments, context)
     lengths = jnp.sum(segments, axis=1)  # real tokens per row: the next position
     rows = jnp.arange(batch)
-    seen = jnp.zeros((batch, logits.shape[-1]), bool).at[rows[:, None], prompts].max(segments > 0)
+    track_seen = sample.repetition_penalty != 1.0  # otherwise `seen` is never read
+    seen = jnp.zeros((batch, logits.shape[-1] if track_seen else 1), bool)
+    if track_seen:
+        seen = seen.at[rows[:, None], prompts].max(segments > 0)
 
     def keep_going(state):
         i, _, _, _, done, _ = state
@@ -55,7 +58,8 @@ def sample_tokens(
         if stream is not None:
             io_callback(stream, None, i, token, ordered=True)
         out = out.at[:, i].set(token)
-        seen = seen.at[rows, token].set(True)
+        if track_seen:
+            seen = seen.at[rows, token].set(True)
         done = done | (token == eos_id)
         logits, cache = step(
             params,
