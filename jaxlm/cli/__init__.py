@@ -1,0 +1,55 @@
+"""The `jaxlm` command line: a thin layer over the Python API, one module per command.
+
+jaxlm train CONFIG [section.key=value ...]
+jaxlm generate WORKDIR [--prompt TEXT | --prompt-file FILE] [--temperature T] ...
+jaxlm eval WORKDIR [--files ...]
+jaxlm describe MODEL_OR_CONFIG [section.key=value ...] [--params]
+jaxlm checkpoint list DIR | inspect DIR/STEP | export DIR/STEP OUT.safetensors
+
+`jaxlm train` exits with code 75 (`PREEMPTED_EXIT_CODE`) after checkpointing on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+from jaxlm.cli import checkpoint, describe, evaluate, generate, train
+from jaxlm.errors import JaxlmError
+
+COMMANDS = (train, generate, evaluate, describe, checkpoint)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxlm", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        command.register(commands)
+    return parser
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"jaxlm: warning: {message}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from jaxlm.train.preemption import PREEMPTED_EXIT_CODE, Preempted
+
+    warnings.formatwarning = _one_line_warning
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except Preempted as e:
+        print(f"jaxlm: {e}; run the same command again to resume", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
+    except JaxlmError as e:
+        print(f"jaxlm: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

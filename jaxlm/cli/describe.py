@@ -1,0 +1,34 @@
+"""`jaxlm describe MODEL_OR_CONFIG [section.key=value ...] [--params]`."""
+
+from __future__ import annotations
+
+
+def run(args) -> None:
+    from jaxlm.config import load_config
+    from jaxlm.models.summary import abstract_params, count_parameters, parameter_table
+
+    m = load_config(args.config, args.overrides).model
+    print(f"model: {args.config} ({m.family})")
+    print(
+        f"  layers {m.num_layers}"
+        + (f" + {m.decoder_layers} decoder" if m.family == "seq2seq" else "")
+        + f", embed {m.embed_dim}, heads {m.num_heads} x {m.resolved_head_dim}"
+        + (f" (kv heads {m.num_kv_heads})" if m.num_kv_heads else "")
+        + f", mlp {m.mlp_dim} ({m.activation}), {m.norm_position}-{m.norm}"
+    )
+    print(
+        f"  vocab {m.vocab_size} (padded to {m.padded_vocab_size}), max length {m.max_len}, "
+        f"{m.position_embedding} positions, tied embeddings: {m.tie_embeddings}"
+        + (f", heads: {', '.join(m.heads) or 'none'}" if m.family == "bert" else "")
+    )
+    print(f"  compute {m.dtype}, params {m.param_dtype}, remat {m.remat_policy}")
+    boxed = abstract_params(m)
+    print(parameter_table(m, boxed) if args.params else f"parameters: {count_parameters(m, boxed)}")
+
+
+def register(commands) -> None:
+    parser = commands.add_parser("describe", help="print a model's architecture and size")
+    parser.add_argument("config", help="a preset name (gpt2-small, bert-base, ...) or YAML file")
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    parser.add_argument("--params", action="store_true", help="list every parameter")
+    parser.set_defaults(run=run)

@@ -1,0 +1,84 @@
+"""`jaxlm generate WORKDIR [--prompt TEXT | --prompt-file FILE] [strategy flags]`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from jaxlm.errors import JaxlmError
+
+
+def _read_prompts(args) -> list[str]:
+    if args.prompt is not None:
+        return [args.prompt]
+    if args.prompt_file is not None:
+        path = Path(args.prompt_file)
+        if not path.is_file():
+            raise JaxlmError(f"prompt file not found: {path}")
+        return [line for line in path.read_text().splitlines() if line.strip()]
+    return [sys.stdin.read()]
+
+
+class _Printer:
+    """Prints a single generation as its tokens arrive from the device loop."""
+
+    def __init__(self, tokenizer, prompt: str):
+        self.tokenizer, self.printed = tokenizer, ""
+        self.prompt_ids, self.ids = [tokenizer.bos_id, *tokenizer.encode(prompt)], []
+
+    def __call__(self, step, tokens) -> None:
+        from jaxlm.generate import continuation
+
+        token = int(tokens[0])
+        if token in (self.tokenizer.eos_id, self.tokenizer.pad_id):
+            return
+        self.ids.append(token)
+        text = continuation(self.tokenizer, self.prompt_ids, self.ids)
+        print(text[len(self.printed) :], end="", flush=True)
+        self.printed = text
+
+
+def run(args) -> None:
+    from jaxlm.config import SampleConfig
+    from jaxlm.generate import generate_text
+    from jaxlm.inference import load_for_inference
+
+    prompts = _read_prompts(args)
+    cfg, params, tokenizer = load_for_inference(Path(args.workdir))
+    sample = SampleConfig(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        num_beams=args.num_beams,
+        length_penalty=args.length_penalty,
+        seed=args.seed,
+    )
+    if len(prompts) == 1 and args.num_beams == 1:  # stream tokens as they come
+        print(prompts[0], end="", flush=True)
+        generate_text(
+            cfg.model, params, tokenizer, prompts, sample, stream=_Printer(tokenizer, prompts[0])
+        )
+        print()
+        return
+    texts = generate_text(cfg.model, params, tokenizer, prompts, sample)
+    for prompt, text in zip(prompts, texts, strict=True):
+        print(prompt + text)
+
+
+def register(commands) -> None:
+    parser = commands.add_parser("generate", help="sample text from a trained model")
+    parser.add_argument("workdir", help="the training workdir (config, tokenizer, checkpoints)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--prompt", help="prompt text (default: read standard input)")
+    source.add_argument("--prompt-file", help="a file with one prompt per line")
+    parser.add_argument("--max-new-tokens", type=int, default=100)
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    parser.add_argument("--top-k", type=int, default=0, help="0 = no top-k filtering")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus; 1 = off")
+    parser.add_argument("--repetition-penalty", type=float, default=1.0, help="1 = off")
+    parser.add_argument("--num-beams", type=int, default=1, help="> 1 = beam search")
+    parser.add_argument("--length-penalty", type=float, default=1.0, help="beam search")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(run=run)
