@@ -113,17 +113,32 @@ class OptimConfig:
 
 @dataclass
 class DataConfig:
-    """Plain-text corpus, sentencepiece tokenizer and packed causal-LM batches."""
+    """Where examples come from (a source), what the model learns from them (a task), the
+    sentencepiece tokenizer, and batch shapes."""
 
-    train_files: list[str] = field(default_factory=list)  # paths or globs of UTF-8 text
-    document_unit: str = "file"  # what one document is: file | paragraph | line
-    eval_fraction: float = 0.05  # share of documents held out for evaluation
+    source: str = "text"  # text | jsonl | tfds | tokens | vader | gettext (see jaxlm.data.sources)
+    task: str = "causal_lm"  # causal_lm | masked_lm | classification | seq2seq
+    train_files: list[str] = field(default_factory=list)  # paths or globs the source reads
+    document_unit: str = "file"  # text source: one document is a file | paragraph | line
+    text_field: str = "text"  # jsonl / tfds: the text (classification) or source (seq2seq) field
+    label_field: str = "label"  # jsonl / tfds: the class label field (classification)
+    target_field: str = "target"  # jsonl / tfds: the target text field (seq2seq)
+    labels: list[str] = field(default_factory=list)  # class names; [] = the labels found, sorted
+    tfds_name: str = ""  # tfds source: a dataset name (with optional :version)
+    tfds_data_dir: str = ""  # tfds source: where prepared datasets live ("" = TFDS default)
+    tfds_split: str = "train"
+    tfds_eval_split: str = ""  # "" = hold out eval_fraction of tfds_split
+    max_examples: int = 0  # keep the first N examples of the source (0 = all)
+    eval_fraction: float = 0.05  # share of examples held out for evaluation
     tokenizer: str = ""  # sentencepiece model; "" = <workdir>/tokenizer.model, trained if absent
     tokenizer_type: str = "unigram"  # unigram | bpe (when training one)
     tokenizer_sample_lines: int = 200_000  # lines sampled to train the tokenizer
-    seq_len: int = 128
-    batch_size: int = 32  # global batch, in rows of seq_len tokens
-    shuffle_buffer: int = 1024  # packed rows
+    seq_len: int = 128  # tokens per row (seq2seq: per source and per target row)
+    batch_size: int = 32  # global batch, in rows
+    shuffle_buffer: int = 1024  # rows
+    mlm_probability: float = 0.15  # masked_lm: share of tokens predicted (80% mask/10%/10%)
+    next_sentence: bool = True  # masked_lm: sentence pairs with a next-sentence label (50/50)
+    truncate: bool = True  # examples longer than a row: truncate (True) or skip (False); counted
 
 
 @dataclass
@@ -183,6 +198,8 @@ CHOICES = {
     "model.dtype": tuple(DTYPES),
     "model.param_dtype": tuple(DTYPES),
     "model.remat_policy": ("none", "full", "dots", "dots_no_batch"),
+    "data.source": ("text", "jsonl", "tfds", "tokens", "vader", "gettext"),
+    "data.task": ("causal_lm", "masked_lm", "classification", "seq2seq"),
     "data.document_unit": ("file", "paragraph", "line"),
     "data.tokenizer_type": ("unigram", "bpe"),
 }
@@ -280,6 +297,8 @@ def validate(config: Config) -> None:
     _check(0 < d.seq_len <= m.max_len, "data.seq_len", f"must be in [1, model.max_len={m.max_len}]")
     _check(d.batch_size > 0, "data.batch_size", "must be positive")
     _check(0 <= d.eval_fraction < 1, "data.eval_fraction", "must be in [0, 1)")
+    _check(0 < d.mlm_probability < 1, "data.mlm_probability", "must be in (0, 1)")
+    _check(d.max_examples >= 0, "data.max_examples", "must be >= 0")
     t = config.train
     _check(t.steps >= 0, "train.steps", "must be >= 0")
     _check(t.log_every > 0, "train.log_every", "must be positive")
