@@ -29,6 +29,8 @@ def lm_dataset(
     shuffle: bool = True,
     repeat: bool = True,
     shuffle_buffer: int = 1024,
+    process_index: int = 0,
+    process_count: int = 1,
 ) -> tf.data.Dataset:
     """Batches of packed rows: dicts of [batch_size, seq_len] arrays.
 
@@ -36,9 +38,17 @@ def lm_dataset(
     (1, 2, ... per document within a row): int32; weights (1 where input and target belong to the
     same document, else 0): float32. With shuffle, document order and rows are shuffled (seeded);
     with repeat, the stream runs forever, else it ends with the last full batch.
+
+    In a multi-process run, process `process_index` packs only every `process_count`-th document
+    (its share) into `batch_size` rows: its part of the global batch.
     """
     if not documents:
         raise DataError("no documents to make training batches from")
+    if len(documents) < process_count:
+        raise DataError(
+            f"{len(documents)} documents cannot be shared among {process_count} processes: "
+            "use a smaller data.document_unit"
+        )
     # Tokenize every document once, up front and in one batched call: the pipeline then runs
     # no Python per element, and documents are sliced out of one flat token array.
     encoded = tokenizer.encode_batch(list(documents))
@@ -55,7 +65,7 @@ def lm_dataset(
         tokens = flat[starts[index] : starts[index + 1]]  # [doc_len]
         return tokens, tf.fill(tf.shape(tokens), count)
 
-    ds = tf.data.Dataset.range(len(documents))
+    ds = tf.data.Dataset.range(len(documents)).shard(process_count, process_index)
     if shuffle:
         ds = ds.shuffle(len(documents), seed=seed)
     if repeat:

@@ -61,7 +61,8 @@ def seq2seq_loss(model, params, batch, rngs, deterministic):
 
 def bert_loss(model, params, batch, rngs, deterministic):
     """BERT: masked-LM loss on mlm_targets/mlm_weights, plus next-sentence and class losses
-    when the batch has nsp_labels / labels; stats are those of the masked-LM tokens."""
+    when the batch has nsp_labels / labels (weighted by nsp_weights / label_weights when given);
+    stats are those of the masked-LM tokens, else of the first head present."""
     out = model.apply(
         {"params": params},
         batch["inputs"],
@@ -74,10 +75,13 @@ def bert_loss(model, params, batch, rngs, deterministic):
     if "mlm_targets" in batch:
         stats = token_statistics(out["mlm_logits"], batch["mlm_targets"], batch["mlm_weights"])
         loss += _mean(stats)
-    for key, labels in (("nsp_logits", "nsp_labels"), ("class_logits", "labels")):
+    for key, labels, weights in (
+        ("nsp_logits", "nsp_labels", "nsp_weights"),
+        ("class_logits", "labels", "label_weights"),
+    ):
         if labels in batch:
             ones = jnp.ones(batch[labels].shape, jnp.float32)
-            head = token_statistics(out[key], batch[labels], ones)
+            head = token_statistics(out[key], batch[labels], batch.get(weights, ones))
             loss += _mean(head)
             stats = stats or head
     return loss, stats

@@ -1,0 +1,216 @@
+"""Task rows (masked LM + next sentence, classification, seq2seq) and random-access batching."""
+
+import numpy as np
+import pytest
+
+from jaxlm.data.batching import IndexedBatches, prefetch
+from jaxlm.data.tasks import (
+    classification_rows,
+    mask_tokens,
+    masked_lm_rows,
+    seq2seq_rows,
+)
+from jaxlm.errors import DataError
+
+
+class WordTokenizer:
+    """One id per distinct whitespace-separated word, after 7 special ids."""
+
+    pad_id, unk_id, bos_id, eos_id, mask_id, cls_id, sep_id = range(7)
+
+    def __init__(self, vocab_size=5000):
+        self.words, self.vocab_size = {}, vocab_size
+
+    def encode_batch(self, texts):
+        return [[self.words.setdefault(w, 7 + len(self.words)) for w in t.split()] for t in texts]
+
+
+def _documents(num_docs=40, lines=12, words=6):
+    """Documents whose words name their document, line and position: d3l4w5."""
+    return [
+        "\n".join(" ".join(f"d{d}l{i}w{w}" for w in range(words)) for i in range(lines))
+        for d in range(num_docs)
+    ]
+
+
+# Masked LM
+
+
+def test_masking_statistics_over_100k_tokens():
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(100, 30000, size=(800, 128)).astype(np.int32)
+    maskable = np.ones(tokens.shape, bool)
+    maskable[:, 0] = maskable[:, -1] = False  # [CLS] ... [SEP]
+    inputs, weights = mask_tokens(
+        tokens, maskable, rng, probability=0.15, mask_id=4, random_ids=(7, 30000)
+    )
+    selected = weights.astype(bool)
+    assert not selected[~maskable].any() and (inputs[~maskable] == tokens[~maskable]).all()
+    n = maskable.sum()  # 100k maskable tokens
+    assert n > 100_000
+    # Binomial standard errors: selection 0.0011, shares of selected ~0.003; allow ~4 sigma.
+    assert abs(selected.sum() / n - 0.15) < 0.005
+    masked = (inputs == 4) & selected
+    unchanged = (inputs == tokens) & selected
+    randomized = selected & ~masked & ~unchanged
+    for part, share in ((masked, 0.8), (randomized, 0.1), (unchanged, 0.1)):
+        assert abs(part.sum() / selected.sum() - share) < 0.012
+    assert ((inputs[randomized] >= 7) & (inputs[randomized] < 30000)).all()
+    assert (inputs[~selected] == tokens[~selected]).all()
+
+
+def test_next_sentence_pairs_are_balanced_and_right():
+    tokenizer = WordTokenizer()
+    rows = masked_lm_rows(_documents(), tokenizer, seq_len=32, probability=0.15, next_sentence=True)
+    words = {i: w for w, i in tokenizer.words.items()}
+    batches = IndexedBatches(
+        rows.count, rows.make_row, batch_size=50, seed=0, weight_keys=rows.weight_keys
+    )
+    labels = []
+    for batch in batches.batches():
+        for row in range(50):
+            tokens = batch["mlm_targets"][row]
+            seps = np.flatnonzero(tokens == tokenizer.sep_id)
+            assert tokens[0] == tokenizer.cls_id and len(seps) == 2
+            first, second = tokens[1 : seps[0]], tokens[seps[0] + 1 : seps[1]]
+            type_ids = batch["type_ids"][row]
+            assert (type_ids[: seps[0] + 1] == 0).all() and (
+                type_ids[seps[0] + 1 : seps[1] + 1] == 1
+            ).all()
+            assert (batch["segment_ids"][row] == (np.arange(32) <= seps[1])).all()
+            assert not batch["mlm_weights"][row][[0, seps[0], seps[1]]].any()
+            doc = lambda ids: {words[int(i)].split("l")[0] for i in ids}  # noqa: E731
+            label = int(batch["nsp_labels"][row])
+            if label == 0:  # B continues A: the word after A's last word starts B
+                last = words[int(first[-1])]
+                d, rest = last[1:].split("l")
+                line, w = map(int, rest.split("w"))
+                following = f"d{d}l{line + (w == 5)}w{(w + 1) % 6}"
+                assert words[int(second[0])] == following
+            else:
+                assert doc(first).isdisjoint(doc(second))
+            labels.append(label)
+        if len(labels) >= 2000:
+            break
+    assert abs(np.mean(labels) - 0.5) < 0.035  # 2000 fair coin flips: sigma 0.011
+
+
+def test_masked_lm_without_pairs_and_bad_input():
+    tokenizer = WordTokenizer()
+    rows = masked_lm_rows(
+        _documents(3), tokenizer, seq_len=20, probability=0.15, next_sentence=False
+    )
+    row = rows.make_row(0, np.random.default_rng(0))
+    assert set(row) == {"inputs", "type_ids", "segment_ids", "mlm_targets", "mlm_weights"}
+    assert row["mlm_targets"][0] == tokenizer.cls_id
+    assert row["mlm_targets"][19] == tokenizer.sep_id  # 18 text tokens fill the row
+    with pytest.raises(DataError, match="at least two documents"):
+        masked_lm_rows(_documents(1), tokenizer, seq_len=20, probability=0.15, next_sentence=True)
+    with pytest.raises(DataError, match="no room"):
+        masked_lm_rows(_documents(2), tokenizer, seq_len=4, probability=0.15, next_sentence=True)
+
+
+# Classification and seq2seq
+
+
+def test_classification_rows_truncate_or_skip():
+    tokenizer = WordTokenizer()
+    examples = [("a b c", 1), ("a b c d e f g h", 0), ("d", 1)]
+    rows = classification_rows(examples, tokenizer, seq_len=6, truncate=True)
+    assert (rows.count, rows.truncated) == (3, 1)
+    row = rows.make_row(1, None)
+    a, b, c, d = (tokenizer.words[w] for w in "abcd")
+    assert row["inputs"].tolist() == [5, a, b, c, d, 6]
+    assert (int(row["labels"]), float(row["label_weights"])) == (0, 1.0)
+    row = rows.make_row(0, None)
+    assert row["inputs"].tolist() == [5, a, b, c, 6, 0]
+    assert row["segment_ids"].tolist() == [1, 1, 1, 1, 1, 0]
+    skipping = classification_rows(examples, tokenizer, seq_len=6, truncate=False)
+    assert (skipping.count, skipping.skipped) == (2, {"too long": 1})
+    with pytest.raises(DataError, match="longer than data.seq_len"):
+        classification_rows(examples[1:2], tokenizer, seq_len=6, truncate=False)
+
+
+def test_seq2seq_rows_shift_targets():
+    tokenizer = WordTokenizer()
+    rows = seq2seq_rows([("x y", "u v w")], tokenizer, seq_len=5, truncate=True)
+    row = rows.make_row(0, None)
+    x, y, u, v, w = (tokenizer.words[t] for t in "xyuvw")
+    assert row["source"].tolist() == [x, y, 3, 0, 0]
+    assert row["source_segments"].tolist() == [1, 1, 1, 0, 0]
+    assert row["target_inputs"].tolist() == [2, u, v, w, 0]
+    assert row["targets"].tolist() == [u, v, w, 3, 0]
+    assert row["weights"].tolist() == [1, 1, 1, 1, 0]
+    assert (row["target_inputs"][1:4] == row["targets"][:3]).all()
+
+
+# Batching
+
+
+def _identity_batches(count=10, **kwargs):
+    def make_row(example, rng):
+        return {"example": np.int32(example), "draw": rng.random(), "weights": np.float32(1)}
+
+    return IndexedBatches(count, make_row, **kwargs)
+
+
+def test_same_seed_same_batches_and_epochs_are_permutations():
+    a, b = _identity_batches(batch_size=4, seed=3), _identity_batches(batch_size=4, seed=3)
+    first = [x["example"] for x, _ in zip(a.batches(), range(5), strict=False)]
+    assert all((x == y["example"]).all() for x, y in zip(first, b.batches(), strict=False))
+    stream = np.concatenate([x["example"] for x, _ in zip(a.batches(), range(10), strict=False)])
+    epochs = stream.reshape(4, 10)  # 40 rows = 4 epochs of 10 examples
+    assert all(sorted(epoch) == list(range(10)) for epoch in epochs)
+    assert len({tuple(epoch) for epoch in epochs}) == 4  # reshuffled every epoch
+    other = _identity_batches(batch_size=4, seed=4)
+    assert not (next(other.batches())["example"] == first[0]).all()
+
+
+def test_resume_gives_the_identical_next_10_batches():
+    fresh = list(zip(_identity_batches(batch_size=3, seed=0).batches(), range(17), strict=False))
+    resumed = _identity_batches(batch_size=3, seed=0).batches(start=7)
+    for (expected, _), got in zip(fresh[7:], resumed, strict=False):
+        for key in expected:
+            np.testing.assert_array_equal(expected[key], got[key])
+
+
+def test_two_processes_read_disjoint_blocks_that_cover_the_batch():
+    whole = _identity_batches(count=50, batch_size=8, seed=1)
+    parts = [
+        _identity_batches(count=50, batch_size=8, seed=1, process_index=p, process_count=2)
+        for p in range(2)
+    ]
+    for k in range(6):
+        blocks = [part.batch(k) for part in parts]
+        assert set(blocks[0]["example"]).isdisjoint(blocks[1]["example"])
+        for key in ("example", "draw"):
+            np.testing.assert_array_equal(
+                np.concatenate([b[key] for b in blocks]), whole.batch(k)[key]
+            )
+    with pytest.raises(DataError, match="not divisible by the 3 processes"):
+        _identity_batches(batch_size=8, seed=0, process_count=3, process_index=0)
+
+
+def test_evaluation_counts_every_example_once():
+    batches = _identity_batches(count=10, batch_size=4, seed=0, shuffle=False, repeat=False)
+    got = list(batches.batches())
+    assert len(got) == len(batches) == 3
+    examples = np.concatenate([b["example"] for b in got])
+    weights = np.concatenate([b["weights"] for b in got])
+    assert examples[weights > 0].tolist() == list(range(10))
+    assert weights.tolist() == [1] * 10 + [0, 0]
+
+
+def test_prefetch_keeps_order_and_raises_errors():
+    batches = _identity_batches(count=10, batch_size=2, seed=0, repeat=False)
+    expected = [b["example"].tolist() for b in batches.batches()]
+    assert [b["example"].tolist() for b in prefetch(batches.batches())] == expected
+
+    def failing():
+        yield {"x": 1}
+        raise DataError("broken file")
+
+    stream = prefetch(failing())
+    assert next(stream) == {"x": 1}
+    with pytest.raises(DataError, match="broken file"):
+        next(stream)
