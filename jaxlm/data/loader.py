@@ -1,0 +1,186 @@
+"""From a config to this process's training and evaluation batches, for every task.
+
+    data = training_data(cfg, workdir)
+    batches = data.train_batches(start)   # resumes at global batch `start`
+    for batch in data.eval_batches(limit): ...
+
+The tokenizer is the configured one, the workdir's, or one trained on the training split. Batch k
+of training is a function of the seed and k alone, so a restored run continues with exactly the
+next batch; each process builds only its share of every global batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jax
+from jax.experimental import multihost_utils
+
+from jaxlm.config import Config
+from jaxlm.data.batching import IndexedBatches, prefetch
+from jaxlm.data.hf_tokenizer import load_tokenizer
+from jaxlm.data.tasks import TaskRows, classification_rows, masked_lm_rows, seq2seq_rows
+from jaxlm.data.tokenizer import Tokenizer, train_tokenizer_on_texts
+from jaxlm.errors import ConfigError
+
+Batch = dict
+
+
+@dataclass
+class TrainingData:
+    """This process's batches: `train_batches(start)` forever, `eval_batches(limit)` once."""
+
+    tokenizer: Tokenizer | None
+    train_batches: Callable[[int], Iterator[Batch]]
+    eval_batches: Callable[[int], Iterable[Batch]]  # at most `limit` batches (0 = all)
+    labels: list[str] = field(default_factory=list)
+    summary: str = ""
+
+
+def prepare_tokenizer(cfg: Config, texts: Iterable[str], workdir: Path, log) -> Tokenizer:
+    """The configured tokenizer (sentencepiece or Hugging Face), the workdir's, or one trained
+    on `texts` into it (by process 0 alone in a multi-process run: the workdir must be shared)."""
+    path = Path(cfg.data.tokenizer) if cfg.data.tokenizer else workdir / "tokenizer.model"
+    if not cfg.data.tokenizer and not path.exists() and jax.process_index() == 0:
+        log(f"training a {cfg.data.tokenizer_type} tokenizer of {cfg.model.vocab_size} tokens")
+        train_tokenizer_on_texts(
+            texts,
+            path,
+            cfg.model.vocab_size,
+            cfg.data.tokenizer_type,
+            cfg.data.tokenizer_sample_lines,
+        )
+    if jax.process_count() > 1:  # the others wait for process 0's tokenizer
+        multihost_utils.sync_global_devices("jaxlm tokenizer")
+    tokenizer = load_tokenizer(str(path))
+    if tokenizer.vocab_size > cfg.model.vocab_size:
+        raise ConfigError(
+            f"config key 'model.vocab_size': {cfg.model.vocab_size} is smaller than the "
+            f"tokenizer's {tokenizer.vocab_size} tokens"
+        )
+    return tokenizer
+
+
+def _task_rows(cfg: Config, examples: list, tokenizer: Tokenizer) -> TaskRows:
+    d = cfg.data
+    if d.task == "masked_lm":
+        return masked_lm_rows(
+            examples,
+            tokenizer,
+            seq_len=d.seq_len,
+            probability=d.mlm_probability,
+            next_sentence=d.next_sentence,
+        )
+    if d.task == "classification":
+        return classification_rows(examples, tokenizer, seq_len=d.seq_len, truncate=d.truncate)
+    return seq2seq_rows(examples, tokenizer, seq_len=d.seq_len, truncate=d.truncate)
+
+
+def _limited(batches: Iterable[Batch], limit: int) -> Iterable[Batch]:
+    return itertools.islice(batches, limit) if limit else batches
+
+
+def _packed_lm_data(cfg: Config, train, held_out, tokenizer) -> TrainingData:
+    from jaxlm.data.pipeline import lm_dataset  # TensorFlow only where it is needed
+
+    def dataset(documents, training: bool):
+        return lm_dataset(
+            documents,
+            tokenizer,
+            seq_len=cfg.data.seq_len,
+            batch_size=cfg.data.batch_size // jax.process_count(),
+            seed=cfg.train.seed,
+            shuffle=training,
+            repeat=training,
+            shuffle_buffer=cfg.data.shuffle_buffer,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+
+    def train_batches(start: int) -> Iterator[Batch]:
+        return dataset(train, True).skip(start).as_numpy_iterator()
+
+    def eval_batches(limit: int) -> Iterable[Batch]:
+        return _limited(dataset(held_out, False).as_numpy_iterator(), limit) if held_out else []
+
+    return TrainingData(tokenizer, train_batches, eval_batches)
+
+
+def _indexed_data(cfg: Config, train, held_out, tokenizer, log) -> TrainingData:
+    def batches(examples, training: bool) -> IndexedBatches:
+        rows = _task_rows(cfg, examples, tokenizer)
+        dropped = {reason: n for reason, n in rows.skipped.items() if n}
+        if rows.truncated or dropped:
+            split = "train" if training else "eval"
+            log(f"{split}: {rows.truncated} examples truncated, skipped: {dropped or 'none'}")
+        return IndexedBatches(
+            rows.count,
+            rows.make_row,
+            batch_size=cfg.data.batch_size,
+            seed=cfg.train.seed,
+            shuffle=training,
+            repeat=training,
+            weight_keys=rows.weight_keys,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+
+    train_rows = batches(train, True)
+    eval_rows = batches(held_out, False) if held_out else None
+    return TrainingData(
+        tokenizer,
+        lambda start: prefetch(train_rows.batches(start)),
+        lambda limit: _limited(eval_rows.batches(), limit) if eval_rows else [],
+    )
+
+
+def _token_file_data(cfg: Config, workdir: Path) -> TrainingData:
+    from jaxlm.data.token_file import TokenFile
+
+    tokens = TokenFile.open(Path(cfg.data.train_files[0]))
+    train, held_out = tokens.split(cfg.data.eval_fraction)
+    tokenizer_path = Path(cfg.data.tokenizer) if cfg.data.tokenizer else None
+    tokenizer = Tokenizer.load(tokenizer_path) if tokenizer_path else None
+    if tokenizer is not None:
+        tokens.check_tokenizer(tokenizer)
+    shape = dict(
+        seq_len=cfg.data.seq_len,
+        batch_size=cfg.data.batch_size,
+        seed=cfg.train.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+
+    def eval_batches(limit: int) -> Iterable[Batch]:
+        if held_out is None:
+            return []
+        return _limited(held_out.batches(start=0, shuffle=False, repeat=False, **shape), limit)
+
+    return TrainingData(
+        tokenizer,
+        lambda start: prefetch(train.batches(start=start, **shape)),
+        eval_batches,
+        summary=f"token file {cfg.data.train_files[0]}: {len(tokens):,} tokens",
+    )
+
+
+def training_data(cfg: Config, workdir: Path, log=print) -> TrainingData:
+    """This process's training and evaluation batches for `cfg.data` (see the module doc)."""
+    if cfg.data.source == "tokens":
+        if not cfg.data.train_files:
+            raise ConfigError("config key 'data.train_files': give the token file to read")
+        return _token_file_data(cfg, workdir)
+    from jaxlm.data.sources import load_splits
+
+    splits = load_splits(cfg.data)
+    tokenizer = prepare_tokenizer(cfg, splits.texts(), workdir, log)
+    if cfg.data.task == "causal_lm":
+        data = _packed_lm_data(cfg, splits.train, splits.eval, tokenizer)
+    else:
+        data = _indexed_data(cfg, splits.train, splits.eval, tokenizer, log)
+    data.labels = splits.labels
+    data.summary = f"{cfg.data.source} data for {cfg.data.task}: {splits.summary()}"
+    return data

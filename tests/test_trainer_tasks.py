@@ -1,0 +1,131 @@
+"""End to end for the encoder tasks on real text: masked LM with next-sentence pairs,
+classification and seq2seq train, evaluate, and resume exactly from a checkpoint."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from jaxlm.config import load_config
+from jaxlm.errors import ConfigError
+from jaxlm.train.trainer import train
+
+VOCAB = 512
+SMALL_MODEL = [
+    "model.num_layers=2",
+    "model.embed_dim=64",
+    "model.num_heads=4",
+    "model.mlp_dim=128",
+    f"model.vocab_size={VOCAB}",
+    "model.max_len=64",
+    "data.seq_len=48",
+    "data.batch_size=16",
+    "optim.learning_rate=2e-3",
+    "optim.warmup_steps=5",
+    "train.log_every=5",
+    "train.eval_batches=0",
+    "train.progress_bar=false",
+]
+
+
+def _records(workdir, split):
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["split"] == split]
+
+
+@pytest.fixture(scope="module")
+def code_or_prose(real_text_files, tmp_path_factory):
+    """Lines of the Python docs (indentation kept) labelled `code` (indented) or `prose`."""
+    examples = []
+    for path in real_text_files:
+        for line in path.read_text().splitlines():
+            if len(line.strip()) > 20:
+                label = "code" if line.startswith("   ") else "prose"
+                examples.append({"text": line.rstrip(), "label": label})
+    path = tmp_path_factory.mktemp("jsonl") / "lines.jsonl"
+    path.write_text("\n".join(json.dumps(e) for e in examples[::3]))
+    return path
+
+
+def test_classification_learns_and_reports_f1(code_or_prose, tmp_path):
+    overrides = [
+        *SMALL_MODEL,
+        "model.family=bert",
+        "model.heads=[classifier]",
+        "data.source=jsonl",
+        "data.task=classification",
+        f"data.train_files=[{code_or_prose}]",
+        "data.eval_fraction=0.1",
+        "train.steps=60",
+        "train.eval_every=60",
+        f"train.workdir={tmp_path}",
+    ]
+    last = train(load_config(None, overrides))
+    evals = _records(tmp_path, "eval")
+    labels = [json.loads(line)["label"] for line in code_or_prose.read_text().splitlines()]
+    held_out = labels[9::10]  # every 10th example is held out
+    assert evals[-1]["examples"] == len(held_out)  # each held-out example counted once
+    majority = max(held_out.count("code"), held_out.count("prose")) / len(held_out)
+    assert last["eval_accuracy"] > majority + 0.05
+    assert {"eval_macro_f1", "eval_f1_code", "eval_f1_prose"} <= set(last)
+    with pytest.raises(ConfigError, match="num_classes"):
+        train(load_config(None, [*overrides, "model.num_classes=3"]))
+
+
+def test_masked_lm_with_next_sentence_learns(real_text_files, tmp_path):
+    overrides = [
+        *SMALL_MODEL,
+        "model.family=bert",
+        "model.heads=[mlm,nsp]",
+        "data.task=masked_lm",
+        f"data.train_files=[{','.join(map(str, real_text_files))}]",
+        "data.eval_fraction=0.1",
+        "train.steps=40",
+        "train.eval_every=40",
+        f"train.workdir={tmp_path}",
+    ]
+    train(load_config(None, overrides))
+    evals = _records(tmp_path, "eval")
+    assert evals[0]["loss"] == pytest.approx(math.log(VOCAB), abs=0.15)  # untrained: uniform
+    assert evals[-1]["loss"] < evals[0]["loss"] - 1.0
+    with pytest.raises(ConfigError, match=r"needs the heads \['nsp'\]"):
+        train(load_config(None, [*overrides, "model.heads=[mlm]"]))
+
+
+def test_seq2seq_resumes_exactly(real_text_files, tmp_path):
+    """Pairs (line, its words reversed); a run stopped at step 6 and resumed to 12 ends where an
+    uninterrupted 12-step run ends."""
+    pairs = [
+        {"text": line, "target": " ".join(reversed(line.split()))}
+        for path in real_text_files[:20]
+        for line in path.read_text().splitlines()
+        if 3 < len(line.split()) < 12
+    ]
+    jsonl = tmp_path / "pairs.jsonl"
+    jsonl.write_text("\n".join(map(json.dumps, pairs)))
+
+    def run(workdir, steps):
+        overrides = [
+            *SMALL_MODEL,
+            "model.family=seq2seq",
+            "data.source=jsonl",
+            "data.task=seq2seq",
+            f"data.train_files=[{jsonl}]",
+            "data.eval_fraction=0.1",
+            "data.seq_len=24",
+            "model.dropout_rate=0.1",
+            f"train.steps={steps}",
+            "train.eval_every=0",
+            f"train.workdir={workdir}",
+        ]
+        return train(load_config(None, overrides))
+
+    straight = run(tmp_path / "straight", 12)
+    run(tmp_path / "resumed", 6)
+    resumed = run(tmp_path / "resumed", 12)
+    assert resumed["train_loss"] == straight["train_loss"]
+    losses = {r["step"]: r["loss"] for r in _records(tmp_path / "straight", "train")}
+    resumed_losses = {r["step"]: r["loss"] for r in _records(tmp_path / "resumed", "train")}
+    assert resumed_losses.items() >= losses.items()  # plus step 6, where the first run ended
+    assert np.isfinite(list(losses.values())).all() and losses[12] < losses[5]
