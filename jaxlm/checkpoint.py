@@ -233,9 +233,10 @@ def read_meta(step_dir: Path) -> dict:
 
 
 def _state_dir(step_dir: Path) -> Path:
+    """The state item of a step directory, as an absolute path (Orbax needs one)."""
     for item in (STATE, LEGACY_ITEM):
         if (step_dir / item).is_dir():
-            return step_dir / item
+            return (step_dir / item).absolute()
     raise JaxlmError(f"{step_dir} is not a checkpoint step (no '{STATE}' item)")
 
 

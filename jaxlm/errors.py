@@ -11,3 +11,7 @@ class ConfigError(JaxlmError):
 
 class DataError(JaxlmError):
     """A missing, empty or unreadable dataset or tokenizer."""
+
+
+class ConversionError(JaxlmError):
+    """A checkpoint that cannot be converted: unsupported architecture, missing or extra tensors."""

@@ -50,7 +50,10 @@ def output_init(cfg: ModelConfig) -> nn.initializers.Initializer:
 
 
 class Mlp(nn.Module):
-    """Position-wise feed-forward network: Dense(mlp_dim) -> activation -> Dense(embed)."""
+    """Position-wise feed-forward network: Dense(mlp_dim) -> activation -> Dense(embed).
+
+    Gated (`mlp_type: gated`, SwiGLU with silu): activation(x W_gate) * (x W_i), then Dense(embed).
+    """
 
     cfg: ModelConfig
 
@@ -60,15 +63,22 @@ class Mlp(nn.Module):
         dense = functools.partial(
             nn.Dense, use_bias=cfg.use_bias, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype
         )
-        hidden = dense(
-            cfg.mlp_dim,
-            kernel_init=nn.with_logical_partitioning(
-                nn.initializers.normal(cfg.init_std), ("embed", "mlp")
-            ),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)),
-            name="wi",
-        )(x)
-        hidden = ACTIVATIONS[cfg.activation](hidden)
+
+        def project_in(name: str) -> jax.Array:
+            return dense(
+                cfg.mlp_dim,
+                kernel_init=nn.with_logical_partitioning(
+                    nn.initializers.normal(cfg.init_std), ("embed", "mlp")
+                ),
+                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)),
+                name=name,
+            )(x)
+
+        activation = ACTIVATIONS[cfg.activation]
+        if cfg.mlp_type == "gated":
+            hidden = activation(project_in("wi_gate")) * project_in("wi")
+        else:
+            hidden = activation(project_in("wi"))
         hidden = nn.with_logical_constraint(
             hidden, ("activation_batch", "activation_length", "activation_mlp")
         )

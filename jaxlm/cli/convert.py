@@ -1,0 +1,51 @@
+"""`jaxlm convert SRC DST --to jaxlm|hf [--step N]`: Hugging Face <-> jaxlm.
+
+--to jaxlm: SRC is a Hugging Face model directory (config.json + model.safetensors, or shards
+with model.safetensors.index.json) of GPT-2, BERT or Llama; DST becomes a workdir for
+`jaxlm generate`, `jaxlm eval` and `jaxlm train DST/config.yaml`: config.yaml, checkpoints/0
+and SRC's sentencepiece tokenizer.model when it has one.
+--to hf: SRC is a jaxlm workdir; DST gets config.json and model.safetensors of its latest
+checkpoint (or --step), which `transformers` loads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jaxlm.errors import JaxlmError
+
+
+def run(args) -> None:
+    from jaxlm.interop.workdir import TOKENIZER, export_workdir, import_workdir
+    from jaxlm.models.summary import count_parameters
+
+    source, destination = Path(args.source), Path(args.destination)
+    if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
+        raise JaxlmError(f"{destination} already exists and is not an empty folder")
+    if args.to == "hf":
+        step_dir = export_workdir(source, destination, args.step)
+        print(f"wrote {destination} (config.json, model.safetensors) from checkpoint {step_dir}")
+        return
+    if args.step is not None:
+        raise JaxlmError("--step selects the checkpoint to export: it needs --to hf")
+    cfg = import_workdir(source, destination)
+    print(
+        f"wrote workdir {destination}: {cfg.model.family} model of "
+        f"{count_parameters(cfg.model):,} parameters in checkpoints/0"
+    )
+    if not (destination / TOKENIZER).is_file():
+        print(
+            f"{source} has no sentencepiece {TOKENIZER}: add one (or set data.tokenizer in "
+            f"{destination / 'config.yaml'}) before generating or evaluating"
+        )
+
+
+def register(commands) -> None:
+    parser = commands.add_parser(
+        "convert", help="import a Hugging Face model into a workdir, or export one"
+    )
+    parser.add_argument("source", help="a Hugging Face model directory (--to jaxlm) or workdir")
+    parser.add_argument("destination", help="the workdir (--to jaxlm) or model directory to write")
+    parser.add_argument("--to", required=True, choices=("jaxlm", "hf"), help="the target format")
+    parser.add_argument("--step", type=int, help="--to hf: the checkpoint step (default: latest)")
+    parser.set_defaults(run=run)

@@ -1,0 +1,5 @@
+"""Hugging Face checkpoint import and export (safetensors): GPT-2, BERT, Llama."""
+
+from jaxlm.interop.hf import from_pretrained, save_pretrained
+
+__all__ = ["from_pretrained", "save_pretrained"]

@@ -1,0 +1,138 @@
+"""Llama (`LlamaForCausalLM`) <-> jaxlm's GPT with rotary positions, RMSNorm and a gated MLP.
+
+HF stores Llama's query and key projections in the rotate-half layout (each head's rotary
+pairs are features i and i + head_dim / 2), which is the layout of jaxlm's `apply_rotary`: the
+weights convert with transposes and head reshapes only.
+"""
+
+from __future__ import annotations
+
+import re
+
+from jaxlm.config import ModelConfig
+from jaxlm.errors import ConversionError
+from jaxlm.interop.hf_config import TO_HF_ACTIVATION, activation_from_hf, mismatches
+from jaxlm.interop.mapping import TRANSPOSE, Rule, chain, linear, norm, pad_vocab, tensor
+
+MODEL_TYPE = "llama"
+ARCHITECTURES = ("LlamaForCausalLM",)
+# Precomputed rotary frequencies of older checkpoints; the output head when tied.
+IGNORED = re.compile(r"\.rotary_emb\.inv_freq$|^lm_head\.weight$")
+NEEDS = {
+    "family": "gpt",
+    "position_embedding": "rotary",
+    "norm": "rmsnorm",
+    "norm_position": "pre",
+    "mlp_type": "gated",
+    "scale_embeddings": False,
+}
+
+
+def _rope_theta(hf: dict) -> float:
+    """The rotary base; only unscaled ("default") rotary embeddings are supported."""
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type != "default":
+        raise ConversionError(
+            f"config.json: rope_type {rope_type!r} is not supported (only 'default' rotary)"
+        )
+    return float(rope.get("rope_theta", hf.get("rope_theta", 10_000.0)))
+
+
+def config_from_hf(hf: dict, names: set[str]) -> ModelConfig:
+    bias = hf.get("attention_bias", False)
+    if hf.get("mlp_bias", False) != bias:
+        raise ConversionError(
+            "config.json: attention_bias and mlp_bias differ (jaxlm's use_bias covers both)"
+        )
+    embed_dim, heads = hf.get("hidden_size", 4096), hf.get("num_attention_heads", 32)
+    kv_heads = hf.get("num_key_value_heads") or heads
+    head_dim = hf.get("head_dim") or embed_dim // heads
+    return ModelConfig(
+        family="gpt",
+        vocab_size=hf.get("vocab_size", 32000),
+        max_len=hf.get("max_position_embeddings", 2048),
+        num_layers=hf.get("num_hidden_layers", 32),
+        embed_dim=embed_dim,
+        num_heads=heads,
+        num_kv_heads=None if kv_heads == heads else kv_heads,
+        head_dim=None if head_dim * heads == embed_dim else head_dim,
+        mlp_dim=hf.get("intermediate_size", 11008),
+        mlp_type="gated",
+        activation=activation_from_hf(hf.get("hidden_act", "silu")),
+        norm="rmsnorm",
+        norm_eps=hf.get("rms_norm_eps", 1e-6),
+        norm_position="pre",
+        position_embedding="rotary",
+        rope_base=_rope_theta(hf),
+        tie_embeddings=hf.get("tie_word_embeddings", False),
+        use_bias=bias,
+        dropout_rate=0.0,
+        attention_dropout_rate=hf.get("attention_dropout", 0.0),
+        init_std=hf.get("initializer_range", 0.02),
+    )
+
+
+def incompatibilities(cfg: ModelConfig) -> list[str]:
+    return mismatches(cfg, NEEDS)
+
+
+def config_to_hf(cfg: ModelConfig) -> dict:
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": MODEL_TYPE,
+        "vocab_size": cfg.vocab_size,
+        "max_position_embeddings": cfg.max_len,
+        "num_hidden_layers": cfg.num_layers,
+        "hidden_size": cfg.embed_dim,
+        "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads or cfg.num_heads,
+        "head_dim": cfg.resolved_head_dim,
+        "intermediate_size": cfg.mlp_dim,
+        "hidden_act": TO_HF_ACTIVATION[cfg.activation],
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_base,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_base},
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "attention_bias": cfg.use_bias,
+        "mlp_bias": cfg.use_bias,
+        "attention_dropout": cfg.attention_dropout_rate,
+        "initializer_range": cfg.init_std,
+    }
+
+
+def rules(cfg: ModelConfig, names: set[str] | None = None) -> list[Rule]:
+    d, head_dim, layers = cfg.embed_dim, cfg.resolved_head_dim, cfg.num_layers
+    heads, kv_heads = cfg.num_heads, cfg.num_kv_heads or cfg.num_heads
+    block, stack = "model.layers.{i}.", "decoder/layers/"
+    attention, mlp = f"{stack}self_attention/", f"{stack}mlp/"
+    per_layer = dict(bias=cfg.use_bias, layers=layers)
+    result = [
+        tensor(
+            "model.embed_tokens.weight",
+            "token_embed/embedding",
+            pad_vocab(cfg.vocab_size, cfg.padded_vocab_size),
+        ),
+        *norm(f"{block}input_layernorm", f"{stack}self_attention_norm", bias=False, layers=layers),
+        *linear(
+            f"{block}self_attn.q_proj", f"{attention}query", (d,), (heads, head_dim), **per_layer
+        ),
+        *linear(
+            f"{block}self_attn.k_proj", f"{attention}key", (d,), (kv_heads, head_dim), **per_layer
+        ),
+        *linear(
+            f"{block}self_attn.v_proj", f"{attention}value", (d,), (kv_heads, head_dim), **per_layer
+        ),
+        *linear(
+            f"{block}self_attn.o_proj", f"{attention}out", (heads, head_dim), (d,), **per_layer
+        ),
+        *norm(f"{block}post_attention_layernorm", f"{stack}mlp_norm", bias=False, layers=layers),
+        *linear(f"{block}mlp.gate_proj", f"{mlp}wi_gate", (d,), (cfg.mlp_dim,), **per_layer),
+        *linear(f"{block}mlp.up_proj", f"{mlp}wi", (d,), (cfg.mlp_dim,), **per_layer),
+        *linear(f"{block}mlp.down_proj", f"{mlp}wo", (cfg.mlp_dim,), (d,), **per_layer),
+        *norm("model.norm", "decoder/final_norm", bias=False),
+    ]
+    if not cfg.tie_embeddings:
+        head = chain(TRANSPOSE, pad_vocab(cfg.vocab_size, cfg.padded_vocab_size, axis=1))
+        result.append(tensor("lm_head.weight", "lm_head/kernel", head))
+    return result

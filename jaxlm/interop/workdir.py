@@ -1,0 +1,72 @@
+"""Hugging Face model directories <-> jaxlm workdirs (what `jaxlm convert` does).
+
+An imported workdir holds `config.yaml` (the model, other sections at their defaults),
+`checkpoints/0` (the weights with a fresh optimizer state, as a run that has not trained yet
+saves them) and, when the Hugging Face directory has one, its sentencepiece `tokenizer.model`.
+`jaxlm generate` and `jaxlm eval` load it like any trained workdir, and `jaxlm train` on its
+`config.yaml` fine-tunes from the imported weights.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from flax.traverse_util import unflatten_dict
+
+from jaxlm.checkpoint import Checkpointer, restore_numpy, step_directories
+from jaxlm.config import Config, DataConfig, TrainConfig, load_config, to_yaml, validate
+from jaxlm.errors import ConversionError
+from jaxlm.interop.hf import from_pretrained, save_pretrained
+from jaxlm.parallel import make_mesh
+from jaxlm.train.optim import make_optimizer
+from jaxlm.train.state import TrainState, state_shardings
+
+TOKENIZER = "tokenizer.model"
+
+
+def import_workdir(source: str | Path, workdir: str | Path) -> Config:
+    """Write a jaxlm workdir holding the Hugging Face model in `source`; returns its config."""
+    source, workdir = Path(source), Path(workdir)
+    model_cfg, params = from_pretrained(source)
+    seq_len = min(DataConfig.seq_len, model_cfg.max_len)
+    cfg = Config(model=model_cfg, data=DataConfig(seq_len=seq_len), train=TrainConfig(str(workdir)))
+    validate(cfg)
+    tx, _ = make_optimizer(cfg.optim, cfg.train.steps)
+    _, shardings = state_shardings(model_cfg, tx, make_mesh(cfg.mesh))
+    params = jax.device_put(params, shardings.params)
+    state = TrainState(
+        step=jax.device_put(jnp.zeros((), jnp.int32), shardings.step),
+        params=params,
+        opt_state=jax.jit(tx.init, out_shardings=shardings.opt_state)(params),
+    )
+    checkpointer = Checkpointer(workdir / "checkpoints")
+    try:
+        checkpointer.save(0, state)
+    finally:
+        checkpointer.close()
+    (workdir / "config.yaml").write_text(to_yaml(cfg))
+    if (source / TOKENIZER).is_file():
+        shutil.copyfile(source / TOKENIZER, workdir / TOKENIZER)
+    return cfg
+
+
+def export_workdir(workdir: str | Path, destination: str | Path, step: int | None = None) -> Path:
+    """Write the parameters of a workdir's checkpoint `step` (default: the latest) as a Hugging
+    Face model directory; returns the checkpoint's directory."""
+    workdir = Path(workdir)
+    if not (workdir / "config.yaml").is_file():
+        raise ConversionError(f"{workdir} is not a jaxlm workdir (no config.yaml)")
+    cfg = load_config(str(workdir / "config.yaml"))
+    steps = [d for d in step_directories(workdir / "checkpoints") if d.name.isdigit()]
+    if step is not None:
+        steps = [d for d in steps if int(d.name) == step]
+    if not steps:
+        which = f"checkpoint {step}" if step is not None else "complete checkpoint"
+        raise ConversionError(f"no {which} in {workdir / 'checkpoints'}")
+    flat = restore_numpy(steps[-1].absolute())  # Orbax misreads relative paths
+    params = unflatten_dict({tuple(name.split(".")): value for name, value in flat.items()})
+    save_pretrained(destination, cfg.model, params)
+    return steps[-1]
