@@ -1,4 +1,4 @@
-"""`jaxlm describe MODEL_OR_CONFIG [section.key=value ...] [--params]`."""
+"""`jaxlm describe MODEL_OR_CONFIG [section.key=value ...] [--params] [--mesh AXIS=SIZE,...]`."""
 
 from __future__ import annotations
 
@@ -6,8 +6,13 @@ from __future__ import annotations
 def run(args) -> None:
     from jaxlm.config import load_config
     from jaxlm.models.summary import abstract_params, count_parameters, parameter_table
+    from jaxlm.sharding_report import abstract_mesh, parse_mesh, sharding_report
 
-    m = load_config(args.config, args.overrides).model
+    cfg = load_config(args.config, args.overrides)
+    report = None
+    if args.mesh is not None:  # first, so that a mesh that does not fit fails before any output
+        report = sharding_report(cfg, abstract_mesh(parse_mesh(args.mesh)))
+    m = cfg.model
     print(f"model: {args.config} ({m.family})")
     print(
         f"  layers {m.num_layers}"
@@ -24,6 +29,8 @@ def run(args) -> None:
     print(f"  compute {m.dtype}, params {m.param_dtype}, remat {m.remat_policy}")
     boxed = abstract_params(m)
     print(parameter_table(m, boxed) if args.params else f"parameters: {count_parameters(m, boxed)}")
+    if report is not None:
+        print(report)
 
 
 def register(commands) -> None:
@@ -31,4 +38,10 @@ def register(commands) -> None:
     parser.add_argument("config", help="a preset name (gpt2-small, bert-base, ...) or YAML file")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
     parser.add_argument("--params", action="store_true", help="list every parameter")
+    parser.add_argument(
+        "--mesh",
+        metavar="AXIS=SIZE,...",
+        help="also show how parameters and optimizer state split over a mesh of this shape "
+        "(axes data, fsdp, tensor; no devices needed), e.g. data=2,fsdp=2,tensor=2",
+    )
     parser.set_defaults(run=run)

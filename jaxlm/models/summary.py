@@ -16,7 +16,7 @@ def abstract_params(cfg: ModelConfig) -> dict:
     return jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
 
 
-def _leaves(boxed: dict) -> list[tuple[str, tuple, tuple | None]]:
+def parameter_leaves(boxed: dict) -> list[tuple[str, tuple, tuple | None]]:
     """(path, shape, logical axis names) for every parameter."""
     flat = jax.tree_util.tree_flatten_with_path(
         boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)
@@ -40,13 +40,13 @@ def real_size(shape: tuple, names: tuple | None, cfg: ModelConfig) -> int:
 def count_parameters(cfg: ModelConfig, boxed: dict | None = None) -> int:
     """Trainable parameters as published (vocabulary padding excluded)."""
     boxed = abstract_params(cfg) if boxed is None else boxed
-    return sum(real_size(shape, names, cfg) for _, shape, names in _leaves(boxed))
+    return sum(real_size(shape, names, cfg) for _, shape, names in parameter_leaves(boxed))
 
 
 def parameter_table(cfg: ModelConfig, boxed: dict | None = None) -> str:
     """One line per parameter: path, shape, logical axes, count; then the total."""
     boxed = abstract_params(cfg) if boxed is None else boxed
-    rows = _leaves(boxed)
+    rows = parameter_leaves(boxed)
     width = max(len(path) for path, _, _ in rows)
     lines = [f"{'parameter':<{width}}  {'shape':<22} {'logical axes':<36} count"]
     for path, shape, names in rows:
