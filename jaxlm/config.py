@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +48,7 @@ class ModelConfig:
     head_dim: int | None = None  # None = embed_dim // num_heads
     mlp_dim: int = 3072
     activation: str = "gelu"  # gelu (tanh approx.) | gelu_exact | relu | silu
+    mlp_type: str = "plain"  # plain: act(x Wi) Wo | gated (SwiGLU with silu): (act(x Wg) * x Wi) Wo
     norm: str = "layernorm"  # layernorm | rmsnorm
     norm_eps: float = 1e-5
     norm_position: str = "pre"  # pre (GPT-2) | post (BERT, original Transformer)
@@ -62,7 +64,7 @@ class ModelConfig:
     type_vocab_size: int = 2  # bert: token type (segment A/B) embeddings
     heads: list[str] = field(default_factory=list)  # bert heads: mlm, nsp, classifier
     num_classes: int = 2  # bert classifier head
-    attention_backend: str = "auto"  # auto | reference | jax | cudnn
+    attention_backend: str = "auto"  # auto | reference | jax | cudnn | pallas (TPU splash)
     dtype: str = "float32"  # compute dtype: float32 | bfloat16 | float16
     param_dtype: str = "float32"  # parameter (master weight) dtype
     remat_policy: str = "none"  # none | full | dots | dots_no_batch
@@ -129,8 +131,11 @@ class DataConfig:
     tfds_split: str = "train"
     tfds_eval_split: str = ""  # "" = hold out eval_fraction of tfds_split
     max_examples: int = 0  # keep the first N examples of the source (0 = all)
+    shuffle_seed: int | None = None  # shuffle the examples with this seed before max_examples
     eval_fraction: float = 0.05  # share of examples held out for evaluation
-    tokenizer: str = ""  # sentencepiece model; "" = <workdir>/tokenizer.model, trained if absent
+    # a sentencepiece model, or a Hugging Face tokenizer.json (its file, its directory or
+    # package:<package>/<path>); "" = <workdir>/tokenizer.model, trained if absent
+    tokenizer: str = ""
     tokenizer_type: str = "unigram"  # unigram | bpe (when training one)
     tokenizer_sample_lines: int = 200_000  # lines sampled to train the tokenizer
     seq_len: int = 128  # tokens per row (seq2seq: per source and per target row)
@@ -168,13 +173,51 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10
     eval_every: int = 200
-    eval_batches: int = 20
+    eval_batches: int = 20  # held-out batches per evaluation (0 = the whole eval split)
     checkpoint_every: int = 0  # 0 = only at the end (and when preempted)
     keep_checkpoints: int = 3  # the last N checkpoints are kept
     keep_best: int = 0  # also keep the N with the lowest `best_metric` (saved at eval steps)
     best_metric: str = "eval_loss"  # eval_loss, eval_perplexity, ...; lower is better
     nan_policy: str = "stop"  # non-finite loss or gradient: stop (error) or skip the update
     progress_bar: bool = True
+    microbatches: int = 1  # gradient accumulation: each step's batch is split into this many
+
+
+@dataclass
+class DistributedConfig:
+    """Multi-host runs: `jax.distributed.initialize` before anything else touches the devices.
+
+    Unset values (empty, 0, -1) come from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
+    JAX_PROCESS_ID, else from the cluster environment (Cloud TPU, Slurm, Open MPI, Kubernetes).
+    """
+
+    enabled: bool = False
+    coordinator_address: str = ""  # host:port of process 0
+    num_processes: int = 0
+    process_id: int = -1
+    timeout_seconds: int = 300  # how long to wait for every process to connect
+
+
+@dataclass
+class FinetuneConfig:
+    """Start from pretrained weights and choose what trains (see `jaxlm.finetune`).
+
+    Parameter patterns are globs over paths such as `encoder/layers/mlp/wi/kernel` (`*` also
+    crosses `/`), or regular expressions after `re:`; a pattern naming a module selects all of it.
+    """
+
+    mode: str = "full"  # full | partial | prompt | prefix | lora
+    # A Hugging Face model directory, a jaxlm workdir or checkpoint step directory, or
+    # package:<package>/<path> inside an installed package; "" = random init
+    init_from: str = ""
+    # partial: the parameters that train; prompt / prefix / lora: those that train besides the
+    # adapter (e.g. a new classifier head)
+    trainable: list[str] = field(default_factory=list)
+    prompt_length: int = 20  # prompt: soft-prompt vectors prepended to the embedded inputs
+    prefix_length: int = 10  # prefix: key/value vectors prepended in every self-attention layer
+    lora_rank: int = 8
+    lora_alpha: float = 16.0  # the update A·B is scaled by lora_alpha / lora_rank
+    lora_targets: list[str] = field(default_factory=lambda: ["*/query", "*/value"])  # kernels
 
 
 @dataclass
@@ -185,16 +228,19 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
 CHOICES = {
     "train.nan_policy": ("stop", "skip"),
     "model.family": ("gpt", "bert", "seq2seq"),
     "model.activation": ("gelu", "gelu_exact", "relu", "silu"),
+    "model.mlp_type": ("plain", "gated"),
     "model.norm": ("layernorm", "rmsnorm"),
     "model.norm_position": ("pre", "post"),
     "model.position_embedding": ("learned", "sinusoidal", "rotary"),
-    "model.attention_backend": ("auto", "reference", "jax", "cudnn"),
+    "model.attention_backend": ("auto", "reference", "jax", "cudnn", "pallas"),
     "model.dtype": tuple(DTYPES),
     "model.param_dtype": tuple(DTYPES),
     "model.remat_policy": ("none", "full", "dots", "dots_no_batch"),
@@ -202,8 +248,15 @@ CHOICES = {
     "data.task": ("causal_lm", "masked_lm", "classification", "seq2seq"),
     "data.document_unit": ("file", "paragraph", "line"),
     "data.tokenizer_type": ("unigram", "bpe"),
+    "finetune.mode": ("full", "partial", "prompt", "prefix", "lora"),
 }
 BERT_HEADS = ("mlm", "nsp", "classifier")
+TASK_MODELS = {  # task: (model family, bert heads it trains)
+    "causal_lm": ("gpt", ()),
+    "masked_lm": ("bert", ("mlm", "nsp")),
+    "classification": ("bert", ("classifier",)),
+    "seq2seq": ("seq2seq", ()),
+}
 
 
 def preset_names() -> list[str]:
@@ -299,9 +352,21 @@ def validate(config: Config) -> None:
     _check(0 <= d.eval_fraction < 1, "data.eval_fraction", "must be in [0, 1)")
     _check(0 < d.mlm_probability < 1, "data.mlm_probability", "must be in (0, 1)")
     _check(d.max_examples >= 0, "data.max_examples", "must be >= 0")
+
     t = config.train
     _check(t.steps >= 0, "train.steps", "must be >= 0")
     _check(t.log_every > 0, "train.log_every", "must be positive")
+    _check(t.microbatches > 0, "train.microbatches", "must be positive")
+    _check(
+        d.batch_size % t.microbatches == 0,
+        "train.microbatches",
+        f"{t.microbatches} does not divide data.batch_size {d.batch_size}",
+    )
+    _check(
+        t.microbatches == 1 or m.family != "bert" or len(set(m.heads)) <= 1,
+        "train.microbatches",
+        "accumulation needs a loss that is one mean over tokens, not a sum of bert heads' means",
+    )
     _check(config.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
     smp = config.sample
     _check(smp.temperature >= 0, "sample.temperature", "must be >= 0")
@@ -310,3 +375,44 @@ def validate(config: Config) -> None:
     _check(smp.repetition_penalty > 0, "sample.repetition_penalty", "must be > 0")
     _check(smp.num_beams >= 1, "sample.num_beams", "must be >= 1")
     _check(smp.max_new_tokens >= 1, "sample.max_new_tokens", "must be >= 1")
+    dist = config.distributed
+    _check(dist.num_processes >= 0, "distributed.num_processes", "must be >= 0 (0 = detect)")
+    _check(dist.process_id >= -1, "distributed.process_id", "must be >= -1 (-1 = detect)")
+    _check(
+        dist.num_processes == 0 or dist.process_id < dist.num_processes,
+        "distributed.process_id",
+        f"must be below distributed.num_processes {dist.num_processes}",
+    )
+    _check(dist.timeout_seconds > 0, "distributed.timeout_seconds", "must be positive")
+    _validate_finetune(config.finetune, m)
+
+
+def _validate_finetune(f: FinetuneConfig, m: ModelConfig) -> None:
+    _check(f.mode != "full" or not f.trainable, "finetune.trainable", "mode full trains everything")
+    _check(f.mode != "partial" or f.trainable, "finetune.trainable", "mode partial needs patterns")
+    _check(
+        f.mode not in ("prompt", "prefix") or m.family in ("gpt", "bert"),
+        "finetune.mode",
+        f"{f.mode} tuning supports model.family gpt and bert, not {m.family}",
+    )
+    _check(f.prompt_length >= 0, "finetune.prompt_length", "must be >= 0")
+    _check(f.prefix_length >= 0, "finetune.prefix_length", "must be >= 0")
+    _check(f.lora_rank > 0, "finetune.lora_rank", "must be positive")
+    _check(f.lora_alpha > 0, "finetune.lora_alpha", "must be positive")
+    _check(f.mode != "lora" or f.lora_targets, "finetune.lora_targets", "mode lora needs patterns")
+    for key in ("trainable", "lora_targets"):
+        for pattern in getattr(f, key):
+            if pattern.startswith("re:"):
+                try:
+                    re.compile(pattern[3:])
+                except re.error as e:
+                    raise ConfigError(f"config key 'finetune.{key}': {pattern!r}: {e}") from None
+
+
+def check_task(config: Config) -> None:
+    """The model can learn `data.task`: the right family, with the heads the task trains."""
+    d, m = config.data, config.model
+    family, heads = TASK_MODELS[d.task]
+    _check(m.family == family, "data.task", f"{d.task} trains model.family={family}")
+    needed = [h for h in heads if h not in m.heads and (h != "nsp" or d.next_sentence)]
+    _check(not needed, "model.heads", f"data.task={d.task} needs the heads {needed}")

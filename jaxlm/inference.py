@@ -9,15 +9,15 @@ import jax
 
 from jaxlm.checkpoint import Checkpointer
 from jaxlm.config import Config, MeshConfig, load_config
-from jaxlm.data.documents import read_documents, resolve_files, split_documents
+from jaxlm.data.documents import read_documents, resolve_files
+from jaxlm.data.loader import training_data
 from jaxlm.data.pipeline import lm_dataset
 from jaxlm.data.tokenizer import Tokenizer
 from jaxlm.errors import JaxlmError
 from jaxlm.parallel import make_mesh
+from jaxlm.train.evaluation import compile_eval_step, evaluate
 from jaxlm.train.optim import make_optimizer
 from jaxlm.train.state import state_shardings
-from jaxlm.train.step import make_eval_step
-from jaxlm.train.trainer import evaluate
 
 
 def load_for_inference(workdir: Path) -> tuple[Config, dict, Tokenizer]:
@@ -39,29 +39,31 @@ def load_for_inference(workdir: Path) -> tuple[Config, dict, Tokenizer]:
 
 
 def evaluate_workdir(workdir: Path, files: list[str] | None = None, batches: int = 0) -> dict:
-    """Perplexity, loss and token accuracy of the latest checkpoint on text `files` (default: the
-    documents the run held out), over all of it or its first `batches` batches."""
+    """Metrics of the latest checkpoint on the run's held-out split, or on text `files` (causal
+    LM), over all of it or its first `batches` batches."""
     cfg, params, tokenizer = load_for_inference(workdir)
-    if files:
-        documents = read_documents(resolve_files(files), cfg.data.document_unit)
-    else:
-        documents = read_documents(resolve_files(cfg.data.train_files), cfg.data.document_unit)
-        documents = split_documents(documents, cfg.data.eval_fraction)[1]
-        if not documents:
-            raise JaxlmError("the run held out no documents (data.eval_fraction=0): pass --files")
     mesh = make_mesh(MeshConfig())
-    dataset = lm_dataset(
-        documents,
-        tokenizer,
-        seq_len=cfg.data.seq_len,
-        batch_size=cfg.data.batch_size,
-        seed=cfg.train.seed,
-        shuffle=False,
-        repeat=False,
-    ).as_numpy_iterator()
-    dataset = itertools.islice(dataset, batches or None)
-    metrics = evaluate(jax.jit(make_eval_step(cfg)), params, dataset, mesh)
+    eval_step = compile_eval_step(cfg, jax.tree.map(lambda x: x.sharding, params), mesh)
+    if files:
+        if cfg.data.task != "causal_lm":
+            raise JaxlmError(f"--files evaluates causal LM runs; this run is {cfg.data.task}")
+        documents = read_documents(resolve_files(files), cfg.data.document_unit)
+        dataset = lm_dataset(
+            documents,
+            tokenizer,
+            seq_len=cfg.data.seq_len,
+            batch_size=cfg.data.batch_size,
+            seed=cfg.train.seed,
+            shuffle=False,
+            repeat=False,
+        ).as_numpy_iterator()
+        metrics = evaluate(eval_step, params, itertools.islice(dataset, batches or None), mesh)
+    else:
+        data = training_data(cfg, workdir, log=lambda message: None)
+        metrics = evaluate(eval_step, params, data.eval_batches(batches), mesh, data.labels)
+        if not metrics and cfg.data.eval_fraction == 0:
+            raise JaxlmError("the run held out no data (data.eval_fraction=0): pass --files")
     if not metrics:
         shape = f"{cfg.data.batch_size} x {cfg.data.seq_len}"
-        raise JaxlmError(f"the evaluation text holds less than one batch of {shape} tokens")
+        raise JaxlmError(f"the evaluation data holds less than one batch of {shape} tokens")
     return metrics

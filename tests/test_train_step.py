@@ -9,7 +9,7 @@ from jaxlm.config import load_config
 from jaxlm.parallel import activate, make_mesh, shard_batch
 from jaxlm.train.optim import make_optimizer
 from jaxlm.train.state import init_state
-from jaxlm.train.step import compile_steps
+from jaxlm.train.step import compile_train_step
 
 TINY = TINY_MODEL + [
     "model.num_heads=8",  # tensor parallelism over 8 devices splits heads 8 ways
@@ -43,7 +43,7 @@ def _run(overrides, devices, steps=2):
     mesh = make_mesh(cfg.mesh, devices)
     tx, schedule = make_optimizer(cfg.optim, cfg.train.steps)
     state, shardings = init_state(cfg.model, tx, mesh, seed=0)
-    train_step, _ = compile_steps(cfg, tx, schedule, shardings, mesh)
+    train_step = compile_train_step(cfg, tx, schedule, shardings, mesh)
     losses = []
     with activate(mesh):
         for i in range(steps):

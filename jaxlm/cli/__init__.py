@@ -3,8 +3,12 @@
 jaxlm train CONFIG [section.key=value ...]
 jaxlm generate WORKDIR [--prompt TEXT | --prompt-file FILE] [--temperature T] ...
 jaxlm eval WORKDIR [--files ...]
-jaxlm describe MODEL_OR_CONFIG [section.key=value ...] [--params]
+jaxlm describe MODEL_OR_CONFIG [section.key=value ...] [--params] [--mesh AXIS=SIZE,...]
+jaxlm compile CONFIG [section.key=value ...] [--mesh AXIS=SIZE,...] [--topology NAME]
 jaxlm checkpoint list DIR | inspect DIR/STEP | export DIR/STEP OUT.safetensors
+jaxlm tokenizer train --files GLOB... --output PATH.model --vocab-size N | encode MODEL TEXT
+jaxlm data tokenize CONFIG_OR_FILES... --output PATH | show CONFIG [section.key=value ...]
+jaxlm convert SRC DST --to jaxlm|hf [--step N]
 
 `jaxlm train` exits with code 75 (`PREEMPTED_EXIT_CODE`) after checkpointing on SIGTERM/SIGINT.
 """
@@ -15,10 +19,20 @@ import argparse
 import sys
 import warnings
 
-from jaxlm.cli import checkpoint, describe, evaluate, generate, train
+from jaxlm.cli import (
+    checkpoint,
+    compile,
+    convert,
+    data,
+    describe,
+    evaluate,
+    generate,
+    tokenizer,
+    train,
+)
 from jaxlm.errors import JaxlmError
 
-COMMANDS = (train, generate, evaluate, describe, checkpoint)
+COMMANDS = (train, generate, evaluate, describe, compile, checkpoint, tokenizer, data, convert)
 
 
 def build_parser() -> argparse.ArgumentParser:

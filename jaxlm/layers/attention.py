@@ -7,10 +7,12 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 from jaxlm.layers.linear import DenseGeneral
 
-ATTENTION_BACKENDS = ("auto", "reference", "jax", "cudnn")
+ATTENTION_BACKENDS = ("auto", "reference", "jax", "cudnn", "pallas")
+PALLAS_BLOCKS = (512, 256, 128)  # splash-attention tile sizes tried, largest first
 
 
 # --- masks: boolean, True where a query may attend to a key, shaped [batch, 1, q, k] ----------
@@ -41,6 +43,19 @@ def attention_mask(
     if causal:
         mask &= causal_mask(query_segments.shape[1])
     return mask
+
+
+@struct.dataclass
+class SegmentMask:
+    """`attention_mask` kept as its segment ids ([batch, q] and [batch, k], 0 = padding), so
+    that a fused kernel never builds the [q, k] mask; `dense()` builds it for the others."""
+
+    query_segments: jax.Array
+    key_segments: jax.Array
+    causal: bool = struct.field(pytree_node=False, default=False)
+
+    def dense(self) -> jax.Array:
+        return attention_mask(self.query_segments, self.key_segments, causal=self.causal)
 
 
 # --- scaled dot-product attention ---------------------------------------------------------
@@ -78,28 +93,143 @@ def reference_attention(
     return out.reshape(batch, q_len, heads, head_dim)
 
 
-def resolve_backend(backend: str, dtype: jnp.dtype, dropout_rate: float = 0.0) -> str:
-    """'auto' picks cuDNN flash attention on NVIDIA GPUs in 16-bit without attention dropout,
-    the reference elsewhere."""
+def pallas_block(length: int) -> int | None:
+    """The largest splash-attention tile that divides `length`; None when none does."""
+    return next((block for block in PALLAS_BLOCKS if length % block == 0), None)
+
+
+def pallas_fits(query: jax.Array, key: jax.Array, mask) -> bool:
+    """The splash kernel takes no dense mask and tiles both lengths by multiples of 128."""
+    lengths = (query.shape[1], key.shape[1])
+    segments = mask is None or isinstance(mask, SegmentMask)
+    return segments and all(pallas_block(length) is not None for length in lengths)
+
+
+def resolve_backend(
+    backend: str, dtype: jnp.dtype, dropout_rate: float = 0.0, fits_pallas: bool = False
+) -> str:
+    """'auto' picks the Pallas splash kernel on TPUs where the inputs fit it, cuDNN flash
+    attention on NVIDIA GPUs in 16-bit, the reference elsewhere and with attention dropout.
+    'pallas' on inputs that do not fit the kernel (decoding, short sequences) is the reference."""
+    if backend == "pallas" and not fits_pallas:
+        return "reference"
     if backend != "auto":
         return backend
+    if dropout_rate > 0.0:
+        return "reference"
+    platform = jax.default_backend()
+    if platform == "tpu" and fits_pallas:
+        return "pallas"
     half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-    fused = jax.default_backend() == "gpu" and half and dropout_rate == 0.0
-    return "cudnn" if fused else "reference"
+    return "cudnn" if platform == "gpu" and half else "reference"
+
+
+@functools.lru_cache(maxsize=64)
+def _splash_kernel(group: int, q_len: int, kv_len: int, causal: bool, block: int | None):
+    """A splash-attention kernel over `group` query heads sharing one key/value head."""
+    from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
+    block_q, block_kv = (block, block) if block else (pallas_block(q_len), pallas_block(kv_len))
+    make = splash.CausalMask if causal else splash.FullMask
+    blocks = splash.BlockSizes(
+        block_q=block_q,
+        block_kv=block_kv,
+        block_kv_compute=block_kv,
+        block_q_dkv=block_q,
+        block_kv_dkv=block_kv,
+        block_kv_dkv_compute=block_kv,
+        block_q_dq=block_q,
+        block_kv_dq=block_kv,
+    )
+    with jax.ensure_compile_time_eval():  # its block tables are constants, even under jit
+        return splash.make_splash_mqa_single_device(
+            splash.MultiHeadMask([make((q_len, kv_len)) for _ in range(group)]),
+            block_sizes=blocks,
+            interpret=jax.default_backend() != "tpu",
+        )
+
+
+def pallas_attention(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    mask: SegmentMask | None = None,
+    *,
+    block: int | None = None,
+) -> jax.Array:
+    """Attention through the Pallas splash kernel (shapes as in the reference).
+
+    Query and key lengths must be multiples of 128; each is tiled by the largest of 512, 256,
+    128 that divides it (or by `block`). The mask is causal and/or by segment ids; padding
+    (segment 0) attends to padding, so the outputs of padding queries differ from the
+    reference's, those of real tokens do not. Off TPUs the kernel runs in Pallas interpret mode
+    (slow; for tests). Under a mesh it runs per shard (`shard_map`): batch and heads split as
+    the activations' logical axes say.
+    """
+    from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
+    causal = mask is not None and mask.causal
+    kernel = _splash_kernel(
+        query.shape[2] // key.shape[2], query.shape[1], key.shape[1], causal, block
+    )
+    scale = query.shape[-1] ** -0.5
+
+    def attend(query, key, value, query_segments, key_segments):
+        batch, q_len, heads, head_dim = query.shape
+        kv_heads = key.shape[2]
+        # [batch, q, heads, d] -> [batch, kv_heads, group, q, d]; keys -> [batch, kv_heads, k, d]
+        q = query.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim)
+        q = (q * scale).transpose(0, 2, 3, 1, 4)
+        k, v = (jnp.swapaxes(t, 1, 2) for t in (key, value))
+
+        def one_row(q, k, v, query_segments, key_segments):
+            segment_ids = None
+            if query_segments is not None:
+                segment_ids = splash.SegmentIds(query_segments, key_segments)
+            return jax.vmap(lambda q, k, v: kernel(q, k, v, segment_ids=segment_ids))(q, k, v)
+
+        out = jax.vmap(one_row)(q, k, v, query_segments, key_segments)
+        return out.transpose(0, 3, 1, 2, 4).reshape(batch, q_len, heads, head_dim)
+
+    segments = (None, None) if mask is None else (mask.query_segments, mask.key_segments)
+    heads = nn.logical_to_mesh_axes(
+        ("activation_batch", "activation_length", "activation_heads", "activation_kv")
+    )
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or all(axis is None for axis in heads):
+        return attend(query, key, value, *segments)
+    rows = jax.sharding.PartitionSpec(heads[0], None)
+    return jax.shard_map(
+        attend,
+        in_specs=(heads, heads, heads, rows, rows),
+        out_specs=heads,
+        check_vma=False,
+    )(query, key, value, *segments)
 
 
 def dot_product_attention(
     query: jax.Array,
     key: jax.Array,
     value: jax.Array,
-    mask: jax.Array | None = None,
+    mask: jax.Array | SegmentMask | None = None,
     *,
     backend: str = "auto",
     dropout_rate: float = 0.0,
     dropout_rng: jax.Array | None = None,
 ) -> jax.Array:
-    """Scaled dot-product attention through the selected backend (shapes as in the reference)."""
-    backend = resolve_backend(backend, query.dtype, dropout_rate)
+    """Scaled dot-product attention through the selected backend (shapes as in the reference).
+
+    `mask` is a boolean [batch | 1, heads | 1, q, k] array or a `SegmentMask`.
+    """
+    backend = resolve_backend(
+        backend, query.dtype, dropout_rate, fits_pallas=pallas_fits(query, key, mask)
+    )
+    if backend == "pallas":
+        if dropout_rate > 0.0:
+            raise ValueError("attention dropout is only supported by the 'reference' backend")
+        return pallas_attention(query, key, value, mask)
+    if isinstance(mask, SegmentMask):
+        mask = mask.dense()
     if backend == "reference":
         return reference_attention(
             query, key, value, mask, dropout_rate=dropout_rate, dropout_rng=dropout_rng

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.config import ModelConfig
-from jaxlm.layers.attention import attention_mask, padding_mask
+from jaxlm.layers.attention import SegmentMask, padding_mask
 from jaxlm.layers.embeddings import LearnedPositions, SinusoidalPositions, TokenEmbedding
 from jaxlm.layers.transformer import ACTIVATION_AXES
 
@@ -123,7 +123,7 @@ def causal_self_attention(segment_ids: jax.Array, cache: dict | None):
     and the stack gets the cache and the slot to write at.
     """
     if cache is None:
-        return attention_mask(segment_ids, segment_ids, causal=True), {}, None
+        return SegmentMask(segment_ids, segment_ids, causal=True), {}, None
     mask, start, cache = cached_self_attention_mask(cache, segment_ids)
     return mask, {"kv_cache": (cache["key"], cache["value"]), "decode_index": start}, cache
 

@@ -40,3 +40,15 @@ def init_state(cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh, s
     _, shardings = state_shardings(cfg, tx, mesh)
     create = jax.jit(lambda rng: nn.unbox(_boxed_state(cfg, tx, rng)), out_shardings=shardings)
     return create(jax.random.key(seed)), shardings
+
+
+def state_from_params(cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh, params):
+    """A step-0 state holding `params` (e.g. pretrained weights, laid out on the mesh) with a
+    fresh optimizer state. Returns (state, shardings)."""
+    _, shardings = state_shardings(cfg, tx, mesh)
+    params = jax.device_put(params, shardings.params)
+    create = jax.jit(
+        lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p)),
+        out_shardings=shardings,
+    )
+    return create(params), shardings

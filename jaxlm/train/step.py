@@ -3,39 +3,101 @@
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
 from jaxlm.config import Config
+from jaxlm.errors import ConfigError
 from jaxlm.models import build_model
-from jaxlm.parallel import batch_sharding, replicated
+from jaxlm.parallel import BATCH_AXES, batch_sharding, replicated
 from jaxlm.train.losses import LOSSES
 from jaxlm.train.state import TrainState
 
 
+def split_microbatches(batch: dict, microbatches: int) -> dict:
+    """[batch, ...] arrays -> [microbatches, batch / microbatches, ...].
+
+    Microbatch j takes rows j, j + microbatches, ...: a device's contiguous block of rows holds
+    rows of every microbatch, so each microbatch stays spread over all the batch devices.
+    """
+
+    def split(x):
+        x = x.reshape(x.shape[0] // microbatches, microbatches, *x.shape[1:]).swapaxes(0, 1)
+        return nn.with_logical_constraint(x, (None, "activation_batch"))
+
+    return jax.tree.map(split, batch)
+
+
+def accumulated_gradients(loss_fn, model, params, batch, dropout_key, microbatches):
+    """(mean loss, summed stats, gradients) of the whole batch, one microbatch at a time.
+
+    Sums the negative log-likelihood, its gradients and the statistics over microbatches, then
+    divides by the total weight: the same mean over weighted tokens as one full-batch pass.
+    Microbatch i draws its dropout masks from `fold_in(dropout_key, i)`.
+    """
+
+    def summed_nll(params, microbatch, index):
+        rngs = {"dropout": jax.random.fold_in(dropout_key, index)}
+        stats = loss_fn(model, params, microbatch, rngs, deterministic=False)[1]
+        return stats["nll"], stats
+
+    def accumulate(carry, inputs):
+        grads, stats = carry
+        (_, new_stats), new_grads = jax.value_and_grad(summed_nll, has_aux=True)(params, *inputs)
+        return (
+            jax.tree.map(jnp.add, grads, new_grads),
+            jax.tree.map(jnp.add, stats, new_stats),
+        ), None
+
+    parts = split_microbatches(batch, microbatches)
+    first = jax.tree.map(lambda x: x[0], parts)
+    stats_shape = jax.eval_shape(lambda: summed_nll(params, first, 0)[1])
+    zeros = (
+        jax.tree.map(jnp.zeros_like, params),
+        jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), stats_shape),
+    )
+    (grads, stats), _ = jax.lax.scan(accumulate, zeros, (parts, jnp.arange(microbatches)))
+    total = jnp.maximum(stats["weights"], 1.0)
+    return stats["nll"] / total, stats, jax.tree.map(lambda g: g / total, grads)
+
+
 def make_train_step(
-    cfg: Config, tx: optax.GradientTransformation, schedule: optax.Schedule
+    cfg: Config,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule | None = None,
+    loss_fn: Callable | None = None,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """`(state, batch) -> (state, metrics)`; dropout keys derive from the seed and the step.
 
-    `metrics["finite"]` says whether the loss and gradient norm were finite; with
-    `train.nan_policy=skip` a non-finite step leaves parameters and optimizer state unchanged.
+    `loss_fn` replaces the family's loss (`jaxlm.train.losses`), with the same signature; the
+    learning rate is reported when the optimizer's `schedule` is given.
+
+    With `train.microbatches` > 1 the gradients are accumulated over that many slices of the
+    batch; loss, gradients and metrics are those of the whole batch. `metrics["finite"]` says
+    whether the loss and gradient norm were finite; with `train.nan_policy=skip` a non-finite
+    step leaves parameters and optimizer state unchanged.
     """
-    model, loss_fn = build_model(cfg.model), LOSSES[cfg.model.family]
+    model, loss_fn = build_model(cfg.model), loss_fn or LOSSES[cfg.model.family]
     base_key = jax.random.key(cfg.train.seed)
     skip_nonfinite = cfg.train.nan_policy == "skip"
+    microbatches = cfg.train.microbatches
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        rngs = {"dropout": jax.random.fold_in(base_key, state.step)}
-
-        def loss(params):
-            return loss_fn(model, params, batch, rngs, deterministic=False)
-
-        (value, stats), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
+        dropout_key = jax.random.fold_in(base_key, state.step)
+        if microbatches > 1:
+            value, stats, grads = accumulated_gradients(
+                loss_fn, model, state.params, batch, dropout_key, microbatches
+            )
+        else:
+            (value, stats), grads = jax.value_and_grad(loss_fn, argnums=1, has_aux=True)(
+                model, state.params, batch, {"dropout": dropout_key}, deterministic=False
+            )
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -50,33 +112,32 @@ def make_train_step(
             "tokens": stats["weights"],
             "grad_norm": grad_norm,
             "finite": finite,
-            "learning_rate": schedule(state.step),
         }
+        if schedule is not None:
+            metrics["learning_rate"] = schedule(state.step)
         return new_state, metrics
 
     return train_step
 
 
-def make_eval_step(cfg: Config) -> Callable[[dict, dict], dict]:
-    """`(params, batch) -> summed statistics` (nll, weights, correct) without dropout."""
-    model, loss_fn = build_model(cfg.model), LOSSES[cfg.model.family]
+def check_microbatch_size(cfg: Config, mesh: Mesh) -> None:
+    """Each microbatch must still split evenly over the batch (data * fsdp) devices."""
+    shards = math.prod(mesh.shape[a] for a in BATCH_AXES)
+    rows = cfg.data.batch_size // cfg.train.microbatches
+    if rows % shards:
+        raise ConfigError(
+            f"config key 'train.microbatches': microbatches of {rows} rows "
+            f"(data.batch_size {cfg.data.batch_size} / {cfg.train.microbatches}) cannot be "
+            f"split over data*fsdp = {shards} devices"
+        )
 
-    def eval_step(params: dict, batch: dict) -> dict:
-        return loss_fn(model, params, batch, None, deterministic=True)[1]
 
-    return eval_step
-
-
-def compile_steps(cfg: Config, tx, schedule, state_sharding, mesh: Mesh):
-    """Jitted train and eval steps with explicit shardings; the train step donates the state."""
-    data, scalar = batch_sharding(mesh), replicated(mesh)
-    train_step = jax.jit(
-        make_train_step(cfg, tx, schedule),
-        in_shardings=(state_sharding, data),
-        out_shardings=(state_sharding, scalar),
+def compile_train_step(cfg: Config, tx, schedule, state_sharding, mesh: Mesh, loss_fn=None):
+    """The jitted train step with explicit shardings; it donates the state."""
+    check_microbatch_size(cfg, mesh)
+    return jax.jit(
+        make_train_step(cfg, tx, schedule, loss_fn),
+        in_shardings=(state_sharding, batch_sharding(mesh)),
+        out_shardings=(state_sharding, replicated(mesh)),
         donate_argnums=0,
     )
-    eval_step = jax.jit(
-        make_eval_step(cfg), in_shardings=(state_sharding.params, data), out_shardings=scalar
-    )
-    return train_step, eval_step

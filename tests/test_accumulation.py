@@ -1,0 +1,97 @@
+"""Gradient accumulation: a step over microbatches is the full-batch step, on any mesh."""
+
+import jax
+import numpy as np
+import pytest
+from tiny import TINY_MODEL
+
+from jaxlm.config import load_config
+from jaxlm.errors import ConfigError
+from jaxlm.parallel import activate, make_mesh, shard_batch
+from jaxlm.train.optim import make_optimizer
+from jaxlm.train.state import init_state
+from jaxlm.train.step import compile_train_step, split_microbatches
+
+BATCH, MICRO = 16, 4
+TINY = TINY_MODEL + [
+    "model.vocab_multiple=8",
+    f"data.batch_size={BATCH}",
+    "optim.warmup_steps=0",
+    "optim.learning_rate=1e-3",
+    "optim.b1=0.5",
+    "optim.grad_clip=0",  # after the first step Adam's first moment is (1 - b1) * gradients
+]
+
+
+def _batch(length=16, vocab=100):
+    """Rows with very different numbers of weighted targets, so that the mean over the batch's
+    tokens differs from the mean of the microbatches' means."""
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(4, vocab, size=(BATCH, length + 1)).astype(np.int32)
+    weights = (np.arange(length)[None] < 1 + np.arange(BATCH)[:, None]).astype(np.float32)
+    return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "weights": weights}
+
+
+def _step(microbatches, devices, mesh=(1, 1, 1)):
+    data, fsdp, tensor = mesh
+    overrides = [f"mesh.data={data}", f"mesh.fsdp={fsdp}", f"mesh.tensor={tensor}"]
+    cfg = load_config(None, TINY + overrides + [f"train.microbatches={microbatches}"])
+    mesh = make_mesh(cfg.mesh, devices)
+    tx, schedule = make_optimizer(cfg.optim, cfg.train.steps)
+    state, shardings = init_state(cfg.model, tx, mesh, seed=0)
+    train_step = compile_train_step(cfg, tx, schedule, shardings, mesh)
+    with activate(mesh):
+        state, metrics = train_step(state, shard_batch(_batch(), mesh))
+    grads = jax.tree.map(lambda mu: mu / 0.5, state.opt_state[0].mu)  # adamw = chain(adam, ...)
+    return jax.device_get((state.params, grads, metrics))
+
+
+@pytest.fixture(scope="module")
+def full_batch():
+    return _step(1, jax.devices()[:1])
+
+
+@pytest.mark.parametrize("mesh", [(1, 1, 1), (2, 2, 2)], ids=lambda m: "x".join(map(str, m)))
+def test_accumulated_step_equals_full_batch_step(full_batch, mesh):
+    devices = jax.devices()[: int(np.prod(mesh))]
+    params, grads, metrics = _step(MICRO, devices, mesh)
+    ref_params, ref_grads, ref_metrics = full_batch
+    for key in ("loss", "grad_norm", "accuracy", "tokens"):
+        np.testing.assert_allclose(metrics[key], ref_metrics[key], rtol=1e-5, atol=1e-5)
+    assert metrics["tokens"] == _batch()["weights"].sum()
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params), strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def test_accumulation_is_not_a_mean_of_microbatch_means():
+    """The test batch tells a per-token mean from a mean of per-microbatch means."""
+    weights = split_microbatches(_batch(), MICRO)["weights"]
+    per_micro = weights.reshape(MICRO, -1).sum(1)
+    assert len(set(per_micro.tolist())) == MICRO
+
+
+def test_microbatches_stay_spread_over_the_batch_devices():
+    cfg = load_config(None, TINY + ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"])
+    mesh = make_mesh(cfg.mesh)
+    batch = _batch()
+    with activate(mesh):
+        parts = jax.jit(lambda b: split_microbatches(b, MICRO))(shard_batch(batch, mesh))
+    for key, value in batch.items():
+        for j in range(MICRO):  # microbatch j: rows j, j + MICRO, ...
+            np.testing.assert_array_equal(parts[key][j], value[j::MICRO])
+        assert tuple(parts[key].sharding.spec)[:2] == (None, ("data", "fsdp"))
+
+
+def test_microbatches_must_divide_the_batch():
+    with pytest.raises(ConfigError, match="train.microbatches.*does not divide"):
+        load_config(None, TINY + ["train.microbatches=3"])
+    with pytest.raises(ConfigError, match="train.microbatches.*positive"):
+        load_config(None, TINY + ["train.microbatches=0"])
+
+
+def test_microbatches_must_split_over_the_batch_devices():
+    # 16 rows / 8 microbatches = 2 rows, but data * fsdp = 4 devices.
+    with pytest.raises(ConfigError, match="train.microbatches.*data\\*fsdp = 4"):
+        _step(8, jax.devices(), (2, 2, 2))

@@ -1,0 +1,229 @@
+"""Multi-host training: two real processes on this machine, joined through a local coordinator
+and gloo CPU collectives, train as one single-process run over the same devices would."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from jaxlm import distributed
+from jaxlm.config import load_config, to_yaml
+from jaxlm.data.documents import read_documents
+from jaxlm.data.token_file import write_token_file
+from jaxlm.data.tokenizer import train_tokenizer
+from jaxlm.errors import ConfigError, JaxlmError
+from jaxlm.train.metrics_log import read_metrics
+from jaxlm.train.trainer import train
+
+STEPS = 4
+# Runs `jaxlm train` and prints what `train` returned in this process (only process 0 logs).
+DRIVER = """
+import json, sys
+import jax
+from jaxlm import cli
+from jaxlm.train import trainer
+
+results, train = {}, trainer.train
+trainer.train = lambda cfg: results.update(train(cfg)) or results
+code = cli.main(["train", *sys.argv[1:]])
+info = {"code": code, "process": jax.process_index(), "processes": jax.process_count()}
+print("RESULT " + json.dumps({**info, "devices": jax.device_count(), **results}))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _env(devices: int, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    flags = f"--xla_force_host_platform_device_count={devices}"
+    return {**env, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu", **extra}
+
+
+@pytest.fixture(scope="module")
+def config_file(real_text_files, tmp_path_factory):
+    """A tiny GPT on a token file of real text, on a (2, 2, 2) mesh of 8 devices."""
+    folder = tmp_path_factory.mktemp("distributed")
+    tokenizer = train_tokenizer(real_text_files, folder / "tokenizer.model", 512)
+    tokens = folder / "train.tokens"
+    write_token_file(read_documents(real_text_files, "file"), tokenizer, tokens)
+    overrides = [
+        "data.source=tokens",
+        f"data.train_files=[{tokens}]",
+        f"data.tokenizer={folder / 'tokenizer.model'}",
+        "data.eval_fraction=0.1",
+        "data.seq_len=32",
+        "data.batch_size=8",
+        "model.num_layers=2",
+        "model.embed_dim=32",
+        "model.num_heads=4",
+        "model.mlp_dim=64",
+        "model.vocab_size=512",
+        "model.max_len=32",
+        "mesh.data=2",
+        "mesh.fsdp=2",
+        "mesh.tensor=2",
+        "optim.learning_rate=3e-3",
+        "optim.warmup_steps=1",
+        f"train.steps={STEPS}",
+        "train.log_every=1",
+        f"train.eval_every={STEPS}",
+        "train.eval_batches=2",
+        "train.progress_bar=false",
+        "sample.prompts=[The]",
+        "sample.max_new_tokens=4",
+    ]
+    path = folder / "tiny.yaml"
+    path.write_text(to_yaml(load_config(None, overrides)))
+    return path
+
+
+def _losses(workdir, split="train"):
+    return [r["loss"] for r in read_metrics(workdir / "metrics.jsonl") if r["split"] == split]
+
+
+def test_two_processes_train_like_one(config_file, tmp_path):
+    workdir, address = tmp_path / "two", f"localhost:{_free_port()}"
+    common = [str(config_file), f"train.workdir={workdir}", "distributed.enabled=true"]
+    # Process 0 is configured by config keys, process 1 by the standard environment variables.
+    by_keys = [f"distributed.coordinator_address={address}", "distributed.num_processes=2"]
+    launches = [
+        (common + by_keys + ["distributed.process_id=0"], _env(4)),
+        (
+            common,
+            _env(4, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2", JAX_PROCESS_ID="1"),
+        ),
+    ]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", DRIVER, *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for args, env in launches
+    ]
+    try:
+        outputs = [p.communicate(timeout=240)[0] for p in processes]
+    finally:
+        for p in processes:
+            p.kill()
+    results = []
+    for output in outputs:
+        lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
+        assert lines, output[-3000:]
+        results.append(json.loads(lines[-1].removeprefix("RESULT ")))
+    for index, result in enumerate(results):
+        assert (result["code"], result["process"]) == (0, index), outputs[index][-3000:]
+        assert (result["processes"], result["devices"]) == (2, 8)
+    assert results[0]["train_loss"] == results[1]["train_loss"]
+    assert results[0]["eval_loss"] == results[1]["eval_loss"]
+    assert "--- sample ---" in outputs[0]
+    assert not re.search(r"^(step +\d|--- sample)", outputs[1], re.M)  # only process 0 logs ...
+    assert len(_losses(workdir)) == STEPS  # ... and writes metrics, once
+    assert (workdir / "loss.png").exists() and (workdir / "checkpoints" / str(STEPS)).is_dir()
+
+    # One process over the same 8 devices (this one's) sees the same global batches.
+    reference = tmp_path / "one"
+    last = train(load_config(str(config_file), [f"train.workdir={reference}"]))
+    assert _losses(workdir) == pytest.approx(_losses(reference), rel=1e-5, abs=1e-5)
+    assert _losses(workdir, "eval") == pytest.approx(_losses(reference, "eval"), rel=1e-5)
+    assert results[1]["train_loss"] == pytest.approx(last["train_loss"], rel=1e-5, abs=1e-5)
+
+
+def _initialize_in_subprocess(*overrides, timeout=60) -> str:
+    """Output of a fresh process that calls `initialize` twice and reports the result."""
+    code = (
+        "import sys, jax\n"
+        "from jaxlm import distributed\n"
+        "from jaxlm.config import load_config\n"
+        "cfg = load_config(None, sys.argv[1:])\n"
+        "for attempt in range(2):\n"
+        "    try:\n"
+        "        distributed.initialize(cfg)\n"
+        "        print('initialized', jax.process_count())\n"
+        "    except Exception as e:\n"
+        "        print(type(e).__name__ + ': ' + str(e))\n"
+    )
+    args = [sys.executable, "-c", code, "distributed.enabled=true", *overrides]
+    done = subprocess.run(args, env=_env(1), capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_initialize_twice_is_harmless():
+    address = f"localhost:{_free_port()}"
+    out = _initialize_in_subprocess(
+        f"distributed.coordinator_address={address}",
+        "distributed.num_processes=1",
+        "distributed.process_id=0",
+    )
+    assert out.splitlines() == ["initialized 1", "initialized 1"]
+
+
+@pytest.mark.parametrize(
+    "address, expected",
+    [
+        ("nosuchhost.invalid:1234", "unknown host 'nosuchhost.invalid'"),
+        ("localhost:{free}", "no coordinator answered at localhost:\\d+ within 2s"),
+    ],
+    ids=["unknown-host", "no-coordinator"],
+)
+def test_unreachable_coordinator_is_a_one_line_error(address, expected):
+    address = address.format(free=_free_port())
+    out = _initialize_in_subprocess(
+        f"distributed.coordinator_address={address}",
+        "distributed.num_processes=2",
+        "distributed.process_id=1",
+        "distributed.timeout_seconds=2",
+    )
+    lines = out.splitlines()
+    assert len(lines) == 2 and all(line.startswith("JaxlmError: ") for line in lines), out
+    assert re.search(expected, lines[0]), lines[0]
+
+
+def test_busy_coordinator_port_is_a_one_line_error():
+    with socket.create_server(("", 0)) as server:
+        port = server.getsockname()[1]
+        out = _initialize_in_subprocess(
+            f"distributed.coordinator_address=localhost:{port}",
+            "distributed.num_processes=2",
+            "distributed.process_id=0",
+        )
+    assert out.startswith("JaxlmError: ") and f"cannot listen on port {port}" in out, out
+
+
+def test_bad_distributed_config_is_a_config_error():
+    with pytest.raises(ConfigError, match="distributed.coordinator_address"):
+        distributed.initialize(
+            load_config(None, ["distributed.enabled=true", "distributed.coordinator_address=h"])
+        )
+    with pytest.raises(ConfigError, match="distributed.process_id"):
+        load_config(None, ["distributed.num_processes=2", "distributed.process_id=2"])
+    assert issubclass(ConfigError, JaxlmError)
+
+
+def test_initialize_after_jax_started_is_a_one_line_error():
+    import jax
+
+    jax.devices()  # this process's devices are in use
+    config = load_config(
+        None,
+        [
+            "distributed.enabled=true",
+            f"distributed.coordinator_address=localhost:{_free_port()}",
+            "distributed.num_processes=1",
+            "distributed.process_id=0",
+        ],
+    )
+    with pytest.raises(JaxlmError, match="must be called before any JAX calls") as error:
+        distributed.initialize(config)
+    assert "\n" not in str(error.value)
