@@ -1,21 +1,66 @@
-"""jaxlm: pretrain, fine-tune, evaluate and sample Transformer language models with JAX and Flax."""
+"""jaxlm: pretrain, fine-tune, evaluate and sample Transformer language models with JAX and Flax.
 
-from jaxlm.config import Config, load_config
-from jaxlm.errors import ConfigError, ConversionError, DataError, JaxlmError
-from jaxlm.interop import from_pretrained, save_pretrained
-from jaxlm.models import build_model, init_params
+    import jaxlm
+
+    cfg = jaxlm.load_config("demo", ["train.steps=100"])
+    trainer = jaxlm.Trainer(cfg)                       # data, tokenizer, state on the mesh
+    trainer.fit()
+    print(trainer.generate(["ROMEO."]))
+
+The names below are the public API; the CLI is a thin layer over them. Submodules load on first
+use, so `import jaxlm` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Config",
-    "ConfigError",
-    "ConversionError",
-    "DataError",
-    "JaxlmError",
-    "build_model",
-    "from_pretrained",
-    "init_params",
-    "load_config",
-    "save_pretrained",
-]
+_EXPORTS = {
+    # configs
+    "Config": "jaxlm.config",
+    "ModelConfig": "jaxlm.config",
+    "load_config": "jaxlm.config",
+    # models
+    "build_model": "jaxlm.models",
+    "init_params": "jaxlm.models",
+    "count_parameters": "jaxlm.models.summary",
+    "parameter_table": "jaxlm.models.summary",
+    # data
+    "Tokenizer": "jaxlm.data.tokenizer",
+    "training_data": "jaxlm.data.loader",
+    "data_from_examples": "jaxlm.data.loader",
+    # training
+    "Trainer": "jaxlm.train.trainer",
+    "Callback": "jaxlm.train.callbacks",
+    "EarlyStopping": "jaxlm.train.callbacks",
+    "make_mesh": "jaxlm.parallel",
+    "plot_loss": "jaxlm.train.plot",
+    "read_metrics": "jaxlm.train.metrics_log",
+    # checkpoints, pretrained weights, inference
+    "Checkpointer": "jaxlm.checkpoint",
+    "load_for_inference": "jaxlm.inference",
+    "from_pretrained": "jaxlm.interop",
+    "save_pretrained": "jaxlm.interop",
+    "generate_text": "jaxlm.generate",
+    # errors
+    "JaxlmError": "jaxlm.errors",
+    "ConfigError": "jaxlm.errors",
+    "DataError": "jaxlm.errors",
+    "ConversionError": "jaxlm.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'jaxlm' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

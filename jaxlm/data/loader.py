@@ -167,15 +167,21 @@ def _token_file_data(cfg: Config, workdir: Path) -> TrainingData:
     )
 
 
-def training_data(cfg: Config, workdir: Path, log=print) -> TrainingData:
-    """This process's training and evaluation batches for `cfg.data` (see the module doc)."""
+def training_data(cfg: Config, workdir: Path, log=print, splits=None) -> TrainingData:
+    """This process's training and evaluation batches for `cfg.data` (see the module doc), or
+    for the examples of `splits` (a `jaxlm.data.sources.Splits`) when given."""
+    if splits is not None:
+        return _batches_of(cfg, splits, workdir, log)
     if cfg.data.source == "tokens":
         if not cfg.data.train_files:
             raise ConfigError("config key 'data.train_files': give the token file to read")
         return _token_file_data(cfg, workdir)
     from jaxlm.data.sources import load_splits
 
-    splits = load_splits(cfg.data)
+    return _batches_of(cfg, load_splits(cfg.data), workdir, log)
+
+
+def _batches_of(cfg: Config, splits, workdir: Path, log) -> TrainingData:
     tokenizer = prepare_tokenizer(cfg, splits.texts(), workdir, log)
     if cfg.data.task == "causal_lm":
         data = _packed_lm_data(cfg, splits.train, splits.eval, tokenizer)
@@ -184,3 +190,17 @@ def training_data(cfg: Config, workdir: Path, log=print) -> TrainingData:
     data.labels = splits.labels
     data.summary = f"{cfg.data.source} data for {cfg.data.task}: {splits.summary()}"
     return data
+
+
+def data_from_examples(
+    cfg: Config, train: list, eval: list = (), labels: list[str] = (), log=print
+) -> TrainingData:
+    """Batches of in-memory examples for `cfg.data.task`: texts (causal or masked LM), `(text,
+    label index)` pairs with class names `labels` (classification) or `(source, target)` pairs
+    (seq2seq). The tokenizer is `cfg.data.tokenizer`, or trained into `cfg.train.workdir`."""
+    from jaxlm.data.sources import Splits
+
+    workdir = Path(cfg.train.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    splits = Splits(list(train), list(eval), list(labels))
+    return training_data(cfg, workdir, log, splits)
