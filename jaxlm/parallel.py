@@ -8,8 +8,10 @@ tensor parallelism splits heads, MLP width and vocabulary over `tensor`.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
+from collections.abc import Iterator
 
 import flax.linen as nn
 import jax
@@ -119,6 +121,17 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
     """Host arrays (this process's rows) -> global arrays sharded over the batch axes."""
     sharding = batch_sharding(mesh)
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def prefetch_to_device(batches: Iterator[dict], mesh: Mesh, size: int = 2) -> Iterator[dict]:
+    """`shard_batch` of each batch, started `size - 1` batches ahead: the copies to the devices
+    run while the device works on the current step."""
+    ready: collections.deque = collections.deque()
+    for batch in batches:
+        ready.append(shard_batch(batch, mesh))
+        if len(ready) == size:
+            yield ready.popleft()
+    yield from ready
 
 
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:

@@ -214,3 +214,21 @@ def test_prefetch_keeps_order_and_raises_errors():
     assert next(stream) == {"x": 1}
     with pytest.raises(DataError, match="broken file"):
         next(stream)
+
+
+def test_prefetch_to_device_keeps_order_and_shards_over_the_batch_axes():
+    import jax
+
+    from jaxlm.config import MeshConfig
+    from jaxlm.parallel import make_mesh, prefetch_to_device
+
+    mesh = make_mesh(MeshConfig(data=4, fsdp=2))
+    host = [{"x": np.arange(16).reshape(8, 2) + 100 * k} for k in range(5)]
+    device = list(prefetch_to_device(iter(host), mesh, size=3))
+    assert len(device) == 5
+    for got, expected in zip(device, host, strict=True):
+        np.testing.assert_array_equal(jax.device_get(got["x"]), expected["x"])
+        assert len(got["x"].addressable_shards) == 8 and got["x"].sharding.spec[0] == (
+            "data",
+            "fsdp",
+        )

@@ -9,6 +9,7 @@ jaxlm checkpoint list DIR | inspect DIR/STEP | export DIR/STEP OUT.safetensors
 jaxlm tokenizer train --files GLOB... --output PATH.model --vocab-size N | encode MODEL TEXT
 jaxlm data tokenize CONFIG_OR_FILES... --output PATH | show CONFIG [section.key=value ...]
 jaxlm convert SRC DST --to jaxlm|hf [--step N]
+jaxlm bench CONFIG [section.key=value ...] [--steps N] [--json PATH] [--reference torch]
 
 `jaxlm train` exits with code 75 (`PREEMPTED_EXIT_CODE`) after checkpointing on SIGTERM/SIGINT.
 """
@@ -20,6 +21,7 @@ import sys
 import warnings
 
 from jaxlm.cli import (
+    bench,
     checkpoint,
     compile,
     convert,
@@ -32,7 +34,18 @@ from jaxlm.cli import (
 )
 from jaxlm.errors import JaxlmError
 
-COMMANDS = (train, generate, evaluate, describe, compile, checkpoint, tokenizer, data, convert)
+COMMANDS = (
+    train,
+    generate,
+    evaluate,
+    describe,
+    compile,
+    checkpoint,
+    tokenizer,
+    data,
+    convert,
+    bench,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

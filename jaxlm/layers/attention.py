@@ -246,6 +246,24 @@ def dot_product_attention(
     return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation=implementation)
 
 
+def prepend_prefix(prefix: tuple[jax.Array, jax.Array], key, value, mask):
+    """Keys and values [prefix_length, kv_heads, head_dim] put before every row's keys and values
+    [batch, k, kv_heads, head_dim], visible to every query; they have no position (not rotated).
+
+    Returns (keys, values, mask) over prefix_length + k keys.
+    """
+    batch, length = key.shape[0], prefix[0].shape[0]
+    key, value = (
+        jnp.concatenate([jnp.broadcast_to(p.astype(t.dtype), (batch, *p.shape)), t], axis=1)
+        for p, t in zip(prefix, (key, value), strict=True)
+    )
+    if isinstance(mask, SegmentMask):
+        mask = mask.dense()
+    if mask is not None:
+        mask = jnp.concatenate([jnp.ones((*mask.shape[:-1], length), bool), mask], axis=-1)
+    return key, value, mask
+
+
 # --- multi-head attention -----------------------------------------------------------------
 
 
@@ -259,6 +277,9 @@ class MultiHeadAttention(nn.Module):
     inputs' keys and values are written into layer `layer` at slot `decode_index`, the queries
     attend over that layer's whole cache (`mask` is then [batch, 1, q, cache_length]) and the
     call returns (output, updated kv_cache).
+
+    `prefix` = (keys, values), each [prefix_length, kv_heads, head_dim], are keys and values that
+    every query may attend to besides the inputs' (prefix tuning; see `prepend_prefix`).
     """
 
     num_heads: int
@@ -286,6 +307,7 @@ class MultiHeadAttention(nn.Module):
         kv_cache: tuple[jax.Array, jax.Array] | None = None,
         decode_index: jax.Array | None = None,
         layer: jax.Array | None = None,
+        prefix: tuple[jax.Array, jax.Array] | None = None,
     ):
         # inputs_q: [batch, q, embed]; inputs_kv: [batch, k, embed]
         kv_heads = self.num_kv_heads or self.num_heads
@@ -316,6 +338,8 @@ class MultiHeadAttention(nn.Module):
                 for cache, new in zip(kv_cache, (key, value), strict=True)
             )
             key, value = (jnp.swapaxes(cache[layer], 1, 2) for cache in kv_cache)
+        if prefix is not None:
+            key, value, mask = prepend_prefix(prefix, key, value, mask)
 
         dropout_rate = 0.0 if deterministic else self.dropout_rate
         dropout_rng = self.make_rng("dropout") if dropout_rate > 0.0 else None

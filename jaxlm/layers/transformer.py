@@ -99,6 +99,10 @@ class TransformerBlock(nn.Module):
     [batch, length], encoded: [batch, source_length, embed], cross_mask:
     [batch, 1, length, source_length]. `kv_cache` (None unless decoding) holds every layer's keys
     and values; this block reads and writes its own, number `layer`.
+
+    Parameters `prefix_key` and `prefix_value` [prefix_length, kv_heads, head_dim], when present
+    (prefix tuning adds them, `init` never does), are keys and values that self-attention attends
+    to besides the inputs'.
     """
 
     cfg: ModelConfig
@@ -146,6 +150,10 @@ class TransformerBlock(nn.Module):
         if cfg.position_embedding == "rotary":
             rotary = functools.partial(apply_rotary, base=cfg.rope_base)
 
+        prefix = None
+        if self.has_variable("params", "prefix_key"):
+            prefix = tuple(self.get_variable("params", f"prefix_{n}") for n in ("key", "value"))
+
         def self_attention(h):
             nonlocal kv_cache
             out = attention(num_kv_heads=cfg.num_kv_heads, name="self_attention")(
@@ -159,6 +167,7 @@ class TransformerBlock(nn.Module):
                 kv_cache=kv_cache,
                 decode_index=decode_index,
                 layer=layer,
+                prefix=prefix,
             )
             if kv_cache is not None:
                 out, kv_cache = out

@@ -13,6 +13,9 @@ from jaxlm.models.common import (
     default_positions,
     mask_vocab_padding,
     position_module,
+    prepend_prompt,
+    prompt_attention,
+    soft_prompt,
     token_embedding,
 )
 
@@ -47,7 +50,8 @@ class Bert(nn.Module):
 
         Returns `hidden` [batch, length, embed], `pooled` [batch, embed] and, per head,
         `mlm_logits` [batch, length, padded_vocab], `nsp_logits` [batch, 2],
-        `class_logits` [batch, num_classes] (logits in float32).
+        `class_logits` [batch, num_classes] (logits in float32). A `prompt` parameter (prompt
+        tuning) joins the summed input embeddings before the embedding norm (`prompt_attention`).
         """
         cfg = self.cfg
         positions = default_positions(tokens) if positions is None else positions
@@ -66,14 +70,22 @@ class Bert(nn.Module):
             cfg.weight_dtype,
         )
         x = x + jnp.take(type_table, type_ids, axis=0).astype(x.dtype)
+        if (prompt := soft_prompt(self)) is not None:
+            x = prepend_prompt(x, prompt)
         if cfg.norm_position == "post":
             x = make_norm(cfg, "embed_norm")(x)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         x = nn.with_logical_constraint(x.astype(cfg.compute_dtype), ACTIVATION_AXES)
         mask = attention_mask(segment_ids, segment_ids, causal=False)
+        if prompt is not None:
+            mask, positions = prompt_attention(
+                mask, positions, segment_ids, prompt.shape[0], causal=False
+            )
         x = TransformerStack(cfg, cfg.num_layers, name="encoder")(
             x, mask, positions, deterministic=deterministic
         )
+        if prompt is not None:  # the heads read the tokens' states; [CLS] is first again
+            x = x[:, prompt.shape[0] :]
         pooled = jnp.tanh(self._dense(cfg.embed_dim, ("embed", "embed_out"), "pooler")(x[:, 0]))
         outputs = {"hidden": x, "pooled": pooled}
 

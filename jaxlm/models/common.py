@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.config import ModelConfig
-from jaxlm.layers.attention import SegmentMask, padding_mask
+from jaxlm.layers.attention import SegmentMask, causal_mask, padding_mask
 from jaxlm.layers.embeddings import LearnedPositions, SinusoidalPositions, TokenEmbedding
 from jaxlm.layers.transformer import ACTIVATION_AXES
 
@@ -54,6 +54,44 @@ def embed_inputs(
         x = x + positions_embed(positions)
     x = dropout(x, deterministic=deterministic)
     return nn.with_logical_constraint(x.astype(cfg.compute_dtype), ACTIVATION_AXES)
+
+
+def soft_prompt(module: nn.Module) -> jax.Array | None:
+    """The model's `prompt` parameter [prompt_length, embed] when present (prompt tuning adds it;
+    `init` never does)."""
+    return module.get_variable("params", "prompt")
+
+
+def prepend_prompt(x: jax.Array, prompt: jax.Array) -> jax.Array:
+    """The prompt before every row: [batch, length, embed] -> [batch, prompt + length, embed]."""
+    rows = jnp.broadcast_to(prompt.astype(x.dtype), (x.shape[0], *prompt.shape))
+    return jnp.concatenate([rows, x], axis=1)
+
+
+def prompt_attention(
+    mask, positions: jax.Array, segment_ids: jax.Array, prompt_length: int, *, causal: bool
+):
+    """(mask, positions) over prompt + length positions once a soft prompt precedes the inputs.
+
+    The prompt is shared by every segment of a row: each real token attends to all of it and
+    padding to none of it, while the prompt attends only to itself (causally in a decoder), so
+    what it contributes does not depend on the row. Its positions, read only by rotary
+    embeddings, are -prompt_length..-1. mask: [batch, 1, length, length] or a `SegmentMask`.
+    """
+    if isinstance(mask, SegmentMask):
+        mask = mask.dense()
+    (batch, length), size = segment_ids.shape, prompt_length
+    within = causal_mask(size) if causal else jnp.ones((1, 1, size, size), bool)
+    prompt_rows = jnp.zeros((batch, 1, size, size + length), bool).at[..., :size].set(within)
+    sees_prompt = jnp.broadcast_to((segment_ids != 0)[:, None, :, None], (batch, 1, length, size))
+    token_rows = jnp.concatenate(
+        [sees_prompt, jnp.broadcast_to(mask, (batch, 1, length, length))], axis=-1
+    )
+    prompt_positions = jnp.broadcast_to(jnp.arange(size) - size, (batch, size))
+    return (
+        jnp.concatenate([prompt_rows, token_rows], axis=2),
+        jnp.concatenate([prompt_positions, positions], axis=1),
+    )
 
 
 def output_logits(cfg: ModelConfig, embed: TokenEmbedding, x: jax.Array, name: str = "lm_head"):

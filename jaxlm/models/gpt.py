@@ -14,6 +14,9 @@ from jaxlm.models.common import (
     embed_inputs,
     output_logits,
     position_module,
+    prepend_prompt,
+    prompt_attention,
+    soft_prompt,
     stack_output,
     token_embedding,
 )
@@ -38,6 +41,7 @@ class GPT(nn.Module):
 
         Returns float32 logits [batch, length, padded_vocab_size]. With a key/value `cache`
         (`empty_cache`), the tokens continue the cached sequence and (logits, cache) is returned.
+        A `prompt` parameter (prompt tuning) precedes the embedded tokens (`prompt_attention`).
         """
         cfg = self.cfg
         positions = default_positions(tokens) if positions is None else positions
@@ -48,9 +52,18 @@ class GPT(nn.Module):
             cfg, embed, position_module(cfg), dropout, tokens, positions, deterministic
         )
         mask, stack_cache, cache = causal_self_attention(segment_ids, cache)
+        if (prompt := soft_prompt(self)) is not None:
+            if cache is not None:
+                raise ValueError("decoding with a soft prompt (prompt tuning) is not supported")
+            x = prepend_prompt(x, prompt)
+            mask, positions = prompt_attention(
+                mask, positions, segment_ids, prompt.shape[0], causal=True
+            )
         out = TransformerStack(cfg, cfg.num_layers, name="decoder")(
             x, mask, positions, deterministic=deterministic, **stack_cache
         )
         x, cache = stack_output(out, cache)
+        if prompt is not None:
+            x = x[:, prompt.shape[0] :]
         logits = output_logits(cfg, embed, x)
         return logits if cache is None else (logits, cache)

@@ -32,6 +32,17 @@ def weight_decay_mask(params):
     return jax.tree_util.tree_map_with_path(decayed, params)
 
 
+def apply_updates(params, updates):
+    """`optax.apply_updates`, except that a parameter whose update is None (a frozen one, see
+    `jaxlm.finetune`) is left exactly as it is."""
+    return jax.tree.map(
+        lambda p, u: p if u is None else (p + u).astype(p.dtype),
+        params,
+        updates,
+        is_leaf=lambda x: x is None,
+    )
+
+
 def make_optimizer(
     cfg: OptimConfig, total_steps: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:

@@ -17,6 +17,7 @@ from jaxlm.errors import ConfigError
 from jaxlm.models import build_model
 from jaxlm.parallel import BATCH_AXES, batch_sharding, replicated
 from jaxlm.train.losses import LOSSES
+from jaxlm.train.optim import apply_updates
 from jaxlm.train.state import TrainState
 
 
@@ -101,7 +102,7 @@ def make_train_step(
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        params = apply_updates(state.params, updates)
         if skip_nonfinite:
             keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
             params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)

@@ -32,7 +32,7 @@ from jaxlm.config import Config, check_task, to_yaml
 from jaxlm.data.loader import TrainingData, training_data
 from jaxlm.errors import ConfigError, JaxlmError
 from jaxlm.generate import generate_text
-from jaxlm.parallel import activate, check_batch_size, make_mesh, shard_batch
+from jaxlm.parallel import activate, check_batch_size, make_mesh, prefetch_to_device
 from jaxlm.train.callbacks import Callback
 from jaxlm.train.evaluation import compile_eval_step, evaluate
 from jaxlm.train.metrics_log import MetricsLog, read_metrics
@@ -194,7 +194,7 @@ class Trainer:
         """Trains to `train.steps` (or until a callback stops it); returns the last metrics."""
         cfg = self.cfg
         # The same seed gives the same batch sequence; a resumed run continues at batch `start`.
-        batches = self.data.train_batches(self.start)
+        batches = prefetch_to_device(self.data.train_batches(self.start), self.mesh)
         progress = tqdm(
             total=cfg.train.steps,
             initial=self.start,
@@ -213,9 +213,7 @@ class Trainer:
                 self._evaluate_and_log(0)
             meter.restart(self.start)
             for step in range(self.start + 1, cfg.train.steps + 1):
-                self.state, metrics = self.train_step(
-                    self.state, shard_batch(next(batches), self.mesh)
-                )
+                self.state, metrics = self.train_step(self.state, next(batches))
                 self.guard.push(step, metrics.pop("finite"))
                 progress.update()
                 if step == self.start + 1:  # compilation is not training throughput
@@ -247,13 +245,15 @@ class Trainer:
 
     def _log_train(self, step: int, metrics: dict, meter: Throughput, progress) -> None:
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        metrics["tokens_per_second"] = meter.rate(step)
+        if step > meter.step:  # not right after the first (compiling) step
+            metrics["tokens_per_second"] = meter.rate(step)
         self.metrics_log.write(step, "train", metrics)
         progress.set_postfix(loss=f"{metrics['loss']:.3f}")
         rate = f" | lr {metrics['learning_rate']:.2e}" if "learning_rate" in metrics else ""
+        speed = metrics.get("tokens_per_second")
         log(
-            f"step {step:>6}/{self.cfg.train.steps} | loss {metrics['loss']:.4f}{rate} | "
-            f"{metrics['tokens_per_second']:,.0f} tokens/s"
+            f"step {step:>6}/{self.cfg.train.steps} | loss {metrics['loss']:.4f}{rate}"
+            + (f" | {speed:,.0f} tokens/s" if speed else "")
         )
         self.last |= {f"train_{k}": v for k, v in metrics.items()}
         self._callbacks("on_log", step, metrics)

@@ -1,0 +1,379 @@
+"""Steady-state training speed of jaxlm's train step, optionally beside the PyTorch reference.
+
+    report = run_benchmark(load_config("demo"), steps=20, warmup=3, reference="torch")
+    print(format_report(report))  # and json.dumps(report)
+
+Method: the step is compiled once (timed apart), run `warmup` times, then `steps` times, each
+step timed to completion (`block_until_ready`). With a reference, the frameworks take turns in
+blocks of a few steps, so that a change in the machine's load hits both alike. Both train the
+same GPT from the same initial weights on one fixed random batch (AdamW, jaxlm's schedule), so
+their losses must fall alike: printed as a check that they compute the same thing.
+
+Reported: median and 90th-percentile step time, tokens/s, model FLOP/s (`jaxlm.bench.flops`),
+MFU against the chips' datasheet peak (`jaxlm.bench.peaks`) or, on the CPU, a measured float32
+matmul ceiling, and peak memory: the devices' `peak_bytes_in_use` on GPU/TPU; on the CPU the
+process's peak resident set while that framework's steps ran (it includes what the other
+framework holds in the same process) and XLA's own figure for the compiled step.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from jaxlm.bench.flops import model_flops
+from jaxlm.bench.peaks import matmul_ceiling, peak_flops
+from jaxlm.config import Config
+from jaxlm.errors import ConfigError, JaxlmError
+from jaxlm.parallel import activate, check_batch_size, make_mesh, shard_batch
+from jaxlm.train.optim import make_optimizer
+from jaxlm.train.state import init_state
+from jaxlm.train.step import compile_train_step
+
+BLOCK = 5  # steps a framework runs before the other takes its turn
+CEILING = dict(size=2048, repeats=5)  # the CPU matmul ceiling: best of 5 float32 2048^3 dots
+
+
+def random_batch(cfg: Config, seed: int = 0) -> dict[str, np.ndarray]:
+    """One causal-LM batch of uniformly random tokens (one document per row, no padding)."""
+    rows, length = cfg.data.batch_size, cfg.data.seq_len
+    tokens = np.random.default_rng(seed).integers(0, cfg.model.vocab_size, (rows, length + 1))
+    tokens = tokens.astype(np.int32)
+    return {
+        "inputs": tokens[:, :-1],
+        "targets": tokens[:, 1:],
+        "weights": np.ones((rows, length), np.float32),
+        "positions": np.broadcast_to(np.arange(length, dtype=np.int32), (rows, length)).copy(),
+        "segment_ids": np.ones((rows, length), np.int32),
+    }
+
+
+def threads() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def reset_peak_rss() -> None:
+    """Start a new peak-resident-set measurement (Linux; elsewhere the lifetime peak stays)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss() -> int:
+    """The process's peak resident set in bytes since the last reset."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class JaxlmRunner:
+    """jaxlm's sharded, donated train step over the config's mesh, compiled ahead of time."""
+
+    name = "jaxlm"
+
+    def __init__(self, cfg: Config, batch: dict[str, np.ndarray], total_steps: int):
+        self.mesh = make_mesh(cfg.mesh)
+        check_batch_size(cfg.data.batch_size, self.mesh)
+        tx, schedule = make_optimizer(cfg.optim, total_steps)
+        self.learning_rates = [float(schedule(i)) for i in range(total_steps)]
+        self.state, shardings = init_state(cfg.model, tx, self.mesh, cfg.train.seed)
+        self.initial_params = jax.device_get(self.state.params)
+        with activate(self.mesh):
+            train_step = compile_train_step(cfg, tx, schedule, shardings, self.mesh)
+            self.batch = shard_batch(batch, self.mesh)
+            start = time.perf_counter()
+            compiled = train_step.lower(self.state, self.batch).compile()
+            self.compile_seconds = time.perf_counter() - start
+        self.step_fn = compiled
+        memory = compiled.memory_analysis()
+        self.compiled_bytes = (
+            memory.argument_size_in_bytes
+            + memory.output_size_in_bytes
+            - memory.alias_size_in_bytes
+            + memory.temp_size_in_bytes
+        )
+
+    def step(self):
+        self.state, metrics = self.step_fn(self.state, self.batch)
+        jax.block_until_ready((self.state, metrics))
+        return metrics["loss"]
+
+    def device_peak_bytes(self) -> int | None:
+        """The largest `peak_bytes_in_use` over the mesh's devices (None on the CPU)."""
+        stats = [d.memory_stats() for d in self.mesh.devices.flat]
+        peaks = [s["peak_bytes_in_use"] for s in stats if s and "peak_bytes_in_use" in s]
+        return max(peaks) if peaks else None
+
+
+def torch_reference():
+    """The `jaxlm.bench.torch_gpt` module; a one-line error when torch is not installed."""
+    try:
+        from jaxlm.bench import torch_gpt
+    except ImportError:
+        raise JaxlmError(
+            "--reference torch needs PyTorch: pip install 'jaxlm[reference]' "
+            "(or use --reference none)"
+        ) from None
+    return torch_gpt
+
+
+class TorchRunner:
+    """The PyTorch reference's train step on the CPU, from jaxlm's initial weights."""
+
+    name = "pytorch"
+    compile_seconds = None
+
+    def __init__(self, cfg: Config, batch: dict[str, np.ndarray], params, learning_rates):
+        if jax.default_backend() != "cpu" or cfg.model.dtype != "float32":
+            raise ConfigError(
+                "--reference torch compares float32 training on the CPU: run with "
+                "JAX_PLATFORMS=cpu and model.dtype=float32, or use --reference none"
+            )
+        torch_gpt = torch_reference()
+        import torch
+
+        try:
+            model_cfg = torch_gpt.GPTConfig.from_model_config(cfg.model)
+        except ValueError as e:
+            raise ConfigError(f"--reference torch: {e} (or use --reference none)") from None
+        torch.set_num_threads(threads())
+        model = torch_gpt.TorchGPT(model_cfg)
+        torch_gpt.load_jaxlm_params(model, params)
+        self.trainer = torch_gpt.TorchTrainer(model, cfg.optim, learning_rates)
+        self.inputs, self.targets = (
+            torch.from_numpy(batch[k].astype(np.int64)) for k in ("inputs", "targets")
+        )
+
+    def step(self) -> float:
+        return self.trainer.step(self.inputs, self.targets)
+
+    def device_peak_bytes(self) -> None:
+        return None
+
+
+def time_steps(runners: list, steps: int, warmup: int) -> dict[str, dict]:
+    """Per runner: step times (s), losses of every step (warmup first), peak RSS (bytes)."""
+    results = {r.name: {"times": [], "losses": [], "rss": 0} for r in runners}
+    for runner in runners:
+        results[runner.name]["losses"] = [runner.step() for _ in range(warmup)]
+    for start in range(0, steps, BLOCK):
+        for runner in runners:
+            out = results[runner.name]
+            reset_peak_rss()
+            for _ in range(min(BLOCK, steps - start)):
+                begin = time.perf_counter()
+                out["losses"].append(runner.step())
+                out["times"].append(time.perf_counter() - begin)
+            out["rss"] = max(out["rss"], peak_rss())
+    for out in results.values():
+        out["losses"] = [float(loss) for loss in out["losses"]]
+    return results
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def load_average() -> float | None:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+def machine(devices: list) -> dict:
+    versions = {"python": platform.python_version(), "jax": jax.__version__}
+    try:
+        import torch
+
+        versions["torch"] = torch.__version__
+    except ImportError:
+        pass
+    return {
+        "date": f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}",
+        "platform": devices[0].platform,
+        "device_kind": devices[0].device_kind,
+        "devices": len(devices),
+        "cpu": cpu_model(),
+        "cpu_threads": threads(),
+        "versions": versions,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def run_benchmark(
+    cfg: Config,
+    *,
+    steps: int = 20,
+    warmup: int = 3,
+    reference: str = "none",
+    config_name: str = "",
+    log: Callable[[str], None] = lambda _: None,
+) -> dict:
+    """Benchmark the config's train step (and the reference); returns a JSON-ready report."""
+    if cfg.model.family != "gpt":
+        raise ConfigError(
+            f"config key 'model.family': bench times the causal-LM step of 'gpt', "
+            f"not {cfg.model.family!r}"
+        )
+    if steps < 1 or warmup < 0:
+        raise ConfigError("--steps must be >= 1 and --warmup >= 0")
+    load_start = load_average()
+    devices = jax.devices()
+    info = machine(devices)
+    if info["platform"] == "cpu":
+        log("measuring the CPU matmul ceiling")
+        peak = {
+            "flops_per_second": matmul_ceiling(**CEILING),
+            "source": "measured: best of {repeats} float32 jnp.dot of {size}x{size} matrices"
+            "".format(**CEILING),
+        }
+    else:
+        per_chip = peak_flops(info["device_kind"])
+        peak = {
+            "flops_per_second": per_chip and per_chip * len(devices),
+            "source": f"datasheet dense bf16 peak x {len(devices)} device(s)"
+            if per_chip
+            else f"unknown device kind {info['device_kind']!r}: no MFU",
+        }
+    batch = random_batch(cfg)
+    total_steps = warmup + steps
+    log("compiling the jaxlm train step")
+    runners = [JaxlmRunner(cfg, batch, total_steps)]
+    if reference == "torch":
+        runners.append(
+            TorchRunner(cfg, batch, runners[0].initial_params, runners[0].learning_rates)
+        )
+    log(f"timing {warmup} warm-up and {steps} steps per framework")
+    timings = time_steps(runners, steps, warmup)
+
+    flops = model_flops(cfg.model, cfg.data.seq_len)
+    tokens = cfg.data.batch_size * cfg.data.seq_len
+    results = []
+    for runner in runners:
+        t = timings[runner.name]
+        median = statistics.median(t["times"])
+        tokens_per_second = tokens / median
+        achieved = flops.per_token * tokens_per_second
+        device_bytes = runner.device_peak_bytes()
+        results.append(
+            {
+                "name": runner.name,
+                "compile_seconds": runner.compile_seconds,
+                "step_seconds_median": median,
+                "step_seconds_p90": _percentile(t["times"], 90),
+                "step_seconds_min": min(t["times"]),
+                "tokens_per_second": tokens_per_second,
+                "model_flops_per_second": achieved,
+                "mfu": achieved / peak["flops_per_second"] if peak["flops_per_second"] else None,
+                "memory_bytes": device_bytes if device_bytes is not None else t["rss"],
+                "memory_kind": "device peak_bytes_in_use"
+                if device_bytes is not None
+                else "process peak RSS",
+                "compiled_step_bytes": getattr(runner, "compiled_bytes", None),
+                "losses": t["losses"],
+            }
+        )
+    report = {
+        "config": config_name,
+        "model": {
+            "layers": cfg.model.num_layers,
+            "embed_dim": cfg.model.embed_dim,
+            "heads": cfg.model.num_heads,
+            "mlp_dim": cfg.model.mlp_dim,
+            "vocab_size": cfg.model.vocab_size,
+            "dtype": cfg.model.dtype,
+            "attention_backend": cfg.model.attention_backend,
+            "remat_policy": cfg.model.remat_policy,
+        },
+        "batch_size": cfg.data.batch_size,
+        "seq_len": cfg.data.seq_len,
+        "tokens_per_step": tokens,
+        "steps": steps,
+        "warmup": warmup,
+        "flops_per_token": flops.per_token,
+        "arithmetic_params": flops.arithmetic_params,
+        "attention_flops_per_token": flops.attention_per_token,
+        "flops_convention": "6N + 12*L*H*Q*T per token (PaLM appendix B; jaxlm.bench.flops)",
+        "peak": peak,
+        "machine": info,
+        "load_average": {"start": load_start, "end": load_average()},
+        "results": results,
+    }
+    if len(results) == 2:
+        report["speedup_vs_reference"] = (
+            results[0]["tokens_per_second"] / results[1]["tokens_per_second"]
+        )
+    return report
+
+
+def _bytes(count: int | None) -> str:
+    return "-" if count is None else f"{count / 2**20:,.0f} MiB"
+
+
+def format_report(report: dict) -> str:
+    """The report as a short text table."""
+    m, info, peak = report["model"], report["machine"], report["peak"]
+    load = report["load_average"]
+    lines = [
+        f"config {report['config'] or '-'}: gpt {m['layers']} layers x {m['embed_dim']}, "
+        f"{m['heads']} heads, mlp {m['mlp_dim']}, vocab {m['vocab_size']}, {m['dtype']}; "
+        f"batch {report['batch_size']} x {report['seq_len']} = {report['tokens_per_step']:,} "
+        "tokens per step",
+        f"device: {info['devices']} x {info['device_kind']} ({info['platform']}); CPU "
+        f"{info['cpu']}, {info['cpu_threads']} threads; load average {load['start']:.2f} at "
+        f"start, {load['end']:.2f} at end",
+        f"model FLOPs per token: {report['flops_per_token'] / 1e6:.2f} M "
+        f"(6N + 12LHQT, N = {report['arithmetic_params'] / 1e6:.2f} M)",
+        "peak: "
+        + (
+            f"{peak['flops_per_second'] / 1e9:,.1f} GFLOP/s ({peak['source']})"
+            if peak["flops_per_second"]
+            else peak["source"]
+        ),
+        "",
+        f"{'':<10}{'compile s':>10}{'median ms':>11}{'p90 ms':>9}{'tokens/s':>10}"
+        f"{'GFLOP/s':>9}{'MFU':>7}  memory",
+    ]
+    for r in report["results"]:
+        compile_s = "-" if r["compile_seconds"] is None else f"{r['compile_seconds']:.2f}"
+        mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        memory = f"{_bytes(r['memory_bytes'])} {r['memory_kind']}"
+        if r["compiled_step_bytes"] is not None:
+            memory += f" (compiled step {_bytes(r['compiled_step_bytes'])})"
+        lines.append(
+            f"{r['name']:<10}{compile_s:>10}{1e3 * r['step_seconds_median']:>11.1f}"
+            f"{1e3 * r['step_seconds_p90']:>9.1f}{r['tokens_per_second']:>10,.0f}"
+            f"{r['model_flops_per_second'] / 1e9:>9.1f}{mfu:>7}  {memory}"
+        )
+    if "speedup_vs_reference" in report:
+        lines.append(f"jaxlm / pytorch tokens/s: {report['speedup_vs_reference']:.2f}")
+    shown = 8
+    lines.append("")
+    lines.append(f"loss over the first {shown} steps (same initial weights, same batch):")
+    for r in report["results"]:
+        lines.append(f"  {r['name']:<8}" + " ".join(f"{x:.4f}" for x in r["losses"][:shown]))
+    return "\n".join(lines)
