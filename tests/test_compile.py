@@ -75,7 +75,7 @@ def _error(capsys, argv) -> str:
 def test_bad_input_is_a_one_line_error(capsys):
     assert "data*fsdp*tensor = 3" in _error(capsys, ["compile", "demo", "--mesh", "data=3"])
     assert "--mesh" in _error(capsys, ["compile", "demo", "--mesh", "data:2"])
-    assert "model.family" in _error(capsys, ["compile", "bert-base"])
+    assert "data.task" in _error(capsys, ["compile", "bert-base"])
     assert "data.batch_size" in _error(capsys, ["compile", "demo", "data.batch_size=4"])
 
 
@@ -93,3 +93,16 @@ def test_topology_compiles_for_a_tpu_slice_on_any_host(capsys):
     assert (report.devices, report.device_kind) == (4, "TPU v5 lite")
     assert report.program_flops == _expected_flops(1, 8, 64)
     assert 1.0 < report.xla_flops * 4 / report.program_flops < 1.1
+
+
+@pytest.mark.parametrize(
+    "task",
+    [
+        ["model.family=bert", "model.heads=[mlm,nsp]", "data.task=masked_lm"],
+        ["model.family=bert", "model.heads=[classifier]", "data.task=classification"],
+        ["model.family=seq2seq", "data.task=seq2seq"],
+    ],
+)
+def test_every_task_compiles(capsys, task):
+    assert cli.main(["compile", "demo", *SMALL, *task]) == 0
+    assert "XLA cost analysis" in capsys.readouterr().out

@@ -5,6 +5,7 @@ import pytest
 
 from jaxlm.data.batching import IndexedBatches, prefetch
 from jaxlm.data.tasks import (
+    BATCH_FEATURES,
     classification_rows,
     mask_tokens,
     masked_lm_rows,
@@ -232,3 +233,21 @@ def test_prefetch_to_device_keeps_order_and_shards_over_the_batch_axes():
             "data",
             "fsdp",
         )
+
+
+def test_batch_features_describe_the_rows_of_every_task():
+    tokenizer = WordTokenizer()
+    rows = {
+        "masked_lm": masked_lm_rows(
+            _documents(4), tokenizer, seq_len=16, probability=0.15, next_sentence=True
+        ),
+        "classification": classification_rows([("a b", 1)], tokenizer, seq_len=16, truncate=True),
+        "seq2seq": seq2seq_rows([("a b", "c")], tokenizer, seq_len=16, truncate=True),
+    }
+    for task, task_rows in rows.items():
+        row = task_rows.make_row(0, np.random.default_rng(0))
+        assert set(row) == set(BATCH_FEATURES[task]), task
+        for key, (dtype, per_token) in BATCH_FEATURES[task].items():
+            assert np.asarray(row[key]).dtype == dtype and np.shape(row[key]) == (
+                (16,) if per_token else ()
+            ), (task, key)

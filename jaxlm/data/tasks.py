@@ -16,6 +16,22 @@ from jaxlm.errors import DataError
 
 RowMaker = Callable[[int, np.random.Generator], dict[str, np.ndarray]]
 
+# What one row of each task's batches holds: {key: (dtype, True if [seq_len] else scalar)}.
+_TOKENS, _TOKEN_WEIGHTS = (np.int32, True), (np.float32, True)
+_LABEL, _LABEL_WEIGHT = (np.int32, False), (np.float32, False)
+BATCH_FEATURES = {
+    "causal_lm": dict.fromkeys(("inputs", "targets", "positions", "segment_ids"), _TOKENS)
+    | {"weights": _TOKEN_WEIGHTS},
+    "masked_lm": dict.fromkeys(("inputs", "type_ids", "segment_ids", "mlm_targets"), _TOKENS)
+    | {"mlm_weights": _TOKEN_WEIGHTS, "nsp_labels": _LABEL, "nsp_weights": _LABEL_WEIGHT},
+    "classification": dict.fromkeys(("inputs", "type_ids", "segment_ids"), _TOKENS)
+    | {"labels": _LABEL, "label_weights": _LABEL_WEIGHT},
+    "seq2seq": dict.fromkeys(
+        ("source", "source_segments", "target_inputs", "target_segments", "targets"), _TOKENS
+    )
+    | {"weights": _TOKEN_WEIGHTS},
+}
+
 
 @dataclass
 class TaskRows:

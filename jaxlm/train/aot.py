@@ -15,11 +15,11 @@ import time
 from dataclasses import dataclass
 
 import jax
-import jax.numpy as jnp
 from jax.extend.core import jaxprs_in_params
 
-from jaxlm.config import Config, ModelConfig
-from jaxlm.errors import ConfigError, JaxlmError
+from jaxlm.config import Config, ModelConfig, check_task
+from jaxlm.data.tasks import BATCH_FEATURES
+from jaxlm.errors import JaxlmError
 from jaxlm.models.summary import abstract_params, parameter_leaves
 from jaxlm.parallel import activate, batch_sharding, check_batch_size, make_mesh
 from jaxlm.sharding_report import format_bytes, mesh_text
@@ -27,13 +27,6 @@ from jaxlm.train.optim import make_optimizer
 from jaxlm.train.state import state_shardings
 from jaxlm.train.step import compile_train_step
 
-CAUSAL_LM_BATCH = {
-    "inputs": jnp.int32,
-    "targets": jnp.int32,
-    "weights": jnp.float32,
-    "positions": jnp.int32,
-    "segment_ids": jnp.int32,
-}
 LOOKUP_AXES = {"vocab", "position", "type"}  # embedding tables that are indexed, not multiplied
 
 
@@ -86,11 +79,18 @@ def matmul_flops(jaxpr) -> int:
 
 
 def abstract_batch(cfg: Config, mesh) -> dict[str, jax.ShapeDtypeStruct]:
-    """The causal-LM batch the train step takes, as shapes split over the batch axes."""
-    shape, sharding = (cfg.data.batch_size, cfg.data.seq_len), batch_sharding(mesh)
+    """The batch of `data.task` the train step takes, as shapes split over the batch axes."""
+    features = dict(BATCH_FEATURES[cfg.data.task])
+    if cfg.data.task == "masked_lm" and not cfg.data.next_sentence:
+        del features["nsp_labels"], features["nsp_weights"]
+    sharding = batch_sharding(mesh)
     return {
-        key: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
-        for key, dtype in CAUSAL_LM_BATCH.items()
+        key: jax.ShapeDtypeStruct(
+            (cfg.data.batch_size, cfg.data.seq_len) if per_token else (cfg.data.batch_size,),
+            dtype,
+            sharding=sharding,
+        )
+        for key, (dtype, per_token) in features.items()
     }
 
 
@@ -161,11 +161,7 @@ def _si(value: float) -> str:
 
 def trace_train_step(cfg: Config, devices: list | None = None):
     """(traced step, mesh): the sharded train step traced over `devices` (default: local ones)."""
-    if cfg.model.family != "gpt":
-        raise ConfigError(
-            "config key 'model.family': compile builds the causal-LM train step of 'gpt', "
-            f"not {cfg.model.family!r}"
-        )
+    check_task(cfg)
     mesh = make_mesh(cfg.mesh, devices)
     check_batch_size(cfg.data.batch_size, mesh)
     tx, schedule = make_optimizer(cfg.optim, cfg.train.steps)

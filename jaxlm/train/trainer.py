@@ -31,10 +31,12 @@ from jaxlm.checkpoint import Checkpointer
 from jaxlm.config import Config, check_task, to_yaml
 from jaxlm.data.loader import TrainingData, training_data
 from jaxlm.errors import ConfigError, JaxlmError
+from jaxlm.finetune import prepare as prepare_finetuning
 from jaxlm.generate import generate_text
 from jaxlm.parallel import activate, check_batch_size, make_mesh, prefetch_to_device
 from jaxlm.train.callbacks import Callback
 from jaxlm.train.evaluation import compile_eval_step, evaluate
+from jaxlm.train.losses import LOSSES
 from jaxlm.train.metrics_log import MetricsLog, read_metrics
 from jaxlm.train.monitoring import NonFiniteGuard, Throughput, log
 from jaxlm.train.optim import make_optimizer
@@ -61,7 +63,7 @@ def restore_or_init(cfg: Config, tx, mesh, checkpointer: Checkpointer, params=No
         else:
             state, shardings = state_from_params(cfg.model, tx, mesh, params)
         return state, shardings, 0
-    abstract, shardings = state_shardings(cfg.model, tx, mesh)
+    abstract, shardings = state_shardings(cfg.model, tx, mesh, params)
     state, meta = checkpointer.restore_with_meta(abstract, shardings)
     start = int(meta["data_batches_consumed"])
     if int(state.step) != start:
@@ -86,6 +88,9 @@ class Trainer:
     optimizer: any optax `GradientTransformation` (default: AdamW from `cfg.optim`).
     callbacks: `jaxlm.train.callbacks.Callback`s.
     params: initial parameters instead of a random init (ignored when resuming).
+
+    `cfg.finetune` (`jaxlm.finetune`) sets the model and initial parameters from pretrained
+    weights, adds an adapter, and keeps the frozen parameters out of the gradient and optimizer.
     """
 
     def __init__(
@@ -102,6 +107,10 @@ class Trainer:
         from jaxlm.distributed import initialize  # multi-host setup precedes any device use
 
         initialize(cfg)
+        self.finetuning = prepare_finetuning(cfg, log)
+        if self.finetuning is not None:
+            cfg = self.finetuning.cfg
+            params = self.finetuning.params if params is None else params
         check_task(cfg)
         self.cfg, self.callbacks = cfg, list(callbacks)
         self.workdir = Path(cfg.train.workdir)
@@ -122,6 +131,9 @@ class Trainer:
             tx, schedule = make_optimizer(cfg.optim, cfg.train.steps)
         else:
             tx, schedule = optimizer, None
+        if self.finetuning is not None:
+            tx = self.finetuning.optimizer(tx)
+            loss_fn = self.finetuning.loss(loss_fn or LOSSES[cfg.model.family])
         self.checkpointer = Checkpointer(
             self.workdir / "checkpoints",
             cfg.train.keep_checkpoints,
@@ -133,8 +145,14 @@ class Trainer:
             cfg, tx, self.mesh, self.checkpointer, params
         )
         self.train_step = compile_train_step(cfg, tx, schedule, shardings, self.mesh, loss_fn)
+        params_sharding, self._model_params = shardings.params, None
+        if self.finetuning is not None:  # evaluation sees the model's parameters (LoRA merged)
+            params_sharding = self.finetuning.model_layout(shardings.params)
+            self._model_params = jax.jit(
+                self.finetuning.model_params, out_shardings=params_sharding
+            )
         self.eval_step = compile_eval_step(
-            cfg, shardings.params, self.mesh, loss_fn, eval_metrics or {}
+            cfg, params_sharding, self.mesh, loss_fn, eval_metrics or {}
         )
         self.metrics_log = MetricsLog(self.workdir)
         self.last: dict[str, float] = {}  # the latest train_* and eval_* metrics
@@ -143,7 +161,10 @@ class Trainer:
 
     @property
     def params(self) -> dict:
-        return self.state.params
+        """The model's parameters: a fine-tuning adapter such as LoRA is merged in."""
+        if self._model_params is None:
+            return self.state.params
+        return self._model_params(self.state.params)
 
     @property
     def step(self) -> int:

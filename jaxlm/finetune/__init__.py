@@ -1,0 +1,15 @@
+"""Fine-tuning: start from pretrained weights (`finetune.init_from`) and train all of them,
+some of them (partial), or a small adapter with the rest frozen (prompt, prefix, LoRA).
+
+    finetuning = prepare(cfg)          # None for a plain run from a random init
+    Trainer(finetuning.cfg, params=finetuning.params, ...)   # what `Trainer` does with it
+
+One concern per module: `patterns` (parameters by path), `pretrained` (init_from), `freezing`
+(no gradient, optimizer state or update for frozen parameters), `prompt`, `prefix`, `lora` (the
+adapters), `modes` (what each mode adds and trains).
+"""
+
+from jaxlm.finetune.lora import merge as merge_lora
+from jaxlm.finetune.modes import Finetuning, prepare
+
+__all__ = ["Finetuning", "merge_lora", "prepare"]

@@ -1,0 +1,106 @@
+"""What `cfg.finetune` changes about training: the initial parameters (pretrained ones plus the
+mode's adapter), which of them train, and the parameters the model is applied to.
+
+| mode    | adds to the parameters                 | trains                                     |
+|---------|----------------------------------------|--------------------------------------------|
+| full    | -                                      | everything                                 |
+| partial | -                                      | what `finetune.trainable` matches          |
+| prompt  | `prompt` [prompt_length, embed]        | the prompt, and what `trainable` matches   |
+| prefix  | `<stack>/layers/prefix_{key,value}`    | the prefixes, and what `trainable` matches |
+| lora    | `lora/<kernel's module>/{a,b}`         | the factors, and what `trainable` matches  |
+
+Frozen parameters get no gradient, no optimizer state and no update (`freezing`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable
+
+import jax
+import optax
+
+from jaxlm.config import Config, validate
+from jaxlm.finetune import lora
+from jaxlm.finetune.freezing import frozen_loss, only_trainable
+from jaxlm.finetune.patterns import SEP, flat, nested, select
+from jaxlm.finetune.prefix import init_prefix
+from jaxlm.finetune.pretrained import fill, load_pretrained, resolve_model
+from jaxlm.finetune.prompt import PROMPT, init_prompt
+from jaxlm.models import init_params
+
+
+@dataclasses.dataclass(frozen=True)
+class Finetuning:
+    """A prepared fine-tuning run (see the module doc); `prepare` builds one."""
+
+    cfg: Config  # the run's config, its model section resolved against `finetune.init_from`
+    params: dict  # initial parameters, boxed with their logical axes
+    trainable: frozenset[str]  # paths of the parameters that train
+
+    @property
+    def lora_scale(self) -> float:
+        return self.cfg.finetune.lora_alpha / self.cfg.finetune.lora_rank
+
+    def model_params(self, params: dict) -> dict:
+        """The parameters as the model takes them: LoRA updates merged into their kernels."""
+        return lora.merge(params, self.lora_scale)
+
+    def model_layout(self, tree: dict) -> dict:
+        """A tree shaped like the parameters (e.g. their shardings) reduced to `model_params`'."""
+        return {key: value for key, value in tree.items() if key != lora.LORA}
+
+    def optimizer(self, tx: optax.GradientTransformation) -> optax.GradientTransformation:
+        """`tx` over the trainable parameters alone."""
+        return only_trainable(tx, self.trainable)
+
+    def loss(self, loss_fn: Callable) -> Callable:
+        """`loss_fn` on `model_params`, its gradient reaching only the trainable parameters."""
+        return frozen_loss(loss_fn, self.trainable, self.model_params)
+
+    def counts(self) -> tuple[int, int]:
+        """(trainable, all) parameter counts."""
+        sizes = {path: math.prod(leaf.value.shape) for path, leaf in flat(self.params).items()}
+        return sum(sizes[path] for path in self.trainable), sum(sizes.values())
+
+
+def _adapter(cfg: Config, boxed: dict, rng: jax.Array) -> dict:
+    """The boxed parameters the mode adds (see the module doc)."""
+    f, leaves = cfg.finetune, flat(boxed)
+    if f.mode == "prompt":
+        table = leaves[f"token_embed{SEP}embedding"].value
+        return {PROMPT: init_prompt(table, cfg.model.vocab_size, f.prompt_length, rng)}
+    if f.mode == "prefix":
+        return init_prefix(cfg.model, f.prefix_length, rng)
+    if f.mode == "lora":
+        kernels = [path for path in leaves if path.endswith(f"{SEP}kernel")]
+        targets = select(kernels, f.lora_targets, "finetune.lora_targets")
+        modules = {path: leaves[path] for path in targets}
+        return {lora.LORA: lora.init_lora(modules, f.lora_rank, rng)}
+    return {}
+
+
+def prepare(cfg: Config, log=print) -> Finetuning | None:
+    """The fine-tuning `cfg.finetune` asks for; None for a full run from a random init."""
+    f = cfg.finetune
+    if f.mode == "full" and not f.init_from:
+        return None
+    rng = jax.random.key(cfg.train.seed)
+    if f.init_from:
+        pretrained_model, pretrained = load_pretrained(f.init_from)
+        cfg = dataclasses.replace(cfg, model=resolve_model(cfg.model, pretrained_model))
+        validate(cfg)
+    boxed = jax.jit(functools.partial(init_params, cfg.model))(rng)
+    if f.init_from:
+        boxed = fill(boxed, pretrained, log)
+    model_paths = set(flat(boxed))
+    chosen = select(model_paths, f.trainable, "finetune.trainable")
+    adapter = flat(_adapter(cfg, boxed, jax.random.fold_in(rng, 1)))
+    params = nested(flat(boxed) | adapter)
+    trainable = model_paths | set(adapter) if f.mode == "full" else chosen | set(adapter)
+    finetuning = Finetuning(cfg, params, frozenset(trainable))
+    count, total = finetuning.counts()
+    log(f"finetune {f.mode}: {count:,} of {total:,} parameters train ({count / total:.2%})")
+    return finetuning
