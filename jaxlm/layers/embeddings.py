@@ -53,7 +53,13 @@ class LearnedPositions(nn.Module):
             (self.num_positions, self.features),
             self.param_dtype,
         )
-        return jnp.take(jnp.asarray(table, self.dtype), positions, axis=0)
+        return jnp.take(gathered_table(table, "position", self.dtype), positions, axis=0)
+
+
+def gathered_table(table: jax.Array, rows_axis: str, dtype) -> jax.Array:
+    """A lookup table with its `embed` dimension gathered (FSDP shards it) before the lookup,
+    so that the looked-up rows come out sharded like the batch of indices instead."""
+    return nn.with_logical_constraint(jnp.asarray(table, dtype), (rows_axis, None))
 
 
 class TokenEmbedding(nn.Module):
@@ -78,7 +84,7 @@ class TokenEmbedding(nn.Module):
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
         # tokens: [batch, length] -> [batch, length, features]
-        return jnp.take(jnp.asarray(self.embedding, self.dtype), tokens, axis=0)
+        return jnp.take(gathered_table(self.embedding, "vocab", self.dtype), tokens, axis=0)
 
     def attend(self, x: jax.Array) -> jax.Array:
         # x: [batch, length, features] -> logits [batch, length, num_embeddings]

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 
 from jaxlm.config import ModelConfig
 from jaxlm.layers.attention import attention_mask
+from jaxlm.layers.embeddings import gathered_table
 from jaxlm.layers.transformer import ACTIVATION_AXES, ACTIVATIONS, TransformerStack, make_norm
 from jaxlm.models.common import (
     default_positions,
@@ -69,7 +70,7 @@ class Bert(nn.Module):
             (cfg.type_vocab_size, cfg.embed_dim),
             cfg.weight_dtype,
         )
-        x = x + jnp.take(type_table, type_ids, axis=0).astype(x.dtype)
+        x = x + jnp.take(gathered_table(type_table, "type", x.dtype), type_ids, axis=0)
         if (prompt := soft_prompt(self)) is not None:
             x = prepend_prompt(x, prompt)
         if cfg.norm_position == "post":
