@@ -112,7 +112,20 @@ def generate_text(
     sample: SampleConfig,
     stream: Callable | None = None,
 ) -> list[str]:
-    """Continue each text prompt; returns the generated continuations as text."""
+    """Continue each text prompt (GPT) or translate it (encoder-decoder); returns the generated
+    text of each."""
+    if cfg.family == "seq2seq":
+        sources = [[*ids, tokenizer.eos_id] for ids in tokenizer.encode_batch(prompts)]
+        targets = translate(
+            cfg,
+            params,
+            sources,
+            sample,
+            bos_id=tokenizer.bos_id,
+            eos_id=tokenizer.eos_id,
+            pad_id=tokenizer.pad_id,
+        )
+        return [tokenizer.decode(ids) for ids in targets]
     encoded = [[tokenizer.bos_id, *tokenizer.encode(p)] for p in prompts]
     new = generate(
         cfg,

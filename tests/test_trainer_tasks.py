@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from jaxlm import cli
 from jaxlm.config import load_config
 from jaxlm.errors import ConfigError
 from jaxlm.train.trainer import train
@@ -93,9 +94,9 @@ def test_masked_lm_with_next_sentence_learns(real_text_files, tmp_path):
         train(load_config(None, [*overrides, "model.heads=[mlm]"]))
 
 
-def test_seq2seq_resumes_exactly(real_text_files, tmp_path):
+def test_seq2seq_resumes_exactly_and_translates(real_text_files, tmp_path, capsys):
     """Pairs (line, its words reversed); a run stopped at step 6 and resumed to 12 ends where an
-    uninterrupted 12-step run ends."""
+    uninterrupted 12-step run ends; `jaxlm generate` then translates with it."""
     pairs = [
         {"text": line, "target": " ".join(reversed(line.split()))}
         for path in real_text_files[:20]
@@ -129,3 +130,7 @@ def test_seq2seq_resumes_exactly(real_text_files, tmp_path):
     resumed_losses = {r["step"]: r["loss"] for r in _records(tmp_path / "resumed", "train")}
     assert resumed_losses.items() >= losses.items()  # plus step 6, where the first run ended
     assert np.isfinite(list(losses.values())).all() and losses[12] < losses[5]
+    argv = ["generate", str(tmp_path / "resumed"), "--temperature", "0", "--max-new-tokens", "6"]
+    capsys.readouterr()
+    assert cli.main([*argv, "--prompt", "the value is returned"]) == 0
+    assert capsys.readouterr().out.startswith("the value is returned -> ")

@@ -55,7 +55,7 @@ def run(args) -> None:
         length_penalty=args.length_penalty,
         seed=args.seed,
     )
-    if len(prompts) == 1 and args.num_beams == 1:  # stream tokens as they come
+    if len(prompts) == 1 and args.num_beams == 1 and cfg.model.family == "gpt":  # streamed
         print(prompts[0], end="", flush=True)
         generate_text(
             cfg.model, params, tokenizer, prompts, sample, stream=_Printer(tokenizer, prompts[0])
@@ -63,8 +63,9 @@ def run(args) -> None:
         print()
         return
     texts = generate_text(cfg.model, params, tokenizer, prompts, sample)
+    joint = " -> " if cfg.model.family == "seq2seq" else ""
     for prompt, text in zip(prompts, texts, strict=True):
-        print(prompt + text)
+        print(prompt + joint + text)
 
 
 def register(commands) -> None:

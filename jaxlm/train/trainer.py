@@ -288,14 +288,17 @@ class Trainer:
                 title=str(self.workdir),
             )
             log(f"loss plot: {plot}")
-        if self.cfg.sample.prompts and self.cfg.data.task == "causal_lm" and self.data.tokenizer:
+        generates = self.cfg.data.task in ("causal_lm", "seq2seq")
+        if self.cfg.sample.prompts and generates and self.data.tokenizer:
             texts = self.generate(self.cfg.sample.prompts)
+            joint = " -> " if self.cfg.data.task == "seq2seq" else ""
             for prompt, text in zip(self.cfg.sample.prompts, texts, strict=True):
-                log(f"--- sample ---\n{prompt}{text}")
+                log(f"--- sample ---\n{prompt}{joint}{text}")
         self._callbacks("on_train_end", self.last)
 
     def generate(self, prompts: list[str], sample=None) -> list[str]:
-        """Continuations of text prompts with the current parameters (`cfg.sample` settings)."""
+        """Continuations (GPT) or translations (seq2seq) of text prompts with the current
+        parameters and the `cfg.sample` settings (or `sample`)."""
         return generate_text(
             self.cfg.model, self.params, self.data.tokenizer, prompts, sample or self.cfg.sample
         )
