@@ -21,6 +21,7 @@ _EXPORTS = {
     # configs
     "Config": "jaxlm.config",
     "ModelConfig": "jaxlm.config",
+    "SampleConfig": "jaxlm.config",
     "load_config": "jaxlm.config",
     # models
     "build_model": "jaxlm.models",

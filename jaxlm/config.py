@@ -68,6 +68,7 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype: float32 | bfloat16 | float16
     param_dtype: str = "float32"  # parameter (master weight) dtype
     remat_policy: str = "none"  # none | full | dots | dots_no_batch
+    scan_unroll: int = 1  # layers per iteration of the layer loop; 0 = all (no loop)
 
     @property
     def compute_dtype(self):
@@ -172,7 +173,7 @@ class TrainConfig:
     steps: int = 1000
     seed: int = 0
     log_every: int = 10
-    eval_every: int = 200
+    eval_every: int = 200  # evaluate every N steps and at the last one (0 = never)
     eval_batches: int = 20  # held-out batches per evaluation (0 = the whole eval split)
     checkpoint_every: int = 0  # 0 = only at the end (and when preempted)
     keep_checkpoints: int = 3  # the last N checkpoints are kept
@@ -230,6 +231,17 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    def __repr__(self) -> str:
+        """The keys that differ from the defaults, one per line (`to_yaml` gives them all)."""
+        ours, defaults = dataclasses.asdict(self), dataclasses.asdict(Config())
+        changed = [
+            f"  {section}.{key}={value!r}"
+            for section, values in ours.items()
+            for key, value in values.items()
+            if value != defaults[section][key]
+        ]
+        return "Config(\n" + "\n".join(changed) + "\n)" if changed else "Config()"
 
 
 CHOICES = {
@@ -330,6 +342,7 @@ def validate(config: Config) -> None:
     for key in ("vocab_size", "max_len", "num_layers", "embed_dim", "num_heads", "mlp_dim"):
         _check(getattr(m, key) > 0, f"model.{key}", "must be positive")
     _check(m.vocab_multiple > 0, "model.vocab_multiple", "must be positive")
+    _check(m.scan_unroll >= 0, "model.scan_unroll", "must be >= 0 (0 = all layers)")
     _check(
         m.head_dim is not None or m.embed_dim % m.num_heads == 0,
         "model.num_heads",
