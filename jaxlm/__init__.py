@@ -42,6 +42,7 @@ _EXPORTS = {
     # checkpoints, pretrained weights, inference
     "Checkpointer": "jaxlm.checkpoint",
     "load_for_inference": "jaxlm.inference",
+    "classify_texts": "jaxlm.inference",
     "from_pretrained": "jaxlm.interop",
     "save_pretrained": "jaxlm.interop",
     "generate_text": "jaxlm.generate",

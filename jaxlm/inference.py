@@ -6,10 +6,12 @@ import itertools
 from pathlib import Path
 
 import jax
+import numpy as np
 
 from jaxlm.checkpoint import Checkpointer
 from jaxlm.config import Config, MeshConfig, load_config
 from jaxlm.data.documents import read_documents, resolve_files
+from jaxlm.data.hf_tokenizer import load_tokenizer
 from jaxlm.data.loader import training_data
 from jaxlm.data.pipeline import lm_dataset
 from jaxlm.data.tokenizer import Tokenizer
@@ -25,9 +27,7 @@ def load_for_inference(workdir: Path) -> tuple[Config, dict, Tokenizer]:
     if not (workdir / "config.yaml").is_file():
         raise JaxlmError(f"{workdir} is not a training workdir (no config.yaml)")
     cfg = load_config(str(workdir / "config.yaml"))
-    tokenizer = Tokenizer.load(
-        Path(cfg.data.tokenizer) if cfg.data.tokenizer else workdir / "tokenizer.model"
-    )
+    tokenizer = load_tokenizer(cfg.data.tokenizer or str(workdir / "tokenizer.model"))
     tx, _ = make_optimizer(cfg.optim, cfg.train.steps)
     abstract, shardings = state_shardings(cfg.model, tx, make_mesh(MeshConfig()))
     checkpointer = Checkpointer(workdir / "checkpoints")
@@ -67,3 +67,27 @@ def evaluate_workdir(workdir: Path, files: list[str] | None = None, batches: int
         shape = f"{cfg.data.batch_size} x {cfg.data.seq_len}"
         raise JaxlmError(f"the evaluation data holds less than one batch of {shape} tokens")
     return metrics
+
+
+def classify_texts(
+    cfg: Config, params: dict, tokenizer, texts: list[str], labels: list[str]
+) -> list[tuple[str, float]]:
+    """(class name, probability) of each text under a classifier (bert family with the
+    `classifier` head), encoded as in training: `[CLS] text [SEP]`, cut to `data.seq_len`."""
+    from jaxlm.data.tasks import classification_rows
+    from jaxlm.models import build_model
+
+    if "classifier" not in cfg.model.heads:
+        raise JaxlmError("classify needs a bert model with the 'classifier' head")
+    rows = classification_rows(
+        [(text, 0) for text in texts], tokenizer, seq_len=cfg.data.seq_len, truncate=True
+    )
+    batch = [rows.make_row(i, None) for i in range(rows.count)]
+    inputs = {key: np.stack([row[key] for row in batch]) for key in batch[0]}
+    model = build_model(cfg.model)
+    logits = jax.jit(model.apply)(
+        {"params": params}, inputs["inputs"], inputs["type_ids"], inputs["segment_ids"]
+    )["class_logits"]
+    probabilities = np.asarray(jax.nn.softmax(logits, axis=-1))
+    best = probabilities.argmax(axis=-1)
+    return [(labels[i], float(p[i])) for i, p in zip(best, probabilities, strict=True)]

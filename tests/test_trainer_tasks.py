@@ -10,7 +10,7 @@ import pytest
 from jaxlm import cli
 from jaxlm.config import load_config
 from jaxlm.errors import ConfigError
-from jaxlm.train.trainer import train
+from jaxlm.train.trainer import Trainer, train
 
 VOCAB = 512
 SMALL_MODEL = [
@@ -62,10 +62,17 @@ def test_classification_learns_and_reports_f1(code_or_prose, tmp_path):
         "train.eval_every=60",
         f"train.workdir={tmp_path}",
     ]
-    last = train(load_config(None, overrides))
+    trainer = Trainer(load_config(None, overrides))
+    last = trainer.fit()
     evals = _records(tmp_path, "eval")
-    labels = [json.loads(line)["label"] for line in code_or_prose.read_text().splitlines()]
+    examples = [json.loads(line) for line in code_or_prose.read_text().splitlines()]
+    labels = [example["label"] for example in examples]
     held_out = labels[9::10]  # every 10th example is held out
+    # Classifying the held-out texts one by one agrees with the batched evaluation.
+    predicted = trainer.classify([example["text"] for example in examples[9::10]])
+    correct = sum(name == label for (name, _), label in zip(predicted, held_out, strict=True))
+    assert correct / len(held_out) == pytest.approx(last["eval_accuracy"])
+    assert all(0.5 <= probability <= 1 for _, probability in predicted)
     assert evals[-1]["examples"] == len(held_out)  # each held-out example counted once
     majority = max(held_out.count("code"), held_out.count("prose")) / len(held_out)
     assert last["eval_accuracy"] > majority + 0.05

@@ -20,6 +20,7 @@ gradient norm stops training before it is checkpointed (`train.nan_policy=stop`)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -107,10 +108,10 @@ class Trainer:
         from jaxlm.distributed import initialize  # multi-host setup precedes any device use
 
         initialize(cfg)
-        self.finetuning = prepare_finetuning(cfg, log)
-        if self.finetuning is not None:
-            cfg = self.finetuning.cfg
-            params = self.finetuning.params if params is None else params
+        self.finetuning = None
+        if (finetuning := prepare_finetuning(cfg, log)) is not None:
+            self.finetuning, initial = finetuning
+            cfg, params = self.finetuning.cfg, initial if params is None else params
         check_task(cfg)
         self.cfg, self.callbacks = cfg, list(callbacks)
         self.workdir = Path(cfg.train.workdir)
@@ -245,7 +246,7 @@ class Trainer:
                 if _due(step, cfg.train.log_every, last_step):
                     self._log_train(step, metrics, meter, progress)
                 evaluated = {}
-                if _due(step, cfg.train.eval_every, last_step):
+                if cfg.train.eval_every and _due(step, cfg.train.eval_every, last_step):
                     evaluated = self._evaluate_and_log(step)
                     meter.restart(step)  # evaluation time is not training throughput
                 # Evaluated steps are checkpointed too when the best ones are kept.
@@ -253,6 +254,7 @@ class Trainer:
                     evaluated and cfg.train.keep_best
                 ):
                     self.save_checkpoint(evaluated)
+                    meter.restart(step)  # neither is starting a save
                 if preemption.requested(step):
                     self.save_checkpoint(evaluated)
                     log(f"step {step:>6} | {preemption.signal_name}: checkpointed, stopping")
@@ -296,12 +298,17 @@ class Trainer:
                 log(f"--- sample ---\n{prompt}{joint}{text}")
         self._callbacks("on_train_end", self.last)
 
-    def generate(self, prompts: list[str], sample=None) -> list[str]:
+    def generate(self, prompts: list[str], **settings) -> list[str]:
         """Continuations (GPT) or translations (seq2seq) of text prompts with the current
-        parameters and the `cfg.sample` settings (or `sample`)."""
-        return generate_text(
-            self.cfg.model, self.params, self.data.tokenizer, prompts, sample or self.cfg.sample
-        )
+        parameters; `settings` override `cfg.sample` (e.g. `temperature=0`, `num_beams=4`)."""
+        sample = dataclasses.replace(self.cfg.sample, **settings)
+        return generate_text(self.cfg.model, self.params, self.data.tokenizer, prompts, sample)
+
+    def classify(self, texts: list[str]) -> list[tuple[str, float]]:
+        """(class name, probability) of each text, for a classification run."""
+        from jaxlm.inference import classify_texts
+
+        return classify_texts(self.cfg, self.params, self.data.tokenizer, texts, self.data.labels)
 
 
 def train(cfg: Config) -> dict[str, float]:
