@@ -13,14 +13,19 @@ Reported: median and 90th-percentile step time, tokens/s, model FLOP/s (`jaxlm.b
 MFU against the chips' datasheet peak (`jaxlm.bench.peaks`) or, on the CPU, a measured float32
 matmul ceiling, and peak memory: the devices' `peak_bytes_in_use` on GPU/TPU; on the CPU the
 process's peak resident set while that framework's steps ran (it includes what the other
-framework holds in the same process) and XLA's own figure for the compiled step.
+framework holds in the same process) and XLA's own figure for the compiled step. Also, per
+step, the process's CPU time (all threads; less sensitive than wall time to other processes
+on a busy machine) and its minor page faults (memory the kernel maps in and zeroes, a cost that
+`jaxlm.host_memory` removes on the CPU).
 """
 
 from __future__ import annotations
 
 import datetime
+import importlib
 import os
 import platform
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -39,7 +44,7 @@ from jaxlm.train.state import init_state
 from jaxlm.train.step import compile_train_step
 
 BLOCK = 5  # steps a framework runs before the other takes its turn
-CEILING = dict(size=2048, repeats=5)  # the CPU matmul ceiling: best of 5 float32 2048^3 dots
+CEILING = dict(size=2048, repeats=10)  # the CPU matmul ceiling: best of 10 float32 2048^3 dots
 
 
 def random_batch(cfg: Config, seed: int = 0) -> dict[str, np.ndarray]:
@@ -77,8 +82,6 @@ def peak_rss() -> int:
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
-    import resource
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
@@ -121,15 +124,25 @@ class JaxlmRunner:
         return max(peaks) if peaks else None
 
 
-def torch_reference():
-    """The `jaxlm.bench.torch_gpt` module; a one-line error when torch is not installed."""
+def torch_reference(cfg: Config):
+    """The `jaxlm.bench.torch_gpt` module, once the config is one it can train; a one-line error
+    when torch is missing or the model has features the reference lacks."""
+    if jax.default_backend() != "cpu" or cfg.model.dtype != "float32":
+        raise ConfigError(
+            "--reference torch compares float32 training on the CPU: run with "
+            "JAX_PLATFORMS=cpu and model.dtype=float32, or use --reference none"
+        )
     try:
-        from jaxlm.bench import torch_gpt
+        torch_gpt = importlib.import_module("jaxlm.bench.torch_gpt")
     except ImportError:
         raise JaxlmError(
             "--reference torch needs PyTorch: pip install 'jaxlm[reference]' "
             "(or use --reference none)"
         ) from None
+    try:
+        torch_gpt.GPTConfig.from_model_config(cfg.model)
+    except ValueError as e:
+        raise ConfigError(f"--reference torch: {e} (or use --reference none)") from None
     return torch_gpt
 
 
@@ -139,23 +152,13 @@ class TorchRunner:
     name = "pytorch"
     compile_seconds = None
 
-    def __init__(self, cfg: Config, batch: dict[str, np.ndarray], params, learning_rates):
-        if jax.default_backend() != "cpu" or cfg.model.dtype != "float32":
-            raise ConfigError(
-                "--reference torch compares float32 training on the CPU: run with "
-                "JAX_PLATFORMS=cpu and model.dtype=float32, or use --reference none"
-            )
-        torch_gpt = torch_reference()
+    def __init__(self, torch_gpt, cfg: Config, batch: dict[str, np.ndarray], params, rates):
         import torch
 
-        try:
-            model_cfg = torch_gpt.GPTConfig.from_model_config(cfg.model)
-        except ValueError as e:
-            raise ConfigError(f"--reference torch: {e} (or use --reference none)") from None
         torch.set_num_threads(threads())
-        model = torch_gpt.TorchGPT(model_cfg)
+        model = torch_gpt.TorchGPT(torch_gpt.GPTConfig.from_model_config(cfg.model))
         torch_gpt.load_jaxlm_params(model, params)
-        self.trainer = torch_gpt.TorchTrainer(model, cfg.optim, learning_rates)
+        self.trainer = torch_gpt.TorchTrainer(model, cfg.optim, rates)
         self.inputs, self.targets = (
             torch.from_numpy(batch[k].astype(np.int64)) for k in ("inputs", "targets")
         )
@@ -167,9 +170,17 @@ class TorchRunner:
         return None
 
 
+def process_usage() -> tuple[float, int]:
+    """(CPU seconds, minor page faults) of the process so far, all threads together."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime, usage.ru_minflt
+
+
 def time_steps(runners: list, steps: int, warmup: int) -> dict[str, dict]:
-    """Per runner: step times (s), losses of every step (warmup first), peak RSS (bytes)."""
-    results = {r.name: {"times": [], "losses": [], "rss": 0} for r in runners}
+    """Per runner and step: wall and CPU seconds, page faults and the loss (warmup steps'
+    losses first); and the peak RSS (bytes)."""
+    keys = ("times", "cpu", "faults", "losses")
+    results = {r.name: {**{k: [] for k in keys}, "rss": 0} for r in runners}
     for runner in runners:
         results[runner.name]["losses"] = [runner.step() for _ in range(warmup)]
     for start in range(0, steps, BLOCK):
@@ -177,9 +188,12 @@ def time_steps(runners: list, steps: int, warmup: int) -> dict[str, dict]:
             out = results[runner.name]
             reset_peak_rss()
             for _ in range(min(BLOCK, steps - start)):
-                begin = time.perf_counter()
+                (cpu, faults), begin = process_usage(), time.perf_counter()
                 out["losses"].append(runner.step())
                 out["times"].append(time.perf_counter() - begin)
+                end_cpu, end_faults = process_usage()
+                out["cpu"].append(end_cpu - cpu)
+                out["faults"].append(end_faults - faults)
             out["rss"] = max(out["rss"], peak_rss())
     for out in results.values():
         out["losses"] = [float(loss) for loss in out["losses"]]
@@ -241,6 +255,7 @@ def run_benchmark(
         )
     if steps < 1 or warmup < 0:
         raise ConfigError("--steps must be >= 1 and --warmup >= 0")
+    torch_gpt = torch_reference(cfg) if reference == "torch" else None
     load_start = load_average()
     devices = jax.devices()
     info = machine(devices)
@@ -263,9 +278,10 @@ def run_benchmark(
     total_steps = warmup + steps
     log("compiling the jaxlm train step")
     runners = [JaxlmRunner(cfg, batch, total_steps)]
-    if reference == "torch":
+    if torch_gpt is not None:
+        jaxlm = runners[0]
         runners.append(
-            TorchRunner(cfg, batch, runners[0].initial_params, runners[0].learning_rates)
+            TorchRunner(torch_gpt, cfg, batch, jaxlm.initial_params, jaxlm.learning_rates)
         )
     log(f"timing {warmup} warm-up and {steps} steps per framework")
     timings = time_steps(runners, steps, warmup)
@@ -286,6 +302,7 @@ def run_benchmark(
                 "step_seconds_median": median,
                 "step_seconds_p90": _percentile(t["times"], 90),
                 "step_seconds_min": min(t["times"]),
+                "cpu_seconds_per_step": statistics.median(t["cpu"]),
                 "tokens_per_second": tokens_per_second,
                 "model_flops_per_second": achieved,
                 "mfu": achieved / peak["flops_per_second"] if peak["flops_per_second"] else None,
@@ -294,6 +311,7 @@ def run_benchmark(
                 if device_bytes is not None
                 else "process peak RSS",
                 "compiled_step_bytes": getattr(runner, "compiled_bytes", None),
+                "page_faults_per_step": statistics.median(t["faults"]),
                 "losses": t["losses"],
             }
         )
@@ -355,8 +373,8 @@ def format_report(report: dict) -> str:
             else peak["source"]
         ),
         "",
-        f"{'':<10}{'compile s':>10}{'median ms':>11}{'p90 ms':>9}{'tokens/s':>10}"
-        f"{'GFLOP/s':>9}{'MFU':>7}  memory",
+        f"{'':<10}{'compile s':>10}{'median ms':>11}{'p90 ms':>9}{'CPU ms':>8}{'tokens/s':>10}"
+        f"{'GFLOP/s':>9}{'MFU':>7}{'faults':>9}  memory",
     ]
     for r in report["results"]:
         compile_s = "-" if r["compile_seconds"] is None else f"{r['compile_seconds']:.2f}"
@@ -366,9 +384,14 @@ def format_report(report: dict) -> str:
             memory += f" (compiled step {_bytes(r['compiled_step_bytes'])})"
         lines.append(
             f"{r['name']:<10}{compile_s:>10}{1e3 * r['step_seconds_median']:>11.1f}"
-            f"{1e3 * r['step_seconds_p90']:>9.1f}{r['tokens_per_second']:>10,.0f}"
-            f"{r['model_flops_per_second'] / 1e9:>9.1f}{mfu:>7}  {memory}"
+            f"{1e3 * r['step_seconds_p90']:>9.1f}{1e3 * r['cpu_seconds_per_step']:>8.0f}"
+            f"{r['tokens_per_second']:>10,.0f}"
+            f"{r['model_flops_per_second'] / 1e9:>9.1f}{mfu:>7}"
+            f"{r['page_faults_per_step']:>9,.0f}  {memory}"
         )
+    lines.append(
+        "(CPU ms: process CPU time per step, all threads; faults: minor page faults per step)"
+    )
     if "speedup_vs_reference" in report:
         lines.append(f"jaxlm / pytorch tokens/s: {report['speedup_vs_reference']:.2f}")
     shown = 8

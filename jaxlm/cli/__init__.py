@@ -33,6 +33,7 @@ from jaxlm.cli import (
     train,
 )
 from jaxlm.errors import JaxlmError
+from jaxlm.host_memory import keep_freed_memory_on_cpu
 
 COMMANDS = (
     train,
@@ -61,6 +62,7 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_freed_memory_on_cpu()  # before anything imports JAX
     from jaxlm.train.preemption import PREEMPTED_EXIT_CODE, Preempted
 
     warnings.formatwarning = _one_line_warning

@@ -42,6 +42,6 @@ def register(commands) -> None:
         "--reference",
         choices=("torch", "none"),
         default="none",
-        help="also train the PyTorch reference GPT on the CPU, turn about (needs torch)",
+        help="also train the PyTorch reference GPT (CPU, needs torch); the two take turns",
     )
     parser.set_defaults(run=run)

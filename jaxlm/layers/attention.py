@@ -74,22 +74,32 @@ def reference_attention(
 
     query: [batch, q, heads, head_dim]; key, value: [batch, k, kv_heads, head_dim] where
     heads is a multiple of kv_heads (grouped-query attention). Returns [batch, q, heads, head_dim].
+    Computed heads-major, the queries of each key/value head's group stacked into one matrix,
+    so that both products are plain batched matmuls (on the CPU about twice as fast as with the
+    head axes between batch and length).
     """
     batch, q_len, heads, head_dim = query.shape
-    kv_heads = key.shape[2]
-    query = query.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim)
-    logits = jnp.einsum("bqhgd,bkhd->bhgqk", query * (head_dim**-0.5), key)
-    logits = logits.astype(jnp.float32)
+    k_len, kv_heads = key.shape[1], key.shape[2]
+    group = heads // kv_heads
+    # query -> [batch, kv_heads, group * q, head_dim]; key, value -> [batch, kv_heads, k, head_dim]
+    q = (query * head_dim**-0.5).reshape(batch, q_len, kv_heads, group, head_dim)
+    q = q.transpose(0, 2, 3, 1, 4).reshape(batch, kv_heads, group * q_len, head_dim)
+    key, value = (jnp.swapaxes(t, 1, 2) for t in (key, value))
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q, key).astype(jnp.float32)
     if mask is not None:
-        # mask: [batch | 1, heads | 1, q, k] -> split its head axis as (kv_heads, group).
-        group = heads // kv_heads if mask.shape[1] == heads else 1
-        mask = mask.reshape(mask.shape[0], mask.shape[1] // group, group, *mask.shape[2:])
+        # [batch | 1, heads | 1, q, k] -> [batch | 1, kv_heads | 1, group * q, k]
+        mask_heads = kv_heads if mask.shape[1] == heads else 1
+        mask = jnp.broadcast_to(
+            mask.reshape(mask.shape[0], mask_heads, -1, *mask.shape[2:]),
+            (mask.shape[0], mask_heads, group, q_len, k_len),
+        ).reshape(mask.shape[0], mask_heads, group * q_len, k_len)
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1)
     if dropout_rate > 0.0:
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
         probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
-    out = jnp.einsum("bhgqk,bkhd->bqhgd", probs.astype(value.dtype), value)
+    out = jnp.einsum("bhqk,bhkd->bhqd", probs.astype(value.dtype), value)
+    out = out.reshape(batch, kv_heads, group, q_len, head_dim).transpose(0, 3, 1, 2, 4)
     return out.reshape(batch, q_len, heads, head_dim)
 
 
@@ -124,7 +134,6 @@ def resolve_backend(
     return "cudnn" if platform == "gpu" and half else "reference"
 
 
-@functools.lru_cache(maxsize=64)
 def _splash_kernel(group: int, q_len: int, kv_len: int, causal: bool, block: int | None):
     """A splash-attention kernel over `group` query heads sharing one key/value head."""
     from jax.experimental.pallas.ops.tpu import splash_attention as splash
@@ -141,12 +150,11 @@ def _splash_kernel(group: int, q_len: int, kv_len: int, causal: bool, block: int
         block_q_dq=block_q,
         block_kv_dq=block_kv,
     )
-    with jax.ensure_compile_time_eval():  # its block tables are constants, even under jit
-        return splash.make_splash_mqa_single_device(
-            splash.MultiHeadMask([make((q_len, kv_len)) for _ in range(group)]),
-            block_sizes=blocks,
-            interpret=jax.default_backend() != "tpu",
-        )
+    return splash.make_splash_mqa_single_device(
+        splash.MultiHeadMask([make((q_len, kv_len)) for _ in range(group)]),
+        block_sizes=blocks,
+        interpret=jax.default_backend() != "tpu",
+    )
 
 
 def pallas_attention(

@@ -222,6 +222,7 @@ class TransformerStack(nn.Module):
             split_rngs={"params": True, "dropout": True},
             in_axes=(*(nn.broadcast,) * 6, 0),  # all shared but the layer number
             length=self.num_layers,
+            unroll=cfg.scan_unroll or self.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
         layers = jnp.arange(self.num_layers)

@@ -1,0 +1,49 @@
+"""Keep freed host memory for reuse when training on the CPU (Linux with glibc).
+
+XLA's CPU runtime allocates each step's temporary buffer (every activation the backward pass
+needs: over 300 MB for the demo GPT) from a worker thread. glibc serves allocations that large
+with a fresh memory mapping and unmaps it when the step ends, so the kernel faults in and zeroes
+every page again at every step: about 15% of the demo step's CPU time. `keep_freed_memory()`
+puts every thread on glibc's main heap, serves large allocations from it instead of mappings,
+and keeps up to 2 GB of freed memory there, so that the next step reuses the same pages.
+The process then holds on to its peak memory until it exits.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.metadata
+import importlib.util
+import os
+import sys
+
+M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # mallopt parameters (malloc.h)
+SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def keep_freed_memory() -> bool:
+    """Apply the settings; whether it could (only glibc has `mallopt`). Threads that have
+    already allocated keep their own heaps: call this before JAX starts its thread pools."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return all(mallopt(parameter, value) == 1 for parameter, value in SETTINGS)
+
+
+def jax_will_use_cpu() -> bool:
+    """JAX_PLATFORMS names the CPU first, or no TPU or GPU plugin for JAX is installed."""
+    platforms = os.environ.get("JAX_PLATFORMS", "").strip()
+    if platforms:
+        return platforms.split(",")[0].strip() == "cpu"
+    if any(importlib.util.find_spec(name) for name in ("libtpu", "jax_plugins")):
+        return False
+    return not importlib.metadata.entry_points(group="jax_plugins")
+
+
+def keep_freed_memory_on_cpu() -> bool:
+    """`keep_freed_memory()` for a process about to train on the CPU that has not started JAX
+    yet (elsewhere it changes nothing); whether it applied the settings."""
+    return "jax" not in sys.modules and jax_will_use_cpu() and keep_freed_memory()

@@ -1,0 +1,202 @@
+"""`jaxlm bench`: the FLOPs convention against a hand count and the traced program, the peak
+table, the harness's report, the PyTorch reference training the same model alike; and the CPU
+speed-ups keeping results the same (unrolled layers, fast accuracy, reused host memory)."""
+
+import json
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from tiny import TINY_MODEL
+
+from jaxlm import cli, host_memory
+from jaxlm.bench.flops import model_flops
+from jaxlm.bench.harness import run_benchmark
+from jaxlm.bench.peaks import matmul_ceiling, peak_flops
+from jaxlm.config import load_config
+from jaxlm.errors import JaxlmError
+from jaxlm.models import build_model, init_params
+from jaxlm.train.aot import matmul_flops, trace_train_step
+from jaxlm.train.losses import predicts_target
+
+# TINY_MODEL: 2 layers, embed 32, 4 heads, mlp 64, vocab 100 (padded to 128), seq_len 16.
+TINY = [*TINY_MODEL, "data.batch_size=8", "model.attention_backend=reference"]
+
+
+def test_flops_per_token_by_hand():
+    cfg = load_config(None, TINY)
+    layers, embed, mlp, padded_vocab, length = 2, 32, 64, 128, 16
+    per_layer = (
+        4 * (embed * embed + embed)  # query, key, value, out kernels and biases
+        + 2 * 2 * embed  # two LayerNorms, scale and bias
+        + (embed * mlp + mlp)
+        + (mlp * embed + embed)  # MLP in and out
+    )
+    n = layers * per_layer + 2 * embed + padded_vocab * embed  # final norm, tied output head
+    flops = model_flops(cfg.model, cfg.data.seq_len)
+    assert flops.arithmetic_params == n
+    assert flops.attention_per_token == 12 * layers * embed * length  # heads * head_dim = embed
+    assert flops.per_token == 6 * n + 12 * layers * embed * length
+
+
+def test_flops_match_the_matmuls_of_the_traced_train_step():
+    """The program's dot_generals do 6 FLOPs per kernel weight and token, plus attention; only
+    biases and norms (elementwise work, counted by the convention) are not matmuls."""
+    cfg = load_config(None, TINY)
+    traced, _ = trace_train_step(cfg)
+    tokens = cfg.data.batch_size * cfg.data.seq_len
+    elementwise = 2 * (4 * 32 + 2 * 2 * 32 + 64 + 32) + 2 * 32  # biases and norm parameters
+    expected = (model_flops(cfg.model, cfg.data.seq_len).per_token - 6 * elementwise) * tokens
+    assert matmul_flops(traced.jaxpr.jaxpr) == expected
+
+
+@pytest.mark.parametrize(
+    "kind, peak",
+    [
+        ("NVIDIA H100 80GB HBM3", 989e12),
+        ("NVIDIA H100 PCIe", 756e12),
+        ("NVIDIA H200", 989e12),
+        ("NVIDIA A100-SXM4-40GB", 312e12),
+        ("NVIDIA A100 80GB PCIe", 312e12),
+        ("TPU v4", 275e12),
+        ("TPU v5 lite", 197e12),
+        ("TPU v5", 459e12),
+        ("TPU v5p", 459e12),
+        ("TPU v6 lite", 918e12),
+        ("cpu", None),
+        ("NVIDIA GeForce RTX 4090", None),
+    ],
+)
+def test_peak_by_device_kind(kind, peak):
+    assert peak_flops(kind) == peak
+
+
+def test_matmul_ceiling_is_measured():
+    assert 1e8 < matmul_ceiling(size=256, repeats=2) < 1e14
+
+
+def test_bench_command_with_the_torch_reference(tmp_path, capsys):
+    """The report's shape; and the reference, from the same initial weights on the same batch
+    with the same AdamW and schedule, has the same falling loss step for step."""
+    path = tmp_path / "bench.json"
+    overrides = [*TINY, "optim.warmup_steps=0", "optim.learning_rate=1e-2"]
+    argv = ["bench", "demo", *overrides, "--steps", "3", "--warmup", "2", "--json", str(path)]
+    assert cli.main([*argv, "--reference", "torch"]) == 0
+    out = capsys.readouterr().out
+    assert "tokens/s" in out and "MFU" in out and "jaxlm / pytorch tokens/s" in out
+    report = json.loads(path.read_text())
+    assert report["tokens_per_step"] == 8 * 16
+    assert report["peak"]["flops_per_second"] > 0  # the measured CPU ceiling
+    assert report["speedup_vs_reference"] > 0
+    jaxlm, torch = report["results"]
+    assert (jaxlm["name"], torch["name"]) == ("jaxlm", "pytorch")
+    assert jaxlm["compile_seconds"] > 0 and torch["compile_seconds"] is None
+    for result in (jaxlm, torch):
+        assert len(result["losses"]) == 5
+        assert 0 < result["step_seconds_median"] <= result["step_seconds_p90"]
+        assert result["cpu_seconds_per_step"] > 0 and result["page_faults_per_step"] >= 0
+        flops_per_second = report["flops_per_token"] * result["tokens_per_second"]
+        assert result["model_flops_per_second"] == pytest.approx(flops_per_second)
+        mfu = flops_per_second / report["peak"]["flops_per_second"]
+        assert result["mfu"] == pytest.approx(mfu)
+        assert result["memory_kind"] == "process peak RSS" and result["memory_bytes"] > 0
+    assert jaxlm["losses"][-1] < jaxlm["losses"][0] - 0.1
+    np.testing.assert_allclose(torch["losses"], jaxlm["losses"], rtol=1e-4)
+
+
+def test_missing_torch_is_a_one_line_error(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "jaxlm.bench.torch_gpt", None)
+    with pytest.raises(JaxlmError, match=r"pip install 'jaxlm\[reference\]'"):
+        run_benchmark(load_config(None, TINY), steps=1, warmup=0, reference="torch")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--steps", "0"], "--steps must be >= 1"),
+        (["model.family=bert", "model.heads=[mlm]"], "bench times the causal-LM step"),
+        (["model.dtype=bfloat16", "--reference", "torch"], "float32 training on the CPU"),
+    ],
+)
+def test_bad_input_is_a_one_line_error(args, message, capsys):
+    assert cli.main(["bench", "demo", *TINY, *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+FREED_MEMORY_PROBE = """
+import ctypes, resource, sys, threading
+from jaxlm.host_memory import keep_freed_memory
+applied = sys.argv[1] == "keep" and keep_freed_memory()
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+size, faults = 64 << 20, []
+def step():  # a worker thread allocates, fills and frees a buffer, as XLA's runtime does
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    buffer = libc.malloc(size)
+    ctypes.memset(buffer, 1, size)
+    libc.free(ctypes.c_void_p(buffer))
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+for _ in range(3):
+    thread = threading.Thread(target=step)
+    thread.start()
+    thread.join()
+print(applied, *faults)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_keep_freed_memory_reuses_pages_across_steps():
+    """64 MB allocated and freed per step by a worker thread: mapped and faulted in anew each
+    time by default (16,384 pages of 4 KiB), reused from the second step once kept."""
+    runs = {
+        mode: subprocess.run(
+            [sys.executable, "-c", FREED_MEMORY_PROBE, mode],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        for mode in ("keep", "default")
+    }
+    pages = (64 << 20) // 4096
+    keep, default = ([int(x) for x in runs[mode][1:]] for mode in ("keep", "default"))
+    assert runs["keep"][0] == "True" and runs["default"][0] == "False"
+    assert min(default) >= pages and keep[0] >= pages
+    assert max(keep[1:]) < pages // 100
+
+
+@pytest.mark.parametrize("platforms, cpu", [("cpu", True), ("tpu", False), ("cuda,cpu", False)])
+def test_host_memory_settings_only_for_the_cpu(monkeypatch, platforms, cpu):
+    monkeypatch.setenv("JAX_PLATFORMS", platforms)
+    assert host_memory.jax_will_use_cpu() is cpu
+    assert host_memory.keep_freed_memory_on_cpu() is False  # JAX is already running here
+
+
+def test_unrolled_layers_compute_the_same_gradients():
+    """model.scan_unroll=0 (no layer loop) gives the scanned stack's loss and gradients."""
+    tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, 100)
+    configs = [load_config(None, [*TINY, f"model.scan_unroll={n}"]).model for n in (1, 0)]
+    params = jax.jit(lambda key: nn.unbox(init_params(configs[0], key)))(jax.random.key(0))
+    models = [build_model(cfg) for cfg in configs]
+    results = [
+        jax.jit(jax.value_and_grad(lambda p, m=model: m.apply(p, tokens).std()))({"params": params})
+        for model in models
+    ]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), *results)
+
+
+def test_predicts_target_is_argmax_with_ties():
+    """The fast accuracy test agrees with NumPy's argmax (first maximum wins), ties included."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(4, 64, 50)).astype(np.float32)
+    logits[:, :32, 7] = logits[:, :32, 20] = 9.0  # a two-way tie for the maximum
+    logits[..., 45:] = np.finfo(np.float32).min  # padded vocabulary rows
+    targets = rng.choice([7, 20, 3, 49], size=(4, 64))
+    expected = np.argmax(logits, axis=-1) == targets
+    got = jax.jit(predicts_target)(jnp.asarray(logits), jnp.asarray(targets))
+    np.testing.assert_array_equal(got, expected)
+    assert expected[:, :32].any() and not expected[:, :32][targets[:, :32] == 20].any()
