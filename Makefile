@@ -8,7 +8,7 @@ VADER := data/vader
 
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: demo test test-slow lint venv data data-vader clean
+.PHONY: demo test test-slow lint venv data data-vader clean bench
 
 venv: $(INSTALLED)
 
@@ -47,6 +47,10 @@ $(VADER)/.done: | $(INSTALLED)
 demo: $(INSTALLED) data
 	rm -rf runs/demo
 	$(BIN)/jaxlm train configs/demo.yaml
+
+# Training speed of the demo GPT on the CPU beside the PyTorch reference (random data).
+bench: $(INSTALLED)
+	JAX_PLATFORMS=cpu $(BIN)/jaxlm bench configs/demo.yaml --reference torch --json runs/bench/demo.json
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest

@@ -134,6 +134,7 @@ class DataConfig:
     max_examples: int = 0  # keep the first N examples of the source (0 = all)
     shuffle_seed: int | None = None  # shuffle the examples with this seed before max_examples
     eval_fraction: float = 0.05  # share of examples held out for evaluation
+    eval_examples: int = 0  # hold out the last N examples instead (0 = use eval_fraction)
     # a sentencepiece model, or a Hugging Face tokenizer.json (its file, its directory or
     # package:<package>/<path>); "" = <workdir>/tokenizer.model, trained if absent
     tokenizer: str = ""
@@ -363,6 +364,7 @@ def validate(config: Config) -> None:
     _check(0 < d.seq_len <= m.max_len, "data.seq_len", f"must be in [1, model.max_len={m.max_len}]")
     _check(d.batch_size > 0, "data.batch_size", "must be positive")
     _check(0 <= d.eval_fraction < 1, "data.eval_fraction", "must be in [0, 1)")
+    _check(d.eval_examples >= 0, "data.eval_examples", "must be >= 0")
     _check(0 < d.mlm_probability < 1, "data.mlm_probability", "must be in (0, 1)")
     _check(d.max_examples >= 0, "data.max_examples", "must be >= 0")
 
@@ -398,6 +400,11 @@ def validate(config: Config) -> None:
     )
     _check(dist.timeout_seconds > 0, "distributed.timeout_seconds", "must be positive")
     _validate_finetune(config.finetune, m)
+    _check(
+        config.finetune.mode != "prompt" or m.family != "gpt" or not smp.prompts,
+        "sample.prompts",
+        "sampling from a soft-prompted GPT (finetune.mode=prompt) is not supported",
+    )
 
 
 def _validate_finetune(f: FinetuneConfig, m: ModelConfig) -> None:

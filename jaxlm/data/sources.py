@@ -81,9 +81,9 @@ class Splits:
 
 def load_splits(data: DataConfig) -> Splits:
     """The examples of `data.source` for `data.task`: the first `data.max_examples` (0 = all; of
-    the examples shuffled with `data.shuffle_seed` when set), with every k-th held out for
-    evaluation (k = 1 / data.eval_fraction), or, for tfds with `data.tfds_eval_split`, that split
-    as the eval set."""
+    the examples shuffled with `data.shuffle_seed` when set), with the last `data.eval_examples`
+    or else every k-th held out for evaluation (k = 1 / data.eval_fraction), or, for tfds with
+    `data.tfds_eval_split`, that split as the eval set."""
     tasks = TASKS_OF_SOURCE.get(data.source)
     if tasks is None:
         raise DataError(
@@ -105,10 +105,22 @@ def load_splits(data: DataConfig) -> Splits:
         records = _RECORDS[data.source](data, labels, skipped)
         examples = _read(data, records, labels, skipped)
         noun = "documents" if data.source == "text" else "examples"
-        train, held_out = split_documents(examples, data.eval_fraction, noun)
+        if data.eval_examples:
+            train, held_out = _hold_out_last(examples, data.eval_examples, noun)
+        else:
+            train, held_out = split_documents(examples, data.eval_fraction, noun)
     if data.task == "classification":
         train, held_out = labels.indexed(train), labels.indexed(held_out)
     return Splits(train, held_out, labels.names(), dict(sorted(skipped.items())))
+
+
+def _hold_out_last(examples: list, count: int, noun: str) -> tuple[list, list]:
+    """(all but the last `count` examples, the last `count`)."""
+    if count >= len(examples):
+        raise DataError(
+            f"data.eval_examples={count} leaves none of the {len(examples)} {noun} to train on"
+        )
+    return examples[:-count], examples[-count:]
 
 
 # A record is (example, where): the example with a raw label (a class name or an index) for

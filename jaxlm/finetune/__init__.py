@@ -1,8 +1,9 @@
 """Fine-tuning: start from pretrained weights (`finetune.init_from`) and train all of them,
 some of them (partial), or a small adapter with the rest frozen (prompt, prefix, LoRA).
 
-    finetuning = prepare(cfg)          # None for a plain run from a random init
-    Trainer(finetuning.cfg, params=finetuning.params, ...)   # what `Trainer` does with it
+    finetuning, params = prepare(cfg)     # None for a plain run from a random init
+    # what `Trainer` does with them: trains `finetuning.cfg` from `params` with
+    # `finetuning.optimizer(tx)` and `finetuning.loss(loss_fn)`, evaluates `model_params`
 
 One concern per module: `patterns` (parameters by path), `pretrained` (init_from), `freezing`
 (no gradient, optimizer state or update for frozen parameters), `prompt`, `prefix`, `lora` (the

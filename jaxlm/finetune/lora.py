@@ -18,9 +18,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxlm.config import FinetuneConfig
 from jaxlm.finetune.patterns import SEP, flat, nested
 
 LORA = "lora"
+
+
+def scaling(f: FinetuneConfig) -> float:
+    """alpha / rank, the factor of A·B."""
+    return f.lora_alpha / f.lora_rank
 
 
 def _split(names: tuple) -> tuple[int, int]:
@@ -62,10 +68,11 @@ def merge(params: dict, scale: float) -> dict:
     """The parameters with every LoRA update folded into its kernel, and no `lora` subtree."""
     if LORA not in params:
         return params
-    kernels = flat({k: v for k, v in params.items() if k != LORA})
+    leaves = flat({k: v for k, v in params.items() if k != LORA})
     factors = flat(params[LORA])
-    for path in {p.rsplit(SEP, 1)[0] for p in factors}:
-        kernel = kernels[f"{path}{SEP}kernel"]
-        update = delta(factors[f"{path}{SEP}a"], factors[f"{path}{SEP}b"], kernel.shape, scale)
-        kernels[f"{path}{SEP}kernel"] = (kernel.astype(jnp.float32) + update).astype(kernel.dtype)
-    return nested(kernels)
+    for module in {path.rsplit(SEP, 1)[0] for path in factors}:
+        kernel = leaves[f"{module}{SEP}kernel"]
+        a, b = factors[f"{module}{SEP}a"], factors[f"{module}{SEP}b"]
+        update = delta(a, b, kernel.shape, scale)
+        leaves[f"{module}{SEP}kernel"] = (kernel.astype(jnp.float32) + update).astype(kernel.dtype)
+    return nested(leaves)

@@ -15,10 +15,10 @@ Frozen parameters get no gradient, no optimizer state and no update (`freezing`)
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Callable
 
+import flax.linen as nn
 import jax
 import optax
 
@@ -30,6 +30,7 @@ from jaxlm.finetune.prefix import init_prefix
 from jaxlm.finetune.pretrained import fill, load_pretrained, resolve_model
 from jaxlm.finetune.prompt import PROMPT, init_prompt
 from jaxlm.models import init_params
+from jaxlm.models.summary import abstract_params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,19 +38,15 @@ class Finetuning:
     """A prepared fine-tuning run (see the module doc); `prepare` builds one."""
 
     cfg: Config  # the run's config, its model section resolved against `finetune.init_from`
-    params: dict  # initial parameters, boxed with their logical axes
     trainable: frozenset[str]  # paths of the parameters that train
-
-    @property
-    def lora_scale(self) -> float:
-        return self.cfg.finetune.lora_alpha / self.cfg.finetune.lora_rank
 
     def model_params(self, params: dict) -> dict:
         """The parameters as the model takes them: LoRA updates merged into their kernels."""
-        return lora.merge(params, self.lora_scale)
+        return lora.merge(params, lora.scaling(self.cfg.finetune))
 
     def model_layout(self, tree: dict) -> dict:
-        """A tree shaped like the parameters (e.g. their shardings) reduced to `model_params`'."""
+        """`tree` (shaped like the parameters, e.g. their shardings) without the LoRA factors,
+        as `model_params` are."""
         return {key: value for key, value in tree.items() if key != lora.LORA}
 
     def optimizer(self, tx: optax.GradientTransformation) -> optax.GradientTransformation:
@@ -60,13 +57,13 @@ class Finetuning:
         """`loss_fn` on `model_params`, its gradient reaching only the trainable parameters."""
         return frozen_loss(loss_fn, self.trainable, self.model_params)
 
-    def counts(self) -> tuple[int, int]:
-        """(trainable, all) parameter counts."""
-        sizes = {path: math.prod(leaf.value.shape) for path, leaf in flat(self.params).items()}
+    def counts(self, params: dict) -> tuple[int, int]:
+        """(trainable, all) counts of the elements of `params`."""
+        sizes = {path: math.prod(leaf.shape) for path, leaf in flat(params).items()}
         return sum(sizes[path] for path in self.trainable), sum(sizes.values())
 
 
-def _adapter(cfg: Config, boxed: dict, rng: jax.Array) -> dict:
+def _adapter(cfg: Config, boxed: dict, lora_targets: set[str], rng: jax.Array) -> dict:
     """The boxed parameters the mode adds (see the module doc)."""
     f, leaves = cfg.finetune, flat(boxed)
     if f.mode == "prompt":
@@ -75,15 +72,14 @@ def _adapter(cfg: Config, boxed: dict, rng: jax.Array) -> dict:
     if f.mode == "prefix":
         return init_prefix(cfg.model, f.prefix_length, rng)
     if f.mode == "lora":
-        kernels = [path for path in leaves if path.endswith(f"{SEP}kernel")]
-        targets = select(kernels, f.lora_targets, "finetune.lora_targets")
-        modules = {path: leaves[path] for path in targets}
-        return {lora.LORA: lora.init_lora(modules, f.lora_rank, rng)}
+        kernels = {path: leaves[path] for path in lora_targets}
+        return {lora.LORA: lora.init_lora(kernels, f.lora_rank, rng)}
     return {}
 
 
-def prepare(cfg: Config, log=print) -> Finetuning | None:
-    """The fine-tuning `cfg.finetune` asks for; None for a full run from a random init."""
+def prepare(cfg: Config, log=print) -> tuple[Finetuning, dict] | None:
+    """(the fine-tuning `cfg.finetune` asks for, the initial parameters boxed with their logical
+    axes); None for a full run from a random init."""
     f = cfg.finetune
     if f.mode == "full" and not f.init_from:
         return None
@@ -92,15 +88,19 @@ def prepare(cfg: Config, log=print) -> Finetuning | None:
         pretrained_model, pretrained = load_pretrained(f.init_from)
         cfg = dataclasses.replace(cfg, model=resolve_model(cfg.model, pretrained_model))
         validate(cfg)
-    boxed = jax.jit(functools.partial(init_params, cfg.model))(rng)
+    model_paths = set(flat(abstract_params(cfg.model)))  # checked before anything is allocated
+    chosen = select(model_paths, f.trainable, "finetune.trainable")
+    kernels = [path for path in model_paths if path.endswith(f"{SEP}kernel")]
+    lora_targets = (
+        select(kernels, f.lora_targets, "finetune.lora_targets") if f.mode == "lora" else set()
+    )
+    boxed = init_params(cfg.model, rng)
     if f.init_from:
         boxed = fill(boxed, pretrained, log)
-    model_paths = set(flat(boxed))
-    chosen = select(model_paths, f.trainable, "finetune.trainable")
-    adapter = flat(_adapter(cfg, boxed, jax.random.fold_in(rng, 1)))
+    adapter = flat(_adapter(cfg, boxed, lora_targets, jax.random.fold_in(rng, 1)))
     params = nested(flat(boxed) | adapter)
-    trainable = model_paths | set(adapter) if f.mode == "full" else chosen | set(adapter)
-    finetuning = Finetuning(cfg, params, frozenset(trainable))
-    count, total = finetuning.counts()
+    trainable = model_paths if f.mode == "full" else chosen | set(adapter)
+    finetuning = Finetuning(cfg, frozenset(trainable))
+    count, total = finetuning.counts(nn.unbox(params))
     log(f"finetune {f.mode}: {count:,} of {total:,} parameters train ({count / total:.2%})")
-    return finetuning
+    return finetuning, params

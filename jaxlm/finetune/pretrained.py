@@ -2,8 +2,8 @@
 
 A Hugging Face model directory is imported with `jaxlm.interop`; a jaxlm workdir gives its latest
 complete checkpoint, a checkpoint step directory (`<workdir>/checkpoints/<step>`) that one, with
-any LoRA update of that run merged in. `package:<package>/<path>` names a directory inside an
-installed package.
+any LoRA update of that run merged in (a soft prompt or prefix of that run is not carried over).
+`package:<package>/<path>` names a directory inside an installed package.
 """
 
 from __future__ import annotations
@@ -39,8 +39,7 @@ RUN_KEYS = (
 def _checkpoint(step_dir: Path, config: Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
     source = load_config(str(config))
     params = {name.replace(".", SEP): value for name, value in restore_numpy(step_dir).items()}
-    scale = source.finetune.lora_alpha / source.finetune.lora_rank
-    return source.model, flat(lora.merge(nested(params), scale))
+    return source.model, flat(lora.merge(nested(params), lora.scaling(source.finetune)))
 
 
 def load_pretrained(init_from: str) -> tuple[ModelConfig, dict[str, np.ndarray]]:

