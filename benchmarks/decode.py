@@ -46,6 +46,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch_gpt  # noqa: E402
 
+from jaxlm.bench.harness import cpu_model  # noqa: E402
 from jaxlm.config import SampleConfig, load_config  # noqa: E402
 from jaxlm.generate import generate  # noqa: E402
 from jaxlm.models import init_params  # noqa: E402
@@ -102,16 +103,6 @@ def measure(
         "first_token_s": t_short,
         "compile_s": statistics.median(compiles),
     }
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def machine_info(threads: int) -> list[str]:
