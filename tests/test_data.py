@@ -4,7 +4,6 @@ import itertools
 
 import numpy as np
 import pytest
-import sentencepiece as spm
 
 from jaxlm.data.documents import read_documents, resolve_files, split_documents
 from jaxlm.data.pipeline import lm_dataset
@@ -64,20 +63,6 @@ def test_newlines_are_byte_fallback_pieces(tokenizer):
         newline,
         *tokenizer.encode("function"),
     ]
-
-
-def test_model_without_byte_fallback_uses_plain_sentencepiece(real_text_files, tmp_path):
-    prefix = tmp_path / "plain"
-    spm.SentencePieceTrainer.train(
-        input=[str(f) for f in real_text_files[:10]],
-        model_prefix=str(prefix),
-        vocab_size=300,
-        minloglevel=2,
-    )
-    tokenizer = Tokenizer.load(f"{prefix}.model")
-    text = "The assert statement"
-    assert tokenizer.encode(text) == tokenizer.sp.encode(text)
-    assert tokenizer.decode(tokenizer.encode(text)) == text
 
 
 def test_load_errors(tmp_path):

@@ -43,15 +43,27 @@ def test_round_trip_real_and_non_ascii_text(tokenizer, real_text_files):
     ]
 
 
-def test_model_without_special_pieces(real_text_files, tmp_path):
-    prefix = tmp_path / "plain"
+@pytest.fixture(scope="module")
+def plain_tokenizer(real_text_files, tmp_path_factory):
+    """A sentencepiece model trained without jaxlm: no byte fallback, no special pieces."""
+    prefix = tmp_path_factory.mktemp("plain") / "plain"
     spm.SentencePieceTrainer.train(
         input=[str(f) for f in real_text_files[:10]],
         model_prefix=str(prefix),
         vocab_size=300,
         minloglevel=2,
     )
-    tokenizer = Tokenizer.load(f"{prefix}.model")
+    return Tokenizer.load(f"{prefix}.model")
+
+
+def test_model_without_byte_fallback_uses_plain_sentencepiece(plain_tokenizer):
+    text = "The assert statement"
+    assert plain_tokenizer.encode(text) == plain_tokenizer.sp.encode(text)
+    assert plain_tokenizer.decode(plain_tokenizer.encode(text)) == text
+
+
+def test_model_without_special_pieces(plain_tokenizer):
+    tokenizer = plain_tokenizer
     for name, piece in (("mask_id", "MASK"), ("cls_id", "CLS"), ("sep_id", "SEP")):
         with pytest.raises(DataError, match=rf"no \[{piece}\] piece.*jaxlm tokenizer train"):
             getattr(tokenizer, name)
