@@ -48,9 +48,12 @@ demo: $(INSTALLED) data
 	rm -rf runs/demo
 	$(BIN)/jaxlm train configs/demo.yaml
 
-# Training speed of the demo GPT on the CPU beside the PyTorch reference (random data).
+# Training speed of the demo GPT on the CPU beside the PyTorch reference (random data), in
+# float32 and in bfloat16 (PyTorch under autocast).
 bench: $(INSTALLED)
-	JAX_PLATFORMS=cpu $(BIN)/jaxlm bench configs/demo.yaml --reference torch --json runs/bench/demo.json
+	JAX_PLATFORMS=cpu $(BIN)/jaxlm bench configs/demo.yaml --steps 30 --reference torch --json runs/bench/demo.json
+	JAX_PLATFORMS=cpu $(BIN)/jaxlm bench configs/demo.yaml model.dtype=bfloat16 --steps 30 --reference torch \
+		--json runs/bench/demo-bf16.json
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest

@@ -108,6 +108,27 @@ def test_bench_command_with_the_torch_reference(tmp_path, capsys):
     np.testing.assert_allclose(torch["losses"], jaxlm["losses"], rtol=1e-4)
 
 
+def test_bfloat16_against_pytorch_autocast(tmp_path):
+    """bfloat16 compute: the ceiling is measured in bfloat16 and the reference trains under
+    torch.autocast, in a process of its own; the losses agree to bfloat16 precision."""
+    cfg = load_config("demo", [*TINY, "optim.warmup_steps=0", "optim.learning_rate=1e-2"])
+    cfg.model.dtype = "bfloat16"
+    report = run_benchmark(cfg, steps=2, warmup=2, reference="torch")
+    assert "bfloat16 jnp.dot" in report["peak"]["source"]
+    jaxlm, torch = report["results"]
+    assert jaxlm["losses"][-1] < jaxlm["losses"][0] - 0.1
+    np.testing.assert_allclose(torch["losses"], jaxlm["losses"], rtol=1e-2)
+
+
+def test_a_failing_reference_process_is_a_one_line_error():
+    from jaxlm.bench.harness import random_batch
+    from jaxlm.bench.torch_process import TorchProcess
+
+    cfg = load_config(None, TINY)
+    with pytest.raises(JaxlmError, match=r"reference process failed: KeyError: 'decoder'"):
+        TorchProcess(cfg, random_batch(cfg), {}, [1e-3])
+
+
 def test_missing_torch_is_a_one_line_error(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "jaxlm.bench.torch_gpt", None)
     with pytest.raises(JaxlmError, match=r"pip install 'jaxlm\[reference\]'"):
@@ -119,7 +140,7 @@ def test_missing_torch_is_a_one_line_error(monkeypatch, capsys):
     [
         (["--steps", "0"], "--steps must be >= 1"),
         (["model.family=bert", "model.heads=[mlm]"], "bench times the causal-LM step"),
-        (["model.dtype=bfloat16", "--reference", "torch"], "float32 training on the CPU"),
+        (["model.dtype=float16", "--reference", "torch"], "model.dtype=float32 or bfloat16"),
     ],
 )
 def test_bad_input_is_a_one_line_error(args, message, capsys):

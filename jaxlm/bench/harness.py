@@ -4,19 +4,19 @@
     print(format_report(report))  # and json.dumps(report)
 
 Method: the step is compiled once (timed apart), run `warmup` times, then `steps` times, each
-step timed to completion (`block_until_ready`). With a reference, the frameworks take turns in
-blocks of a few steps, so that a change in the machine's load hits both alike. Both train the
+step timed to completion (`block_until_ready`). With a reference, PyTorch trains in a process of
+its own (`jaxlm.bench.torch_process`) and the frameworks take turns in blocks of a few steps, so
+that a change in the machine's load hits both alike. Both train the
 same GPT from the same initial weights on one fixed random batch (AdamW, jaxlm's schedule), so
 their losses must fall alike: printed as a check that they compute the same thing.
 
 Reported: median and 90th-percentile step time, tokens/s, model FLOP/s (`jaxlm.bench.flops`),
-MFU against the chips' datasheet peak (`jaxlm.bench.peaks`) or, on the CPU, a measured float32
-matmul ceiling, and peak memory: the devices' `peak_bytes_in_use` on GPU/TPU; on the CPU the
-process's peak resident set while that framework's steps ran (it includes what the other
-framework holds in the same process) and XLA's own figure for the compiled step. Also, per
-step, the process's CPU time (all threads; less sensitive than wall time to other processes
-on a busy machine) and its minor page faults (memory the kernel maps in and zeroes, a cost that
-`jaxlm.host_memory` removes on the CPU).
+MFU against the chips' datasheet peak (`jaxlm.bench.peaks`) or, on the CPU, a matmul ceiling
+measured in the model's compute dtype, and peak memory: the devices' `peak_bytes_in_use` on
+GPU/TPU; on the CPU the peak resident set of the framework's process while its steps ran and
+XLA's own figure for the compiled step. Also, per step, the process's CPU time (all threads;
+less sensitive than wall time to other processes on a busy machine) and its minor page faults
+(memory the kernel maps in and zeroes, a cost that `jaxlm.host_memory` removes on the CPU).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import datetime
 import importlib
 import os
 import platform
-import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -35,7 +34,9 @@ import jax
 import numpy as np
 
 from jaxlm.bench.flops import model_flops
+from jaxlm.bench.measure import measure_steps, threads
 from jaxlm.bench.peaks import matmul_ceiling, peak_flops
+from jaxlm.bench.torch_process import TorchProcess
 from jaxlm.config import Config
 from jaxlm.errors import ConfigError, JaxlmError
 from jaxlm.parallel import activate, check_batch_size, make_mesh, shard_batch
@@ -44,7 +45,8 @@ from jaxlm.train.state import init_state
 from jaxlm.train.step import compile_train_step
 
 BLOCK = 5  # steps a framework runs before the other takes its turn
-CEILING = dict(size=2048, repeats=10)  # the CPU matmul ceiling: best of 10 float32 2048^3 dots
+CEILING = dict(size=2048, repeats=10)  # the CPU matmul ceiling: best of 10 2048^3 dots
+TORCH_DTYPES = ("float32", "bfloat16")  # bfloat16: the reference runs under torch.autocast
 
 
 def random_batch(cfg: Config, seed: int = 0) -> dict[str, np.ndarray]:
@@ -59,30 +61,6 @@ def random_batch(cfg: Config, seed: int = 0) -> dict[str, np.ndarray]:
         "positions": np.broadcast_to(np.arange(length, dtype=np.int32), (rows, length)).copy(),
         "segment_ids": np.ones((rows, length), np.int32),
     }
-
-
-def threads() -> int:
-    """CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
-def reset_peak_rss() -> None:
-    """Start a new peak-resident-set measurement (Linux; elsewhere the lifetime peak stays)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def peak_rss() -> int:
-    """The process's peak resident set in bytes since the last reset."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 class JaxlmRunner:
@@ -117,6 +95,9 @@ class JaxlmRunner:
         jax.block_until_ready((self.state, metrics))
         return metrics["loss"]
 
+    def run(self, count: int) -> dict:
+        return measure_steps(self.step, count)
+
     def device_peak_bytes(self) -> int | None:
         """The largest `peak_bytes_in_use` over the mesh's devices (None on the CPU)."""
         stats = [d.memory_stats() for d in self.mesh.devices.flat]
@@ -127,10 +108,10 @@ class JaxlmRunner:
 def torch_reference(cfg: Config):
     """The `jaxlm.bench.torch_gpt` module, once the config is one it can train; a one-line error
     when torch is missing or the model has features the reference lacks."""
-    if jax.default_backend() != "cpu" or cfg.model.dtype != "float32":
+    if jax.default_backend() != "cpu" or cfg.model.dtype not in TORCH_DTYPES:
         raise ConfigError(
-            "--reference torch compares float32 training on the CPU: run with "
-            "JAX_PLATFORMS=cpu and model.dtype=float32, or use --reference none"
+            "--reference torch compares training on the CPU: run with JAX_PLATFORMS=cpu and "
+            "model.dtype=float32 or bfloat16, or use --reference none"
         )
     try:
         torch_gpt = importlib.import_module("jaxlm.bench.torch_gpt")
@@ -146,57 +127,20 @@ def torch_reference(cfg: Config):
     return torch_gpt
 
 
-class TorchRunner:
-    """The PyTorch reference's train step on the CPU, from jaxlm's initial weights."""
-
-    name = "pytorch"
-    compile_seconds = None
-
-    def __init__(self, torch_gpt, cfg: Config, batch: dict[str, np.ndarray], params, rates):
-        import torch
-
-        torch.set_num_threads(threads())
-        model = torch_gpt.TorchGPT(torch_gpt.GPTConfig.from_model_config(cfg.model))
-        torch_gpt.load_jaxlm_params(model, params)
-        self.trainer = torch_gpt.TorchTrainer(model, cfg.optim, rates)
-        self.inputs, self.targets = (
-            torch.from_numpy(batch[k].astype(np.int64)) for k in ("inputs", "targets")
-        )
-
-    def step(self) -> float:
-        return self.trainer.step(self.inputs, self.targets)
-
-    def device_peak_bytes(self) -> None:
-        return None
-
-
-def process_usage() -> tuple[float, int]:
-    """(CPU seconds, minor page faults) of the process so far, all threads together."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime, usage.ru_minflt
-
-
 def time_steps(runners: list, steps: int, warmup: int) -> dict[str, dict]:
-    """Per runner and step: wall and CPU seconds, page faults and the loss (warmup steps'
-    losses first); and the peak RSS (bytes)."""
-    keys = ("times", "cpu", "faults", "losses")
-    results = {r.name: {**{k: [] for k in keys}, "rss": 0} for r in runners}
+    """Per runner: `warmup` steps, then `steps` timed steps in turns of BLOCK. Returns per runner
+    and step the loss (warm-up steps first), wall and CPU seconds and page faults, and the
+    largest peak RSS of a block (bytes)."""
+    results = {}
     for runner in runners:
-        results[runner.name]["losses"] = [runner.step() for _ in range(warmup)]
+        results[runner.name] = {"losses": runner.run(warmup)["losses"] if warmup else []}
+        results[runner.name].update(times=[], cpu=[], faults=[], rss=0)
     for start in range(0, steps, BLOCK):
         for runner in runners:
-            out = results[runner.name]
-            reset_peak_rss()
-            for _ in range(min(BLOCK, steps - start)):
-                (cpu, faults), begin = process_usage(), time.perf_counter()
-                out["losses"].append(runner.step())
-                out["times"].append(time.perf_counter() - begin)
-                end_cpu, end_faults = process_usage()
-                out["cpu"].append(end_cpu - cpu)
-                out["faults"].append(end_faults - faults)
-            out["rss"] = max(out["rss"], peak_rss())
-    for out in results.values():
-        out["losses"] = [float(loss) for loss in out["losses"]]
+            block, out = runner.run(min(BLOCK, steps - start)), results[runner.name]
+            for key in ("losses", "times", "cpu", "faults"):
+                out[key] += block[key]
+            out["rss"] = max(out["rss"], block["rss"])
     return results
 
 
@@ -261,10 +205,11 @@ def run_benchmark(
     info = machine(devices)
     if info["platform"] == "cpu":
         log("measuring the CPU matmul ceiling")
+        dtype = cfg.model.dtype
         peak = {
-            "flops_per_second": matmul_ceiling(**CEILING),
-            "source": "measured: best of {repeats} float32 jnp.dot of {size}x{size} matrices"
-            "".format(**CEILING),
+            "flops_per_second": matmul_ceiling(**CEILING, dtype=cfg.model.compute_dtype),
+            "source": "measured: best of {repeats} {dtype} jnp.dot of {size}x{size} matrices, "
+            "float32 accumulation".format(**CEILING, dtype=dtype),
         }
     else:
         per_chip = peak_flops(info["device_kind"])
@@ -280,11 +225,13 @@ def run_benchmark(
     runners = [JaxlmRunner(cfg, batch, total_steps)]
     if torch_gpt is not None:
         jaxlm = runners[0]
-        runners.append(
-            TorchRunner(torch_gpt, cfg, batch, jaxlm.initial_params, jaxlm.learning_rates)
-        )
+        runners.append(TorchProcess(cfg, batch, jaxlm.initial_params, jaxlm.learning_rates))
     log(f"timing {warmup} warm-up and {steps} steps per framework")
-    timings = time_steps(runners, steps, warmup)
+    try:
+        timings = time_steps(runners, steps, warmup)
+    finally:
+        for runner in runners[1:]:
+            runner.close()
 
     flops = model_flops(cfg.model, cfg.data.seq_len)
     tokens = cfg.data.batch_size * cfg.data.seq_len

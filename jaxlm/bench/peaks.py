@@ -3,6 +3,7 @@ the CPU (which has no meaningful datasheet peak for XLA)."""
 
 from __future__ import annotations
 
+import functools
 import time
 
 import jax
@@ -35,13 +36,14 @@ def peak_flops(device_kind: str) -> float | None:
 
 
 def matmul_ceiling(size: int = 2048, repeats: int = 5, dtype=jnp.float32, device=None) -> float:
-    """FLOP/s of the best of `repeats` jitted `jnp.dot`s of two size x size matrices."""
+    """FLOP/s of the best of `repeats` jitted `jnp.dot`s of two size x size matrices of `dtype`,
+    accumulated in float32 (the form jaxlm's matmuls take)."""
     device = device or jax.devices()[0]
     a, b = (
         jax.device_put(jax.random.normal(jax.random.key(i), (size, size), dtype), device)
         for i in (0, 1)
     )
-    dot = jax.jit(jnp.dot)
+    dot = jax.jit(functools.partial(jnp.dot, preferred_element_type=jnp.float32))
     dot(a, b).block_until_ready()  # compile
     best = float("inf")
     for _ in range(repeats):

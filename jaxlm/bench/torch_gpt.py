@@ -133,7 +133,8 @@ class TorchGPT(nn.Module):
         self, tokens: torch.Tensor, start: int = 0, cache: KVCache | None = None
     ) -> torch.Tensor:
         """tokens [batch, length] at positions start, start + 1, ...; without a cache, start
-        must be 0. Returns float32 logits [batch, length, padded_vocab_size]."""
+        must be 0. Returns logits [batch, length, padded_vocab_size] (float32; bfloat16 under
+        bf16 autocast)."""
         if cache is None and start != 0:
             raise ValueError("a forward pass from position start > 0 needs the KV cache")
         positions = torch.arange(start, start + tokens.shape[1])
@@ -221,10 +222,19 @@ def load_jaxlm_params(model: TorchGPT, params: Mapping) -> None:
 class TorchTrainer:
     """jaxlm's training step in PyTorch: mean next-token cross-entropy, global-norm gradient
     clipping, AdamW (decay on matrices only: Linear weights and embedding tables) following
-    jaxlm's warmup-cosine schedule, given as one learning rate per step."""
+    jaxlm's warmup-cosine schedule, given as one learning rate per step. With `autocast` (e.g.
+    torch.bfloat16) the forward pass runs under `torch.autocast`: PyTorch's mixed precision,
+    float32 weights and loss."""
 
-    def __init__(self, model: TorchGPT, optim, learning_rates: list[float]):
+    def __init__(
+        self,
+        model: TorchGPT,
+        optim,
+        learning_rates: list[float],
+        autocast: torch.dtype | None = None,
+    ):
         self.model, self.optim, self.learning_rates = model.train(), optim, learning_rates
+        self.autocast = autocast
         params = list(model.parameters())
         self.optimizer = torch.optim.AdamW(
             [
@@ -244,8 +254,9 @@ class TorchTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        logits = self.model(inputs)
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        with torch.autocast("cpu", dtype=self.autocast, enabled=self.autocast is not None):
+            logits = self.model(inputs)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
         loss.backward()
         if self.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim.grad_clip)

@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlm.layers.matmul import einsum
+
 
 def sinusoidal_table(
     num_positions: int, features: int, max_timescale: float = 10_000.0
@@ -88,7 +90,7 @@ class TokenEmbedding(nn.Module):
 
     def attend(self, x: jax.Array) -> jax.Array:
         # x: [batch, length, features] -> logits [batch, length, num_embeddings]
-        return jnp.einsum("bld,vd->blv", x, jnp.asarray(self.embedding, self.dtype))
+        return einsum("bld,vd->blv", x, jnp.asarray(self.embedding, self.dtype))
 
 
 def apply_rotary(x: jax.Array, positions: jax.Array, base: float = 10_000.0) -> jax.Array:

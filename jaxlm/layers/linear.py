@@ -6,6 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxlm.layers.matmul import add_bias, dot_general
+
 
 class DenseGeneral(nn.Module):
     """y = x . W + b contracting the last `len(kernel_axes) - len(features)` axes of x.
@@ -32,9 +34,7 @@ class DenseGeneral(nn.Module):
             self.param_dtype,
         )
         contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-        y = jax.lax.dot_general(
-            x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ()))
-        )
+        y = dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())))
         if self.use_bias:
             bias = self.param(
                 "bias",
@@ -42,5 +42,5 @@ class DenseGeneral(nn.Module):
                 tuple(self.features),
                 self.param_dtype,
             )
-            y = y + bias.astype(self.dtype)
+            y = add_bias(y, bias)
         return y

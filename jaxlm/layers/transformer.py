@@ -12,6 +12,8 @@ import jax.numpy as jnp
 from jaxlm.config import ModelConfig
 from jaxlm.layers.attention import MultiHeadAttention
 from jaxlm.layers.embeddings import apply_rotary
+from jaxlm.layers.linear import DenseGeneral
+from jaxlm.layers.matmul import BATCHED_PRODUCT, PRODUCT
 
 ACTIVATIONS = {
     "gelu": functools.partial(jax.nn.gelu, approximate=True),  # GPT-2's tanh approximation
@@ -20,10 +22,15 @@ ACTIVATIONS = {
     "silu": jax.nn.silu,
 }
 
-REMAT_POLICIES = {
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+_policies = jax.checkpoint_policies
+REMAT_POLICIES = {  # the matmul names: jaxlm.layers.matmul's products (bfloat16 on the CPU)
+    "full": _policies.nothing_saveable,
+    "dots": _policies.save_from_both_policies(
+        _policies.checkpoint_dots, _policies.save_only_these_names(PRODUCT, BATCHED_PRODUCT)
+    ),
+    "dots_no_batch": _policies.save_from_both_policies(
+        _policies.dots_with_no_batch_dims_saveable, _policies.save_only_these_names(PRODUCT)
+    ),
 }
 
 ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_embed")
@@ -61,16 +68,17 @@ class Mlp(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg = self.cfg
         dense = functools.partial(
-            nn.Dense, use_bias=cfg.use_bias, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype
+            DenseGeneral,
+            use_bias=cfg.use_bias,
+            dtype=cfg.compute_dtype,
+            param_dtype=cfg.weight_dtype,
         )
 
         def project_in(name: str) -> jax.Array:
             return dense(
-                cfg.mlp_dim,
-                kernel_init=nn.with_logical_partitioning(
-                    nn.initializers.normal(cfg.init_std), ("embed", "mlp")
-                ),
-                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)),
+                (cfg.mlp_dim,),
+                ("embed", "mlp"),
+                kernel_init=nn.initializers.normal(cfg.init_std),
                 name=name,
             )(x)
 
@@ -82,12 +90,9 @@ class Mlp(nn.Module):
         hidden = nn.with_logical_constraint(
             hidden, ("activation_batch", "activation_length", "activation_mlp")
         )
-        return dense(
-            x.shape[-1],
-            kernel_init=nn.with_logical_partitioning(output_init(cfg), ("mlp", "embed")),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-            name="wo",
-        )(hidden)
+        return dense((x.shape[-1],), ("mlp", "embed"), kernel_init=output_init(cfg), name="wo")(
+            hidden
+        )
 
 
 class TransformerBlock(nn.Module):

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from jaxlm.config import ModelConfig
 from jaxlm.layers.attention import attention_mask
 from jaxlm.layers.embeddings import gathered_table
+from jaxlm.layers.linear import DenseGeneral
 from jaxlm.layers.transformer import ACTIVATION_AXES, ACTIVATIONS, TransformerStack, make_norm
 from jaxlm.models.common import (
     default_positions,
@@ -26,14 +27,14 @@ class Bert(nn.Module):
 
     cfg: ModelConfig
 
-    def _dense(self, features: int, axes: tuple[str, str], name: str) -> nn.Dense:
+    def _dense(self, features: int, axes: tuple[str, str], name: str) -> DenseGeneral:
         cfg = self.cfg
-        return nn.Dense(
-            features,
+        return DenseGeneral(
+            (features,),
+            axes,
             dtype=cfg.compute_dtype,
             param_dtype=cfg.weight_dtype,
-            kernel_init=nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std), axes),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]),
+            kernel_init=nn.initializers.normal(cfg.init_std),
             name=name,
         )
 

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from jaxlm.config import ModelConfig
 from jaxlm.layers.attention import SegmentMask, causal_mask, padding_mask
 from jaxlm.layers.embeddings import LearnedPositions, SinusoidalPositions, TokenEmbedding
+from jaxlm.layers.linear import DenseGeneral
 from jaxlm.layers.transformer import ACTIVATION_AXES
 
 
@@ -99,14 +100,13 @@ def output_logits(cfg: ModelConfig, embed: TokenEmbedding, x: jax.Array, name: s
     if cfg.tie_embeddings:
         logits = embed.attend(x)
     else:
-        logits = nn.Dense(
-            cfg.padded_vocab_size,
+        logits = DenseGeneral(
+            (cfg.padded_vocab_size,),
+            ("embed", "vocab"),
             use_bias=False,
             dtype=cfg.compute_dtype,
             param_dtype=cfg.weight_dtype,
-            kernel_init=nn.with_logical_partitioning(
-                nn.initializers.normal(cfg.init_std), ("embed", "vocab")
-            ),
+            kernel_init=nn.initializers.normal(cfg.init_std),
             name=name,
         )(x)
     logits = nn.with_logical_constraint(
