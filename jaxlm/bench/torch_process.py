@@ -70,7 +70,9 @@ def serve(connection) -> None:
         torch_gpt.load_jaxlm_params(model, params)
         autocast = None if model_cfg.dtype == "float32" else getattr(torch, model_cfg.dtype)
         trainer = torch_gpt.TorchTrainer(model, optim, learning_rates, autocast=autocast)
-        inputs, targets = (torch.from_numpy(batch[k].astype(np.int64)) for k in batch)
+        inputs, targets = (
+            torch.from_numpy(batch[k].astype(np.int64)) for k in ("inputs", "targets")
+        )
         connection.send({})
         while (count := connection.recv()) is not None:
             connection.send(measure_steps(lambda: trainer.step(inputs, targets), count))
