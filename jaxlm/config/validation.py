@@ -1,0 +1,144 @@
+"""Checks that config values are allowed and consistent with each other and the task."""
+
+from __future__ import annotations
+
+import re
+
+from jaxlm.config.schema import DTYPES, Config, FinetuneConfig, ModelConfig
+from jaxlm.errors import ConfigError
+
+CHOICES = {
+    "train.nan_policy": ("stop", "skip"),
+    "model.family": ("gpt", "bert", "seq2seq"),
+    "model.activation": ("gelu", "gelu_exact", "relu", "silu"),
+    "model.mlp_type": ("plain", "gated"),
+    "model.norm": ("layernorm", "rmsnorm"),
+    "model.norm_position": ("pre", "post"),
+    "model.position_embedding": ("learned", "sinusoidal", "rotary"),
+    "model.attention_backend": ("auto", "reference", "jax", "cudnn", "pallas"),
+    "model.dtype": tuple(DTYPES),
+    "model.param_dtype": tuple(DTYPES),
+    "model.remat_policy": ("none", "full", "dots", "dots_no_batch"),
+    "data.source": ("text", "jsonl", "tfds", "tokens", "vader", "gettext"),
+    "data.task": ("causal_lm", "masked_lm", "classification", "seq2seq"),
+    "data.document_unit": ("file", "paragraph", "line"),
+    "data.tokenizer_type": ("unigram", "bpe"),
+    "finetune.mode": ("full", "partial", "prompt", "prefix", "lora"),
+}
+BERT_HEADS = ("mlm", "nsp", "classifier")
+TASK_MODELS = {  # task: (model family, bert heads it trains)
+    "causal_lm": ("gpt", ()),
+    "masked_lm": ("bert", ("mlm", "nsp")),
+    "classification": ("bert", ("classifier",)),
+    "seq2seq": ("seq2seq", ()),
+}
+
+
+def _check(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"config key '{key}': {message}")
+
+
+def validate(config: Config) -> None:
+    """Values within their allowed sets and consistent with each other."""
+    for key, choices in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        _check(value in choices, key, f"{value!r} is not one of {', '.join(choices)}")
+    m = config.model
+    for key in ("vocab_size", "max_len", "num_layers", "embed_dim", "num_heads", "mlp_dim"):
+        _check(getattr(m, key) > 0, f"model.{key}", "must be positive")
+    _check(m.vocab_multiple > 0, "model.vocab_multiple", "must be positive")
+    _check(m.scan_unroll >= 0, "model.scan_unroll", "must be >= 0 (0 = all layers)")
+    _check(
+        m.head_dim is not None or m.embed_dim % m.num_heads == 0,
+        "model.num_heads",
+        f"embed_dim {m.embed_dim} is not divisible by num_heads {m.num_heads}",
+    )
+    if m.num_kv_heads is not None:
+        _check(m.num_heads % m.num_kv_heads == 0, "model.num_kv_heads", "must divide num_heads")
+    for head in m.heads:
+        _check(head in BERT_HEADS, "model.heads", f"{head!r} is not one of {', '.join(BERT_HEADS)}")
+    _check(0 <= m.dropout_rate < 1, "model.dropout_rate", "must be in [0, 1)")
+    _check(0 <= m.attention_dropout_rate < 1, "model.attention_dropout_rate", "must be in [0, 1)")
+    _check(
+        m.attention_dropout_rate == 0 or m.attention_backend in ("auto", "reference"),
+        "model.attention_dropout_rate",
+        "needs model.attention_backend=reference",
+    )
+    d = config.data
+    _check(0 < d.seq_len <= m.max_len, "data.seq_len", f"must be in [1, model.max_len={m.max_len}]")
+    _check(d.batch_size > 0, "data.batch_size", "must be positive")
+    _check(0 <= d.eval_fraction < 1, "data.eval_fraction", "must be in [0, 1)")
+    _check(d.eval_examples >= 0, "data.eval_examples", "must be >= 0")
+    _check(0 < d.mlm_probability < 1, "data.mlm_probability", "must be in (0, 1)")
+    _check(d.max_examples >= 0, "data.max_examples", "must be >= 0")
+
+    t = config.train
+    _check(t.steps >= 0, "train.steps", "must be >= 0")
+    _check(t.log_every > 0, "train.log_every", "must be positive")
+    _check(t.microbatches > 0, "train.microbatches", "must be positive")
+    _check(
+        d.batch_size % t.microbatches == 0,
+        "train.microbatches",
+        f"{t.microbatches} does not divide data.batch_size {d.batch_size}",
+    )
+    _check(
+        t.microbatches == 1 or m.family != "bert" or len(set(m.heads)) <= 1,
+        "train.microbatches",
+        "accumulation needs a loss that is one mean over tokens, not a sum of bert heads' means",
+    )
+    _check(config.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+    smp = config.sample
+    _check(smp.temperature >= 0, "sample.temperature", "must be >= 0")
+    _check(smp.top_k >= 0, "sample.top_k", "must be >= 0")
+    _check(0 < smp.top_p <= 1, "sample.top_p", "must be in (0, 1]")
+    _check(smp.repetition_penalty > 0, "sample.repetition_penalty", "must be > 0")
+    _check(smp.num_beams >= 1, "sample.num_beams", "must be >= 1")
+    _check(smp.max_new_tokens >= 1, "sample.max_new_tokens", "must be >= 1")
+    dist = config.distributed
+    _check(dist.num_processes >= 0, "distributed.num_processes", "must be >= 0 (0 = detect)")
+    _check(dist.process_id >= -1, "distributed.process_id", "must be >= -1 (-1 = detect)")
+    _check(
+        dist.num_processes == 0 or dist.process_id < dist.num_processes,
+        "distributed.process_id",
+        f"must be below distributed.num_processes {dist.num_processes}",
+    )
+    _check(dist.timeout_seconds > 0, "distributed.timeout_seconds", "must be positive")
+    _validate_finetune(config.finetune, m)
+    _check(
+        config.finetune.mode != "prompt" or m.family != "gpt" or not smp.prompts,
+        "sample.prompts",
+        "sampling from a soft-prompted GPT (finetune.mode=prompt) is not supported",
+    )
+
+
+def _validate_finetune(f: FinetuneConfig, m: ModelConfig) -> None:
+    _check(f.mode != "full" or not f.trainable, "finetune.trainable", "mode full trains everything")
+    _check(f.mode != "partial" or f.trainable, "finetune.trainable", "mode partial needs patterns")
+    _check(
+        f.mode not in ("prompt", "prefix") or m.family in ("gpt", "bert"),
+        "finetune.mode",
+        f"{f.mode} tuning supports model.family gpt and bert, not {m.family}",
+    )
+    _check(f.prompt_length >= 0, "finetune.prompt_length", "must be >= 0")
+    _check(f.prefix_length >= 0, "finetune.prefix_length", "must be >= 0")
+    _check(f.lora_rank > 0, "finetune.lora_rank", "must be positive")
+    _check(f.lora_alpha > 0, "finetune.lora_alpha", "must be positive")
+    _check(f.mode != "lora" or f.lora_targets, "finetune.lora_targets", "mode lora needs patterns")
+    for key in ("trainable", "lora_targets"):
+        for pattern in getattr(f, key):
+            if pattern.startswith("re:"):
+                try:
+                    re.compile(pattern[3:])
+                except re.error as e:
+                    raise ConfigError(f"config key 'finetune.{key}': {pattern!r}: {e}") from None
+
+
+def check_task(config: Config) -> None:
+    """The model can learn `data.task`: the right family, with the heads the task trains."""
+    d, m = config.data, config.model
+    family, heads = TASK_MODELS[d.task]
+    _check(m.family == family, "data.task", f"{d.task} trains model.family={family}")
+    needed = [h for h in heads if h not in m.heads and (h != "nsp" or d.next_sentence)]
+    _check(not needed, "model.heads", f"data.task={d.task} needs the heads {needed}")
