@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from jaxlm.errors import JaxlmError
+from jaxlm.interop.mapping import short_list
 
 STATE, META = "state", "meta"
 LEGACY_ITEM = "default"  # checkpoints written before `meta` existed: the state alone
@@ -150,11 +151,27 @@ class Checkpointer:
 
     def restore_with_meta(self, abstract_state, shardings, step: int | None = None):
         """(state, meta) of `step` or of the latest readable step; see `restore`."""
-        target = jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-            abstract_state,
-            shardings,
-        )
+        target = _target(abstract_state, shardings)
+        return self._first_readable(lambda candidate: self._restore(candidate, target), step)
+
+    def restore_params(self, abstract_params, shardings, step: int | None = None):
+        """The parameters alone of `step` or of the latest readable step (see `restore`), laid
+        out with `shardings`; the optimizer state is not read. A checkpoint whose parameters
+        differ from `abstract_params` in name or shape raises `JaxlmError` naming them."""
+        target = {"params": _target(abstract_params, shardings)}
+        restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+
+        def read(candidate: int):
+            state_dir = _state_dir(self.directory / str(candidate))
+            _check_params(state_dir, target)
+            args = ocp.args.PyTreeRestore(target, restore_args, partial_restore=True)
+            return ocp.PyTreeCheckpointer().restore(state_dir, args=args)["params"]
+
+        return self._first_readable(read, step)
+
+    def _first_readable(self, read, step: int | None):
+        """`read(step)`, or without `step` `read` of the newest step it succeeds on. Another
+        error than a `JaxlmError` marks a step unreadable."""
         candidates = [step] if step is not None else self.all_steps()[::-1]
         if not candidates:
             raise JaxlmError(f"no checkpoint in {self.directory}")
@@ -162,7 +179,9 @@ class Checkpointer:
         _quiet_failed_read_callbacks()
         for candidate in candidates:
             try:
-                return self._restore(candidate, target)
+                return read(candidate)
+            except JaxlmError:
+                raise
             except Exception as e:  # noqa: BLE001 - Orbax/tensorstore raise many kinds
                 errors.append(f"{self.directory / str(candidate)}: {_first_line(e)}")
                 if step is None:
@@ -207,6 +226,39 @@ class Checkpointer:
         """Wait for pending saves, then release the manager."""
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _target(abstract, shardings):
+    """ShapeDtypeStructs carrying the shardings to restore into."""
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    )
+
+
+def _check_params(state_dir: Path, target: dict) -> None:
+    """Raise `JaxlmError` unless the saved parameters have the names and shapes of those in
+    `target` (a partial restore would leave a missing one unread, and say nothing)."""
+    tree = ocp.StandardCheckpointer().metadata(state_dir).item_metadata
+    saved, wanted = (
+        {name: tuple(leaf.shape) for name, leaf in _leaves(dict(t)["params"]).items()}
+        for t in (tree, target)
+    )
+    differences = {
+        "missing": wanted.keys() - saved.keys(),
+        "unexpected": saved.keys() - wanted.keys(),
+        "of another shape": {n for n in saved.keys() & wanted.keys() if saved[n] != wanted[n]},
+    }
+    if any(differences.values()):
+        listed = "; ".join(f"{k}: {short_list(v, 3)}" for k, v in differences.items() if v)
+        raise JaxlmError(
+            f"checkpoint {state_dir.parent} does not hold the parameters of the model its "
+            f"config describes ({listed})"
+        )
+
+
+def _leaves(tree) -> dict:
+    """`{dotted name: leaf}` of a tree."""
+    return {_dotted(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 # ---- reading checkpoints without a config: `jaxlm checkpoint list / inspect / export` ----

@@ -21,6 +21,7 @@ from jaxlm.config import ModelConfig, SampleConfig
 from jaxlm.decoding.beam import beam_search
 from jaxlm.decoding.cache import encode
 from jaxlm.decoding.loop import sample_tokens
+from jaxlm.errors import JaxlmError
 
 
 def pad_rows(sequences: list[list[int]], pad_id: int, left: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -114,6 +115,8 @@ def generate_text(
 ) -> list[str]:
     """Continue each text prompt (GPT) or translate it (encoder-decoder); returns the generated
     text of each."""
+    if cfg.family not in ("gpt", "seq2seq"):
+        raise JaxlmError(f"generation needs a gpt or seq2seq model, not {cfg.family}")
     if cfg.family == "seq2seq":
         sources = [[*ids, tokenizer.eos_id] for ids in tokenizer.encode_batch(prompts)]
         targets = translate(

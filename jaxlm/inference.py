@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import numpy as np
 
@@ -16,26 +17,31 @@ from jaxlm.data.loader import training_data
 from jaxlm.data.pipeline import lm_dataset
 from jaxlm.data.tokenizer import Tokenizer
 from jaxlm.errors import JaxlmError
-from jaxlm.parallel import make_mesh
+from jaxlm.finetune import checkpointed_params, model_params
+from jaxlm.parallel import logical_shardings, make_mesh
 from jaxlm.train.evaluation import compile_eval_step, evaluate
-from jaxlm.train.optim import make_optimizer
-from jaxlm.train.state import state_shardings
 
 
 def load_for_inference(workdir: Path) -> tuple[Config, dict, Tokenizer]:
-    """(config, parameters of the latest checkpoint, tokenizer) of a training workdir."""
+    """(config, parameters of the latest checkpoint, tokenizer) of a training workdir.
+
+    Only the parameters are read, those of any `finetune.mode`: LoRA updates come merged into
+    their kernels (the plain model runs at full speed); a soft prompt or prefix stays in the
+    parameters, and the model applies it (in decoding too).
+    """
     if not (workdir / "config.yaml").is_file():
         raise JaxlmError(f"{workdir} is not a training workdir (no config.yaml)")
     cfg = load_config(str(workdir / "config.yaml"))
     tokenizer = load_tokenizer(cfg.data.tokenizer or str(workdir / "tokenizer.model"))
-    tx, _ = make_optimizer(cfg.optim, cfg.train.steps)
-    abstract, shardings = state_shardings(cfg.model, tx, make_mesh(MeshConfig()))
+    boxed = checkpointed_params(cfg)
     checkpointer = Checkpointer(workdir / "checkpoints")
     try:
-        state = checkpointer.restore(abstract, shardings)
+        params = checkpointer.restore_params(
+            nn.unbox(boxed), logical_shardings(boxed, make_mesh(MeshConfig()))
+        )
     finally:
         checkpointer.close()
-    return cfg, state.params, tokenizer
+    return cfg, model_params(cfg, params), tokenizer
 
 
 def evaluate_workdir(workdir: Path, files: list[str] | None = None, batches: int = 0) -> dict:

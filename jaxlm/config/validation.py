@@ -106,11 +106,6 @@ def validate(config: Config) -> None:
     )
     _check(dist.timeout_seconds > 0, "distributed.timeout_seconds", "must be positive")
     _validate_finetune(config.finetune, m)
-    _check(
-        config.finetune.mode != "prompt" or m.family != "gpt" or not smp.prompts,
-        "sample.prompts",
-        "sampling from a soft-prompted GPT (finetune.mode=prompt) is not supported",
-    )
 
 
 def _validate_finetune(f: FinetuneConfig, m: ModelConfig) -> None:

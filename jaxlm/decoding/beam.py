@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.config import ModelConfig, SampleConfig
-from jaxlm.decoding.cache import init_cache, map_batch, step_fn
-from jaxlm.decoding.loop import prompt_positions
+from jaxlm.decoding.cache import map_batch, step_fn
+from jaxlm.decoding.loop import prefill
 
 NEG_INF = -1.0e9
 
@@ -40,10 +40,9 @@ def beam_search(
     tokens after a hypothesis's EOS are `pad_id`.
     """
     k, alpha = sample.num_beams, sample.length_penalty
-    batch, prompt_length = prompts.shape
+    batch = prompts.shape[0]
     step = step_fn(cfg)
-    cache = init_cache(cfg, batch, prompt_length + max_new_tokens)
-    logits, cache = step(params, cache, prompts, prompt_positions(segments), segments, context)
+    logits, cache = prefill(cfg, params, prompts, segments, context, max_new_tokens)
     # Every beam starts as the same prompt: repeat the cache and the context k times.
     repeat = lambda x, axis: jnp.repeat(x, k, axis=axis)  # noqa: E731
     cache = map_batch(cache, repeat)

@@ -14,7 +14,8 @@ from jaxlm.config import ModelConfig
 from jaxlm.models import build_model
 from jaxlm.models.common import empty_cache
 
-# (params, cache, tokens, positions, segments, context) -> (logits [batch, length, vocab], cache)
+# (params, cache, tokens, positions, segments, context, prefill=False)
+#     -> (logits [batch, length, vocab], cache)
 StepFn = Callable[..., tuple[jax.Array, dict]]
 BATCH_AXIS = {"key": 1, "value": 1, "segments": 0}
 
@@ -23,10 +24,11 @@ def step_fn(cfg: ModelConfig) -> StepFn:
     """Run new tokens [batch, length] through the model, appending them to the cache.
 
     `context` is None for GPT and `(encoded, source_segments)` for the encoder-decoder.
+    `prefill` marks the call that starts the cache: a GPT's soft prompt goes in first.
     """
     model = build_model(cfg)
 
-    def step(params, cache, tokens, positions, segments, context):
+    def step(params, cache, tokens, positions, segments, context, prefill=False):
         if cfg.family == "seq2seq":
             encoded, source_segments = context
             return model.apply(
@@ -39,7 +41,9 @@ def step_fn(cfg: ModelConfig) -> StepFn:
                 cache=cache,
                 method="decode",
             )
-        return model.apply({"params": params}, tokens, positions, segments, cache=cache)
+        return model.apply(
+            {"params": params}, tokens, positions, segments, cache=cache, prefill=prefill
+        )
 
     return step
 
@@ -48,6 +52,11 @@ def init_cache(cfg: ModelConfig, batch: int, length: int) -> dict:
     """An empty cache for `batch` sequences of up to `length` tokens."""
     layers = cfg.decoder_layers if cfg.family == "seq2seq" else cfg.num_layers
     return empty_cache(cfg, layers, batch, length)
+
+
+def soft_prompt_length(params) -> int:
+    """The cache slots a GPT's soft prompt (prompt tuning) takes: its rows, or 0 without one."""
+    return params["prompt"].shape[0] if "prompt" in params else 0
 
 
 def encode(cfg: ModelConfig, params, source: jax.Array, source_segments: jax.Array):

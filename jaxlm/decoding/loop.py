@@ -10,13 +10,22 @@ import jax.numpy as jnp
 from jax.experimental import io_callback
 
 from jaxlm.config import ModelConfig, SampleConfig
-from jaxlm.decoding.cache import init_cache, step_fn
+from jaxlm.decoding.cache import init_cache, soft_prompt_length, step_fn
 from jaxlm.decoding.sampling import next_token
 
 
 def prompt_positions(segments: jax.Array) -> jax.Array:
     """Positions 0, 1, ... of the real tokens of left-padded rows [batch, length]."""
     return jnp.maximum(jnp.cumsum(segments, axis=1) - 1, 0)
+
+
+def prefill(cfg: ModelConfig, params, prompts, segments, context, max_new_tokens: int):
+    """(logits [batch, length, vocab], cache) of left-padded prompts [batch, length] run through
+    the model into a fresh cache with room for `max_new_tokens` more (and a soft prompt)."""
+    batch, length = prompts.shape
+    cache = init_cache(cfg, batch, soft_prompt_length(params) + length + max_new_tokens)
+    positions = prompt_positions(segments)
+    return step_fn(cfg)(params, cache, prompts, positions, segments, context, prefill=True)
 
 
 def sample_tokens(
@@ -36,10 +45,9 @@ def sample_tokens(
     """New tokens [batch, max_new_tokens] after left-padded prompts [batch, prompt_length]
     (segments: 1 = token, 0 = padding). A row stops at `eos_id` and is padded with `pad_id`;
     `stream(step, tokens)`, if given, is called from the device loop with every new token."""
-    batch, prompt_length = prompts.shape
+    batch = prompts.shape[0]
     step = step_fn(cfg)
-    cache = init_cache(cfg, batch, prompt_length + max_new_tokens)
-    logits, cache = step(params, cache, prompts, prompt_positions(segments), segments, context)
+    logits, cache = prefill(cfg, params, prompts, segments, context, max_new_tokens)
     lengths = jnp.sum(segments, axis=1)  # real tokens per row: the next position
     rows = jnp.arange(batch)
     track_seen = sample.repetition_penalty != 1.0  # otherwise `seen` is never read

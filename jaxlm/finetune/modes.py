@@ -42,7 +42,7 @@ class Finetuning:
 
     def model_params(self, params: dict) -> dict:
         """The parameters as the model takes them: LoRA updates merged into their kernels."""
-        return lora.merge(params, lora.scaling(self.cfg.finetune))
+        return model_params(self.cfg, params)
 
     def model_layout(self, tree: dict) -> dict:
         """`tree` (shaped like the parameters, e.g. their shardings) without the LoRA factors,
@@ -63,6 +63,20 @@ class Finetuning:
         return sum(sizes[path] for path in self.trainable), sum(sizes.values())
 
 
+def model_params(cfg: Config, params: dict) -> dict:
+    """The parameters of a run of `cfg` (as trained and checkpointed) as the model takes them:
+    LoRA updates merged into their kernels; a soft prompt or prefix stays, the model reads it."""
+    return lora.merge(params, lora.scaling(cfg.finetune))
+
+
+def _lora_targets(cfg: Config, model_paths: set[str]) -> set[str]:
+    """The kernels that get LoRA factors (none outside mode lora)."""
+    if cfg.finetune.mode != "lora":
+        return set()
+    kernels = [path for path in model_paths if path.endswith(f"{SEP}kernel")]
+    return select(kernels, cfg.finetune.lora_targets, "finetune.lora_targets")
+
+
 def _adapter(cfg: Config, boxed: dict, lora_targets: set[str], rng: jax.Array) -> dict:
     """The boxed parameters the mode adds (see the module doc)."""
     f, leaves = cfg.finetune, flat(boxed)
@@ -75,6 +89,19 @@ def _adapter(cfg: Config, boxed: dict, lora_targets: set[str], rng: jax.Array) -
         kernels = {path: leaves[path] for path in lora_targets}
         return {lora.LORA: lora.init_lora(kernels, f.lora_rank, rng)}
     return {}
+
+
+def checkpointed_params(cfg: Config) -> dict:
+    """Shapes, dtypes and logical axes of the parameters a run of `cfg` trains and checkpoints
+    (its model's, and the adapter of its mode), computed without allocating or reading any."""
+    lora_targets = _lora_targets(cfg, set(flat(abstract_params(cfg.model))))
+    rng = jax.random.key(cfg.train.seed)
+
+    def boxed():
+        params = init_params(cfg.model, rng)
+        return nested(flat(params) | flat(_adapter(cfg, params, lora_targets, rng)))
+
+    return jax.eval_shape(boxed)
 
 
 def prepare(cfg: Config, log=print) -> tuple[Finetuning, dict] | None:
@@ -90,10 +117,7 @@ def prepare(cfg: Config, log=print) -> tuple[Finetuning, dict] | None:
         validate(cfg)
     model_paths = set(flat(abstract_params(cfg.model)))  # checked before anything is allocated
     chosen = select(model_paths, f.trainable, "finetune.trainable")
-    kernels = [path for path in model_paths if path.endswith(f"{SEP}kernel")]
-    lora_targets = (
-        select(kernels, f.lora_targets, "finetune.lora_targets") if f.mode == "lora" else set()
-    )
+    lora_targets = _lora_targets(cfg, model_paths)
     boxed = init_params(cfg.model, rng)
     if f.init_from:
         boxed = fill(boxed, pretrained, log)

@@ -95,6 +95,21 @@ def prompt_attention(
     )
 
 
+def prompt_in_cache(positions: jax.Array, segment_ids: jax.Array, prompt_length: int):
+    """(positions, segment_ids) [batch, prompt + length] of a soft prompt written into a key/value
+    cache ahead of the inputs. Its slots are real (segment 1) and first, so the causal mask over
+    the cache lets every real token attend to all of it and the prompt only to itself, as
+    `prompt_attention` does for a row of one segment; its positions are -prompt_length..-1."""
+    batch = segment_ids.shape[0]
+    prompt_positions = jnp.broadcast_to(
+        jnp.arange(prompt_length) - prompt_length, (batch, prompt_length)
+    )
+    return (
+        jnp.concatenate([prompt_positions.astype(positions.dtype), positions], axis=1),
+        jnp.concatenate([jnp.ones((batch, prompt_length), segment_ids.dtype), segment_ids], axis=1),
+    )
+
+
 def output_logits(cfg: ModelConfig, embed: TokenEmbedding, x: jax.Array, name: str = "lm_head"):
     """Float32 logits over the padded vocabulary; padding rows can never be predicted."""
     if cfg.tie_embeddings:

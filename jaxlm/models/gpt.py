@@ -16,6 +16,7 @@ from jaxlm.models.common import (
     position_module,
     prepend_prompt,
     prompt_attention,
+    prompt_in_cache,
     soft_prompt,
     stack_output,
     token_embedding,
@@ -36,12 +37,14 @@ class GPT(nn.Module):
         *,
         deterministic: bool = True,
         cache: dict | None = None,
+        prefill: bool = False,
     ):
         """tokens, positions, segment_ids: [batch, length] (segment 0 = padding).
 
         Returns float32 logits [batch, length, padded_vocab_size]. With a key/value `cache`
         (`empty_cache`), the tokens continue the cached sequence and (logits, cache) is returned.
-        A `prompt` parameter (prompt tuning) precedes the embedded tokens (`prompt_attention`).
+        A `prompt` parameter (prompt tuning) precedes the embedded tokens (`prompt_attention`);
+        with a cache, the call that starts it (`prefill`) writes the prompt into it first.
         """
         cfg = self.cfg
         positions = default_positions(tokens) if positions is None else positions
@@ -51,11 +54,13 @@ class GPT(nn.Module):
         x = embed_inputs(
             cfg, embed, position_module(cfg), dropout, tokens, positions, deterministic
         )
-        mask, stack_cache, cache = causal_self_attention(segment_ids, cache)
-        if (prompt := soft_prompt(self)) is not None:
-            if cache is not None:
-                raise ValueError("decoding with a soft prompt (prompt tuning) is not supported")
+        prompt = soft_prompt(self) if cache is None or prefill else None  # else in the cache
+        if prompt is not None:
             x = prepend_prompt(x, prompt)
+            if cache is not None:
+                positions, segment_ids = prompt_in_cache(positions, segment_ids, prompt.shape[0])
+        mask, stack_cache, cache = causal_self_attention(segment_ids, cache)
+        if prompt is not None and cache is None:
             mask, positions = prompt_attention(
                 mask, positions, segment_ids, prompt.shape[0], causal=True
             )
