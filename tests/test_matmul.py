@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.ad_checkpoint import print_saved_residuals
 
-from jaxlm.layers.matmul import add_bias, dot_general, dot_general_spec, einsum
+from jaxlm.layers.matmul import dot_general, dot_general_spec, einsum
 
 BF16_EPS = 2.0**-8  # bfloat16 keeps 8 significant bits
 
@@ -89,6 +89,38 @@ def test_every_product_of_the_gradient_takes_bfloat16_and_accumulates_in_float32
         assert eqn.outvars[0].aval.dtype == jnp.float32
 
 
+def test_a_weight_gradient_multiplies_the_smaller_operand_first():
+    """XLA:CPU copies the first operand of a product into a layout with its contracted axes
+    last: for x [m, k] and a cotangent [m, n] with n < k, the cotangent goes first."""
+    _, x = _rounded((64, 32), 0)
+    _, w = _rounded((32, 8), 1)
+    jaxpr = jax.make_jaxpr(
+        jax.grad(lambda w: jnp.sum(einsum("mk,kn->mn", x, w).astype(jnp.float32)))
+    )(w)
+    *_, weight_gradient = _dot_generals(jaxpr.jaxpr)
+    assert [v.aval.shape for v in weight_gradient.invars] == [(64, 8), (64, 32)]
+
+
+def test_bfloat16_product_into_float32_is_never_rounded():
+    """preferred_element_type=float32 (logits): accumulated in float32 and returned as is."""
+    (a64, a), (b64, b) = _rounded((16, 64), 0), _rounded((64, 32), 1)
+    out = einsum("mk,kn->mn", a, b, preferred_element_type=jnp.float32)
+    assert out.dtype == jnp.float32
+    expected = a64 @ b64
+    np.testing.assert_allclose(np.asarray(out, np.float64), expected, rtol=1e-5, atol=1e-5)
+    rounded = np.asarray(jnp.asarray(expected, jnp.bfloat16), np.float64)
+    assert np.abs(rounded - expected).max() > 100 * np.abs(np.asarray(out) - expected).max()
+
+    weights = np.random.default_rng(2).normal(size=expected.shape)
+    grad_a = jax.grad(
+        lambda a: jnp.sum(einsum("mk,kn->mn", a, b, preferred_element_type=jnp.float32) * weights)
+    )(a)
+    assert grad_a.dtype == jnp.bfloat16
+    expected_a = weights @ b64.T
+    atol = 3 * BF16_EPS * np.abs(expected_a).max()
+    np.testing.assert_allclose(np.asarray(grad_a, np.float64), expected_a, atol=atol)
+
+
 def test_float32_operands_take_lax_dot_general_unchanged():
     rng = np.random.default_rng(0)
     lhs, rhs = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in ((2, 4, 5), (5, 3, 2)))
@@ -98,26 +130,33 @@ def test_float32_operands_take_lax_dot_general_unchanged():
     np.testing.assert_array_equal(dot_general(lhs, rhs, dims), jax.lax.dot_general(lhs, rhs, dims))
 
 
-def test_bfloat16_bias_add_rounds_once_and_its_gradient_sums_float32_values():
-    """XLA:CPU splits a bfloat16 sum into a slow tree of windowed sums: the bias gradient must
-    sum float32 values."""
-    y64, y = _rounded((512, 3), 0)
+def test_bfloat16_bias_joins_the_float32_product_and_its_gradient_sums_float32_values():
+    """The bias is added before the one rounding; XLA:CPU splits a bfloat16 sum into a slow tree
+    of windowed sums: the bias gradient must sum float32 values."""
+    (x64, x), (w64, w) = _rounded((512, 8), 0), _rounded((8, 3), 1)
     bias = jnp.asarray([0.1, -1.0, 2.0], jnp.float32)
-    out = add_bias(y, bias)
+    out = einsum("mk,kn->mn", x, w, bias=bias)
     assert out.dtype == jnp.bfloat16
-    expected = y64 + np.asarray(bias, np.float64)
-    np.testing.assert_allclose(np.asarray(out, np.float64), expected, rtol=BF16_EPS, atol=0)
+    expected = x64 @ w64 + np.asarray(bias, np.float64)
+    np.testing.assert_allclose(np.asarray(out, np.float64), expected, rtol=BF16_EPS, atol=1e-6)
 
-    weights = np.random.default_rng(1).normal(size=y.shape)
+    weights = np.random.default_rng(1).normal(size=expected.shape)
 
     def loss(bias):
-        return jnp.sum(add_bias(y, bias).astype(jnp.float32) * weights)
+        return jnp.sum(einsum("mk,kn->mn", x, w, bias=bias).astype(jnp.float32) * weights)
 
     sums = [e for e in jax.make_jaxpr(jax.grad(loss))(bias).jaxpr.eqns if "reduce" in str(e)]
     assert sums and all(e.invars[0].aval.dtype == jnp.float32 for e in sums)
     # the cotangent of a bfloat16 output is bfloat16: the sum of the rounded weights
     rounded = np.asarray(jnp.asarray(weights, jnp.bfloat16), np.float64)
     np.testing.assert_allclose(jax.grad(loss)(bias), rounded.sum(0), rtol=1e-5)
+
+
+def test_float32_bias_is_added_after_the_product():
+    rng = np.random.default_rng(0)
+    x, w, bias = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in ((4, 5), (5, 3), (3,)))
+    dims = (((1,), (0,)), ((), ()))
+    np.testing.assert_array_equal(dot_general(x, w, dims, bias=bias), x @ w + bias)
 
 
 @pytest.mark.parametrize(

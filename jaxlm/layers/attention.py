@@ -71,7 +71,7 @@ def reference_attention(
     dropout_rate: float = 0.0,
     dropout_rng: jax.Array | None = None,
 ) -> jax.Array:
-    """softmax(q k^T / sqrt(d)) v in plain XLA ops, softmax in float32.
+    """softmax(q k^T / sqrt(d)) v in plain XLA ops; logits and softmax in float32.
 
     query: [batch, q, heads, head_dim]; key, value: [batch, k, kv_heads, head_dim] where
     heads is a multiple of kv_heads (grouped-query attention). Returns [batch, q, heads, head_dim].
@@ -81,9 +81,9 @@ def reference_attention(
     batch, q_len, heads, head_dim = query.shape
     k_len, kv_heads = key.shape[1], key.shape[2]
     group = heads // kv_heads
-    q = (query * head_dim**-0.5).reshape(batch, q_len, kv_heads, group, head_dim)
-    logits = einsum("bqhgd,bkhd->bhgqk", q, key).astype(jnp.float32)
-    logits = logits.reshape(batch, kv_heads, group * q_len, k_len)
+    q = query.reshape(batch, q_len, kv_heads, group, head_dim)
+    logits = einsum("bqhgd,bkhd->bhgqk", q, key, preferred_element_type=jnp.float32)
+    logits = logits.reshape(batch, kv_heads, group * q_len, k_len) * head_dim**-0.5
     if mask is not None:
         # [batch | 1, heads | 1, q, k] -> [batch | 1, kv_heads | 1, group * q, k]
         mask_heads = kv_heads if mask.shape[1] == heads else 1

@@ -89,8 +89,10 @@ class TokenEmbedding(nn.Module):
         return jnp.take(gathered_table(self.embedding, "vocab", self.dtype), tokens, axis=0)
 
     def attend(self, x: jax.Array) -> jax.Array:
-        # x: [batch, length, features] -> logits [batch, length, num_embeddings]
-        return einsum("bld,vd->blv", x, jnp.asarray(self.embedding, self.dtype))
+        """Float32 logits [batch, length, num_embeddings] of x [batch, length, features],
+        accumulated in float32 and never rounded to the compute dtype."""
+        table = jnp.asarray(self.embedding, self.dtype)
+        return einsum("bld,vd->blv", x, table, preferred_element_type=jnp.float32)
 
 
 def apply_rotary(x: jax.Array, positions: jax.Array, base: float = 10_000.0) -> jax.Array:

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxlm.layers.matmul import add_bias, dot_general
+from jaxlm.layers.matmul import dot_general
 
 
 class DenseGeneral(nn.Module):
@@ -22,6 +22,7 @@ class DenseGeneral(nn.Module):
     kernel_init: nn.initializers.Initializer = nn.initializers.normal(0.02)
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    output_dtype: jnp.dtype | None = None  # the product's dtype when not `dtype` (float32 logits)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -34,7 +35,7 @@ class DenseGeneral(nn.Module):
             self.param_dtype,
         )
         contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-        y = dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())))
+        bias = None
         if self.use_bias:
             bias = self.param(
                 "bias",
@@ -42,5 +43,10 @@ class DenseGeneral(nn.Module):
                 tuple(self.features),
                 self.param_dtype,
             )
-            y = add_bias(y, bias)
-        return y
+        return dot_general(
+            x.astype(self.dtype),
+            kernel.astype(self.dtype),
+            (contract, ((), ())),
+            preferred_element_type=self.output_dtype,
+            bias=bias,
+        )

@@ -8,9 +8,10 @@ product multiplies float32 cotangents by bfloat16 operands, which again runs in 
 `einsum` gives two low-precision operands on the CPU a product accumulated in float32 and
 rounded once to their dtype, forward and backward: a custom VJP whose two gradient products have
 the same form. This is the arithmetic GPUs and TPUs do for bfloat16 matmuls; there, and for
-float32 operands, it is plain `jnp.einsum`. `add_bias` likewise adds a bias in float32 there, so
-that the bias gradient sums float32 values (XLA:CPU splits a bfloat16 sum into a slow tree of
-windowed sums).
+float32 operands, it is plain `jnp.einsum`. A bias joins the float32 product before that one
+rounding, and its gradient sums float32 values (XLA:CPU splits a bfloat16 sum into a slow tree
+of windowed sums). A weight gradient takes its operands in the order that makes XLA:CPU
+transpose the smaller one (for the tied embedding: the hidden states, not the logits).
 """
 
 from __future__ import annotations
@@ -32,13 +33,18 @@ def low_precision_on_cpu(*arrays: jax.Array) -> bool:
     return len(dtypes) == 1 and dtypes.pop() in LOW_PRECISION and jax.default_backend() == "cpu"
 
 
-def einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
-    """`jnp.einsum(spec, a, b)` for two operands, every index of each either in the other
-    operand or in the output (no index summed within one operand)."""
+def einsum(
+    spec: str, a: jax.Array, b: jax.Array, preferred_element_type=None, bias=None
+) -> jax.Array:
+    """`jnp.einsum(spec, a, b, preferred_element_type=...) + bias` for two operands, every index
+    of each either in the other operand or in the output (no index summed within one operand),
+    and a bias (optional) broadcast over the output's leading axes."""
     if low_precision_on_cpu(a, b):
+        dtype = jnp.dtype(preferred_element_type or a.dtype)
         # named for remat policies, which see a custom VJP's result rather than a dot_general
-        return checkpoint_name(_accumulating_einsum(spec, a, b), product_name(spec))
-    return jnp.einsum(spec, a, b)
+        return checkpoint_name(_accumulating_einsum(spec, dtype, a, b, bias), product_name(spec))
+    product = jnp.einsum(spec, a, b, preferred_element_type=preferred_element_type)
+    return product if bias is None else product + bias.astype(product.dtype)
 
 
 def product_name(spec: str) -> str:
@@ -48,21 +54,17 @@ def product_name(spec: str) -> str:
     return BATCHED_PRODUCT if set(a_axes) & set(b_axes) & set(out) else PRODUCT
 
 
-def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
-    """y + bias (broadcast over y's leading axes) in y's dtype."""
-    if low_precision_on_cpu(y):
-        return (y.astype(jnp.float32) + bias.astype(jnp.float32)).astype(y.dtype)
-    return y + bias.astype(y.dtype)
-
-
-def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
-    """`jax.lax.dot_general`, through `einsum` for low-precision operands on the CPU."""
-    if not low_precision_on_cpu(lhs, rhs):
-        return jax.lax.dot_general(
-            lhs, rhs, dimension_numbers, precision, preferred_element_type=preferred_element_type
-        )
-    out = einsum(dot_general_spec(lhs.ndim, rhs.ndim, dimension_numbers), lhs, rhs)
-    return out if preferred_element_type is None else out.astype(preferred_element_type)
+def dot_general(
+    lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, bias=None
+):
+    """`jax.lax.dot_general` (+ bias), through `einsum` for low-precision operands on the CPU."""
+    if low_precision_on_cpu(lhs, rhs):
+        spec = dot_general_spec(lhs.ndim, rhs.ndim, dimension_numbers)
+        return einsum(spec, lhs, rhs, preferred_element_type, bias)
+    product = jax.lax.dot_general(
+        lhs, rhs, dimension_numbers, precision, preferred_element_type=preferred_element_type
+    )
+    return product if bias is None else product + bias.astype(product.dtype)
 
 
 def dot_general_spec(lhs_ndim: int, rhs_ndim: int, dimension_numbers) -> str:
@@ -83,24 +85,54 @@ def dot_general_spec(lhs_ndim: int, rhs_ndim: int, dimension_numbers) -> str:
     return f"{''.join(lhs)},{''.join(rhs)}->{''.join(out)}"
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _accumulating_einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
-    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32).astype(a.dtype)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _accumulating_einsum(spec: str, dtype, a: jax.Array, b: jax.Array, bias) -> jax.Array:
+    """The float32-accumulated product (+ bias) rounded once to `dtype`."""
+    product = jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+    if bias is not None:
+        product += bias.astype(jnp.float32)
+    return product.astype(dtype)
 
 
-def _forward(spec, a, b):
-    return _accumulating_einsum(spec, a, b), (a, b)
+def _forward(spec, dtype, a, b, bias):
+    return _accumulating_einsum(spec, dtype, a, b, bias), (a, b, bias)
 
 
-def _backward(spec, residuals, grad):
-    a, b = residuals
+def _backward(spec, dtype, residuals, grad):
+    a, b, bias = residuals
     inputs, out = spec.split("->")
     a_axes, b_axes = inputs.split(",")
+    bias_grad = None
+    if bias is not None:
+        leading = tuple(range(grad.ndim - bias.ndim))
+        bias_grad = jnp.sum(grad.astype(jnp.float32), axis=leading).astype(bias.dtype)
     grad = grad.astype(a.dtype)
     return (
-        _accumulating_einsum(f"{out},{b_axes}->{a_axes}", grad, b),
-        _accumulating_einsum(f"{a_axes},{out}->{b_axes}", a, grad),
+        _gradient_product(out, grad, b_axes, b, a_axes),
+        _gradient_product(a_axes, a, out, grad, b_axes),
+        bias_grad,
     )
+
+
+def _gradient_product(x_axes: str, x: jax.Array, y_axes: str, y: jax.Array, out: str):
+    """The accumulating product of x and y into `out`'s axes. XLA:CPU copies the first operand
+    of a product into a layout with its contracted axes last. When these lead both operands (a
+    weight gradient), the smaller operand goes first and the (weight-sized) result is transposed;
+    the barrier keeps XLA from folding that transpose back into the product."""
+    contracted = set(x_axes) & set(y_axes) - set(out)
+
+    def leading(axes: str) -> bool:
+        return set(axes[: len(contracted)]) == contracted
+
+    if not (leading(x_axes) and leading(y_axes)):
+        return _accumulating_einsum(f"{x_axes},{y_axes}->{out}", x.dtype, x, y, None)
+    if x.size > y.size:
+        x_axes, x, y_axes, y = y_axes, y, x_axes, x
+    produced = "".join(axis for axis in x_axes + y_axes if axis in out)
+    product = _accumulating_einsum(f"{x_axes},{y_axes}->{produced}", x.dtype, x, y, None)
+    if produced == out:
+        return product
+    return jnp.transpose(jax.lax.optimization_barrier(product), list(map(produced.index, out)))
 
 
 _accumulating_einsum.defvjp(_forward, _backward)

@@ -10,17 +10,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.config import ModelConfig
+from jaxlm.layers.activations import ACTIVATIONS
 from jaxlm.layers.attention import MultiHeadAttention
 from jaxlm.layers.embeddings import apply_rotary
 from jaxlm.layers.linear import DenseGeneral
 from jaxlm.layers.matmul import BATCHED_PRODUCT, PRODUCT
-
-ACTIVATIONS = {
-    "gelu": functools.partial(jax.nn.gelu, approximate=True),  # GPT-2's tanh approximation
-    "gelu_exact": functools.partial(jax.nn.gelu, approximate=False),  # BERT
-    "relu": jax.nn.relu,  # the original Transformer
-    "silu": jax.nn.silu,
-}
 
 _policies = jax.checkpoint_policies
 REMAT_POLICIES = {  # the matmul names: jaxlm.layers.matmul's products (bfloat16 on the CPU)

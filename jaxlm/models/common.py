@@ -122,6 +122,7 @@ def output_logits(cfg: ModelConfig, embed: TokenEmbedding, x: jax.Array, name: s
             dtype=cfg.compute_dtype,
             param_dtype=cfg.weight_dtype,
             kernel_init=nn.initializers.normal(cfg.init_std),
+            output_dtype=jnp.float32,
             name=name,
         )(x)
     logits = nn.with_logical_constraint(
