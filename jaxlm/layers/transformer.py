@@ -15,6 +15,7 @@ from jaxlm.layers.attention import MultiHeadAttention
 from jaxlm.layers.embeddings import apply_rotary
 from jaxlm.layers.linear import DenseGeneral
 from jaxlm.layers.matmul import BATCHED_PRODUCT, PRODUCT
+from jaxlm.layers.norms import LayerNorm
 
 _policies = jax.checkpoint_policies
 REMAT_POLICIES = {  # the matmul names: jaxlm.layers.matmul's products (bfloat16 on the CPU)
@@ -39,7 +40,7 @@ def make_norm(cfg: ModelConfig, name: str) -> nn.Module:
     if cfg.norm == "rmsnorm":
         return nn.RMSNorm(scale_init=scale_init, **common)
     bias_init = nn.with_logical_partitioning(nn.initializers.zeros, ("norm",))
-    return nn.LayerNorm(scale_init=scale_init, bias_init=bias_init, **common)
+    return LayerNorm(scale_init=scale_init, bias_init=bias_init, **common)
 
 
 def output_init(cfg: ModelConfig) -> nn.initializers.Initializer:

@@ -1,0 +1,77 @@
+"""Layer normalization with a hand-written backward pass.
+
+Autodiff of LayerNorm differentiates the mean and the variance separately: several passes over
+the activations, each with its converts from and to the compute dtype. The closed form
+
+    dx = (g s - mean(g s) - x^ mean(g s x^)) / sigma,   ds = sum(g x^),   db = sum(g)
+
+(x^ the normalized input, s the scale) reads the input and the gradient once. Statistics and
+both passes are float32; the output and dx have the input's dtype.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class LayerNorm(nn.Module):
+    """Normalize the last axis to zero mean and unit variance, then scale and shift; the
+    parameters `scale` and `bias` of `flax.linen.LayerNorm`."""
+
+    epsilon: float = 1e-6
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+    scale_init: nn.initializers.Initializer = nn.initializers.ones
+    bias_init: nn.initializers.Initializer = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = (x.shape[-1],)
+        scale = self.param("scale", self.scale_init, features, self.param_dtype)
+        bias = self.param("bias", self.bias_init, features, self.param_dtype)
+        return layer_norm(x.astype(self.dtype), scale, bias, self.epsilon)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float) -> jax.Array:
+    """(x - mean) / sqrt(var + epsilon) * scale + bias over the last axis, in x's dtype."""
+    return _forward(x, scale, bias, epsilon)[0]
+
+
+def _statistics(x32: jax.Array, epsilon: float) -> tuple[jax.Array, jax.Array]:
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    variance = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    return mean, jax.lax.rsqrt(variance + epsilon)
+
+
+def _forward(x, scale, bias, epsilon):
+    x32 = x.astype(jnp.float32)
+    mean, inv_std = _statistics(x32, epsilon)
+    normalized = (x32 - mean) * inv_std
+    y = normalized * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+    return y.astype(x.dtype), (x, mean, inv_std, scale, bias)
+
+
+def _backward(epsilon, residuals, grad):
+    x, mean, inv_std, scale, bias = residuals
+    normalized = (x.astype(jnp.float32) - mean) * inv_std
+    grad32 = grad.astype(jnp.float32)
+    scaled = grad32 * scale.astype(jnp.float32)
+    grad_x = inv_std * (
+        scaled
+        - jnp.mean(scaled, axis=-1, keepdims=True)
+        - normalized * jnp.mean(scaled * normalized, axis=-1, keepdims=True)
+    )
+    rows = tuple(range(x.ndim - 1))
+    return (
+        grad_x.astype(x.dtype),
+        jnp.sum(grad32 * normalized, axis=rows).astype(scale.dtype),
+        jnp.sum(grad32, axis=rows).astype(bias.dtype),
+    )
+
+
+layer_norm.defvjp(_forward, _backward)
