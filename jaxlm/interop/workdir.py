@@ -2,7 +2,10 @@
 
 An imported workdir holds `config.yaml` (the model, other sections at their defaults),
 `checkpoints/0` (the weights with a fresh optimizer state, as a run that has not trained yet
-saves them) and, when the Hugging Face directory has one, its sentencepiece `tokenizer.model`.
+saves them) and the Hugging Face directory's tokenizer: its sentencepiece `tokenizer.model`,
+and the files `HFTokenizer.load` reads (`tokenizer.json`, a BERT `vocab.txt` or GPT-2's
+`vocab.json` and `merges.txt`, with `tokenizer_config.json`) in `tokenizer/`. `config.yaml`
+names neither: the workdir finds its own tokenizer (`workdir_tokenizer`) wherever it is moved.
 `jaxlm generate` and `jaxlm eval` load it like any trained workdir, and `jaxlm train` on its
 `config.yaml` fine-tunes from the imported weights.
 """
@@ -18,14 +21,13 @@ from flax.traverse_util import unflatten_dict
 
 from jaxlm.checkpoint import Checkpointer, restore_numpy, step_directories
 from jaxlm.config import Config, DataConfig, TrainConfig, load_config, to_yaml, validate
+from jaxlm.data.hf_tokenizer import WORKDIR_HF, WORKDIR_SENTENCEPIECE, tokenizer_files
 from jaxlm.errors import ConversionError
 from jaxlm.finetune import lora
 from jaxlm.interop.hf import from_pretrained, save_pretrained
 from jaxlm.parallel import make_mesh
 from jaxlm.train.optim import make_optimizer
 from jaxlm.train.state import TrainState, state_shardings
-
-TOKENIZER = "tokenizer.model"
 
 
 def import_workdir(source: str | Path, workdir: str | Path) -> Config:
@@ -49,9 +51,18 @@ def import_workdir(source: str | Path, workdir: str | Path) -> Config:
     finally:
         checkpointer.close()
     (workdir / "config.yaml").write_text(to_yaml(cfg))
-    if (source / TOKENIZER).is_file():
-        shutil.copyfile(source / TOKENIZER, workdir / TOKENIZER)
+    _copy_tokenizer(source, workdir)
     return cfg
+
+
+def _copy_tokenizer(source: Path, workdir: Path) -> None:
+    """The sentencepiece model of `source` into `workdir`, its Hugging Face tokenizer files
+    into `workdir/tokenizer/`."""
+    if (source / WORKDIR_SENTENCEPIECE).is_file():
+        shutil.copyfile(source / WORKDIR_SENTENCEPIECE, workdir / WORKDIR_SENTENCEPIECE)
+    for file in tokenizer_files(source):
+        (workdir / WORKDIR_HF).mkdir(exist_ok=True)
+        shutil.copyfile(file, workdir / WORKDIR_HF / file.name)
 
 
 def export_workdir(workdir: str | Path, destination: str | Path, step: int | None = None) -> Path:
