@@ -16,6 +16,7 @@ def _is_config(name: str) -> bool:
 def tokenize(args) -> None:
     from jaxlm.config import load_config
     from jaxlm.data.documents import read_documents, resolve_files
+    from jaxlm.data.hf_tokenizer import WORKDIR_SENTENCEPIECE
     from jaxlm.data.sources import load_splits
     from jaxlm.data.token_file import write_token_file
     from jaxlm.data.tokenizer import Tokenizer
@@ -26,7 +27,7 @@ def tokenize(args) -> None:
         cfg = load_config(args.inputs[0], args.inputs[1:])
         splits = load_splits(dataclasses.replace(cfg.data, eval_fraction=0))
         documents, skipped = list(splits.texts()), splits.skipped
-        default_model = Path(cfg.train.workdir) / "tokenizer.model"
+        default_model = Path(cfg.train.workdir) / WORKDIR_SENTENCEPIECE  # token files need one
         model = model or cfg.data.tokenizer or (default_model if default_model.is_file() else "")
     else:
         skipped = {}

@@ -24,15 +24,18 @@ def gelu_tanh(x: jax.Array) -> jax.Array:
     return _gelu_tanh_forward(x)[0]
 
 
-def _gelu_tanh_forward(x):
+def _float32_and_tanh(x):
     x32 = x.astype(jnp.float32)
-    tanh = jnp.tanh(_SQRT_2_OVER_PI * (x32 + _CUBIC * x32**3))
+    return x32, jnp.tanh(_SQRT_2_OVER_PI * (x32 + _CUBIC * x32**3))
+
+
+def _gelu_tanh_forward(x):
+    x32, tanh = _float32_and_tanh(x)
     return (0.5 * x32 * (1 + tanh)).astype(x.dtype), x
 
 
 def _gelu_tanh_backward(x, grad):
-    x32 = x.astype(jnp.float32)
-    tanh = jnp.tanh(_SQRT_2_OVER_PI * (x32 + _CUBIC * x32**3))
+    x32, tanh = _float32_and_tanh(x)
     slope = 0.5 * (1 + tanh) + 0.5 * x32 * (1 - tanh**2) * _SQRT_2_OVER_PI * (
         1 + 3 * _CUBIC * x32**2
     )
