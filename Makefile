@@ -8,7 +8,7 @@ VADER := data/vader
 
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: demo test test-slow lint venv data data-vader clean bench
+.PHONY: demo test test-slow lint venv data data-vader clean bench offline-deps
 
 venv: $(INSTALLED)
 
@@ -54,6 +54,11 @@ bench: $(INSTALLED)
 	JAX_PLATFORMS=cpu $(BIN)/jaxlm bench configs/demo.yaml --steps 30 --reference torch --json runs/bench/demo.json
 	JAX_PLATFORMS=cpu $(BIN)/jaxlm bench configs/demo.yaml model.dtype=bfloat16 --steps 30 --reference torch \
 		--json runs/bench/demo-bf16.json
+
+# jaxlm's pure-Python dependencies that images with JAX already installed (GPU containers) may
+# lack, for a machine without a package index: `benchmarks/gpu_checks.sh` puts them on its path.
+offline-deps: $(INSTALLED)
+	$(BIN)/python -m pip install --quiet --no-deps --upgrade --target build/offline-deps omegaconf==2.4.0
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest

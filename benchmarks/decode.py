@@ -30,10 +30,7 @@ import argparse
 import datetime
 import os
 import platform
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -46,63 +43,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch_gpt  # noqa: E402
 
+from jaxlm.bench.decode import CompileClock, measure  # noqa: E402
 from jaxlm.bench.harness import cpu_model  # noqa: E402
 from jaxlm.config import SampleConfig, load_config  # noqa: E402
 from jaxlm.generate import generate  # noqa: E402
 from jaxlm.models import init_params  # noqa: E402
 
 REPORT = Path(__file__).resolve().parent / "DECODE.md"
-COMPILE_EVENTS = "/jax/core/compile/"  # jaxpr tracing, lowering to MLIR, XLA compilation
-
-
-class CompileClock:
-    """Seconds JAX spent tracing and compiling, from jax.monitoring's time-span events."""
-
-    def __init__(self):
-        self.spans: list[tuple[float, float]] = []
-        jax.monitoring.register_event_time_span_listener(self._record)
-
-    def _record(self, event: str, start_time: float, end_time: float, **_) -> None:
-        if event.startswith(COMPILE_EVENTS):
-            self.spans.append((start_time, end_time))
-
-    def pop(self) -> float:
-        """Total time covered by the spans recorded since the last call (overlaps counted once)."""
-        total, reach = 0.0, float("-inf")
-        for start, end in sorted(self.spans):
-            total += max(0.0, end - max(start, reach))
-            reach = max(reach, end)
-        self.spans.clear()
-        return total
-
-
-def timed(fn: Callable[[], object], clock: CompileClock) -> tuple[float, float]:
-    """(wall seconds less compilation, compilation seconds) of one call."""
-    clock.pop()
-    start = time.perf_counter()
-    fn()
-    wall = time.perf_counter() - start
-    compile_s = clock.pop()
-    return wall - compile_s, compile_s
-
-
-def measure(
-    run: Callable[[int], object], new_tokens: int, repeats: int, clock: CompileClock
-) -> dict[str, float]:
-    """Per-token decode latency of `run(n)` (generate n tokens) by the T_N - T_1 difference."""
-    run(new_tokens), run(1)  # warm-up (and compilation)
-    long, short, compiles = [], [], []
-    for _ in range(repeats):
-        for n, times in ((new_tokens, long), (1, short)):
-            seconds, compile_s = timed(lambda n=n: run(n), clock)
-            times.append(seconds)
-            compiles.append(compile_s)
-    t_long, t_short = statistics.median(long), statistics.median(short)
-    return {
-        "latency_s": (t_long - t_short) / (new_tokens - 1),
-        "first_token_s": t_short,
-        "compile_s": statistics.median(compiles),
-    }
 
 
 def machine_info(threads: int) -> list[str]:

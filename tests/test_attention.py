@@ -10,6 +10,7 @@ import pytest
 
 from jaxlm.layers.attention import (
     MultiHeadAttention,
+    SegmentMask,
     attention_mask,
     causal_mask,
     dot_product_attention,
@@ -148,13 +149,18 @@ def test_attention_matches_numpy(fn, kv_heads, mask_heads):
 
 @pytest.mark.parametrize("backend", ["reference", "jax"])
 def test_attention_causal_and_segment_masks(backend):
-    """causal_mask (broadcast over the batch) and attention_mask for self-attention."""
+    """causal_mask (broadcast over the batch), attention_mask for self-attention, and the same
+    as a SegmentMask (which the fused backends take as is_causal plus a segment mask)."""
     rng = np.random.default_rng(1)
     query, key, value = random_qkv(rng, q_len=6, k_len=6, kv_heads=2)
     segments = jnp.asarray([[1, 1, 1, 2, 2, 2], [1, 1, 1, 1, 1, 1]])
-    for mask in (causal_mask(6), attention_mask(segments, segments, causal=True)):
+    dense = attention_mask(segments, segments, causal=True)
+    for mask in (causal_mask(6), dense, SegmentMask(segments, segments, causal=True)):
         out = attend(query, key, value, mask, backend=backend)
-        np.testing.assert_allclose(out, np_attention(query, key, value, np.asarray(mask)), **TOL)
+        expected_mask = mask.dense() if isinstance(mask, SegmentMask) else mask
+        np.testing.assert_allclose(
+            out, np_attention(query, key, value, np.asarray(expected_mask)), **TOL
+        )
 
 
 @pytest.mark.parametrize("backend", ["reference", "jax"])

@@ -1,7 +1,21 @@
 """`jaxlm bench CONFIG [section.key=value ...] [--steps N] [--warmup N] [--json PATH]
-[--reference torch|none]`."""
+[--reference torch|none]`: training speed; with `--decode [--batch-sizes 1,8] [--prompt-len N]
+[--new-tokens N] [--repeats N]`, greedy decoding latency instead."""
 
 from __future__ import annotations
+
+
+def batch_sizes(text: str) -> list[int]:
+    """'1,8,64' -> [1, 8, 64]; an argparse type, so a bad list is a one-line usage error."""
+    import argparse
+
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list like 1,8,64")
+    return sizes
 
 
 def run(args) -> None:
@@ -9,19 +23,35 @@ def run(args) -> None:
     import sys
     from pathlib import Path
 
-    from jaxlm.bench.harness import format_report, run_benchmark
     from jaxlm.config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    report = run_benchmark(
-        cfg,
-        steps=args.steps,
-        warmup=args.warmup,
-        reference=args.reference,
-        config_name=" ".join([args.config, *args.overrides]),
-        log=lambda message: print(f"bench: {message}", file=sys.stderr),
-    )
-    print(format_report(report))
+    log = lambda message: print(f"bench: {message}", file=sys.stderr)  # noqa: E731
+    if args.decode:
+        from jaxlm.bench.decode import decode_benchmark, format_decode_report
+
+        report = decode_benchmark(
+            cfg.model,
+            args.batch_sizes,
+            prompt_len=args.prompt_len,
+            new_tokens=args.new_tokens,
+            repeats=args.repeats,
+            seed=cfg.train.seed,
+            log=log,
+        )
+        print(format_decode_report(report))
+    else:
+        from jaxlm.bench.harness import format_report, run_benchmark
+
+        report = run_benchmark(
+            cfg,
+            steps=args.steps,
+            warmup=args.warmup,
+            reference=args.reference,
+            config_name=" ".join([args.config, *args.overrides]),
+            log=log,
+        )
+        print(format_report(report))
     if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -31,7 +61,8 @@ def run(args) -> None:
 
 def register(commands) -> None:
     parser = commands.add_parser(
-        "bench", help="time the train step: tokens/s, MFU, memory; optionally beside PyTorch"
+        "bench",
+        help="time the train step (tokens/s, MFU, memory; optionally beside PyTorch) or decoding",
     )
     parser.add_argument("config", help="a YAML file or a preset name (family gpt)")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
@@ -44,4 +75,12 @@ def register(commands) -> None:
         default="none",
         help="also train the PyTorch reference GPT (CPU, needs torch); the two take turns",
     )
+    decode = parser.add_argument_group("decoding latency (--decode)")
+    decode.add_argument(
+        "--decode", action="store_true", help="time greedy decoding instead of training"
+    )
+    decode.add_argument("--batch-sizes", type=batch_sizes, default=[1], help="e.g. 1,8,64")
+    decode.add_argument("--prompt-len", type=int, default=32, help="prompt tokens per row")
+    decode.add_argument("--new-tokens", type=int, default=64, help="N of (T_N - T_1) / (N - 1)")
+    decode.add_argument("--repeats", type=int, default=5, help="timed calls; medians are kept")
     parser.set_defaults(run=run)

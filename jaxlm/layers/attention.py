@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxlm.layers.linear import DenseGeneral
-from jaxlm.layers.matmul import einsum
+from jaxlm.layers.matmul import einsum, low_precision_on_cpu
 
 ATTENTION_BACKENDS = ("auto", "reference", "jax", "cudnn", "pallas")
 PALLAS_BLOCKS = (512, 256, 128)  # splash-attention tile sizes tried, largest first
@@ -234,12 +234,32 @@ def dot_product_attention(
         if dropout_rate > 0.0:
             raise ValueError("attention dropout is only supported by the 'reference' backend")
         return pallas_attention(query, key, value, mask)
+    if backend in ("jax", "cudnn") and isinstance(mask, SegmentMask):
+        return fused_attention(query, key, value, mask, backend=backend, dropout_rate=dropout_rate)
     if isinstance(mask, SegmentMask):
         mask = mask.dense()
     if backend == "reference":
         return reference_attention(
             query, key, value, mask, dropout_rate=dropout_rate, dropout_rng=dropout_rng
         )
+    return fused_attention(query, key, value, mask, backend=backend, dropout_rate=dropout_rate)
+
+
+def fused_attention(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    mask: jax.Array | SegmentMask | None,
+    *,
+    backend: str,
+    dropout_rate: float = 0.0,
+) -> jax.Array:
+    """`jax.nn.dot_product_attention`: XLA's version ('jax') or cuDNN flash attention ('cudnn').
+
+    A causal `SegmentMask` is passed as `is_causal`, so that cuDNN skips the blocks above the
+    diagonal instead of reading a [q, k] bias there; only the segment and padding part of the
+    mask stays dense.
+    """
     if dropout_rate > 0.0:
         raise ValueError(
             f"attention dropout is only supported by the 'reference' backend, not {backend!r}"
@@ -248,8 +268,17 @@ def dot_product_attention(
         raise ValueError(
             f"unknown attention backend {backend!r}; choose one of {ATTENTION_BACKENDS}"
         )
-    implementation = "cudnn" if backend == "cudnn" else None
-    return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation=implementation)
+    is_causal = isinstance(mask, SegmentMask) and mask.causal
+    if isinstance(mask, SegmentMask):
+        mask = attention_mask(mask.query_segments, mask.key_segments, causal=False)
+    return jax.nn.dot_product_attention(
+        query,
+        key,
+        value,
+        mask=mask,
+        is_causal=is_causal,
+        implementation="cudnn" if backend == "cudnn" else None,
+    )
 
 
 def prepend_prefix(prefix: tuple[jax.Array, jax.Array], key, value, mask):
@@ -344,6 +373,10 @@ class MultiHeadAttention(nn.Module):
                 for cache, new in zip(kv_cache, (key, value), strict=True)
             )
             key, value = (jnp.swapaxes(cache[layer], 1, 2) for cache in kv_cache)
+            if low_precision_on_cpu(query, key):
+                # XLA:CPU lays out products over the cache for a kernel with no bf16 x bf16 ->
+                # f32 form (it fails at run time); float32 products of 16-bit values are exact.
+                query, key, value = (t.astype(jnp.float32) for t in (query, key, value))
         if prefix is not None:
             key, value, mask = prepend_prefix(prefix, key, value, mask)
 
@@ -358,7 +391,7 @@ class MultiHeadAttention(nn.Module):
             dropout_rate=dropout_rate,
             dropout_rng=dropout_rng,
         )
-        out = nn.with_logical_constraint(out, head_axes)
+        out = nn.with_logical_constraint(out.astype(self.dtype), head_axes)
         out = DenseGeneral(
             features=(inputs_q.shape[-1],),
             kernel_axes=("heads", "kv", "embed"),

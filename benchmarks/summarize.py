@@ -1,0 +1,101 @@
+"""Markdown tables and a tokens/s-against-size plot from the JSON reports of `jaxlm bench`.
+
+    python benchmarks/summarize.py OUTDIR   # reads OUTDIR/train-*.json and OUTDIR/decode.json
+
+Prints the tables (for benchmarks/RESULTS.md) and writes OUTDIR/sizes.png when there are train
+reports: tokens/s and MFU against the model's arithmetic parameters N (jaxlm.bench.flops).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+
+def train_table(reports: list[dict]) -> list[str]:
+    lines = [
+        "| config | N (arithmetic params) | batch x seq | step ms (median) | tokens/s | MFU "
+        "| peak memory | compile s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for report in reports:
+        r = report["results"][0]
+        mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        lines.append(
+            f"| {report['config'].split()[0]} | {report['arithmetic_params'] / 1e6:,.1f} M "
+            f"| {report['batch_size']} x {report['seq_len']} "
+            f"| {1e3 * r['step_seconds_median']:.1f} | {r['tokens_per_second']:,.0f} | {mfu} "
+            f"| {r['memory_bytes'] / 2**30:.1f} GiB ({r['memory_kind']}) "
+            f"| {r['compile_seconds']:.1f} |"
+        )
+    return lines
+
+
+def decode_table(report: dict) -> list[str]:
+    m = report["model"]
+    lines = [
+        f"Greedy decoding, {m['layers']} layers x {m['embed_dim']}, compute {m['dtype']}, "
+        f"weights {m['param_dtype']}; prompt {report['prompt_len']}, {report['new_tokens']} new "
+        "tokens; ms/token = (T_N - T_1) / (N - 1):",
+        "",
+        "| batch | ms/token | tokens/s | T_1 ms |",
+        "| ---: | ---: | ---: | ---: |",
+    ]
+    for r in report["results"]:
+        lines.append(
+            f"| {r['batch']} | {1e3 * r['latency_s']:.3f} | {r['tokens_per_second']:,.0f} "
+            f"| {1e3 * r['first_token_s']:.1f} |"
+        )
+    return lines
+
+
+def plot_sizes(reports: list[dict], path: Path) -> None:
+    params = [report["arithmetic_params"] / 1e6 for report in reports]
+    results = [report["results"][0] for report in reports]
+    figure = Figure(figsize=(9, 3.6), layout="constrained")
+    speed, utilization = figure.subplots(1, 2)
+    speed.plot(params, [r["tokens_per_second"] for r in results], "o-")
+    speed.set(xlabel="arithmetic parameters N (millions)", ylabel="training tokens/s")
+    mfus = [r["mfu"] for r in results]
+    if all(mfu is not None for mfu in mfus):
+        utilization.plot(params, [100 * mfu for mfu in mfus], "o-")
+    utilization.set(xlabel="arithmetic parameters N (millions)", ylabel="MFU (%)")
+    for axes in (speed, utilization):
+        axes.set_xscale("log")
+        axes.grid(alpha=0.3)
+    device = reports[0]["machine"]["device_kind"]
+    figure.suptitle(f"jaxlm train step, {device}, {reports[0]['model']['dtype']}")
+    figure.savefig(path, dpi=120)
+
+
+def main(out: Path) -> None:
+    train = [json.loads(p.read_text()) for p in sorted(out.glob("train-*.json"))]
+    train.sort(key=lambda report: report["arithmetic_params"])
+    lines = []
+    if train:
+        info = train[0]["machine"]
+        lines += [
+            f"{info['devices']} x {info['device_kind']} ({info['platform']}), {info['date']}; "
+            + ", ".join(f"{name} {version}" for name, version in info["versions"].items()),
+            f"XLA_FLAGS: `{info['xla_flags'] or '-'}`",
+            f"MFU: {train[0]['flops_convention']}, over {train[0]['peak']['source']}",
+            "",
+            *train_table(train),
+            "",
+        ]
+        plot_sizes(train, out / "sizes.png")
+    decode = out / "decode.json"
+    if decode.exists():
+        lines += decode_table(json.loads(decode.read_text()))
+    if not lines:
+        sys.exit(f"summarize.py: no train-*.json or decode.json in {out}")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python benchmarks/summarize.py OUTDIR")
+    main(Path(sys.argv[1]))
