@@ -150,7 +150,7 @@ def test_attention_matches_numpy(fn, kv_heads, mask_heads):
 @pytest.mark.parametrize("backend", ["reference", "jax"])
 def test_attention_causal_and_segment_masks(backend):
     """causal_mask (broadcast over the batch), attention_mask for self-attention, and the same
-    as a SegmentMask (which the fused backends take as is_causal plus a segment mask)."""
+    as a SegmentMask (which jax.nn.dot_product_attention takes as is_causal plus a segment mask)."""
     rng = np.random.default_rng(1)
     query, key, value = random_qkv(rng, q_len=6, k_len=6, kv_heads=2)
     segments = jnp.asarray([[1, 1, 1, 2, 2, 2], [1, 1, 1, 1, 1, 1]])

@@ -2,6 +2,7 @@
 table, the harness's report, the PyTorch reference training the same model alike; and the CPU
 speed-ups keeping results the same (unrolled layers, fast accuracy, reused host memory)."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from jaxlm import cli, host_memory
 from jaxlm.bench.flops import model_flops
 from jaxlm.bench.harness import run_benchmark
 from jaxlm.bench.peaks import matmul_ceiling, peak_flops
+from jaxlm.cli.bench import batch_sizes
 from jaxlm.config import load_config
 from jaxlm.errors import JaxlmError
 from jaxlm.models import build_model, init_params
@@ -141,12 +143,22 @@ def test_missing_torch_is_a_one_line_error(monkeypatch, capsys):
         (["--steps", "0"], "--steps must be >= 1"),
         (["model.family=bert", "model.heads=[mlm]"], "bench times the causal-LM step"),
         (["model.dtype=float16", "--reference", "torch"], "model.dtype=float32 or bfloat16"),
+        (["--decode", "--new-tokens", "1"], "--decode needs --new-tokens >= 2"),
+        (["--decode", "--prompt-len", "10"], "exceeds the model's max_len=16"),
+        (["model.family=bert", "model.heads=[mlm]", "--decode"], "--decode times 'gpt'"),
     ],
 )
 def test_bad_input_is_a_one_line_error(args, message, capsys):
     assert cli.main(["bench", "demo", *TINY, *args]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("text", ["1,0", "", "1,,8", "a"])
+def test_bad_batch_sizes_are_a_usage_error(text):
+    with pytest.raises(argparse.ArgumentTypeError, match="comma-separated list like 1,8,64"):
+        batch_sizes(text)
+    assert batch_sizes("1,8,64") == [1, 8, 64]
 
 
 FREED_MEMORY_PROBE = """

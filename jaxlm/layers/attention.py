@@ -234,18 +234,16 @@ def dot_product_attention(
         if dropout_rate > 0.0:
             raise ValueError("attention dropout is only supported by the 'reference' backend")
         return pallas_attention(query, key, value, mask)
-    if backend in ("jax", "cudnn") and isinstance(mask, SegmentMask):
-        return fused_attention(query, key, value, mask, backend=backend, dropout_rate=dropout_rate)
-    if isinstance(mask, SegmentMask):
-        mask = mask.dense()
     if backend == "reference":
+        if isinstance(mask, SegmentMask):
+            mask = mask.dense()
         return reference_attention(
             query, key, value, mask, dropout_rate=dropout_rate, dropout_rng=dropout_rng
         )
-    return fused_attention(query, key, value, mask, backend=backend, dropout_rate=dropout_rate)
+    return jax_attention(query, key, value, mask, backend=backend, dropout_rate=dropout_rate)
 
 
-def fused_attention(
+def jax_attention(
     query: jax.Array,
     key: jax.Array,
     value: jax.Array,
