@@ -23,7 +23,9 @@ options:
   --sizes LIST     configs of the size sweep, space-separated; the first is also decoded
                    (default "gpt2-small gpt2-medium gpt2-large")
   --seq-len N      training sequence length (default 1024)
-  --batch N        training batch size (default 32)
+  --batch N        training batch size (default 16)
+  --sweep-remat P  remat policy of the sizes after the first, which run without remat
+                   (default dots_no_batch: GPT-2 medium and large need it to fit in 80 GB)
   --steps N        timed train steps per size (default 30)
   --allow-cpu      run without a GPU (to try the script itself on a small config)
   -h, --help       this help
@@ -33,14 +35,16 @@ summary.md and sizes.png.
 USAGE
 }
 
-sizes="gpt2-small gpt2-medium gpt2-large" seq_len=1024 batch=32 steps=30 allow_cpu=false out=""
+sizes="gpt2-small gpt2-medium gpt2-large" seq_len=1024 batch=16 steps=30 allow_cpu=false out=""
+sweep_remat=dots_no_batch
 while (($#)); do
   case "$1" in
     -h | --help) usage; exit 0 ;;
     --allow-cpu) allow_cpu=true ;;
-    --sizes | --seq-len | --batch | --steps)
+    --sizes | --seq-len | --batch | --steps | --sweep-remat)
       need_value "$1" "${2:-}"
       case "$1" in
+        --sweep-remat) sweep_remat="$2" ;;
         --sizes) sizes="$2" ;;
         --seq-len) seq_len="$2" ;;
         --batch) batch="$2" ;;
@@ -94,11 +98,13 @@ echo "== tests (cuDNN attention)"
 status=0
 "$python" -m pytest -q -p no:cacheprovider tests/test_gpu.py -rs 2>&1 | tee "$out/tests.txt" || status=1
 
+remat=none
 for config in $sizes; do
-  echo "== train step: $config"
+  echo "== train step: $config (remat $remat)"
   "$python" -m jaxlm bench "$config" model.dtype=bfloat16 model.attention_backend=auto \
-    "data.seq_len=$seq_len" "data.batch_size=$batch" --steps "$steps" \
-    --json "$out/train-$config.json" || status=1
+    "model.remat_policy=$remat" "data.seq_len=$seq_len" "data.batch_size=$batch" \
+    --steps "$steps" --json "$out/train-$config.json" || status=1
+  remat="$sweep_remat"
 done
 
 echo "== decoding: $first"

@@ -17,16 +17,16 @@ from matplotlib.figure import Figure
 
 def train_table(reports: list[dict]) -> list[str]:
     lines = [
-        "| config | N (arithmetic params) | batch x seq | step ms (median) | tokens/s | MFU "
-        "| peak memory | compile s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| config | N (arithmetic params) | batch x seq | remat | step ms (median) | tokens/s "
+        "| MFU | peak memory | compile s |",
+        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for report in reports:
         r = report["results"][0]
         mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
         lines.append(
             f"| {report['config'].split()[0]} | {report['arithmetic_params'] / 1e6:,.1f} M "
-            f"| {report['batch_size']} x {report['seq_len']} "
+            f"| {report['batch_size']} x {report['seq_len']} | {report['model']['remat_policy']} "
             f"| {1e3 * r['step_seconds_median']:.1f} | {r['tokens_per_second']:,.0f} | {mfu} "
             f"| {r['memory_bytes'] / 2**30:.1f} GiB ({r['memory_kind']}) "
             f"| {r['compile_seconds']:.1f} |"
