@@ -4,11 +4,12 @@
 
 from __future__ import annotations
 
+import argparse
+import sys
+
 
 def batch_sizes(text: str) -> list[int]:
     """'1,8,64' -> [1, 8, 64]; an argparse type, so a bad list is a one-line usage error."""
-    import argparse
-
     try:
         sizes = [int(part) for part in text.split(",")]
     except ValueError:
@@ -18,15 +19,17 @@ def batch_sizes(text: str) -> list[int]:
     return sizes
 
 
+def log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr)
+
+
 def run(args) -> None:
     import json
-    import sys
     from pathlib import Path
 
     from jaxlm.config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    log = lambda message: print(f"bench: {message}", file=sys.stderr)  # noqa: E731
     if args.decode:
         from jaxlm.bench.decode import decode_benchmark, format_decode_report
 
