@@ -8,17 +8,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlm.layers.attention import (
-    MultiHeadAttention,
+from jaxlm.layers.attention import MultiHeadAttention, dot_product_attention, reference_attention
+from jaxlm.layers.embeddings import apply_rotary
+from jaxlm.layers.masks import (
     SegmentMask,
     attention_mask,
     causal_mask,
-    dot_product_attention,
     padding_mask,
-    reference_attention,
     segment_mask,
 )
-from jaxlm.layers.embeddings import apply_rotary
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -154,8 +152,11 @@ def test_attention_causal_and_segment_masks(backend):
     rng = np.random.default_rng(1)
     query, key, value = random_qkv(rng, q_len=6, k_len=6, kv_heads=2)
     segments = jnp.asarray([[1, 1, 1, 2, 2, 2], [1, 1, 1, 1, 1, 1]])
-    dense = attention_mask(segments, segments, causal=True)
-    for mask in (causal_mask(6), dense, SegmentMask(segments, segments, causal=True)):
+    for mask in (
+        causal_mask(6),
+        attention_mask(segments, segments, causal=True),
+        SegmentMask(segments, segments, causal=True),
+    ):
         out = attend(query, key, value, mask, backend=backend)
         expected_mask = mask.dense() if isinstance(mask, SegmentMask) else mask
         np.testing.assert_allclose(

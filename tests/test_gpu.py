@@ -9,7 +9,8 @@ import pytest
 from test_attention import np_attention
 
 from jaxlm.config import load_config
-from jaxlm.layers.attention import SegmentMask, dot_product_attention, reference_attention
+from jaxlm.layers.attention import dot_product_attention, reference_attention
+from jaxlm.layers.masks import SegmentMask
 from jaxlm.models import build_model, init_params
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs an NVIDIA GPU")

@@ -7,15 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlm.config import MeshConfig, load_config
-from jaxlm.layers.attention import (
-    SegmentMask,
-    dot_product_attention,
-    pallas_attention,
-    pallas_block,
-    pallas_fits,
-    reference_attention,
-    resolve_backend,
-)
+from jaxlm.layers.attention import dot_product_attention, reference_attention, resolve_backend
+from jaxlm.layers.masks import SegmentMask
+from jaxlm.layers.pallas_attention import pallas_attention, pallas_block, pallas_fits
 from jaxlm.models import build_model, init_params
 from jaxlm.parallel import activate, make_mesh
 

@@ -1,14 +1,6 @@
 """Pure functional Flax (Linen) building blocks; they know nothing of meshes, files or training."""
 
-from jaxlm.layers.attention import (
-    MultiHeadAttention,
-    attention_mask,
-    causal_mask,
-    dot_product_attention,
-    padding_mask,
-    reference_attention,
-    segment_mask,
-)
+from jaxlm.layers.attention import MultiHeadAttention, dot_product_attention, reference_attention
 from jaxlm.layers.embeddings import (
     LearnedPositions,
     SinusoidalPositions,
@@ -16,6 +8,7 @@ from jaxlm.layers.embeddings import (
     apply_rotary,
     sinusoidal_table,
 )
+from jaxlm.layers.masks import attention_mask, causal_mask, padding_mask, segment_mask
 from jaxlm.layers.transformer import Mlp, TransformerBlock, TransformerStack
 
 __all__ = [

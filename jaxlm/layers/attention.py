@@ -1,4 +1,4 @@
-"""Scaled dot-product attention backends, attention masks and multi-head attention."""
+"""Scaled dot-product attention backends and multi-head attention."""
 
 from __future__ import annotations
 
@@ -7,59 +7,13 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax import struct
 
 from jaxlm.layers.linear import DenseGeneral
+from jaxlm.layers.masks import SegmentMask, attention_mask
 from jaxlm.layers.matmul import einsum, low_precision_on_cpu
+from jaxlm.layers.pallas_attention import pallas_attention, pallas_fits
 
 ATTENTION_BACKENDS = ("auto", "reference", "jax", "cudnn", "pallas")
-PALLAS_BLOCKS = (512, 256, 128)  # splash-attention tile sizes tried, largest first
-
-
-# --- masks: boolean, True where a query may attend to a key, shaped [batch, 1, q, k] ----------
-
-
-def causal_mask(length: int) -> jax.Array:
-    """Position q may attend to key positions k <= q. Shape [1, 1, length, length]."""
-    idx = jnp.arange(length)
-    return (idx[:, None] >= idx[None, :])[None, None]
-
-
-def padding_mask(query_valid: jax.Array, key_valid: jax.Array) -> jax.Array:
-    """Both the query and the key are real tokens. Inputs [batch, q] / [batch, k]."""
-    return query_valid[:, None, :, None] & key_valid[:, None, None, :]
-
-
-def segment_mask(query_segments: jax.Array, key_segments: jax.Array) -> jax.Array:
-    """Query and key belong to the same packed document (equal segment ids)."""
-    return query_segments[:, None, :, None] == key_segments[:, None, None, :]
-
-
-def attention_mask(
-    query_segments: jax.Array, key_segments: jax.Array, *, causal: bool
-) -> jax.Array:
-    """The full mask for segment ids where 0 marks padding: same segment, no padding, causal."""
-    mask = segment_mask(query_segments, key_segments)
-    mask &= padding_mask(query_segments != 0, key_segments != 0)
-    if causal:
-        mask &= causal_mask(query_segments.shape[1])
-    return mask
-
-
-@struct.dataclass
-class SegmentMask:
-    """`attention_mask` kept as its segment ids ([batch, q] and [batch, k], 0 = padding), so
-    that a fused kernel never builds the [q, k] mask; `dense()` builds it for the others."""
-
-    query_segments: jax.Array
-    key_segments: jax.Array
-    causal: bool = struct.field(pytree_node=False, default=False)
-
-    def dense(self) -> jax.Array:
-        return attention_mask(self.query_segments, self.key_segments, causal=self.causal)
-
-
-# --- scaled dot-product attention ---------------------------------------------------------
 
 
 def reference_attention(
@@ -101,18 +55,6 @@ def reference_attention(
     return out.reshape(batch, q_len, heads, head_dim)
 
 
-def pallas_block(length: int) -> int | None:
-    """The largest splash-attention tile that divides `length`; None when none does."""
-    return next((block for block in PALLAS_BLOCKS if length % block == 0), None)
-
-
-def pallas_fits(query: jax.Array, key: jax.Array, mask) -> bool:
-    """The splash kernel takes no dense mask and tiles both lengths by multiples of 128."""
-    lengths = (query.shape[1], key.shape[1])
-    segments = mask is None or isinstance(mask, SegmentMask)
-    return segments and all(pallas_block(length) is not None for length in lengths)
-
-
 def resolve_backend(
     backend: str, dtype: jnp.dtype, dropout_rate: float = 0.0, fits_pallas: bool = False
 ) -> str:
@@ -130,87 +72,6 @@ def resolve_backend(
         return "pallas"
     half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
     return "cudnn" if platform == "gpu" and half else "reference"
-
-
-def _splash_kernel(group: int, q_len: int, kv_len: int, causal: bool, block: int | None):
-    """A splash-attention kernel over `group` query heads sharing one key/value head."""
-    from jax.experimental.pallas.ops.tpu import splash_attention as splash
-
-    block_q, block_kv = (block, block) if block else (pallas_block(q_len), pallas_block(kv_len))
-    make = splash.CausalMask if causal else splash.FullMask
-    blocks = splash.BlockSizes(
-        block_q=block_q,
-        block_kv=block_kv,
-        block_kv_compute=block_kv,
-        block_q_dkv=block_q,
-        block_kv_dkv=block_kv,
-        block_kv_dkv_compute=block_kv,
-        block_q_dq=block_q,
-        block_kv_dq=block_kv,
-    )
-    return splash.make_splash_mqa_single_device(
-        splash.MultiHeadMask([make((q_len, kv_len)) for _ in range(group)]),
-        block_sizes=blocks,
-        interpret=jax.default_backend() != "tpu",
-    )
-
-
-def pallas_attention(
-    query: jax.Array,
-    key: jax.Array,
-    value: jax.Array,
-    mask: SegmentMask | None = None,
-    *,
-    block: int | None = None,
-) -> jax.Array:
-    """Attention through the Pallas splash kernel (shapes as in the reference).
-
-    Query and key lengths must be multiples of 128; each is tiled by the largest of 512, 256,
-    128 that divides it (or by `block`). The mask is causal and/or by segment ids; padding
-    (segment 0) attends to padding, so the outputs of padding queries differ from the
-    reference's, those of real tokens do not. Off TPUs the kernel runs in Pallas interpret mode
-    (slow; for tests). Under a mesh it runs per shard (`shard_map`): batch and heads split as
-    the activations' logical axes say.
-    """
-    from jax.experimental.pallas.ops.tpu import splash_attention as splash
-
-    causal = mask is not None and mask.causal
-    kernel = _splash_kernel(
-        query.shape[2] // key.shape[2], query.shape[1], key.shape[1], causal, block
-    )
-    scale = query.shape[-1] ** -0.5
-
-    def attend(query, key, value, query_segments, key_segments):
-        batch, q_len, heads, head_dim = query.shape
-        kv_heads = key.shape[2]
-        # [batch, q, heads, d] -> [batch, kv_heads, group, q, d]; keys -> [batch, kv_heads, k, d]
-        q = query.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim)
-        q = (q * scale).transpose(0, 2, 3, 1, 4)
-        k, v = (jnp.swapaxes(t, 1, 2) for t in (key, value))
-
-        def one_row(q, k, v, query_segments, key_segments):
-            segment_ids = None
-            if query_segments is not None:
-                segment_ids = splash.SegmentIds(query_segments, key_segments)
-            return jax.vmap(lambda q, k, v: kernel(q, k, v, segment_ids=segment_ids))(q, k, v)
-
-        out = jax.vmap(one_row)(q, k, v, query_segments, key_segments)
-        return out.transpose(0, 3, 1, 2, 4).reshape(batch, q_len, heads, head_dim)
-
-    segments = (None, None) if mask is None else (mask.query_segments, mask.key_segments)
-    heads = nn.logical_to_mesh_axes(
-        ("activation_batch", "activation_length", "activation_heads", "activation_kv")
-    )
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or all(axis is None for axis in heads):
-        return attend(query, key, value, *segments)
-    rows = jax.sharding.PartitionSpec(heads[0], None)
-    return jax.shard_map(
-        attend,
-        in_specs=(heads, heads, heads, rows, rows),
-        out_specs=heads,
-        check_vma=False,
-    )(query, key, value, *segments)
 
 
 def dot_product_attention(
@@ -266,8 +127,9 @@ def jax_attention(
         raise ValueError(
             f"unknown attention backend {backend!r}; choose one of {ATTENTION_BACKENDS}"
         )
-    is_causal = isinstance(mask, SegmentMask) and mask.causal
+    is_causal = False
     if isinstance(mask, SegmentMask):
+        is_causal = mask.causal
         mask = attention_mask(mask.query_segments, mask.key_segments, causal=False)
     return jax.nn.dot_product_attention(
         query,

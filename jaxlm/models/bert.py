@@ -8,9 +8,9 @@ import jax.numpy as jnp
 
 from jaxlm.config import ModelConfig
 from jaxlm.layers.activations import ACTIVATIONS
-from jaxlm.layers.attention import attention_mask
 from jaxlm.layers.embeddings import gathered_table
 from jaxlm.layers.linear import DenseGeneral
+from jaxlm.layers.masks import attention_mask
 from jaxlm.layers.transformer import ACTIVATION_AXES, TransformerStack, make_norm
 from jaxlm.models.common import (
     default_positions,

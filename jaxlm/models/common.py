@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.config import ModelConfig
-from jaxlm.layers.attention import SegmentMask, causal_mask, padding_mask
 from jaxlm.layers.embeddings import LearnedPositions, SinusoidalPositions, TokenEmbedding
 from jaxlm.layers.linear import DenseGeneral
+from jaxlm.layers.masks import SegmentMask, causal_mask, padding_mask
 from jaxlm.layers.transformer import ACTIVATION_AXES
 
 

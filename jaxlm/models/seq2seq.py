@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.config import ModelConfig
-from jaxlm.layers.attention import attention_mask
+from jaxlm.layers.masks import attention_mask
 from jaxlm.layers.transformer import TransformerStack
 from jaxlm.models.common import (
     causal_self_attention,

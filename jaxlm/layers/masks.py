@@ -1,0 +1,47 @@
+"""Attention masks: boolean, True where a query may attend to a key, shaped [batch, 1, q, k]."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+
+def causal_mask(length: int) -> jax.Array:
+    """Position q may attend to key positions k <= q. Shape [1, 1, length, length]."""
+    idx = jnp.arange(length)
+    return (idx[:, None] >= idx[None, :])[None, None]
+
+
+def padding_mask(query_valid: jax.Array, key_valid: jax.Array) -> jax.Array:
+    """Both the query and the key are real tokens. Inputs [batch, q] / [batch, k]."""
+    return query_valid[:, None, :, None] & key_valid[:, None, None, :]
+
+
+def segment_mask(query_segments: jax.Array, key_segments: jax.Array) -> jax.Array:
+    """Query and key belong to the same packed document (equal segment ids)."""
+    return query_segments[:, None, :, None] == key_segments[:, None, None, :]
+
+
+def attention_mask(
+    query_segments: jax.Array, key_segments: jax.Array, *, causal: bool
+) -> jax.Array:
+    """The full mask for segment ids where 0 marks padding: same segment, no padding, causal."""
+    mask = segment_mask(query_segments, key_segments)
+    mask &= padding_mask(query_segments != 0, key_segments != 0)
+    if causal:
+        mask &= causal_mask(query_segments.shape[1])
+    return mask
+
+
+@struct.dataclass
+class SegmentMask:
+    """`attention_mask` kept as its segment ids ([batch, q] and [batch, k], 0 = padding), so
+    that a fused kernel never builds the [q, k] mask; `dense()` builds it for the others."""
+
+    query_segments: jax.Array
+    key_segments: jax.Array
+    causal: bool = struct.field(pytree_node=False, default=False)
+
+    def dense(self) -> jax.Array:
+        return attention_mask(self.query_segments, self.key_segments, causal=self.causal)
