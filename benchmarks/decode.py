@@ -12,8 +12,8 @@ one generating 1 token, then --repeats timed calls of each (alternating); T_N an
 medians. A call of 1 token is the prefill plus per-call overhead, so the per-token decode
 latency is (T_N - T_1) / (N - 1) and tokens/s = batch / latency. jaxlm is called only through
 its public `generate`, so this works whatever its implementation (full recompute or KV cache);
-if `generate` traces and compiles on every call, the time JAX reports for tracing, lowering and
-XLA compilation (jax.monitoring compile events) is subtracted from each call.
+the time JAX reports for tracing, lowering and XLA compilation (jax.monitoring compile events)
+is that of the warm-up calls, and is subtracted from any timed call that compiles again.
 
 Threads: torch gets --threads intra-op threads (torch.set_num_threads). XLA's CPU backend has no
 reliable thread-count knob and uses every core the process may run on, so pin the process to
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
         "ms/token: (T_N - T_1) / (N - 1), prefill and compilation excluded (method in "
         "benchmarks/decode.py); tokens/s = batch / latency; ratio > 1: jaxlm is slower; "
         "T_1: a call generating 1 token (prefill and per-call overhead)",
-        f"jaxlm compilation per `generate` call, excluded: {compile_note}",
+        f"jaxlm tracing and compilation in the first `generate` calls, excluded: {compile_note}",
     ]
     print(table)
     print("\n".join(notes))

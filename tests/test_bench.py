@@ -6,6 +6,7 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 
 import flax.linen as nn
 import jax
@@ -15,6 +16,7 @@ import pytest
 from tiny import TINY_MODEL
 
 from jaxlm import cli, host_memory
+from jaxlm.bench.decode import CompileClock, measure
 from jaxlm.bench.flops import model_flops
 from jaxlm.bench.harness import run_benchmark
 from jaxlm.bench.peaks import matmul_ceiling, peak_flops
@@ -152,6 +154,26 @@ def test_bad_input_is_a_one_line_error(args, message, capsys):
     assert cli.main(["bench", "demo", *TINY, *args]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_decode_measure_takes_out_prefill_and_compilation(cached):
+    """A fake `generate` of n tokens: 30 ms of prefill and 5 ms per token, plus a jitted function
+    compiled on its first call (per length) when cached, on every call otherwise."""
+    compiled = {}
+
+    def run(n):
+        if not cached or n not in compiled:
+            compiled[n] = jax.jit(lambda x: jnp.cumsum(x * n))
+        compiled[n](jnp.ones(64)).block_until_ready()
+        time.sleep(0.030 + 0.005 * n)
+
+    timing = measure(run, new_tokens=5, repeats=3, clock=CompileClock())
+    assert timing["latency_s"] == pytest.approx(0.005, abs=0.002)
+    if cached:  # a fresh function each call also costs dispatch time that no event reports
+        assert timing["first_token_s"] == pytest.approx(0.035, abs=0.005)
+    assert timing["compile_s"] > 0
+    assert (timing["recompile_s"] > 0) == (not cached)
 
 
 @pytest.mark.parametrize("text", ["1,0", "", "1,,8", "a"])
