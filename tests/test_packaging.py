@@ -1,0 +1,60 @@
+"""Every third-party module that a jaxlm module imports when it loads comes from a distribution
+that pyproject.toml declares, so that `pip install jaxlm` alone can import every part of it.
+Imports inside functions (libtpu, transformers) are optional ones, and so is a module that only
+an extra's users load (the PyTorch reference GPT): its imports must be in that extra."""
+
+import ast
+import importlib.metadata
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EXTRA_MODULES = {"jaxlm/bench/torch_gpt.py": "reference"}  # loaded only by `--reference torch`
+
+
+def normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def distribution_names(specs: list[str]) -> set[str]:
+    return {normalized(re.split(r"[<>=!~;\[ ]", spec, maxsplit=1)[0]) for spec in specs}
+
+
+def module_level_imports(path: Path) -> set[str]:
+    """Top-level package names imported by a module's own statements (not its functions')."""
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        statements = [node]
+        if isinstance(node, ast.Try):  # an import guarded at module level still runs on load
+            statements = node.body
+        for statement in statements:
+            if isinstance(statement, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in statement.names}
+            elif isinstance(statement, ast.ImportFrom) and statement.level == 0:
+                names.add(statement.module.split(".")[0])
+    return names
+
+
+def test_module_level_imports_are_declared_dependencies():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    required = distribution_names(project["dependencies"])
+    providers = importlib.metadata.packages_distributions()
+    undeclared = {}
+    for path in sorted((ROOT / "jaxlm").rglob("*.py")):
+        module = str(path.relative_to(ROOT))
+        declared = required
+        if module in EXTRA_MODULES:
+            declared = required | distribution_names(
+                project["optional-dependencies"][EXTRA_MODULES[module]]
+            )
+        for name in module_level_imports(path) - set(sys.stdlib_module_names) - {"jaxlm"}:
+            if not {normalized(d) for d in providers.get(name, [])} & declared:
+                undeclared.setdefault(name, []).append(module)
+    assert not undeclared, f"imported but not in pyproject.toml's dependencies: {undeclared}"
+
+
+def test_the_check_sees_imports():
+    source = ROOT / "jaxlm" / "data" / "hf_tokenizer.py"
+    assert {"tokenizers", "jaxlm", "json"} <= module_level_imports(source)
