@@ -1,7 +1,8 @@
 """Every third-party module that a jaxlm module imports when it loads comes from a distribution
 that pyproject.toml declares, so that `pip install jaxlm` alone can import every part of it.
 Imports inside functions (libtpu, transformers) are optional ones, and so is a module that only
-an extra's users load (the PyTorch reference GPT): its imports must be in that extra."""
+an extra's users load (the PyTorch reference GPT): its imports must be in that extra. And every
+declared dependency is imported somewhere, by jaxlm or its tests."""
 
 import ast
 import importlib.metadata
@@ -22,19 +23,23 @@ def distribution_names(specs: list[str]) -> set[str]:
     return {normalized(re.split(r"[<>=!~;\[ ]", spec, maxsplit=1)[0]) for spec in specs}
 
 
-def module_level_imports(path: Path) -> set[str]:
-    """Top-level package names imported by a module's own statements (not its functions')."""
+def imported_names(statements) -> set[str]:
+    """Top-level package names of the absolute imports among `statements`."""
     names = set()
-    for node in ast.parse(path.read_text()).body:
-        statements = [node]
-        if isinstance(node, ast.Try):  # an import guarded at module level still runs on load
-            statements = node.body
-        for statement in statements:
-            if isinstance(statement, ast.Import):
-                names |= {alias.name.split(".")[0] for alias in statement.names}
-            elif isinstance(statement, ast.ImportFrom) and statement.level == 0:
-                names.add(statement.module.split(".")[0])
+    for statement in statements:
+        if isinstance(statement, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in statement.names}
+        elif isinstance(statement, ast.ImportFrom) and statement.level == 0:
+            names.add(statement.module.split(".")[0])
     return names
+
+
+def module_level_imports(path: Path) -> set[str]:
+    """Packages imported by a module's own statements (not its functions'), guarded or not."""
+    body = ast.parse(path.read_text()).body
+    return imported_names(body) | imported_names(
+        statement for node in body if isinstance(node, ast.Try) for statement in node.body
+    )
 
 
 def test_module_level_imports_are_declared_dependencies():
@@ -58,3 +63,13 @@ def test_module_level_imports_are_declared_dependencies():
 def test_the_check_sees_imports():
     source = ROOT / "jaxlm" / "data" / "hf_tokenizer.py"
     assert {"tokenizers", "jaxlm", "json"} <= module_level_imports(source)
+
+
+def test_every_dependency_is_imported_somewhere():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    imported = set()
+    for path in [*(ROOT / "jaxlm").rglob("*.py"), *(ROOT / "tests").rglob("*.py")]:
+        imported |= imported_names(ast.walk(ast.parse(path.read_text())))
+    providers = importlib.metadata.packages_distributions()
+    used = {normalized(d) for name in imported for d in providers.get(name, [])}
+    assert distribution_names(project["dependencies"]) - used == set()
