@@ -12,6 +12,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 EXTRA_MODULES = {"jaxlm/bench/torch_gpt.py": "reference"}  # loaded only by `--reference torch`
 
 
@@ -43,8 +44,7 @@ def module_level_imports(path: Path) -> set[str]:
 
 
 def test_module_level_imports_are_declared_dependencies():
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    required = distribution_names(project["dependencies"])
+    required = distribution_names(PROJECT["dependencies"])
     providers = importlib.metadata.packages_distributions()
     undeclared = {}
     for path in sorted((ROOT / "jaxlm").rglob("*.py")):
@@ -52,7 +52,7 @@ def test_module_level_imports_are_declared_dependencies():
         declared = required
         if module in EXTRA_MODULES:
             declared = required | distribution_names(
-                project["optional-dependencies"][EXTRA_MODULES[module]]
+                PROJECT["optional-dependencies"][EXTRA_MODULES[module]]
             )
         for name in module_level_imports(path) - set(sys.stdlib_module_names) - {"jaxlm"}:
             if not {normalized(d) for d in providers.get(name, [])} & declared:
@@ -66,10 +66,9 @@ def test_the_check_sees_imports():
 
 
 def test_every_dependency_is_imported_somewhere():
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     imported = set()
     for path in [*(ROOT / "jaxlm").rglob("*.py"), *(ROOT / "tests").rglob("*.py")]:
         imported |= imported_names(ast.walk(ast.parse(path.read_text())))
     providers = importlib.metadata.packages_distributions()
     used = {normalized(d) for name in imported for d in providers.get(name, [])}
-    assert distribution_names(project["dependencies"]) - used == set()
+    assert distribution_names(PROJECT["dependencies"]) - used == set()
