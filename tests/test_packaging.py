@@ -2,7 +2,8 @@
 that pyproject.toml declares, so that `pip install jaxlm` alone can import every part of it.
 Imports inside functions (libtpu, transformers) are optional ones, and so is a module that only
 an extra's users load (the PyTorch reference GPT): its imports must be in that extra. And every
-declared dependency is imported somewhere, by jaxlm or its tests."""
+declared dependency that applies to this machine is imported somewhere, by jaxlm or its tests;
+and every platform gets exactly one TensorFlow (the CPU-only build where there is one)."""
 
 import ast
 import importlib.metadata
@@ -10,6 +11,9 @@ import re
 import sys
 import tomllib
 from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
@@ -20,8 +24,15 @@ def normalized(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def distribution_names(specs: list[str]) -> set[str]:
-    return {normalized(re.split(r"[<>=!~;\[ ]", spec, maxsplit=1)[0]) for spec in specs}
+def distribution_names(specs: list[str], environment: dict | None = None) -> set[str]:
+    """The normalized names of the requirements whose markers hold in `environment` (this
+    machine's when None)."""
+    requirements = map(Requirement, specs)
+    return {
+        normalized(r.name)
+        for r in requirements
+        if r.marker is None or r.marker.evaluate(environment)
+    }
 
 
 def imported_names(statements) -> set[str]:
@@ -72,3 +83,18 @@ def test_every_dependency_is_imported_somewhere():
     providers = importlib.metadata.packages_distributions()
     used = {normalized(d) for name in imported for d in providers.get(name, [])}
     assert distribution_names(PROJECT["dependencies"]) - used == set()
+
+
+@pytest.mark.parametrize(
+    "system, machine, tensorflow",
+    [
+        ("Linux", "x86_64", "tensorflow-cpu"),
+        ("Linux", "aarch64", "tensorflow"),
+        ("Darwin", "arm64", "tensorflow"),
+        ("Windows", "AMD64", "tensorflow"),
+    ],
+)
+def test_every_platform_gets_one_tensorflow(system, machine, tensorflow):
+    platform = {"platform_system": system, "platform_machine": machine}
+    names = distribution_names(PROJECT["dependencies"], platform)
+    assert names & {"tensorflow", "tensorflow-cpu"} == {tensorflow}
