@@ -84,7 +84,8 @@ def _last_train_step(workdir: Path) -> int:
     path = workdir / "metrics.jsonl"
     if not path.exists():
         return 0
-    steps = [json.loads(line)["step"] for line in path.read_text().splitlines() if "train" in line]
+    complete = path.read_text().split("\n")[:-1]  # the line being appended has no newline yet
+    steps = [json.loads(line)["step"] for line in complete if "train" in line]
     return max(steps, default=0)
 
 
