@@ -3,6 +3,7 @@ table, the harness's report, the PyTorch reference training the same model alike
 speed-ups keeping results the same (unrolled layers, fast accuracy, reused host memory)."""
 
 import argparse
+import importlib.util
 import json
 import subprocess
 import sys
@@ -29,6 +30,10 @@ from jaxlm.train.losses import predicts_target
 
 # TINY_MODEL: 2 layers, embed 32, 4 heads, mlp 64, vocab 100 (padded to 128), seq_len 16.
 TINY = [*TINY_MODEL, "data.batch_size=8", "model.attention_backend=reference"]
+needs_torch = pytest.mark.skipif(
+    importlib.util.find_spec("torch") is None,
+    reason="the PyTorch reference needs torch (pip install -e '.[reference]')",
+)
 
 
 def test_flops_per_token_by_hand():
@@ -83,6 +88,7 @@ def test_matmul_ceiling_is_measured():
     assert 1e8 < matmul_ceiling(size=256, repeats=2) < 1e14
 
 
+@needs_torch
 def test_bench_command_with_the_torch_reference(tmp_path, capsys):
     """The report's shape; and the reference, from the same initial weights on the same batch
     with the same AdamW and schedule, has the same falling loss step for step."""
@@ -112,6 +118,7 @@ def test_bench_command_with_the_torch_reference(tmp_path, capsys):
     np.testing.assert_allclose(torch["losses"], jaxlm["losses"], rtol=1e-4)
 
 
+@needs_torch
 def test_bfloat16_against_pytorch_autocast(tmp_path):
     """bfloat16 compute: the ceiling is measured in bfloat16 and the reference trains under
     torch.autocast, in a process of its own; the losses agree to bfloat16 precision."""
@@ -124,6 +131,7 @@ def test_bfloat16_against_pytorch_autocast(tmp_path):
     np.testing.assert_allclose(torch["losses"], jaxlm["losses"], rtol=1e-2)
 
 
+@needs_torch
 def test_a_failing_reference_process_is_a_one_line_error():
     from jaxlm.bench.harness import random_batch
     from jaxlm.bench.torch_process import TorchProcess

