@@ -43,10 +43,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch_gpt  # noqa: E402
 
-from jaxlm.bench.decode import CompileClock, measure  # noqa: E402
+from jaxlm.bench.decode import CompileClock, greedy_decoder, measure  # noqa: E402
 from jaxlm.bench.harness import cpu_model  # noqa: E402
-from jaxlm.config import SampleConfig, load_config  # noqa: E402
-from jaxlm.generate import generate  # noqa: E402
+from jaxlm.config import load_config  # noqa: E402
 from jaxlm.models import init_params  # noqa: E402
 
 REPORT = Path(__file__).resolve().parent / "DECODE.md"
@@ -121,15 +120,14 @@ def main(argv: list[str] | None = None) -> None:
         prompts = rng.integers(0, cfg.vocab_size, (batch, args.prompt_len))
         prompt_list, prompt_tensor = prompts.tolist(), torch.from_numpy(prompts)
 
-        def run_jaxlm(n: int, prompt_list=prompt_list) -> list[list[int]]:
-            sample = SampleConfig(max_new_tokens=n, temperature=0.0)
-            return generate(cfg, params, prompt_list, sample, eos_id=-1)
-
         def run_torch(n: int, prompt_tensor=prompt_tensor) -> torch.Tensor:
             return torch_gpt.generate(model, prompt_tensor, n)
 
         results = {}
-        for name, run in (("jaxlm", run_jaxlm), ("torch", run_torch)):
+        for name, run in (
+            ("jaxlm", greedy_decoder(cfg, params, prompt_list)),
+            ("torch", run_torch),
+        ):
             print(f"batch {batch}: {name} ...", file=sys.stderr, flush=True)
             results[name] = measure(run, args.new_tokens, args.repeats, clock)
         rows.append((batch, results))

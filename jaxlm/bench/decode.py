@@ -82,6 +82,17 @@ def measure(
     }
 
 
+def greedy_decoder(cfg: ModelConfig, params, prompts: list[list[int]]) -> Callable[[int], list]:
+    """`run(n)`: the prompts' greedy continuations of exactly n tokens through `generate`."""
+    from jaxlm.generate import generate
+
+    def run(n: int) -> list[list[int]]:
+        sample = SampleConfig(max_new_tokens=n, temperature=0.0)
+        return generate(cfg, params, prompts, sample, eos_id=-1)
+
+    return run
+
+
 def decode_benchmark(
     cfg: ModelConfig,
     batch_sizes: list[int],
@@ -93,7 +104,6 @@ def decode_benchmark(
     log: Callable[[str], None] = lambda _: None,
 ) -> dict:
     """Greedy decoding latency of the config's GPT per batch size; a JSON-ready report."""
-    from jaxlm.generate import generate
     from jaxlm.models import init_params
 
     if cfg.family != "gpt":
@@ -113,13 +123,8 @@ def decode_benchmark(
     results = []
     for batch in batch_sizes:
         prompts = rng.integers(0, cfg.vocab_size, (batch, prompt_len)).tolist()
-
-        def run(n: int, prompts=prompts) -> list[list[int]]:
-            sample = SampleConfig(max_new_tokens=n, temperature=0.0)
-            return generate(cfg, params, prompts, sample, eos_id=-1)
-
         log(f"decoding batch {batch}")
-        timing = measure(run, new_tokens, repeats, clock)
+        timing = measure(greedy_decoder(cfg, params, prompts), new_tokens, repeats, clock)
         results.append({"batch": batch, **timing, "tokens_per_second": batch / timing["latency_s"]})
     device = jax.devices()[0]
     return {
