@@ -18,6 +18,8 @@ from packaging.requirements import Requirement
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 EXTRA_MODULES = {"jaxlm/bench/torch_gpt.py": "reference"}  # loaded only by `--reference torch`
+# Declared for a dependency that imports them without declaring them itself.
+FOR_DEPENDENCIES = {"importlib-resources": "tensorflow_datasets"}
 
 
 def normalized(name: str) -> str:
@@ -26,7 +28,7 @@ def normalized(name: str) -> str:
 
 def distribution_names(specs: list[str], environment: dict | None = None) -> set[str]:
     """The normalized names of the requirements whose markers hold in `environment` (this
-    machine's when None)."""
+    machine's, no extras, when None)."""
     requirements = map(Requirement, specs)
     return {
         normalized(r.name)
@@ -82,7 +84,18 @@ def test_every_dependency_is_imported_somewhere():
         imported |= imported_names(ast.walk(ast.parse(path.read_text())))
     providers = importlib.metadata.packages_distributions()
     used = {normalized(d) for name in imported for d in providers.get(name, [])}
-    assert distribution_names(PROJECT["dependencies"]) - used == set()
+    assert distribution_names(PROJECT["dependencies"]) - used - set(FOR_DEPENDENCIES) == set()
+
+
+@pytest.mark.parametrize("distribution, importer", FOR_DEPENDENCIES.items())
+def test_dependencies_of_dependencies_are_still_needed(distribution, importer):
+    """The importer still uses the module and none of its declared requirements brings it."""
+    module = distribution.replace("-", "_")
+    source_files = importlib.metadata.files(importer.replace("_", "-"))
+    sources = [f for f in source_files if f.suffix == ".py" and f.parts[0] == importer]
+    assert any(module in imported_names(ast.walk(ast.parse(f.read_text()))) for f in sources)
+    requirements = importlib.metadata.requires(importer.replace("_", "-")) or []
+    assert distribution not in distribution_names(requirements)
 
 
 @pytest.mark.parametrize(
