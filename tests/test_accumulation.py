@@ -1,5 +1,7 @@
 """Gradient accumulation: a step over microbatches is the full-batch step, on any mesh."""
 
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -32,14 +34,22 @@ def _batch(length=16, vocab=100):
     return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "weights": weights}
 
 
-def _step(microbatches, devices, mesh=(1, 1, 1)):
+def _config(microbatches, mesh=(1, 1, 1), unroll=1):
     data, fsdp, tensor = mesh
     overrides = [f"mesh.data={data}", f"mesh.fsdp={fsdp}", f"mesh.tensor={tensor}"]
-    cfg = load_config(None, TINY + overrides + [f"train.microbatches={microbatches}"])
+    accumulation = [f"train.microbatches={microbatches}", f"train.microbatch_unroll={unroll}"]
+    return load_config(None, TINY + overrides + accumulation)
+
+
+def _compiled_step(cfg, devices):
     mesh = make_mesh(cfg.mesh, devices)
     tx, schedule = make_optimizer(cfg.optim, cfg.train.steps)
     state, shardings = init_state(cfg.model, tx, mesh, seed=0)
-    train_step = compile_train_step(cfg, tx, schedule, shardings, mesh)
+    return compile_train_step(cfg, tx, schedule, shardings, mesh), state, mesh
+
+
+def _step(microbatches, devices, mesh=(1, 1, 1), unroll=1):
+    train_step, state, mesh = _compiled_step(_config(microbatches, mesh, unroll), devices)
     with activate(mesh):
         state, metrics = train_step(state, shard_batch(_batch(), mesh))
     grads = jax.tree.map(lambda mu: mu / 0.5, state.opt_state[0].mu)  # adamw = chain(adam, ...)
@@ -51,10 +61,14 @@ def full_batch():
     return _step(1, jax.devices()[:1])
 
 
-@pytest.mark.parametrize("mesh", [(1, 1, 1), (2, 2, 2)], ids=lambda m: "x".join(map(str, m)))
-def test_accumulated_step_equals_full_batch_step(full_batch, mesh):
+@pytest.mark.parametrize(
+    "mesh, unroll",
+    [((1, 1, 1), 1), ((2, 2, 2), 1), ((1, 1, 1), 0), ((2, 2, 2), 2)],
+    ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else f"unroll{v}",
+)
+def test_accumulated_step_equals_full_batch_step(full_batch, mesh, unroll):
     devices = jax.devices()[: int(np.prod(mesh))]
-    params, grads, metrics = _step(MICRO, devices, mesh)
+    params, grads, metrics = _step(MICRO, devices, mesh, unroll)
     ref_params, ref_grads, ref_metrics = full_batch
     for key in ("loss", "grad_norm", "accuracy", "tokens"):
         np.testing.assert_allclose(metrics[key], ref_metrics[key], rtol=1e-5, atol=1e-5)
@@ -63,6 +77,22 @@ def test_accumulated_step_equals_full_batch_step(full_batch, mesh):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
     for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params), strict=True):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+@functools.cache
+def _loops(microbatches, unroll=1) -> int:
+    """While loops in the step's program (the tiny model's layers are one)."""
+    train_step, state, mesh = _compiled_step(
+        _config(microbatches, unroll=unroll), jax.devices()[:1]
+    )
+    with activate(mesh):
+        return train_step.lower(state, shard_batch(_batch(), mesh)).as_text("hlo").count(" while(")
+
+
+@pytest.mark.parametrize("unroll, loops", [(1, 1), (2, 1), (0, 0), (MICRO, 0)])
+def test_unrolled_microbatches_leave_no_loop(unroll, loops):
+    """unroll = k: k microbatches per loop iteration; all of them (0 or MICRO): no loop."""
+    assert _loops(MICRO, unroll) - _loops(1) == loops
 
 
 def test_accumulation_is_not_a_mean_of_microbatch_means():
@@ -89,6 +119,8 @@ def test_microbatches_must_divide_the_batch():
         load_config(None, TINY + ["train.microbatches=3"])
     with pytest.raises(ConfigError, match="train.microbatches.*positive"):
         load_config(None, TINY + ["train.microbatches=0"])
+    with pytest.raises(ConfigError, match="train.microbatch_unroll.*>= 0"):
+        load_config(None, TINY + ["train.microbatch_unroll=-1"])
 
 
 def test_microbatches_must_split_over_the_batch_devices():

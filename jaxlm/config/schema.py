@@ -170,6 +170,7 @@ class TrainConfig:
     nan_policy: str = "stop"  # non-finite loss or gradient: stop (error) or skip the update
     progress_bar: bool = True
     microbatches: int = 1  # gradient accumulation: each step's batch is split into this many
+    microbatch_unroll: int = 1  # microbatches per iteration of the accumulation loop; 0 = all
 
 
 @dataclass

@@ -78,6 +78,7 @@ def validate(config: Config) -> None:
     _check(t.steps >= 0, "train.steps", "must be >= 0")
     _check(t.log_every > 0, "train.log_every", "must be positive")
     _check(t.microbatches > 0, "train.microbatches", "must be positive")
+    _check(t.microbatch_unroll >= 0, "train.microbatch_unroll", "must be >= 0 (0 = all)")
     _check(
         d.batch_size % t.microbatches == 0,
         "train.microbatches",

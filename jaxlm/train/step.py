@@ -35,12 +35,14 @@ def split_microbatches(batch: dict, microbatches: int) -> dict:
     return jax.tree.map(split, batch)
 
 
-def accumulated_gradients(loss_fn, model, params, batch, dropout_key, microbatches):
-    """(mean loss, summed stats, gradients) of the whole batch, one microbatch at a time.
+def accumulated_gradients(loss_fn, model, params, batch, dropout_key, microbatches, unroll=1):
+    """(mean loss, summed stats, gradients) of the whole batch, `unroll` microbatches at a time
+    (0: all of them, with no loop).
 
     Sums the negative log-likelihood, its gradients and the statistics over microbatches, then
     divides by the total weight: the same mean over weighted tokens as one full-batch pass.
-    Microbatch i draws its dropout masks from `fold_in(dropout_key, i)`.
+    Microbatch i draws its dropout masks from `fold_in(dropout_key, i)`. Unrolled microbatches
+    are independent computations that XLA may run side by side (on the CPU, on different cores).
     """
 
     def summed_nll(params, microbatch, index):
@@ -63,7 +65,10 @@ def accumulated_gradients(loss_fn, model, params, batch, dropout_key, microbatch
         jax.tree.map(jnp.zeros_like, params),
         jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), stats_shape),
     )
-    (grads, stats), _ = jax.lax.scan(accumulate, zeros, (parts, jnp.arange(microbatches)))
+    fully_unrolled = unroll == 0 or unroll >= microbatches
+    (grads, stats), _ = jax.lax.scan(
+        accumulate, zeros, (parts, jnp.arange(microbatches)), unroll=fully_unrolled or unroll
+    )
     total = jnp.maximum(stats["weights"], 1.0)
     return stats["nll"] / total, stats, jax.tree.map(lambda g: g / total, grads)
 
@@ -93,7 +98,13 @@ def make_train_step(
         dropout_key = jax.random.fold_in(base_key, state.step)
         if microbatches > 1:
             value, stats, grads = accumulated_gradients(
-                loss_fn, model, state.params, batch, dropout_key, microbatches
+                loss_fn,
+                model,
+                state.params,
+                batch,
+                dropout_key,
+                microbatches,
+                cfg.train.microbatch_unroll,
             )
         else:
             (value, stats), grads = jax.value_and_grad(loss_fn, argnums=1, has_aux=True)(
