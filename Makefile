@@ -44,16 +44,21 @@ $(VADER)/.done: | $(INSTALLED)
 	rm -rf data/downloads/vader
 	touch $@
 
+# On the CPU the batch's two halves run as independent computations, side by side on two cores
+# (the same loss and gradients as one pass; see `train.microbatch_unroll` in docs/training.md).
+CPU_HALVES := train.microbatches=2 train.microbatch_unroll=0
+
 demo: $(INSTALLED) data
 	rm -rf runs/demo
-	$(BIN)/jaxlm train configs/demo.yaml
+	$(BIN)/jaxlm train configs/demo.yaml $(CPU_HALVES)
 
 # Training speed of the demo GPT on the CPU beside the PyTorch reference (random data), in
 # float32 and in bfloat16 (PyTorch under autocast).
 bench: $(INSTALLED)
-	JAX_PLATFORMS=cpu $(BIN)/jaxlm bench configs/demo.yaml --steps 30 --reference torch --json runs/bench/demo.json
-	JAX_PLATFORMS=cpu $(BIN)/jaxlm bench configs/demo.yaml model.dtype=bfloat16 --steps 30 --reference torch \
-		--json runs/bench/demo-bf16.json
+	JAX_PLATFORMS=cpu $(BIN)/jaxlm bench configs/demo.yaml $(CPU_HALVES) --steps 30 --reference torch \
+		--json runs/bench/demo.json
+	JAX_PLATFORMS=cpu $(BIN)/jaxlm bench configs/demo.yaml $(CPU_HALVES) model.dtype=bfloat16 --steps 30 \
+		--reference torch --json runs/bench/demo-bf16.json
 
 # jaxlm's pure-Python dependencies that images with JAX already installed (GPU containers) may
 # lack, for a machine without a package index: `benchmarks/gpu_checks.sh` puts them on its path.
