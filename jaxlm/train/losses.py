@@ -15,12 +15,13 @@ import optax
 def predicts_target(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """argmax(logits, -1) == targets (the first maximum wins ties), computed as "the target's
     logit is the maximum and no earlier one reaches it": XLA's CPU argmax (a two-operand
-    reduction) is several times slower than these one-operand ones."""
+    reduction) is several times slower than these one-operand ones. The tie test is a boolean
+    `any`, whose operand XLA:CPU writes with one byte per logit (a float sum: four)."""
     best = jnp.max(logits, axis=-1, keepdims=True)
     at_target = jnp.take_along_axis(logits, targets[..., None], axis=-1)
     earlier = jnp.arange(logits.shape[-1]) < targets[..., None]
-    ties_before = jnp.sum(jnp.where((logits == best) & earlier, 1.0, 0.0), axis=-1)
-    return (at_target[..., 0] == best[..., 0]) & (ties_before == 0)
+    tie_before = jnp.any((logits == best) & earlier, axis=-1)
+    return (at_target[..., 0] == best[..., 0]) & ~tie_before
 
 
 def token_statistics(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> dict:
