@@ -65,9 +65,10 @@ def accumulated_gradients(loss_fn, model, params, batch, dropout_key, microbatch
         jax.tree.map(jnp.zeros_like, params),
         jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), stats_shape),
     )
-    fully_unrolled = unroll == 0 or unroll >= microbatches
+    if unroll == 0 or unroll >= microbatches:
+        unroll = True  # no loop at all
     (grads, stats), _ = jax.lax.scan(
-        accumulate, zeros, (parts, jnp.arange(microbatches)), unroll=fully_unrolled or unroll
+        accumulate, zeros, (parts, jnp.arange(microbatches)), unroll=unroll
     )
     total = jnp.maximum(stats["weights"], 1.0)
     return stats["nll"] / total, stats, jax.tree.map(lambda g: g / total, grads)
