@@ -14,6 +14,7 @@ from jaxlm.layers.masks import (
     SegmentMask,
     attention_mask,
     causal_mask,
+    one_document_per_row,
     padding_mask,
     segment_mask,
 )
@@ -162,6 +163,38 @@ def test_attention_causal_and_segment_masks(backend):
         np.testing.assert_allclose(
             out, np_attention(query, key, value, np.asarray(expected_mask)), **TOL
         )
+
+
+@pytest.mark.parametrize("backend", ["reference", "jax"])
+def test_one_document_per_row_is_the_causal_mask(backend):
+    """Without segment ids the mask is causal_mask; jax.nn.dot_product_attention gets it as
+    is_causal alone, with no dense mask at all."""
+    rng = np.random.default_rng(5)
+    query, key, value = random_qkv(rng, q_len=6, k_len=6, kv_heads=2)
+    mask = one_document_per_row(6)
+    np.testing.assert_array_equal(mask.dense(), causal_mask(6))
+    out = attend(query, key, value, mask, backend=backend)
+    np.testing.assert_allclose(
+        out, np_attention(query, key, value, np.asarray(causal_mask(6))), **TOL
+    )
+
+
+def test_one_document_per_row_passes_no_dense_mask(monkeypatch):
+    """What the 'jax' and 'cudnn' backends hand to jax.nn.dot_product_attention (not jitted, so
+    that every call traces)."""
+    calls = []
+    real = jax.nn.dot_product_attention
+    monkeypatch.setattr(
+        jax.nn, "dot_product_attention", lambda *a, **kw: calls.append(kw) or real(*a, **kw)
+    )
+    query, key, value = random_qkv(np.random.default_rng(6), q_len=6, k_len=6)
+    segments = jnp.ones((2, 6), jnp.int32)
+    dot_product_attention(query, key, value, one_document_per_row(6), backend="jax")
+    dot_product_attention(
+        query, key, value, SegmentMask(segments, segments, causal=True), backend="jax"
+    )
+    assert calls[0]["mask"] is None and calls[0]["is_causal"]
+    assert calls[1]["mask"].shape == (2, 1, 6, 6) and calls[1]["is_causal"]
 
 
 @pytest.mark.parametrize("backend", ["reference", "jax"])

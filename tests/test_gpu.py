@@ -10,7 +10,7 @@ from test_attention import np_attention
 
 from jaxlm.config import load_config
 from jaxlm.layers.attention import dot_product_attention, reference_attention
-from jaxlm.layers.masks import SegmentMask
+from jaxlm.layers.masks import SegmentMask, one_document_per_row
 from jaxlm.models import build_model, init_params
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs an NVIDIA GPU")
@@ -49,6 +49,15 @@ def test_cudnn_attention_matches_float64(kv_heads):
     real = np.asarray(segments) != 0
     assert out.dtype == jnp.bfloat16
     assert relative_error(np.asarray(out)[real], expected[real]) < 1e-2
+
+
+def test_cudnn_attention_without_segment_ids_matches_float64():
+    """One document per row (is_causal alone, no dense mask): within bf16 rounding of float64."""
+    query, key, value = qkv(3)
+    mask = one_document_per_row(LENGTH)
+    out = jax.jit(lambda *a: dot_product_attention(*a, mask, backend="cudnn"))(query, key, value)
+    assert out.dtype == jnp.bfloat16
+    assert relative_error(out, np_attention(query, key, value, np.asarray(mask.dense()))) < 1e-2
 
 
 def test_cudnn_attention_gradients_match_reference():

@@ -193,6 +193,16 @@ def test_seq2seq_source_padding_invariance():
 
 
 @pytest.mark.parametrize("variant", ["gpt", "gpt-rotary"])
+def test_gpt_without_segment_ids_is_one_document_per_row(variant):
+    """No segment ids (a causal mask alone) gives the logits of segment ids all 1."""
+    _, params, apply = tiny_model(variant)
+    rows = tokens(2, LENGTH)
+    np.testing.assert_allclose(
+        apply(params, rows), apply(params, rows, None, jnp.ones_like(rows)), rtol=1e-6, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("variant", ["gpt", "gpt-rotary"])
 def test_gpt_packing(variant):
     """Two documents packed in one row (segments 1, 2; positions restart) = each run alone."""
     _, params, apply = tiny_model(variant)

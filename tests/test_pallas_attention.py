@@ -8,7 +8,7 @@ import numpy as np
 
 from jaxlm.config import MeshConfig, load_config
 from jaxlm.layers.attention import dot_product_attention, reference_attention, resolve_backend
-from jaxlm.layers.masks import SegmentMask
+from jaxlm.layers.masks import SegmentMask, causal_mask, one_document_per_row
 from jaxlm.layers.pallas_attention import pallas_attention, pallas_block, pallas_fits
 from jaxlm.models import build_model, init_params
 from jaxlm.parallel import activate, make_mesh
@@ -77,6 +77,17 @@ def test_pallas_under_a_mesh_runs_per_shard():
         got = attend(query, key, value, mask)
     expected = reference_attention(query, key, value, mask.dense())
     np.testing.assert_allclose(np.asarray(got)[real], np.asarray(expected)[real], **TOL)
+
+
+def test_pallas_one_document_per_row_is_causal_alone():
+    """No segment ids: the kernel's causal mask and nothing else, alone and per shard."""
+    query, key, value = qkv(length=128)
+    mask = one_document_per_row(128)
+    expected = reference_attention(query, key, value, causal_mask(128))
+    attend = jax.jit(lambda q, k, v, m: dot_product_attention(q, k, v, m, backend="pallas"))
+    np.testing.assert_allclose(attend(query, key, value, mask), expected, **TOL)
+    with activate(make_mesh(MeshConfig(data=2, fsdp=1, tensor=2), jax.devices()[:4])):
+        np.testing.assert_allclose(attend(query, key, value, mask), expected, **TOL)
 
 
 def test_gpt_with_pallas_backend_matches_reference():

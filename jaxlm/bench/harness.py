@@ -50,7 +50,9 @@ TORCH_DTYPES = ("float32", "bfloat16")  # bfloat16: the reference runs under tor
 
 
 def random_batch(cfg: Config, seed: int = 0) -> dict[str, np.ndarray]:
-    """One causal-LM batch of uniformly random tokens (one document per row, no padding)."""
+    """One causal-LM batch of uniformly random tokens, each row one document with no padding:
+    no segment ids or positions, so attention is causal and nothing else, as in the PyTorch
+    reference (and cuDNN or splash attention gets no segment mask)."""
     rows, length = cfg.data.batch_size, cfg.data.seq_len
     tokens = np.random.default_rng(seed).integers(0, cfg.model.vocab_size, (rows, length + 1))
     tokens = tokens.astype(np.int32)
@@ -58,8 +60,6 @@ def random_batch(cfg: Config, seed: int = 0) -> dict[str, np.ndarray]:
         "inputs": tokens[:, :-1],
         "targets": tokens[:, 1:],
         "weights": np.ones((rows, length), np.float32),
-        "positions": np.broadcast_to(np.arange(length, dtype=np.int32), (rows, length)).copy(),
-        "segment_ids": np.ones((rows, length), np.int32),
     }
 
 

@@ -117,7 +117,7 @@ def jax_attention(
 
     A causal `SegmentMask` is passed as `is_causal`, so that cuDNN skips the blocks above the
     diagonal instead of reading a [q, k] bias there; only the segment and padding part of the
-    mask stays dense.
+    mask stays dense, and there is none without segment ids.
     """
     if dropout_rate > 0.0:
         raise ValueError(
@@ -130,7 +130,8 @@ def jax_attention(
     is_causal = False
     if isinstance(mask, SegmentMask):
         is_causal = mask.causal
-        mask = attention_mask(mask.query_segments, mask.key_segments, causal=False)
+        segments = mask.query_segments, mask.key_segments
+        mask = None if segments[0] is None else attention_mask(*segments, causal=False)
     return jax.nn.dot_product_attention(
         query,
         key,

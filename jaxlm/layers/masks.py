@@ -37,11 +37,22 @@ def attention_mask(
 @struct.dataclass
 class SegmentMask:
     """`attention_mask` kept as its segment ids ([batch, q] and [batch, k], 0 = padding), so
-    that a fused kernel never builds the [q, k] mask; `dense()` builds it for the others."""
+    that a fused kernel never builds the [q, k] mask; `dense()` builds it for the others.
 
-    query_segments: jax.Array
-    key_segments: jax.Array
+    Without segment ids (`one_document_per_row`) every row is one document with no padding:
+    the mask is causal and nothing else, which cuDNN and splash attention need not be given."""
+
+    query_segments: jax.Array | None
+    key_segments: jax.Array | None
     causal: bool = struct.field(pytree_node=False, default=False)
+    length: int | None = struct.field(pytree_node=False, default=None)  # without segment ids
 
     def dense(self) -> jax.Array:
+        if self.query_segments is None:
+            return causal_mask(self.length)
         return attention_mask(self.query_segments, self.key_segments, causal=self.causal)
+
+
+def one_document_per_row(length: int) -> SegmentMask:
+    """The causal mask of rows of `length` tokens that are each one document, unpadded."""
+    return SegmentMask(None, None, causal=True, length=length)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from jaxlm.config import ModelConfig
 from jaxlm.layers.embeddings import LearnedPositions, SinusoidalPositions, TokenEmbedding
 from jaxlm.layers.linear import DenseGeneral
-from jaxlm.layers.masks import SegmentMask, causal_mask, padding_mask
+from jaxlm.layers.masks import SegmentMask, causal_mask, one_document_per_row, padding_mask
 from jaxlm.layers.transformer import ACTIVATION_AXES
 
 
@@ -170,14 +170,18 @@ def cached_self_attention_mask(cache: dict, segment_ids: jax.Array):
     return mask, start, {**cache, "segments": filled, "index": start + segment_ids.shape[1]}
 
 
-def causal_self_attention(segment_ids: jax.Array, cache: dict | None):
+def causal_self_attention(tokens: jax.Array, segment_ids: jax.Array | None, cache: dict | None):
     """What a causal decoder stack needs: (mask, extra stack arguments, updated cache).
 
-    Without a cache the mask covers the inputs; with one, the new tokens attend over the cache
-    and the stack gets the cache and the slot to write at.
+    Without a cache the mask covers the inputs (rows of one document each when `segment_ids`
+    is None); with one, the new tokens attend over the cache and the stack gets the cache and
+    the slot to write at.
     """
     if cache is None:
+        if segment_ids is None:
+            return one_document_per_row(tokens.shape[1]), {}, None
         return SegmentMask(segment_ids, segment_ids, causal=True), {}, None
+    segment_ids = jnp.ones_like(tokens) if segment_ids is None else segment_ids
     mask, start, cache = cached_self_attention_mask(cache, segment_ids)
     return mask, {"kv_cache": (cache["key"], cache["value"]), "decode_index": start}, cache
 

@@ -39,7 +39,8 @@ class GPT(nn.Module):
         cache: dict | None = None,
         prefill: bool = False,
     ):
-        """tokens, positions, segment_ids: [batch, length] (segment 0 = padding).
+        """tokens, positions, segment_ids: [batch, length] (segment 0 = padding; without
+        segment ids, each row is one document with no padding).
 
         Returns float32 logits [batch, length, padded_vocab_size]. With a key/value `cache`
         (`empty_cache`), the tokens continue the cached sequence and (logits, cache) is returned.
@@ -48,7 +49,6 @@ class GPT(nn.Module):
         """
         cfg = self.cfg
         positions = default_positions(tokens) if positions is None else positions
-        segment_ids = jnp.ones_like(tokens) if segment_ids is None else segment_ids
         embed = token_embedding(cfg)
         dropout = nn.Dropout(cfg.dropout_rate)
         x = embed_inputs(
@@ -56,10 +56,11 @@ class GPT(nn.Module):
         )
         prompt = soft_prompt(self) if cache is None or prefill else None  # else in the cache
         if prompt is not None:
+            segment_ids = jnp.ones_like(tokens) if segment_ids is None else segment_ids
             x = prepend_prompt(x, prompt)
             if cache is not None:
                 positions, segment_ids = prompt_in_cache(positions, segment_ids, prompt.shape[0])
-        mask, stack_cache, cache = causal_self_attention(segment_ids, cache)
+        mask, stack_cache, cache = causal_self_attention(tokens, segment_ids, cache)
         if prompt is not None and cache is None:
             mask, positions = prompt_attention(
                 mask, positions, segment_ids, prompt.shape[0], causal=True

@@ -90,7 +90,7 @@ class EncoderDecoder(nn.Module):
             target_positions,
             deterministic,
         )
-        self_mask, stack_cache, cache = causal_self_attention(target_segments, cache)
+        self_mask, stack_cache, cache = causal_self_attention(target_inputs, target_segments, cache)
         cross_mask = attention_mask(target_segments, source_segments, causal=False)
         out = self.decoder(
             x,
