@@ -167,16 +167,15 @@ def test_attention_causal_and_segment_masks(backend):
 
 @pytest.mark.parametrize("backend", ["reference", "jax"])
 def test_one_document_per_row_is_the_causal_mask(backend):
-    """Without segment ids the mask is causal_mask; jax.nn.dot_product_attention gets it as
-    is_causal alone, with no dense mask at all."""
+    """Without segment ids the mask is the lower triangle and attention matches float64 NumPy
+    under it."""
     rng = np.random.default_rng(5)
     query, key, value = random_qkv(rng, q_len=6, k_len=6, kv_heads=2)
     mask = one_document_per_row(6)
-    np.testing.assert_array_equal(mask.dense(), causal_mask(6))
+    lower = np.tril(np.ones((6, 6), bool))[None, None]
+    np.testing.assert_array_equal(mask.dense(), lower)
     out = attend(query, key, value, mask, backend=backend)
-    np.testing.assert_allclose(
-        out, np_attention(query, key, value, np.asarray(causal_mask(6))), **TOL
-    )
+    np.testing.assert_allclose(out, np_attention(query, key, value, lower), **TOL)
 
 
 def test_one_document_per_row_passes_no_dense_mask(monkeypatch):

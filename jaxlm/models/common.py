@@ -174,14 +174,13 @@ def causal_self_attention(tokens: jax.Array, segment_ids: jax.Array | None, cach
     """What a causal decoder stack needs: (mask, extra stack arguments, updated cache).
 
     Without a cache the mask covers the inputs (rows of one document each when `segment_ids`
-    is None); with one, the new tokens attend over the cache and the stack gets the cache and
-    the slot to write at.
+    is None); with one (and segment ids), the new tokens attend over the cache and the stack
+    gets the cache and the slot to write at.
     """
     if cache is None:
         if segment_ids is None:
             return one_document_per_row(tokens.shape[1]), {}, None
         return SegmentMask(segment_ids, segment_ids, causal=True), {}, None
-    segment_ids = jnp.ones_like(tokens) if segment_ids is None else segment_ids
     mask, start, cache = cached_self_attention_mask(cache, segment_ids)
     return mask, {"kv_cache": (cache["key"], cache["value"]), "decode_index": start}, cache
 

@@ -55,8 +55,9 @@ class GPT(nn.Module):
             cfg, embed, position_module(cfg), dropout, tokens, positions, deterministic
         )
         prompt = soft_prompt(self) if cache is None or prefill else None  # else in the cache
+        if segment_ids is None and (prompt is not None or cache is not None):
+            segment_ids = jnp.ones_like(tokens)  # the prompt and the cache track segments
         if prompt is not None:
-            segment_ids = jnp.ones_like(tokens) if segment_ids is None else segment_ids
             x = prepend_prompt(x, prompt)
             if cache is not None:
                 positions, segment_ids = prompt_in_cache(positions, segment_ids, prompt.shape[0])
