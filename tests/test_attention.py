@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jaxlm.layers.attention as attention_module
 from jaxlm.layers.attention import MultiHeadAttention, dot_product_attention, reference_attention
 from jaxlm.layers.embeddings import apply_rotary
 from jaxlm.layers.masks import (
@@ -194,6 +195,49 @@ def test_one_document_per_row_passes_no_dense_mask(monkeypatch):
     )
     assert calls[0]["mask"] is None and calls[0]["is_causal"]
     assert calls[1]["mask"].shape == (2, 1, 6, 6) and calls[1]["is_causal"]
+
+
+@pytest.mark.parametrize("length, key_lengths", [(100, [64, 100]), (300, [128, 256, 300])])
+def test_causal_attention_skips_the_key_blocks_above_the_diagonal(monkeypatch, length, key_lengths):
+    """The reference backend runs causal self-attention in query blocks, each against the keys up
+    to its last query; packed and padded rows (grouped-query heads) still match float64 NumPy."""
+    seen = []
+    real = attention_module.reference_attention
+    monkeypatch.setattr(
+        attention_module,
+        "reference_attention",
+        lambda q, k, v, mask: seen.append(k.shape[1]) or real(q, k, v, mask),
+    )
+    rng = np.random.default_rng(7)
+    query, key, value = random_qkv(rng, q_len=length, k_len=length, kv_heads=2)
+    segments = np.ones((2, length), np.int32)
+    segments[0, 40:] = 2
+    segments[0, length - 10 :] = 0  # padding
+    mask = SegmentMask(jnp.asarray(segments), jnp.asarray(segments), causal=True)
+    out = dot_product_attention(query, key, value, mask, backend="reference")
+    assert seen == key_lengths
+    real_rows = segments[:, :, None, None] != 0  # padding rows attend to nothing: left out
+    expected = np_attention(query, key, value, np.asarray(mask.dense()))
+    np.testing.assert_allclose(np.where(real_rows, out, 0), np.where(real_rows, expected, 0), **TOL)
+
+
+def test_causal_blocks_have_the_gradients_of_one_block():
+    """Gradients of the blocked causal attention equal those of one pass under the whole mask."""
+    query, key, value = random_qkv(np.random.default_rng(8), q_len=100, k_len=100, kv_heads=2)
+    cotangent = np.random.default_rng(9).normal(size=query.shape).astype(np.float32)
+
+    def grads(attention):
+        loss = lambda *qkv: jnp.sum(attention(*qkv) * cotangent)  # noqa: E731
+        return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(query, key, value)
+
+    blocked = grads(
+        lambda q, k, v: dot_product_attention(
+            q, k, v, one_document_per_row(100), backend="reference"
+        )
+    )
+    whole = grads(lambda q, k, v: reference_attention(q, k, v, causal_mask(100)))
+    for got, want in zip(blocked, whole, strict=True):
+        np.testing.assert_allclose(got, want, **TOL)
 
 
 @pytest.mark.parametrize("backend", ["reference", "jax"])

@@ -135,6 +135,11 @@ def test_bad_override_raises_one_line_error_naming_the_key(override, key):
     assert_one_line_error(key, "gpt2-small", [override])
 
 
+def test_url_workdir_is_refused_not_made_a_local_folder():
+    message = assert_one_line_error("train.workdir", None, ["train.workdir=gs://bucket/run"])
+    assert "gcsfuse" in message
+
+
 def test_unknown_key_message():
     message = assert_one_line_error("model.foo", None, ["model.foo=1"])
     assert "unknown" in message

@@ -76,6 +76,11 @@ def validate(config: Config) -> None:
 
     t = config.train
     _check(t.steps >= 0, "train.steps", "must be >= 0")
+    _check(
+        "://" not in t.workdir,
+        "train.workdir",
+        f"{t.workdir!r} is a URL; give a folder (mount a bucket with gcsfuse to write there)",
+    )
     _check(t.log_every > 0, "train.log_every", "must be positive")
     _check(t.microbatches > 0, "train.microbatches", "must be positive")
     _check(t.microbatch_unroll >= 0, "train.microbatch_unroll", "must be >= 0 (0 = all)")

@@ -55,6 +55,36 @@ def reference_attention(
     return out.reshape(batch, q_len, heads, head_dim)
 
 
+def causal_query_block(length: int) -> int:
+    """Queries per block of causal self-attention over `length` tokens (see
+    `causal_blocks_attention`): 64 below 256 tokens, then 128, and an eighth beyond 1,024."""
+    return 64 if length < 256 else max(128, length // 8)
+
+
+def causal_blocks_attention(
+    query: jax.Array, key: jax.Array, value: jax.Array, mask: SegmentMask
+) -> jax.Array:
+    """The reference attention of causal self-attention, one block of queries at a time, each
+    against the keys up to its last query: the key blocks above the diagonal, which the mask
+    hides entirely, are never computed (up to half the work of long sequences)."""
+    length, block = query.shape[1], causal_query_block(query.shape[1])
+    dense = mask.dense()
+    if length <= block:
+        return reference_attention(query, key, value, dense)
+    return jnp.concatenate(
+        [
+            reference_attention(
+                query[:, start : start + block],
+                key[:, : start + block],
+                value[:, : start + block],
+                dense[:, :, start : start + block, : start + block],
+            )
+            for start in range(0, length, block)
+        ],
+        axis=1,
+    )
+
+
 def resolve_backend(
     backend: str, dtype: jnp.dtype, dropout_rate: float = 0.0, fits_pallas: bool = False
 ) -> str:
@@ -96,6 +126,8 @@ def dot_product_attention(
             raise ValueError("attention dropout is only supported by the 'reference' backend")
         return pallas_attention(query, key, value, mask)
     if backend == "reference":
+        if isinstance(mask, SegmentMask) and mask.causal and dropout_rate == 0.0:
+            return causal_blocks_attention(query, key, value, mask)
         if isinstance(mask, SegmentMask):
             mask = mask.dense()
         return reference_attention(
