@@ -197,17 +197,23 @@ def test_one_document_per_row_passes_no_dense_mask(monkeypatch):
     assert calls[1]["mask"].shape == (2, 1, 6, 6) and calls[1]["is_causal"]
 
 
+def spy_on_key_lengths(monkeypatch) -> list[int]:
+    """The key lengths of every call of the reference attention from `dot_product_attention`."""
+    seen, real = [], attention_module.reference_attention
+
+    def spy(query, key, value, mask=None, **kwargs):
+        seen.append(key.shape[1])
+        return real(query, key, value, mask, **kwargs)
+
+    monkeypatch.setattr(attention_module, "reference_attention", spy)
+    return seen
+
+
 @pytest.mark.parametrize("length, key_lengths", [(100, [64, 100]), (300, [128, 256, 300])])
 def test_causal_attention_skips_the_key_blocks_above_the_diagonal(monkeypatch, length, key_lengths):
     """The reference backend runs causal self-attention in query blocks, each against the keys up
     to its last query; packed and padded rows (grouped-query heads) still match float64 NumPy."""
-    seen = []
-    real = attention_module.reference_attention
-    monkeypatch.setattr(
-        attention_module,
-        "reference_attention",
-        lambda q, k, v, mask: seen.append(k.shape[1]) or real(q, k, v, mask),
-    )
+    seen = spy_on_key_lengths(monkeypatch)
     rng = np.random.default_rng(7)
     query, key, value = random_qkv(rng, q_len=length, k_len=length, kv_heads=2)
     segments = np.ones((2, length), np.int32)
@@ -219,6 +225,15 @@ def test_causal_attention_skips_the_key_blocks_above_the_diagonal(monkeypatch, l
     real_rows = segments[:, :, None, None] != 0  # padding rows attend to nothing: left out
     expected = np_attention(query, key, value, np.asarray(mask.dense()))
     np.testing.assert_allclose(np.where(real_rows, out, 0), np.where(real_rows, expected, 0), **TOL)
+
+
+def test_causal_attention_is_one_block_off_the_cpu(monkeypatch):
+    """On GPUs and TPUs (which have flash kernels for causal masks) the reference stays whole."""
+    seen = spy_on_key_lengths(monkeypatch)
+    monkeypatch.setattr(attention_module, "on_cpu", lambda: False)
+    query, key, value = random_qkv(np.random.default_rng(10), q_len=100, k_len=100)
+    dot_product_attention(query, key, value, one_document_per_row(100), backend="reference")
+    assert seen == [100]
 
 
 def test_causal_blocks_have_the_gradients_of_one_block():
