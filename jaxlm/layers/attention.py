@@ -72,7 +72,7 @@ def causal_blocks_attention(
     """The reference attention of causal self-attention, one block of queries at a time, each
     against the keys up to its last query: the key blocks above the diagonal, which the mask
     hides entirely, are never computed (up to half the work of long sequences). The reference
-    backend takes this path on the CPU, where it was measured faster at every length."""
+    backend takes this path on the CPU, where it was measured faster from 128 to 2,048 tokens."""
     length, block = query.shape[1], causal_query_block(query.shape[1])
     dense = mask.dense()
     if length <= block:
