@@ -30,10 +30,13 @@ GPT_FORWARD = jax.jit(lambda t: build_model(GPT).apply({"params": GPT_PARAMS}, t
 S2S_FORWARD = jax.jit(lambda s, t: build_model(S2S).apply({"params": S2S_PARAMS}, s, t))
 
 
-def _naive_greedy(forward, prompt, steps, eos_id):
+def _naive_greedy(forward, prompt, steps, eos_id, length=32):
+    """Greedy decoding by full forward passes (no cache) over the tokens so far, padded to
+    `length` for one compilation: the causal mask keeps the padding out of earlier positions."""
     tokens = list(prompt)
     for _ in range(steps):
-        tokens.append(int(jnp.argmax(forward(jnp.asarray([tokens]))[0, -1])))
+        padded = jnp.asarray([tokens + [0] * (length - len(tokens))])
+        tokens.append(int(jnp.argmax(forward(padded)[0, len(tokens) - 1])))
         if tokens[-1] == eos_id:
             break
     return tokens[len(prompt) :]
