@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from jaxlm.layers.linear import DenseGeneral
 from jaxlm.layers.masks import SegmentMask, attention_mask
-from jaxlm.layers.matmul import einsum, low_precision_on_cpu
+from jaxlm.layers.matmul import einsum, low_precision_on_cpu, on_cpu
 from jaxlm.layers.pallas_attention import pallas_attention, pallas_fits
 
 ATTENTION_BACKENDS = ("auto", "reference", "jax", "cudnn", "pallas")
@@ -55,11 +55,6 @@ def reference_attention(
     return out.reshape(batch, q_len, heads, head_dim)
 
 
-def on_cpu() -> bool:
-    """Whether the computation being traced runs on the CPU (the default backend)."""
-    return jax.default_backend() == "cpu"
-
-
 def causal_query_block(length: int) -> int:
     """Queries per block of causal self-attention over `length` tokens (see
     `causal_blocks_attention`): 64 below 256 tokens, then 128, and an eighth beyond 1,024."""
@@ -75,8 +70,6 @@ def causal_blocks_attention(
     backend takes this path on the CPU, where it was measured faster from 128 to 2,048 tokens."""
     length, block = query.shape[1], causal_query_block(query.shape[1])
     dense = mask.dense()
-    if length <= block:
-        return reference_attention(query, key, value, dense)
     return jnp.concatenate(
         [
             reference_attention(

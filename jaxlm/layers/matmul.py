@@ -27,10 +27,15 @@ LOW_PRECISION = (jnp.bfloat16, jnp.float16)
 PRODUCT, BATCHED_PRODUCT = "matmul", "batched_matmul"  # checkpoint names of `einsum` results
 
 
+def on_cpu() -> bool:
+    """Whether the computation being traced runs on the CPU (the default backend)."""
+    return jax.default_backend() == "cpu"
+
+
 def low_precision_on_cpu(*arrays: jax.Array) -> bool:
     """True when the arrays share a 16-bit float dtype and the computation runs on the CPU."""
     dtypes = {jnp.dtype(array.dtype) for array in arrays}
-    return len(dtypes) == 1 and dtypes.pop() in LOW_PRECISION and jax.default_backend() == "cpu"
+    return len(dtypes) == 1 and dtypes.pop() in LOW_PRECISION and on_cpu()
 
 
 def einsum(
