@@ -103,11 +103,14 @@ def test_bench_command_with_the_torch_reference(tmp_path, capsys):
     assert report["peak"]["flops_per_second"] > 0  # the measured CPU ceiling
     assert report["speedup_vs_reference"] > 0
     jaxlm, torch = report["results"]
+    fastest = torch["step_seconds_min"] / jaxlm["step_seconds_min"]
+    assert report["speedup_fastest_steps"] == pytest.approx(fastest)
     assert (jaxlm["name"], torch["name"]) == ("jaxlm", "pytorch")
     assert jaxlm["compile_seconds"] > 0 and torch["compile_seconds"] is None
     for result in (jaxlm, torch):
         assert len(result["losses"]) == 5
-        assert 0 < result["step_seconds_median"] <= result["step_seconds_p90"]
+        assert 0 < result["step_seconds_min"] <= result["step_seconds_median"]
+        assert result["step_seconds_median"] <= result["step_seconds_p90"]
         assert result["cpu_seconds_per_step"] > 0 and result["page_faults_per_step"] >= 0
         flops_per_second = report["flops_per_token"] * result["tokens_per_second"]
         assert result["model_flops_per_second"] == pytest.approx(flops_per_second)
