@@ -89,16 +89,28 @@ def test_every_product_of_the_gradient_takes_bfloat16_and_accumulates_in_float32
         assert eqn.outvars[0].aval.dtype == jnp.float32
 
 
-def test_a_weight_gradient_multiplies_the_smaller_operand_first():
+@pytest.mark.parametrize(
+    "k, n, operands, transposed",
+    [
+        (32, 8, [(64, 32), (64, 8)], False),  # x 4 times the cotangent: x first, w's layout
+        (128, 8, [(64, 8), (64, 128)], True),  # 16 times (the tied head): the cotangent first
+    ],
+)
+def test_a_weight_gradient_takes_its_operands_in_the_order_that_copies_less(
+    k, n, operands, transposed
+):
     """XLA:CPU copies the first operand of a product into a layout with its contracted axes
-    last: for x [m, k] and a cotangent [m, n] with n < k, the cotangent goes first."""
-    _, x = _rounded((64, 32), 0)
-    _, w = _rounded((32, 8), 1)
-    jaxpr = jax.make_jaxpr(
-        jax.grad(lambda w: jnp.sum(einsum("mk,kn->mn", x, w).astype(jnp.float32)))
-    )(w)
-    *_, weight_gradient = _dot_generals(jaxpr.jaxpr)
-    assert [v.aval.shape for v in weight_gradient.invars] == [(64, 8), (64, 32)]
+    last. For x [m, k] and a cotangent [m, n], x first gives w's [k, n] layout directly; the
+    cotangent goes first, and the [n, k] product is transposed, only when x is at least 8 times
+    the cotangent."""
+    x64, x = _rounded((64, k), 0)
+    _, w = _rounded((k, n), 1)
+    grad = jax.grad(lambda w: jnp.sum(einsum("mk,kn->mn", x, w).astype(jnp.float32)))
+    *_, weight_gradient = _dot_generals(jax.make_jaxpr(grad)(w).jaxpr)
+    assert [v.aval.shape for v in weight_gradient.invars] == operands
+    assert weight_gradient.outvars[0].aval.shape == ((n, k) if transposed else (k, n))
+    expected = x64.T @ np.ones((64, n))
+    np.testing.assert_allclose(np.asarray(grad(w), np.float64), expected, rtol=BF16_EPS)
 
 
 def test_bfloat16_product_into_float32_is_never_rounded():

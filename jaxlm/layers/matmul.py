@@ -10,8 +10,9 @@ rounded once to their dtype, forward and backward: a custom VJP whose two gradie
 the same form. This is the arithmetic GPUs and TPUs do for bfloat16 matmuls; there, and for
 float32 operands, it is plain `jnp.einsum`. A bias joins the float32 product before that one
 rounding, and its gradient sums float32 values (XLA:CPU splits a bfloat16 sum into a slow tree
-of windowed sums). A weight gradient takes its operands in the order that makes XLA:CPU
-transpose the smaller one (for the tied embedding: the hidden states, not the logits).
+of windowed sums). A weight gradient takes its operands in the order that gives the product the
+weight's layout, unless that operand is many times the other (the tied embedding's logits): see
+`_gradient_product`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from jax.ad_checkpoint import checkpoint_name
 
 LOW_PRECISION = (jnp.bfloat16, jnp.float16)
 PRODUCT, BATCHED_PRODUCT = "matmul", "batched_matmul"  # checkpoint names of `einsum` results
+# A weight gradient's result is transposed rather than an operand this many times its other
+# operand copied (measured on XLA:CPU: worth it for 16 times, not for 4; see `_gradient_product`)
+TRANSPOSE_RESULT_RATIO = 8
 
 
 def on_cpu() -> bool:
@@ -120,10 +124,15 @@ def _backward(spec, dtype, residuals, grad):
 
 
 def _gradient_product(x_axes: str, x: jax.Array, y_axes: str, y: jax.Array, out: str):
-    """The accumulating product of x and y into `out`'s axes. XLA:CPU copies the first operand
-    of a product into a layout with its contracted axes last. When these lead both operands (a
-    weight gradient), the smaller operand goes first and the (weight-sized) result is transposed;
-    the barrier keeps XLA from folding that transpose back into the product."""
+    """The accumulating product of x and y into `out`'s axes.
+
+    XLA:CPU copies the first operand of a product into a layout with its contracted axes last.
+    When these lead both operands (a weight gradient), the operand whose free axes lead `out`
+    goes first, so that the product comes out in the weight's layout. Only when that operand is
+    `TRANSPOSE_RESULT_RATIO` times the other or more (the logits against the hidden states, for
+    the tied embedding) does the other go first: the weight-sized result is then transposed, a
+    strided copy that costs several times a plain one per element. The barrier keeps XLA from
+    folding that transpose back into the product."""
     contracted = set(x_axes) & set(y_axes) - set(out)
 
     def leading(axes: str) -> bool:
@@ -131,7 +140,9 @@ def _gradient_product(x_axes: str, x: jax.Array, y_axes: str, y: jax.Array, out:
 
     if not (leading(x_axes) and leading(y_axes)):
         return _accumulating_einsum(f"{x_axes},{y_axes}->{out}", x.dtype, x, y, None)
-    if x.size > y.size:
+    if out[0] not in x_axes:
+        x_axes, x, y_axes, y = y_axes, y, x_axes, x
+    if x.size >= TRANSPOSE_RESULT_RATIO * y.size:
         x_axes, x, y_axes, y = y_axes, y, x_axes, x
     produced = "".join(axis for axis in x_axes + y_axes if axis in out)
     product = _accumulating_einsum(f"{x_axes},{y_axes}->{produced}", x.dtype, x, y, None)
