@@ -55,7 +55,6 @@ def test_refuses_to_run_without_a_gpu(tmp_path):
     assert out.stderr == "gpu_checks.sh: JAX runs on 'cpu', not a GPU (--allow-cpu to run anyway)\n"
 
 
-@pytest.mark.slow  # five Python processes importing JAX: about 40 s on two cores
 def test_a_cpu_run_writes_every_report_and_the_summary(tmp_path):
     out_dir = tmp_path / "out"
     args = ["--allow-cpu", "--sizes", "demo", "--seq-len", "32", "--batch", "4", "--steps", "2"]
