@@ -26,8 +26,8 @@ from jax.ad_checkpoint import checkpoint_name
 
 LOW_PRECISION = (jnp.bfloat16, jnp.float16)
 PRODUCT, BATCHED_PRODUCT = "matmul", "batched_matmul"  # checkpoint names of `einsum` results
-# A weight gradient's result is transposed rather than an operand this many times its other
-# operand copied (measured on XLA:CPU: worth it for 16 times, not for 4; see `_gradient_product`)
+# A weight gradient's result is transposed when copying its operand in the weight's order would
+# move this many times more elements than copying the other (XLA:CPU: worth it at 16, not at 4)
 TRANSPOSE_RESULT_RATIO = 8
 
 
@@ -140,9 +140,9 @@ def _gradient_product(x_axes: str, x: jax.Array, y_axes: str, y: jax.Array, out:
 
     if not (leading(x_axes) and leading(y_axes)):
         return _accumulating_einsum(f"{x_axes},{y_axes}->{out}", x.dtype, x, y, None)
-    if out[0] not in x_axes:
+    if out[0] not in x_axes:  # x first: the product in the weight's layout
         x_axes, x, y_axes, y = y_axes, y, x_axes, x
-    if x.size >= TRANSPOSE_RESULT_RATIO * y.size:
+    if x.size >= TRANSPOSE_RESULT_RATIO * y.size:  # x too large to copy: y first, transposed
         x_axes, x, y_axes, y = y_axes, y, x_axes, x
     produced = "".join(axis for axis in x_axes + y_axes if axis in out)
     product = _accumulating_einsum(f"{x_axes},{y_axes}->{produced}", x.dtype, x, y, None)
