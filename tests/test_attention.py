@@ -19,6 +19,7 @@ from jaxlm.layers.masks import (
     padding_mask,
     segment_mask,
 )
+from jaxlm.layers.recomputing_attention import recomputing_causal_attention
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -255,6 +256,76 @@ def test_causal_blocks_have_the_gradients_of_one_block():
     whole = grads(lambda q, k, v: reference_attention(q, k, v, causal_mask(100)))
     for got, want in zip(blocked, whole, strict=True):
         np.testing.assert_allclose(got, want, **TOL)
+
+
+def packed_padded_causal_mask(batch: int, length: int) -> tuple[np.ndarray, SegmentMask]:
+    """Segment ids of two documents in row 0 (then padding), one in the others, and their mask."""
+    segments = np.ones((batch, length), np.int32)
+    segments[0, length // 3 :] = 2
+    segments[0, length - 20 :] = 0
+    return segments, SegmentMask(jnp.asarray(segments), jnp.asarray(segments), causal=True)
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 2e-5), (jnp.bfloat16, 2e-2)])
+def test_recomputing_attention_matches_numpy_and_autodiff(dtype, tol):
+    """The long-sequence path (probabilities recomputed in the backward pass) on packed, padded
+    rows, grouped-query heads and a last block shorter than the others: outputs as float64
+    NumPy, and gradients (padding rows included) as autodiff of the reference attention."""
+    length, block = 300, 128
+    query, key, value = random_qkv(
+        np.random.default_rng(11), q_len=length, k_len=length, kv_heads=2
+    )
+    query, key, value = (
+        np.asarray(jnp.asarray(t, dtype).astype(np.float32)) for t in (query, key, value)
+    )
+    cotangent = np.random.default_rng(12).normal(size=query.shape).astype(np.float32)
+    segments, mask = packed_padded_causal_mask(2, length)
+    dense = mask.dense()
+
+    def grads(attention):
+        loss = lambda *qkv: jnp.sum(attention(*qkv).astype(jnp.float32) * cotangent)  # noqa: E731
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(
+            *(jnp.asarray(t, dtype) for t in (query, key, value))
+        )
+
+    recomputing = lambda q, k, v: recomputing_causal_attention(q, k, v, dense, block)  # noqa: E731
+    out = recomputing(*(jnp.asarray(t, dtype) for t in (query, key, value)))
+    real_rows = segments[:, :, None, None] != 0
+    expected = np_attention(query, key, value, np.asarray(dense))
+    np.testing.assert_allclose(
+        np.where(real_rows, np.asarray(out, np.float32), 0),
+        np.where(real_rows, expected, 0),
+        rtol=tol,
+        atol=tol,
+    )
+    (_, got), (_, want) = (
+        grads(recomputing),
+        grads(lambda q, k, v: reference_attention(q, k, v, dense)),
+    )
+    for g, w in zip(got, want, strict=True):
+        scale = float(np.max(np.abs(np.asarray(w, np.float32))))
+        np.testing.assert_allclose(
+            np.asarray(g, np.float32), np.asarray(w, np.float32), rtol=tol, atol=tol * scale
+        )
+
+
+def test_long_causal_attention_recomputes_on_the_cpu(monkeypatch):
+    """From `RECOMPUTE_FROM_LENGTH` tokens the reference backend's causal attention on the CPU
+    takes the recomputing path (no reference call), in query blocks of `causal_query_block`."""
+    seen = spy_on_key_lengths(monkeypatch)
+    blocks, real = [], attention_module.recomputing_causal_attention
+
+    def spy(query, key, value, mask, block):
+        blocks.append(block)
+        return real(query, key, value, mask, block)
+
+    monkeypatch.setattr(attention_module, "recomputing_causal_attention", spy)
+    monkeypatch.setattr(attention_module, "RECOMPUTE_FROM_LENGTH", 256)
+    query, key, value = random_qkv(np.random.default_rng(13), q_len=300, k_len=300)
+    out = dot_product_attention(query, key, value, one_document_per_row(300), backend="reference")
+    assert seen == [] and blocks == [128]
+    expected = np_attention(query, key, value, np.asarray(causal_mask(300)))
+    np.testing.assert_allclose(out, expected, **TOL)
 
 
 @pytest.mark.parametrize("backend", ["reference", "jax"])

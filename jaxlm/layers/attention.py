@@ -12,8 +12,12 @@ from jaxlm.layers.linear import DenseGeneral
 from jaxlm.layers.masks import SegmentMask, attention_mask
 from jaxlm.layers.matmul import einsum, low_precision_on_cpu, on_cpu
 from jaxlm.layers.pallas_attention import pallas_attention, pallas_fits
+from jaxlm.layers.recomputing_attention import recomputing_causal_attention
 
 ATTENTION_BACKENDS = ("auto", "reference", "jax", "cudnn", "pallas")
+# From this many tokens, causal attention on the CPU recomputes its probabilities in the
+# backward pass (`recomputing_causal_attention`): faster there from 1,024 tokens, as fast at 512
+RECOMPUTE_FROM_LENGTH = 1024
 
 
 def reference_attention(
@@ -67,9 +71,12 @@ def causal_blocks_attention(
     """The reference attention of causal self-attention, one block of queries at a time, each
     against the keys up to its last query: the key blocks above the diagonal, which the mask
     hides entirely, are never computed (up to half the work of long sequences). The reference
-    backend takes this path on the CPU, where it was measured faster from 128 to 2,048 tokens."""
+    backend takes this path on the CPU, where it was measured faster from 128 to 2,048 tokens;
+    from `RECOMPUTE_FROM_LENGTH` tokens the blocks' backward pass recomputes the probabilities."""
     length, block = query.shape[1], causal_query_block(query.shape[1])
     dense = mask.dense()
+    if length >= RECOMPUTE_FROM_LENGTH:
+        return recomputing_causal_attention(query, key, value, dense, block)
     return jnp.concatenate(
         [
             reference_attention(
