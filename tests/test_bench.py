@@ -199,12 +199,12 @@ import ctypes, resource, sys, threading
 from jaxlm.host_memory import keep_freed_memory
 applied = sys.argv[1] == "keep" and keep_freed_memory()
 libc = ctypes.CDLL("libc.so.6")
-libc.malloc.restype = ctypes.c_void_p
-size, faults = 64 << 20, []
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+size, faults = int(sys.argv[2]), []
 def step():  # a worker thread allocates, fills and frees a buffer, as XLA's runtime does
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     buffer = libc.malloc(size)
-    ctypes.memset(buffer, 1, size)
+    ctypes.memset(buffer, 1, ctypes.c_size_t(size))
     libc.free(ctypes.c_void_p(buffer))
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 for _ in range(3):
@@ -216,19 +216,22 @@ print(applied, *faults)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
-def test_keep_freed_memory_reuses_pages_across_steps():
-    """64 MB allocated and freed per step by a worker thread: mapped and faulted in anew each
-    time by default (16,384 pages of 4 KiB), reused from the second step once kept."""
+@pytest.mark.parametrize("size", [64 << 20, 2304 << 20], ids=["64MiB", "2.25GiB"])
+def test_keep_freed_memory_reuses_pages_across_steps(size):
+    """A buffer allocated and freed per step by a worker thread: mapped and faulted in anew each
+    time by default (one fault per 4 KiB page), reused from the second step once kept, also when
+    it is larger than the 2 GiB that glibc's largest trim threshold would keep (GPT-2 small's
+    step needs 2.5 GB of temporaries)."""
     runs = {
         mode: subprocess.run(
-            [sys.executable, "-c", FREED_MEMORY_PROBE, mode],
+            [sys.executable, "-c", FREED_MEMORY_PROBE, mode, str(size)],
             capture_output=True,
             text=True,
             check=True,
         ).stdout.split()
         for mode in ("keep", "default")
     }
-    pages = (64 << 20) // 4096
+    pages = size // 4096
     keep, default = ([int(x) for x in runs[mode][1:]] for mode in ("keep", "default"))
     assert runs["keep"][0] == "True" and runs["default"][0] == "False"
     assert min(default) >= pages and keep[0] >= pages
