@@ -3,7 +3,8 @@
     python benchmarks/summarize.py OUTDIR   # reads OUTDIR/train-*.json and OUTDIR/decode.json
 
 Prints the tables (for benchmarks/RESULTS.md) and writes OUTDIR/sizes.png when there are train
-reports: tokens/s and MFU against the model's arithmetic parameters N (jaxlm.bench.flops).
+reports: tokens/s and MFU against the model's arithmetic parameters N (jaxlm.bench.flops), one
+line per framework (the PyTorch reference too, for reports of `--reference torch` runs).
 """
 
 from __future__ import annotations
@@ -16,21 +17,24 @@ from matplotlib.figure import Figure
 
 
 def train_table(reports: list[dict]) -> list[str]:
+    """One row per framework of each report (jaxlm, and the reference when it ran)."""
     lines = [
-        "| config | N (arithmetic params) | batch x seq | remat | step ms (median) | tokens/s "
-        "| MFU | peak memory | compile s |",
-        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| config | framework | N (arithmetic params) | batch x seq | remat | step ms (median) "
+        "| tokens/s | MFU | peak memory | compile s |",
+        "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for report in reports:
-        r = report["results"][0]
-        mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
-        lines.append(
-            f"| {report['config'].split()[0]} | {report['arithmetic_params'] / 1e6:,.1f} M "
-            f"| {report['batch_size']} x {report['seq_len']} | {report['model']['remat_policy']} "
-            f"| {1e3 * r['step_seconds_median']:.1f} | {r['tokens_per_second']:,.0f} | {mfu} "
-            f"| {r['memory_bytes'] / 2**30:.1f} GiB ({r['memory_kind']}) "
-            f"| {r['compile_seconds']:.1f} |"
-        )
+        for r in report["results"]:
+            mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+            compile_s = "-" if r["compile_seconds"] is None else f"{r['compile_seconds']:.1f}"
+            lines.append(
+                f"| {report['config'].split()[0]} | {r['name']} "
+                f"| {report['arithmetic_params'] / 1e6:,.1f} M "
+                f"| {report['batch_size']} x {report['seq_len']} "
+                f"| {report['model']['remat_policy']} "
+                f"| {1e3 * r['step_seconds_median']:.1f} | {r['tokens_per_second']:,.0f} | {mfu} "
+                f"| {r['memory_bytes'] / 2**30:.1f} GiB ({r['memory_kind']}) | {compile_s} |"
+            )
     return lines
 
 
@@ -53,21 +57,31 @@ def decode_table(report: dict) -> list[str]:
 
 
 def plot_sizes(reports: list[dict], path: Path) -> None:
-    params = [report["arithmetic_params"] / 1e6 for report in reports]
-    results = [report["results"][0] for report in reports]
+    """Tokens/s and MFU against N, one line per framework."""
     figure = Figure(figsize=(9, 3.6), layout="constrained")
     speed, utilization = figure.subplots(1, 2)
-    speed.plot(params, [r["tokens_per_second"] for r in results], "o-")
+    names = dict.fromkeys(r["name"] for report in reports for r in report["results"])
+    for name in names:
+        points = [
+            (report["arithmetic_params"] / 1e6, r)
+            for report in reports
+            for r in report["results"]
+            if r["name"] == name
+        ]
+        params = [n for n, _ in points]
+        speed.plot(params, [r["tokens_per_second"] for _, r in points], "o-", label=name)
+        if all(r["mfu"] is not None for _, r in points):
+            utilization.plot(params, [100 * r["mfu"] for _, r in points], "o-", label=name)
     speed.set(xlabel="arithmetic parameters N (millions)", ylabel="training tokens/s")
-    mfus = [r["mfu"] for r in results]
-    if all(mfu is not None for mfu in mfus):
-        utilization.plot(params, [100 * mfu for mfu in mfus], "o-")
     utilization.set(xlabel="arithmetic parameters N (millions)", ylabel="MFU (%)")
     for axes in (speed, utilization):
         axes.set_xscale("log")
         axes.grid(alpha=0.3)
-    device = reports[0]["machine"]["device_kind"]
-    figure.suptitle(f"jaxlm train step, {device}, {reports[0]['model']['dtype']}")
+        if len(names) > 1:
+            axes.legend()
+    machine = reports[0]["machine"]
+    device = machine["cpu"] if machine["platform"] == "cpu" else machine["device_kind"]
+    figure.suptitle(f"train step, {device}, {reports[0]['model']['dtype']}")
     figure.savefig(path, dpi=120)
 
 

@@ -21,19 +21,23 @@ import sys
 
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # mallopt parameters (malloc.h)
 NEVER = -1  # as M_TRIM_THRESHOLD: never trim the heap
-SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, NEVER))
+HEAP_SETTINGS = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, NEVER))
 
 
-def keep_freed_memory() -> bool:
+def keep_freed_memory(one_arena: bool = True) -> bool:
     """Apply the settings; whether it could (only glibc has `mallopt`). Threads that have
-    already allocated keep their own heaps: call this before JAX starts its thread pools."""
+    already allocated keep their own heaps: call this before JAX starts its thread pools.
+
+    `one_arena=False` leaves glibc's per-thread arenas as they are, and keeps only the freed
+    memory: the setting the PyTorch reference runs with (its threads slow down on one arena)."""
     if not sys.platform.startswith("linux"):
         return False
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
         return False
-    return all(mallopt(parameter, value) == 1 for parameter, value in SETTINGS)
+    settings = ((M_ARENA_MAX, 1), *HEAP_SETTINGS) if one_arena else HEAP_SETTINGS
+    return all(mallopt(parameter, value) == 1 for parameter, value in settings)
 
 
 def jax_will_use_cpu() -> bool:
