@@ -72,7 +72,7 @@ def plot_sizes(reports: list[dict], path: Path) -> None:
         speed.plot(params, [r["tokens_per_second"] for _, r in points], "o-", label=name)
         if all(r["mfu"] is not None for _, r in points):
             utilization.plot(params, [100 * r["mfu"] for _, r in points], "o-", label=name)
-    speed.set(xlabel="arithmetic parameters N (millions)", ylabel="training tokens/s")
+    speed.set(xlabel="arithmetic parameters N (millions)", ylabel="training tokens/s", yscale="log")
     utilization.set(xlabel="arithmetic parameters N (millions)", ylabel="MFU (%)")
     for axes in (speed, utilization):
         axes.set_xscale("log")
