@@ -19,7 +19,7 @@ from tiny import TINY_MODEL
 from jaxlm import cli, host_memory
 from jaxlm.bench.decode import CompileClock, measure
 from jaxlm.bench.flops import model_flops
-from jaxlm.bench.harness import run_benchmark
+from jaxlm.bench.harness import EXTRA_WARMUP, SETTLED_FAULTS, run_benchmark, warm_up
 from jaxlm.bench.peaks import matmul_ceiling, peak_flops
 from jaxlm.cli.bench import batch_sizes
 from jaxlm.config import load_config
@@ -108,7 +108,8 @@ def test_bench_command_with_the_torch_reference(tmp_path, capsys):
     assert (jaxlm["name"], torch["name"]) == ("jaxlm", "pytorch")
     assert jaxlm["compile_seconds"] > 0 and torch["compile_seconds"] is None
     for result in (jaxlm, torch):
-        assert len(result["losses"]) == 5
+        assert 2 <= result["warmup_steps"] <= 2 + EXTRA_WARMUP
+        assert len(result["losses"]) == result["warmup_steps"] + 3
         assert 0 < result["step_seconds_min"] <= result["step_seconds_median"]
         assert result["step_seconds_median"] <= result["step_seconds_p90"]
         assert result["cpu_seconds_per_step"] > 0 and result["page_faults_per_step"] >= 0
@@ -119,6 +120,32 @@ def test_bench_command_with_the_torch_reference(tmp_path, capsys):
         assert result["memory_kind"] == "process peak RSS" and result["memory_bytes"] > 0
     assert jaxlm["losses"][-1] < jaxlm["losses"][0] - 0.1
     np.testing.assert_allclose(torch["losses"], jaxlm["losses"], rtol=1e-4)
+
+
+class ScriptedRunner:
+    """A runner whose steps fault the given numbers of pages in, then none."""
+
+    def __init__(self, faults: list[int]):
+        self.faults, self.steps = list(faults), 0
+
+    def run(self, count: int) -> dict:
+        self.steps += count
+        faults = [self.faults.pop(0) if self.faults else 0 for _ in range(count)]
+        return {"losses": [1.0] * count, "faults": faults}
+
+
+@pytest.mark.parametrize(
+    "faults, steps",
+    [
+        ([0, 0, 0], 3),  # settled within the warm-up asked for
+        ([90_000, 90_000, 50_000, SETTLED_FAULTS, SETTLED_FAULTS - 1], 5),  # until one is under
+        ([90_000] * 30, 3 + EXTRA_WARMUP),  # never settles: at most EXTRA_WARMUP more
+    ],
+)
+def test_warm_up_goes_on_while_the_heap_grows(faults, steps):
+    runner = ScriptedRunner(faults)
+    assert len(warm_up(runner, 3)) == steps and runner.steps == steps
+    assert warm_up(ScriptedRunner(faults), 0) == []
 
 
 @needs_torch

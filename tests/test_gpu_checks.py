@@ -81,7 +81,7 @@ def test_a_cpu_run_writes_every_report_and_the_summary(tmp_path):
     assert decode["model"]["param_dtype"] == "bfloat16"
     summary = (out_dir / "summary.md").read_text()
     tokens_per_second = train["results"][0]["tokens_per_second"]
-    assert "| demo | 4.2 M | 4 x 32 | none |" in summary
+    assert "| demo | jaxlm | 4.2 M | 4 x 32 | none |" in summary
     assert f"| {tokens_per_second:,.0f} |" in summary
     for row in decode["results"]:
         assert f"| {row['batch']} | {1e3 * row['latency_s']:.3f} |" in summary
