@@ -47,25 +47,30 @@ def _product(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.einsum(spec, a, b, preferred_element_type=F32)
 
 
-def _scores(q, k, mask, start, end):
-    """Masked scaled scores of queries [start, end) against keys [0, end): [b, h, g, q, k]."""
-    batch, kv_heads, group, _, head_dim = q.shape
-    rows = q[:, :, :, start:end].reshape(batch, kv_heads, group * (end - start), head_dim)
-    scores = _product("bhqd,bhkd->bhqk", rows, k[:, :, :end]) * head_dim**-0.5
-    scores = scores.reshape(batch, kv_heads, group, end - start, end)
-    visible = mask[:, :, None, start:end, :end]
-    return jnp.where(visible, scores, NEGATIVE), visible
-
-
 def _grouped(x: jax.Array) -> jax.Array:
     """[b, h, g, q, ...] -> [b, h, g * q, ...]."""
     return x.reshape(x.shape[0], x.shape[1], x.shape[2] * x.shape[3], *x.shape[4:])
 
 
+def _rows(x: jax.Array, start: int, end: int) -> jax.Array:
+    """Tokens [start, end) of x [b, h, g, tokens, d], grouped: [b, h, g * (end - start), d]."""
+    return _grouped(x[:, :, :, start:end])
+
+
+def _scores(rows, k, mask, start, end):
+    """Masked scaled scores of query rows [start, end) (`_rows`) against keys [0, end):
+    [b, h, g, q, k], and the mask's part that they see."""
+    batch, kv_heads, grouped_rows, head_dim = rows.shape
+    scores = _product("bhqd,bhkd->bhqk", rows, k[:, :, :end]) * head_dim**-0.5
+    scores = scores.reshape(batch, kv_heads, grouped_rows // (end - start), end - start, end)
+    visible = mask[:, :, None, start:end, :end]
+    return jnp.where(visible, scores, NEGATIVE), visible
+
+
 def _forward_blocks(block, q, k, v, mask):
     outputs, maxima, log_totals = [], [], []
     for start, end in _blocks(q.shape[3], block):
-        scores, _ = _scores(q, k, mask, start, end)
+        scores, _ = _scores(_rows(q, start, end), k, mask, start, end)
         maximum = jnp.max(scores, axis=-1, keepdims=True)
         weights = jnp.exp(scores - maximum)
         total = jnp.sum(weights, axis=-1, keepdims=True)
@@ -95,12 +100,12 @@ def _backward(block, residuals, grad):
     key_grad_t, value_grad_t = jnp.zeros(transposed, F32), jnp.zeros(transposed, F32)
     query_grads = []
     for start, end in _blocks(length, block):
-        scores, visible = _scores(q, k, mask, start, end)
+        rows, grad_rows = _rows(q, start, end), _rows(grad, start, end)
+        scores, visible = _scores(rows, k, mask, start, end)
         # (scores - maximum) first: a row with no visible key then gets probabilities 1 / k,
         # as in the forward pass, where maximum + log(total) would round back to the maximum
         rows_at = slice(start, end)
         probs = jnp.exp((scores - maximum[:, :, :, rows_at]) - log_total[:, :, :, rows_at])
-        rows, grad_rows = (_grouped(t[:, :, :, rows_at]) for t in (q, grad))
         value_grad_t = value_grad_t.at[..., :end].add(
             _product("bhdq,bhqk->bhdk", _small_first(grad_rows), _grouped(probs.astype(v.dtype)))
         )
