@@ -80,6 +80,19 @@ def test_bad_input_is_a_one_line_error(capsys):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is not None, reason="libtpu installed")
+def test_a_step_is_traced_for_its_devices_not_for_the_hosts_default_backend(monkeypatch):
+    """A host whose default backend is a GPU compiling for CPU devices (or a CPU host compiling
+    for a TPU slice) traces the step with the devices' attention and matmul paths."""
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    cfg = load_config(
+        "demo", ["data.batch_size=8", "model.num_layers=1", "mesh.data=1", "model.dtype=bfloat16"]
+    )
+    traced, _ = trace_train_step(cfg, jax.devices("cpu")[:1])
+    jaxpr = str(traced.jaxpr)
+    assert "custom_vjp_call" in jaxpr  # the CPU's bfloat16 products
+    assert "concatenate[dimension=1]" in jaxpr  # and its causal query blocks (2 of 64 tokens)
+
+
 def test_topology_without_libtpu_says_how_to_get_it(capsys):
     err = _error(capsys, ["compile", "demo", "--topology", "v5e:2x2"])
     assert "libtpu" in err and "pip install" in err
@@ -91,6 +104,8 @@ def test_topology_compiles_for_a_tpu_slice_on_any_host(capsys):
     cfg = load_config("demo", [*SMALL, "model.num_layers=1", "mesh.data=2", "mesh.fsdp=2"])
     report = compile_report(cfg, topology_devices("v5e:2x2"))
     assert (report.devices, report.device_kind) == (4, "TPU v5 lite")
+    pallas = load_config("demo", ["model.attention_backend=auto", "mesh.data=4"])
+    assert "pallas_call" in str(trace_train_step(pallas, topology_devices("v5e:2x2"))[0].jaxpr)
     assert report.program_flops == _expected_flops(1, 8, 64)
     assert 1.0 < report.xla_flops * 4 / report.program_flops < 1.1
 

@@ -10,6 +10,7 @@ import pytest
 from jax.ad_checkpoint import print_saved_residuals
 
 from jaxlm.layers.matmul import dot_general, dot_general_spec, einsum
+from jaxlm.layers.platform import tracing_for
 
 BF16_EPS = 2.0**-8  # bfloat16 keeps 8 significant bits
 
@@ -140,6 +141,21 @@ def test_float32_operands_take_lax_dot_general_unchanged():
     jaxpr = jax.make_jaxpr(lambda a, b: dot_general(a, b, dims))(lhs, rhs)
     assert [eqn.primitive.name for eqn in jaxpr.jaxpr.eqns] == ["dot_general"]
     np.testing.assert_array_equal(dot_general(lhs, rhs, dims), jax.lax.dot_general(lhs, rhs, dims))
+
+
+def test_traced_for_another_platform_bfloat16_operands_take_lax_dot_general_unchanged():
+    _, a = _rounded((8, 16), 0)
+    _, b = _rounded((16, 4), 1)
+
+    def product(a, b):
+        return einsum("mk,kn->mn", a, b)
+
+    assert "custom_vjp_call" in str(jax.make_jaxpr(product)(a, b))  # the CPU's fast path
+    for platform in ("tpu", "cuda"):
+        with tracing_for(platform):
+            jaxpr = jax.make_jaxpr(product)(a, b)
+        assert [eqn.primitive.name for eqn in jaxpr.jaxpr.eqns] == ["dot_general"]
+        assert jaxpr.jaxpr.eqns[0].outvars[0].aval.dtype == jnp.bfloat16
 
 
 def test_bfloat16_bias_joins_the_float32_product_and_its_gradient_sums_float32_values():

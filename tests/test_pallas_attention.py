@@ -5,11 +5,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxlm.config import MeshConfig, load_config
 from jaxlm.layers.attention import dot_product_attention, reference_attention, resolve_backend
 from jaxlm.layers.masks import SegmentMask, causal_mask, one_document_per_row
 from jaxlm.layers.pallas_attention import pallas_attention, pallas_block, pallas_fits
+from jaxlm.layers.platform import target_platform, tracing_for
 from jaxlm.models import build_model, init_params
 from jaxlm.parallel import activate, make_mesh
 
@@ -154,3 +156,35 @@ def test_backend_selection_per_platform(monkeypatch):
     assert resolve_backend("auto", jnp.bfloat16, 0.1) == "reference"  # attention dropout
     assert resolve_backend("pallas", jnp.bfloat16, fits_pallas=False) == "reference"
     assert resolve_backend("jax", jnp.bfloat16) == "jax"
+
+
+def _traced(fn, *args) -> str:
+    return str(jax.make_jaxpr(fn)(*args))
+
+
+def test_traced_for_a_tpu_on_the_cpu_attention_takes_the_compiled_kernel():
+    """What `jaxlm compile --topology` traces on a CPU host: the TPU's splash kernel, compiled
+    (not interpreted), where the host itself takes its causal query blocks."""
+    query, key, value = (x.astype(jnp.bfloat16) for x in qkv(length=128))
+    mask = SegmentMask(None, None, causal=True, length=128)
+
+    def attention(query, key, value):
+        return dot_product_attention(query, key, value, mask, backend="auto")
+
+    on_host = _traced(attention, query, key, value)
+    with tracing_for("tpu"):
+        assert target_platform() == "tpu"
+        for_tpu = _traced(attention, query, key, value)
+    assert target_platform() == jax.default_backend() == "cpu"
+    assert "pallas_call" not in on_host and "concatenate[dimension=1]" in on_host
+    assert "pallas_call" in for_tpu and "interpret=False" in for_tpu.replace(" ", "")
+
+
+def test_tracing_for_nests_and_restores_the_platform():
+    with tracing_for("cuda"):
+        assert target_platform() == "gpu"
+        with pytest.raises(RuntimeError), tracing_for("tpu"):
+            assert target_platform() == "tpu"
+            raise RuntimeError
+        assert target_platform() == "gpu"
+    assert target_platform() == "cpu"

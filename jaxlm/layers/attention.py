@@ -12,6 +12,7 @@ from jaxlm.layers.linear import DenseGeneral
 from jaxlm.layers.masks import SegmentMask, attention_mask
 from jaxlm.layers.matmul import einsum, low_precision_on_cpu, on_cpu
 from jaxlm.layers.pallas_attention import pallas_attention, pallas_fits
+from jaxlm.layers.platform import target_platform
 from jaxlm.layers.recomputing_attention import recomputing_causal_attention
 
 ATTENTION_BACKENDS = ("auto", "reference", "jax", "cudnn", "pallas")
@@ -104,7 +105,7 @@ def resolve_backend(
         return backend
     if dropout_rate > 0.0:
         return "reference"
-    platform = jax.default_backend()
+    platform = target_platform()
     if platform == "tpu" and fits_pallas:
         return "pallas"
     half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from jaxlm.layers.platform import target_platform
+
 LOW_PRECISION = (jnp.bfloat16, jnp.float16)
 PRODUCT, BATCHED_PRODUCT = "matmul", "batched_matmul"  # checkpoint names of `einsum` results
 # A weight gradient's result is transposed when copying its operand in the weight's order would
@@ -32,8 +34,8 @@ TRANSPOSE_RESULT_RATIO = 8
 
 
 def on_cpu() -> bool:
-    """Whether the computation being traced runs on the CPU (the default backend)."""
-    return jax.default_backend() == "cpu"
+    """Whether the computation being traced runs on the CPU (`target_platform`)."""
+    return target_platform() == "cpu"
 
 
 def low_precision_on_cpu(*arrays: jax.Array) -> bool:

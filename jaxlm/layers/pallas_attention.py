@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.layers.masks import SegmentMask
+from jaxlm.layers.platform import target_platform
 
 PALLAS_BLOCKS = (512, 256, 128)  # splash-attention tile sizes tried, largest first
 
@@ -42,7 +43,7 @@ def _splash_kernel(group: int, q_len: int, kv_len: int, causal: bool, block: int
     return splash.make_splash_mqa_single_device(
         splash.MultiHeadMask([make((q_len, kv_len)) for _ in range(group)]),
         block_sizes=blocks,
-        interpret=jax.default_backend() != "tpu",
+        interpret=target_platform() != "tpu",
     )
 
 

@@ -20,6 +20,7 @@ from jax.extend.core import jaxprs_in_params
 from jaxlm.config import Config, ModelConfig, check_task
 from jaxlm.data.tasks import BATCH_FEATURES
 from jaxlm.errors import JaxlmError
+from jaxlm.layers.platform import tracing_for
 from jaxlm.models.summary import abstract_params, parameter_leaves
 from jaxlm.parallel import activate, batch_sharding, check_batch_size, make_mesh
 from jaxlm.sharding_report import format_bytes, mesh_text
@@ -160,7 +161,8 @@ def _si(value: float) -> str:
 
 
 def trace_train_step(cfg: Config, devices: list | None = None):
-    """(traced step, mesh): the sharded train step traced over `devices` (default: local ones)."""
+    """(traced step, mesh): the sharded train step traced over `devices` (default: local ones),
+    with the attention and matmul paths of their platform, whatever the host's."""
     check_task(cfg)
     mesh = make_mesh(cfg.mesh, devices)
     check_batch_size(cfg.data.batch_size, mesh)
@@ -170,7 +172,7 @@ def trace_train_step(cfg: Config, devices: list | None = None):
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings
     )
     train_step = compile_train_step(cfg, tx, schedule, shardings, mesh)
-    with activate(mesh):
+    with activate(mesh), tracing_for(mesh.devices.flat[0].platform):
         return train_step.trace(state, abstract_batch(cfg, mesh)), mesh
 
 
