@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.extend.core import jaxprs_in_params
 from tiny import TINY_MODEL
 
 from jaxlm.config import SampleConfig, load_config
@@ -110,6 +111,30 @@ def test_cached_step_logits_equal_the_full_forward_pass(family, dtype):
     else:
         error = np.linalg.norm(cached[real] - full[real]) / np.linalg.norm(full[real])
         assert error < 2e-2
+
+
+def _layer_loop_unrolls(jaxpr, layers: int) -> list[int]:
+    """The `unroll` of every scan over `layers` steps in a jaxpr, nested ones included."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "scan" and eqn.params["length"] == layers:
+            found.append(eqn.params["unroll"])
+        for sub in jaxprs_in_params(eqn.params):
+            found += _layer_loop_unrolls(sub, layers)
+    return found
+
+
+def test_decoding_loops_over_the_layers_where_training_unrolls_them():
+    """Unrolled, every decoded token would copy each layer's weights out of their stack."""
+    cfg, params = _model("gpt", ["model.scan_unroll=0"])
+    tokens = jnp.ones((1, 1), jnp.int32)
+    step = step_fn(cfg)
+    decode = jax.make_jaxpr(lambda p, c: step(p, c, tokens, 0 * tokens, tokens, None))(
+        params, init_cache(cfg, 1, 8)
+    )
+    forward = jax.make_jaxpr(lambda p: build_model(cfg).apply({"params": p}, tokens))(params)
+    assert _layer_loop_unrolls(decode.jaxpr, cfg.num_layers) == [1]
+    assert _layer_loop_unrolls(forward.jaxpr, cfg.num_layers) == [cfg.num_layers]
 
 
 def test_sampling_is_reproducible_with_the_same_key():
