@@ -14,6 +14,7 @@ from tiny import TINY_MODEL
 from jaxlm.config import SampleConfig, load_config
 from jaxlm.decoding.beam import beam_search
 from jaxlm.decoding.cache import encode, init_cache, step_fn
+from jaxlm.decoding.loop import sample_tokens
 from jaxlm.generate import generate, pad_rows, translate
 from jaxlm.models import build_model, init_params
 
@@ -113,28 +114,38 @@ def test_cached_step_logits_equal_the_full_forward_pass(family, dtype):
         assert error < 2e-2
 
 
-def _layer_loop_unrolls(jaxpr, layers: int) -> list[int]:
-    """The `unroll` of every scan over `layers` steps in a jaxpr, nested ones included."""
-    found = []
+def _operand_shapes(jaxpr) -> list[tuple[int, ...]]:
+    """The shapes of every operand in a jaxpr, nested jaxprs included."""
+    shapes = [tuple(v.aval.shape) for eqn in jaxpr.eqns for v in eqn.invars]
     for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "scan" and eqn.params["length"] == layers:
-            found.append(eqn.params["unroll"])
         for sub in jaxprs_in_params(eqn.params):
-            found += _layer_loop_unrolls(sub, layers)
-    return found
+            shapes += _operand_shapes(sub)
+    return shapes
 
 
-def test_decoding_loops_over_the_layers_where_training_unrolls_them():
-    """Unrolled, every decoded token would copy each layer's weights out of their stack."""
-    cfg, params = _model("gpt", ["model.scan_unroll=0"])
-    tokens = jnp.ones((1, 1), jnp.int32)
-    step = step_fn(cfg)
-    decode = jax.make_jaxpr(lambda p, c: step(p, c, tokens, 0 * tokens, tokens, None))(
-        params, init_cache(cfg, 1, 8)
-    )
-    forward = jax.make_jaxpr(lambda p: build_model(cfg).apply({"params": p}, tokens))(params)
-    assert _layer_loop_unrolls(decode.jaxpr, cfg.num_layers) == [1]
-    assert _layer_loop_unrolls(forward.jaxpr, cfg.num_layers) == [cfg.num_layers]
+def test_the_decoding_loop_reads_no_layer_out_of_a_stacked_array():
+    """Each step reads per-layer weights and caches: a layer read out of an array stacked over
+    the layers inside the loop would be copied at every step (on the CPU, 40% of GPT-2 small's
+    decoding time). The layers are split once, before the loop."""
+    cfg, params = _model("gpt", ["model.num_layers=3", "model.scan_unroll=0"])
+    prompts = jnp.ones((1, 4), jnp.int32)
+    jaxpr = jax.make_jaxpr(
+        lambda params: sample_tokens(
+            cfg,
+            params,
+            prompts,
+            prompts,
+            jax.random.key(0),
+            sample=SampleConfig(max_new_tokens=4, temperature=0),
+            max_new_tokens=4,
+            eos_id=-1,
+            pad_id=0,
+        )
+    )(params).jaxpr
+    (loop,) = [eqn for eqn in jaxpr.eqns if eqn.primitive.name == "while"]
+    stacked = [s for s in _operand_shapes(jaxpr) if len(s) > 1 and s[0] == 3]
+    assert stacked  # the stacked parameters, split before the loop
+    assert not [s for s in _operand_shapes(loop.params["body_jaxpr"].jaxpr) if s in stacked]
 
 
 def test_sampling_is_reproducible_with_the_same_key():

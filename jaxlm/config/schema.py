@@ -55,7 +55,7 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype: float32 | bfloat16 | float16
     param_dtype: str = "float32"  # parameter (master weight) dtype
     remat_policy: str = "none"  # none | full | dots | dots_no_batch
-    scan_unroll: int = 1  # layers per loop iteration (training, eval); 0 = all; decoding loops
+    scan_unroll: int = 1  # layers per iteration of the layer loop; 0 = all (no loop)
 
     @property
     def compute_dtype(self):

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.config import ModelConfig, SampleConfig
-from jaxlm.decoding.cache import map_batch, step_fn
+from jaxlm.decoding.cache import map_batch, step_fn, unstack_layers
 from jaxlm.decoding.loop import prefill
 
 NEG_INF = -1.0e9
@@ -41,6 +41,7 @@ def beam_search(
     """
     k, alpha = sample.num_beams, sample.length_penalty
     batch = prompts.shape[0]
+    params = unstack_layers(params)  # once, outside the loop
     step = step_fn(cfg)
     logits, cache = prefill(cfg, params, prompts, segments, context, max_new_tokens)
     # Every beam starts as the same prompt: repeat the cache and the context k times.

@@ -1,7 +1,9 @@
 """The generating families (GPT, encoder-decoder) as steps over a preallocated key/value cache.
 
-A cache (`jaxlm.models.common.empty_cache`) holds every decoder layer's keys and values,
-[layers, batch, kv_heads, length, head_dim], the segment id of every slot and the next free slot.
+A cache (`jaxlm.models.common.empty_cache`) holds each decoder layer's keys and values, one
+[batch, kv_heads, length, head_dim] array per layer, the segment id of every slot and the next
+free slot. The steps take parameters whose decoder layers are split out of their stack
+(`unstack_layers`); a decoding loop splits them once, before it starts.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from jaxlm.models.common import empty_cache
 # (params, cache, tokens, positions, segments, context, prefill=False)
 #     -> (logits [batch, length, vocab], cache)
 StepFn = Callable[..., tuple[jax.Array, dict]]
-BATCH_AXIS = {"key": 1, "value": 1, "segments": 0}
+BATCH_AXIS = {"key": 0, "value": 0, "segments": 0}  # of each array of the entry
 
 
 def step_fn(cfg: ModelConfig) -> StepFn:
@@ -29,6 +31,7 @@ def step_fn(cfg: ModelConfig) -> StepFn:
     model = build_model(cfg)
 
     def step(params, cache, tokens, positions, segments, context, prefill=False):
+        params = unstack_layers(params)
         if cfg.family == "seq2seq":
             encoded, source_segments = context
             return model.apply(
@@ -46,6 +49,21 @@ def step_fn(cfg: ModelConfig) -> StepFn:
         )
 
     return step
+
+
+def unstack_layers(params):
+    """The parameters with the decoder's layer stack (a leading `layers` axis, from `nn.scan`)
+    split into one entry per layer, `layers_0`, `layers_1`, ..., as decoding reads them;
+    parameters already split come back as they are. The split copies the decoder layers'
+    weights once, so decoding holds them twice while it runs."""
+    decoder = params.get("decoder", {})
+    if "layers" not in decoder:
+        return params
+    stacked = decoder["layers"]
+    count = jax.tree.leaves(stacked)[0].shape[0]
+    layers = {f"layers_{i}": jax.tree.map(lambda p, i=i: p[i], stacked) for i in range(count)}
+    rest = {name: value for name, value in decoder.items() if name != "layers"}
+    return {**params, "decoder": {**rest, **layers}}
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int) -> dict:
@@ -67,4 +85,7 @@ def encode(cfg: ModelConfig, params, source: jax.Array, source_segments: jax.Arr
 
 def map_batch(cache: dict, fn: Callable[[jax.Array, int], jax.Array]) -> dict:
     """Apply `fn(entry, batch_axis)` to every batched cache entry (beam search reorders rows)."""
-    return {k: fn(v, BATCH_AXIS[k]) if k in BATCH_AXIS else v for k, v in cache.items()}
+    return {
+        k: jax.tree.map(lambda x, axis=BATCH_AXIS[k]: fn(x, axis), v) if k in BATCH_AXIS else v
+        for k, v in cache.items()
+    }

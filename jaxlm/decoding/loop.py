@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jax.experimental import io_callback
 
 from jaxlm.config import ModelConfig, SampleConfig
-from jaxlm.decoding.cache import init_cache, soft_prompt_length, step_fn
+from jaxlm.decoding.cache import init_cache, soft_prompt_length, step_fn, unstack_layers
 from jaxlm.decoding.sampling import next_token
 
 
@@ -46,6 +46,7 @@ def sample_tokens(
     (segments: 1 = token, 0 = padding). A row stops at `eos_id` and is padded with `pad_id`;
     `stream(step, tokens)`, if given, is called from the device loop with every new token."""
     batch = prompts.shape[0]
+    params = unstack_layers(params)  # once, outside the loop
     step = step_fn(cfg)
     logits, cache = prefill(cfg, params, prompts, segments, context, max_new_tokens)
     lengths = jnp.sum(segments, axis=1)  # real tokens per row: the next position

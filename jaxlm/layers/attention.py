@@ -209,10 +209,10 @@ class MultiHeadAttention(nn.Module):
     Self-attention when `inputs_kv` is `inputs_q`; cross-attention otherwise. Rotary position
     embedding, when given as `rotary(x, positions)`, is applied to queries and keys.
 
-    With `kv_cache` = (keys, values), each [layers, batch, kv_heads, cache_length, head_dim], the
-    inputs' keys and values are written into layer `layer` at slot `decode_index`, the queries
-    attend over that layer's whole cache (`mask` is then [batch, 1, q, cache_length]) and the
-    call returns (output, updated kv_cache).
+    With `kv_cache` = (keys, values), this layer's, each [batch, kv_heads, cache_length,
+    head_dim], the inputs' keys and values are written at slot `decode_index`, the queries attend
+    over the whole cache (`mask` is then [batch, 1, q, cache_length]) and the call returns
+    (output, updated kv_cache).
 
     `prefix` = (keys, values), each [prefix_length, kv_heads, head_dim], are keys and values that
     every query may attend to besides the inputs' (prefix tuning; see `prepend_prefix`).
@@ -242,7 +242,6 @@ class MultiHeadAttention(nn.Module):
         deterministic: bool = True,
         kv_cache: tuple[jax.Array, jax.Array] | None = None,
         decode_index: jax.Array | None = None,
-        layer: jax.Array | None = None,
         prefix: tuple[jax.Array, jax.Array] | None = None,
     ):
         # inputs_q: [batch, q, embed]; inputs_kv: [batch, k, embed]
@@ -263,17 +262,15 @@ class MultiHeadAttention(nn.Module):
         head_axes = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
         query, key, value = (nn.with_logical_constraint(t, head_axes) for t in (query, key, value))
         if kv_cache is not None:
-            # The cache is [layers, batch, kv_heads, cache_length, head_dim]: the layout in which
-            # attention reads it without transposing.
+            # This layer's keys and values, [batch, kv_heads, cache_length, head_dim]: the layout
+            # in which attention reads them without transposing.
             kv_cache = tuple(
                 jax.lax.dynamic_update_slice(
-                    cache,
-                    jnp.swapaxes(new, 1, 2)[None].astype(cache.dtype),
-                    (layer, 0, 0, decode_index, 0),
+                    cache, jnp.swapaxes(new, 1, 2).astype(cache.dtype), (0, 0, decode_index, 0)
                 )
                 for cache, new in zip(kv_cache, (key, value), strict=True)
             )
-            key, value = (jnp.swapaxes(cache[layer], 1, 2) for cache in kv_cache)
+            key, value = (jnp.swapaxes(cache, 1, 2) for cache in kv_cache)
             if low_precision_on_cpu(query, key):
                 # XLA:CPU lays out products over the cache for a kernel with no bf16 x bf16 ->
                 # f32 form (it fails at run time); float32 products of 16-bit values are exact.

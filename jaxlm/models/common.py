@@ -142,13 +142,14 @@ def mask_vocab_padding(logits: jax.Array, vocab_size: int) -> jax.Array:
 def empty_cache(cfg: ModelConfig, num_layers: int, batch: int, length: int) -> dict:
     """A key/value cache for `batch` sequences of up to `length` tokens.
 
-    key, value: [layers, batch, kv_heads, length, head_dim]; segments: [batch, length] (the
-    segment id of every filled slot, 0 = padding or empty); index: the next free slot.
+    key, value: a tuple of one [batch, kv_heads, length, head_dim] array per layer; segments:
+    [batch, length] (the segment id of every filled slot, 0 = padding or empty); index: the next
+    free slot.
     """
-    shape = (num_layers, batch, cfg.num_kv_heads or cfg.num_heads, length, cfg.resolved_head_dim)
+    shape = (batch, cfg.num_kv_heads or cfg.num_heads, length, cfg.resolved_head_dim)
     return {
-        "key": jnp.zeros(shape, cfg.compute_dtype),
-        "value": jnp.zeros(shape, cfg.compute_dtype),
+        "key": tuple(jnp.zeros(shape, cfg.compute_dtype) for _ in range(num_layers)),
+        "value": tuple(jnp.zeros(shape, cfg.compute_dtype) for _ in range(num_layers)),
         "segments": jnp.zeros((batch, length), jnp.int32),
         "index": jnp.zeros((), jnp.int32),
     }
