@@ -89,6 +89,35 @@ def test_matmul_ceiling_is_measured():
 
 
 @needs_torch
+def test_bench_compiles_cold_even_with_a_persistent_compilation_cache(tmp_path):
+    """With JAX's persistent cache set up (as JAX_COMPILATION_CACHE_DIR does), `jaxlm bench`
+    neither reads nor writes it: its compile time is that of a first run."""
+    cache = tmp_path / "xla-cache"
+    settings = {
+        "jax_compilation_cache_dir": str(cache),
+        "jax_persistent_cache_min_compile_time_secs": 0.0,
+        "jax_enable_compilation_cache": True,
+    }
+    previous = {option: getattr(jax.config, option) for option in settings}
+    events = []
+
+    def listen(event, **_):
+        events.append(event)
+
+    jax.monitoring.register_event_listener(listen)
+    try:
+        for option, value in settings.items():
+            jax.config.update(option, value)
+        assert cli.main(["bench", "demo", *TINY, "--steps", "1", "--warmup", "0"]) == 0
+    finally:
+        jax.monitoring.unregister_event_listener(listen)
+        for option, value in previous.items():
+            jax.config.update(option, value)
+    used = {"compile_requests_use_cache", "cache_hits", "cache_misses"}
+    assert not [event for event in events if event.rsplit("/", 1)[-1] in used]
+    assert not cache.exists() or not any(cache.iterdir())
+
+
 def test_bench_command_with_the_torch_reference(tmp_path, capsys):
     """The report's shape; and the reference, from the same initial weights on the same batch
     with the same AdamW and schedule, has the same falling loss step for step."""

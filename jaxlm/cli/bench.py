@@ -27,8 +27,15 @@ def run(args) -> None:
     import json
     from pathlib import Path
 
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
     from jaxlm.config import load_config
 
+    # Compile times are reported cold, even where JAX_COMPILATION_CACHE_DIR names a cache (the
+    # reset makes JAX look at the setting again, should the process have compiled before)
+    jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()
     cfg = load_config(args.config, args.overrides)
     if args.decode:
         from jaxlm.bench.decode import decode_benchmark, format_decode_report
