@@ -127,7 +127,7 @@ def test_the_decoding_loop_reads_no_layer_out_of_a_stacked_array():
     """Each step reads per-layer weights and caches: a layer read out of an array stacked over
     the layers inside the loop would be copied at every step (on the CPU, 40% of GPT-2 small's
     decoding time). The layers are split once, before the loop."""
-    cfg, params = _model("gpt", ["model.num_layers=3", "model.scan_unroll=0"])
+    cfg, params = _model("gpt", ["model.num_layers=3"])
     prompts = jnp.ones((1, 4), jnp.int32)
     jaxpr = jax.make_jaxpr(
         lambda params: sample_tokens(
