@@ -45,10 +45,10 @@ def beam_search(
     step = step_fn(cfg)
     logits, cache = prefill(cfg, params, prompts, segments, context, max_new_tokens)
     # Every beam starts as the same prompt: repeat the cache and the context k times.
-    repeat = lambda x, axis: jnp.repeat(x, k, axis=axis)  # noqa: E731
+    repeat = lambda x: jnp.repeat(x, k, axis=0)  # noqa: E731
     cache = map_batch(cache, repeat)
     if context is not None:
-        context = jax.tree.map(lambda x: repeat(x, 0), context)
+        context = jax.tree.map(repeat, context)
     lengths = jnp.repeat(jnp.sum(segments, axis=1), k)
     logits = jnp.repeat(logits[:, -1], k, axis=0)  # [batch * k, vocab]
     vocab = logits.shape[-1]
@@ -87,7 +87,7 @@ def beam_search(
         alive = _gather_beams(cand_seqs, keep)
         parent = _gather_beams(cand_beam, keep)  # [batch, k] beam each survivor extends
         rows = (jnp.arange(batch)[:, None] * k + parent).reshape(-1)
-        cache = map_batch(cache, lambda x, axis: jnp.take(x, rows, axis=axis))
+        cache = map_batch(cache, lambda x: jnp.take(x, rows, axis=0))
         tokens = alive[:, :, i].reshape(-1, 1)
         logits, cache = step(
             params, cache, tokens, (lengths + i)[:, None], jnp.ones_like(tokens), context

@@ -19,7 +19,7 @@ from jaxlm.models.common import empty_cache
 # (params, cache, tokens, positions, segments, context, prefill=False)
 #     -> (logits [batch, length, vocab], cache)
 StepFn = Callable[..., tuple[jax.Array, dict]]
-BATCH_AXIS = {"key": 0, "value": 0, "segments": 0}  # of each array of the entry
+BATCHED = ("key", "value", "segments")  # cache entries whose arrays lead with the batch axis
 
 
 def step_fn(cfg: ModelConfig) -> StepFn:
@@ -83,9 +83,7 @@ def encode(cfg: ModelConfig, params, source: jax.Array, source_segments: jax.Arr
     return encoded, source_segments
 
 
-def map_batch(cache: dict, fn: Callable[[jax.Array, int], jax.Array]) -> dict:
-    """Apply `fn(entry, batch_axis)` to every batched cache entry (beam search reorders rows)."""
-    return {
-        k: jax.tree.map(lambda x, axis=BATCH_AXIS[k]: fn(x, axis), v) if k in BATCH_AXIS else v
-        for k, v in cache.items()
-    }
+def map_batch(cache: dict, fn: Callable[[jax.Array], jax.Array]) -> dict:
+    """Apply `fn` to every array of the batched cache entries, rows first (beam search reorders
+    rows)."""
+    return {k: jax.tree.map(fn, v) if k in BATCHED else v for k, v in cache.items()}
