@@ -21,7 +21,8 @@ exactly --threads cores with `taskset`; the script warns when its CPU affinity d
 on the CPU (JAX_PLATFORMS=cpu unless already set). Run on an otherwise idle machine: with other
 processes on its cores, multi-threaded torch (OpenMP) slows down tenfold or more.
 
---write saves the table and the machine's description to benchmarks/DECODE.md.
+--write saves the table and the machine's description to benchmarks/DECODE.md, as the section of
+the config (replacing that config's earlier section, keeping the others).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from jaxlm.config import load_config  # noqa: E402
 from jaxlm.models import init_params  # noqa: E402
 
 REPORT = Path(__file__).resolve().parent / "DECODE.md"
+TITLE = "# Greedy decoding on the CPU: jaxlm vs a PyTorch reference"
 
 
 def machine_info(threads: int) -> list[str]:
@@ -150,11 +152,20 @@ def main(argv: list[str] | None = None) -> None:
     print("\n".join(notes))
     if args.write:
         command = "python benchmarks/decode.py " + " ".join(argv or sys.argv[1:])
-        lines = ["# Greedy decoding on the CPU: jaxlm vs a PyTorch reference", ""]
-        lines += [f"- {line}" for line in machine_info(args.threads) + notes]
+        lines = [""] + [f"- {line}" for line in machine_info(args.threads) + notes]
         lines += ["", f"`{command.strip()}`", "", table, ""]
-        REPORT.write_text("\n".join(lines))
+        write_section(REPORT, f"`{args.config}`", "\n".join(lines))
         print(f"wrote {REPORT}", file=sys.stderr)
+
+
+def write_section(report: Path, heading: str, body: str) -> None:
+    """Put `body` under `## heading` in `report`: in place of that heading's section, or last."""
+    text = report.read_text() if report.exists() else f"{TITLE}\n"
+    head, *parts = text.split("\n## ")
+    sections = dict(part.split("\n", 1) for part in parts)  # heading -> body, in order
+    sections[heading] = body
+    parts = [f"{name}\n{text}" for name, text in sections.items()]
+    report.write_text("\n## ".join([head.rstrip("\n") + "\n", *parts]))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import numpy as np
 
 from jaxlm.config import ModelConfig, SampleConfig
 from jaxlm.decoding.beam import beam_search
-from jaxlm.decoding.cache import encode
+from jaxlm.decoding.cache import encode, unstack_layers
 from jaxlm.decoding.loop import sample_tokens
 from jaxlm.errors import JaxlmError
 
@@ -66,7 +66,7 @@ def _decode(cfg, params, tokens, segments, sample, eos_id, pad_id, stream, sourc
     run = _compiled(cfg, settings, max_new, eos_id, pad_id, stream)
     source_tokens, source_segments = source if source is not None else (None, None)
     rng = jax.random.key(sample.seed)
-    out = run(params, tokens, segments, rng, source_tokens, source_segments)
+    out = run(unstack_layers(params), tokens, segments, rng, source_tokens, source_segments)
     return [
         row[: row.index(eos_id) + 1] if eos_id in row else row for row in np.asarray(out).tolist()
     ]

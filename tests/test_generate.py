@@ -3,6 +3,7 @@ exhaustive search over all continuations, and the uncached logits at every step.
 
 import itertools
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -13,7 +14,7 @@ from tiny import TINY_MODEL
 
 from jaxlm.config import SampleConfig, load_config
 from jaxlm.decoding.beam import beam_search
-from jaxlm.decoding.cache import encode, init_cache, step_fn
+from jaxlm.decoding.cache import _layer, encode, init_cache, step_fn, unstack_layers
 from jaxlm.decoding.loop import sample_tokens
 from jaxlm.generate import generate, pad_rows, translate
 from jaxlm.models import build_model, init_params
@@ -146,6 +147,23 @@ def test_the_decoding_loop_reads_no_layer_out_of_a_stacked_array():
     stacked = [s for s in _operand_shapes(jaxpr) if len(s) > 1 and s[0] == 3]
     assert stacked  # the stacked parameters, split before the loop
     assert not [s for s in _operand_shapes(loop.params["body_jaxpr"].jaxpr) if s in stacked]
+
+
+def test_split_layers_are_the_stacks_slices_from_one_program_for_all_layers():
+    """`generate` splits the layers before its compiled loop (so the loop's program compiles
+    without the split): one small program, its layer index an argument, serves every layer."""
+    _, params = _model("gpt", ["model.num_layers=5"])
+    programs = _layer._cache_size()
+    split = unstack_layers(params)
+    assert _layer._cache_size() == programs + 1
+    stacked = params["decoder"]["layers"]
+    for i in range(5):
+        chex.assert_trees_all_equal(
+            split["decoder"][f"layers_{i}"], jax.tree.map(lambda p, i=i: np.asarray(p)[i], stacked)
+        )
+    assert "layers" not in split["decoder"] and "layers_5" not in split["decoder"]
+    assert unstack_layers(split) is split
+    chex.assert_trees_all_equal(split["token_embed"], params["token_embed"])
 
 
 def test_sampling_is_reproducible_with_the_same_key():

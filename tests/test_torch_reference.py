@@ -80,3 +80,15 @@ def test_greedy_decode_matches_uncached_and_jaxlm(models):
     )
     assert cached.shape == (3, new_tokens)
     assert cached.tolist() == uncached.tolist() == expected
+
+
+def test_the_decode_benchmark_replaces_its_configs_section_and_keeps_the_others(tmp_path):
+    import decode
+
+    report = tmp_path / "DECODE.md"
+    decode.write_section(report, "`demo`", "\nfirst demo\n")
+    decode.write_section(report, "`gpt2-small`", "\nsmall\n")
+    decode.write_section(report, "`demo`", "\nsecond demo\n")
+    assert report.read_text() == (
+        f"{decode.TITLE}\n\n## `demo`\n\nsecond demo\n\n## `gpt2-small`\n\nsmall\n"
+    )

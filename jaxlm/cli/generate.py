@@ -40,11 +40,13 @@ class _Printer:
 
 def run(args) -> None:
     from jaxlm.config import SampleConfig
+    from jaxlm.decoding.cache import unstack_layers
     from jaxlm.generate import generate_text
     from jaxlm.inference import load_for_inference
 
     prompts = _read_prompts(args)
     cfg, params, tokenizer = load_for_inference(Path(args.workdir))
+    params = unstack_layers(params)  # split here, the stacked weights are freed
     sample = SampleConfig(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,

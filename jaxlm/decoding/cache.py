@@ -3,7 +3,8 @@
 A cache (`jaxlm.models.common.empty_cache`) holds each decoder layer's keys and values, one
 [batch, kv_heads, length, head_dim] array per layer, the segment id of every slot and the next
 free slot. The steps take parameters whose decoder layers are split out of their stack
-(`unstack_layers`); a decoding loop splits them once, before it starts.
+(`unstack_layers`); a decoding loop splits them once, before it starts, and `generate` before
+it calls the compiled loop.
 """
 
 from __future__ import annotations
@@ -54,16 +55,25 @@ def step_fn(cfg: ModelConfig) -> StepFn:
 def unstack_layers(params):
     """The parameters with the decoder's layer stack (a leading `layers` axis, from `nn.scan`)
     split into one entry per layer, `layers_0`, `layers_1`, ..., as decoding reads them;
-    parameters already split come back as they are. The split copies the decoder layers'
-    weights once, so decoding holds them twice while it runs."""
+    parameters already split come back as they are.
+
+    The split copies the decoder layers' weights; on arrays (outside a trace) it runs one small
+    compiled program per layer, so the decoding programs compile without it, and dropping the
+    stacked parameters afterwards keeps one copy of the weights."""
     decoder = params.get("decoder", {})
     if "layers" not in decoder:
         return params
     stacked = decoder["layers"]
     count = jax.tree.leaves(stacked)[0].shape[0]
-    layers = {f"layers_{i}": jax.tree.map(lambda p, i=i: p[i], stacked) for i in range(count)}
+    layers = {f"layers_{i}": _layer(stacked, i) for i in range(count)}
     rest = {name: value for name, value in decoder.items() if name != "layers"}
     return {**params, "decoder": {**rest, **layers}}
+
+
+@jax.jit
+def _layer(stacked, index):
+    """Layer `index` of a stack: one program for every layer (the index is an argument)."""
+    return jax.tree.map(lambda p: jax.lax.dynamic_index_in_dim(p, index, keepdims=False), stacked)
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int) -> dict:
