@@ -146,6 +146,18 @@ def test_generate_cli_streams_a_single_prompt_and_runs_beam_search(trained, caps
     assert streamed.startswith("The") and streamed.endswith("\n")
 
 
+def test_generate_cli_runs_repeated_prompts_as_one_batch(trained, capsys):
+    """Each prompt of one call continues as it does alone (greedy, left-padded batch)."""
+    workdir, _, _ = trained
+    argv = ["generate", str(workdir), "--temperature", "0", "--max-new-tokens", "8"]
+    alone = []
+    for prompt in ("The", "It was a"):
+        assert cli.main([*argv, "--prompt", prompt]) == 0
+        alone.append(capsys.readouterr().out)
+    assert cli.main([*argv, "--prompt", "The", "--prompt", "It was a"]) == 0
+    assert capsys.readouterr().out == "".join(alone)
+
+
 def test_continuation_text_keeps_the_space_before_its_first_word(trained):
     from jaxlm.data.tokenizer import Tokenizer
     from jaxlm.generate import continuation

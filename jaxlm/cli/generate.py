@@ -9,8 +9,8 @@ from jaxlm.errors import JaxlmError
 
 
 def _read_prompts(args) -> list[str]:
-    if args.prompt is not None:
-        return [args.prompt]
+    if args.prompt:
+        return args.prompt
     if args.prompt_file is not None:
         path = Path(args.prompt_file)
         if not path.is_file():
@@ -74,7 +74,11 @@ def register(commands) -> None:
     parser = commands.add_parser("generate", help="sample text from a trained model")
     parser.add_argument("workdir", help="the training workdir (config, tokenizer, checkpoints)")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--prompt", help="prompt text (default: read standard input)")
+    source.add_argument(
+        "--prompt",
+        action="append",
+        help="prompt text; repeat for several (default: read standard input)",
+    )
     source.add_argument("--prompt-file", help="a file with one prompt per line")
     parser.add_argument("--max-new-tokens", type=int, default=100)
     parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
