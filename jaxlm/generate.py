@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlm.config import ModelConfig, SampleConfig
+from jaxlm.config import ModelConfig, SampleConfig, validate_sample
 from jaxlm.decoding.beam import beam_search
 from jaxlm.decoding.cache import encode, unstack_layers
 from jaxlm.decoding.loop import sample_tokens
@@ -58,10 +58,11 @@ def _compiled(cfg: ModelConfig, sample: SampleConfig, max_new_tokens, eos_id, pa
 
 def _decode(cfg, params, tokens, segments, sample, eos_id, pad_id, stream, source=None):
     """Run the compiled loop; rows are cut after their EOS."""
+    validate_sample(sample)
     longest = tokens.shape[1]
     max_new = min(sample.max_new_tokens, cfg.max_len - longest)
     if max_new <= 0:
-        raise ValueError(f"prompts of {longest} tokens leave no room in max_len={cfg.max_len}")
+        raise JaxlmError(f"prompts of {longest} tokens leave no room in max_len={cfg.max_len}")
     settings = dataclasses.replace(sample, prompts=[], seed=0)  # neither changes the program
     run = _compiled(cfg, settings, max_new, eos_id, pad_id, stream)
     source_tokens, source_segments = source if source is not None else (None, None)

@@ -119,6 +119,41 @@ def test_bad_input_is_one_line_error(capsys, tmp_path):
     assert not (tmp_path / "config.yaml").exists()  # the failed run left no half-made workdir
 
 
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--max-new-tokens", "0", "--max-new-tokens: must be >= 1, not 0"),
+        ("--temperature", "-1", "--temperature: must be >= 0, not -1.0"),
+        ("--top-k", "-3", "--top-k: must be >= 0, not -3"),
+        ("--top-p", "1.5", "--top-p: must be in (0, 1], not 1.5"),
+        ("--repetition-penalty", "0", "--repetition-penalty: must be > 0, not 0.0"),
+        ("--num-beams", "0", "--num-beams: must be >= 1, not 0"),
+    ],
+)
+def test_generate_rejects_a_bad_setting_before_loading_anything(capsys, flag, value, message):
+    """Checked before the workdir is read: the missing workdir is not what the error names."""
+    err = _error_line(capsys, ["generate", "no-such-workdir", "--prompt", "x", flag, value])
+    assert err == f"jaxlm: error: {message}"
+
+
+def test_generate_errors_name_the_empty_prompt_file_and_the_prompt_too_long(
+    trained, capsys, tmp_path
+):
+    workdir, _, _ = trained
+    empty = tmp_path / "prompts.txt"
+    empty.write_text("\n  \n")
+    assert "no prompts in" in _error_line(
+        capsys, ["generate", str(workdir), "--prompt-file", str(empty)]
+    )
+    long_prompt = " ".join(["the"] * 400)
+    for beams in ("1", "2"):  # streamed, batched
+        argv = ["generate", str(workdir), "--prompt", long_prompt, "--num-beams", beams]
+        assert cli.main(argv) == 2
+        out, err = capsys.readouterr()
+        assert "leave no room in max_len" in err and "\n" not in err.strip()
+        assert out == ""  # not even the prompt
+
+
 def test_describe_prints_published_parameter_counts(capsys):
     for preset, count in (("gpt2-small", 124_439_808), ("bert-base", 109_482_240)):
         assert cli.main(["describe", preset]) == 0

@@ -15,20 +15,25 @@ def _read_prompts(args) -> list[str]:
         path = Path(args.prompt_file)
         if not path.is_file():
             raise JaxlmError(f"prompt file not found: {path}")
-        return [line for line in path.read_text().splitlines() if line.strip()]
+        prompts = [line for line in path.read_text().splitlines() if line.strip()]
+        if not prompts:
+            raise JaxlmError(f"no prompts in {path} (one a line)")
+        return prompts
     return [sys.stdin.read()]
 
 
 class _Printer:
-    """Prints a single generation as its tokens arrive from the device loop."""
+    """Prints a single generation, the prompt first, as its tokens arrive from the device loop."""
 
     def __init__(self, tokenizer, prompt: str):
-        self.tokenizer, self.printed = tokenizer, ""
+        self.tokenizer, self.prompt, self.printed = tokenizer, prompt, ""
         self.prompt_ids, self.ids = [tokenizer.bos_id, *tokenizer.encode(prompt)], []
 
     def __call__(self, step, tokens) -> None:
         from jaxlm.generate import continuation
 
+        if step == 0:
+            print(self.prompt, end="", flush=True)
         token = int(tokens[0])
         if token in (self.tokenizer.eos_id, self.tokenizer.pad_id):
             return
@@ -39,14 +44,11 @@ class _Printer:
 
 
 def run(args) -> None:
-    from jaxlm.config import SampleConfig
+    from jaxlm.config import SampleConfig, validate_sample
     from jaxlm.decoding.cache import unstack_layers
     from jaxlm.generate import generate_text
     from jaxlm.inference import load_for_inference
 
-    prompts = _read_prompts(args)
-    cfg, params, tokenizer = load_for_inference(Path(args.workdir))
-    params = unstack_layers(params)  # split here, the stacked weights are freed
     sample = SampleConfig(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
@@ -57,8 +59,11 @@ def run(args) -> None:
         length_penalty=args.length_penalty,
         seed=args.seed,
     )
+    validate_sample(sample, name=lambda field: "--" + field.replace("_", "-"))
+    prompts = _read_prompts(args)
+    cfg, params, tokenizer = load_for_inference(Path(args.workdir))
+    params = unstack_layers(params)  # split here, the stacked weights are freed
     if len(prompts) == 1 and args.num_beams == 1 and cfg.model.family == "gpt":  # streamed
-        print(prompts[0], end="", flush=True)
         generate_text(
             cfg.model, params, tokenizer, prompts, sample, stream=_Printer(tokenizer, prompts[0])
         )

@@ -18,7 +18,14 @@ from jaxlm.config.schema import (
     SampleConfig,
     TrainConfig,
 )
-from jaxlm.config.validation import BERT_HEADS, CHOICES, TASK_MODELS, check_task, validate
+from jaxlm.config.validation import (
+    BERT_HEADS,
+    CHOICES,
+    TASK_MODELS,
+    check_task,
+    validate,
+    validate_sample,
+)
 
 __all__ = [
     "BERT_HEADS",
@@ -40,4 +47,5 @@ __all__ = [
     "preset_names",
     "to_yaml",
     "validate",
+    "validate_sample",
 ]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
-from jaxlm.config.schema import DTYPES, Config, FinetuneConfig, ModelConfig
+from jaxlm.config.schema import DTYPES, Config, FinetuneConfig, ModelConfig, SampleConfig
 from jaxlm.errors import ConfigError
 
 CHOICES = {
@@ -95,13 +96,7 @@ def validate(config: Config) -> None:
         "accumulation needs a loss that is one mean over tokens, not a sum of bert heads' means",
     )
     _check(config.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
-    smp = config.sample
-    _check(smp.temperature >= 0, "sample.temperature", "must be >= 0")
-    _check(smp.top_k >= 0, "sample.top_k", "must be >= 0")
-    _check(0 < smp.top_p <= 1, "sample.top_p", "must be in (0, 1]")
-    _check(smp.repetition_penalty > 0, "sample.repetition_penalty", "must be > 0")
-    _check(smp.num_beams >= 1, "sample.num_beams", "must be >= 1")
-    _check(smp.max_new_tokens >= 1, "sample.max_new_tokens", "must be >= 1")
+    validate_sample(config.sample)
     dist = config.distributed
     _check(dist.num_processes >= 0, "distributed.num_processes", "must be >= 0 (0 = detect)")
     _check(dist.process_id >= -1, "distributed.process_id", "must be >= -1 (-1 = detect)")
@@ -112,6 +107,26 @@ def validate(config: Config) -> None:
     )
     _check(dist.timeout_seconds > 0, "distributed.timeout_seconds", "must be positive")
     _validate_finetune(config.finetune, m)
+
+
+SAMPLE_RULES = (  # (SampleConfig field, allowed, what the error says)
+    ("temperature", lambda v: v >= 0, "must be >= 0"),
+    ("top_k", lambda v: v >= 0, "must be >= 0"),
+    ("top_p", lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    ("repetition_penalty", lambda v: v > 0, "must be > 0"),
+    ("num_beams", lambda v: v >= 1, "must be >= 1"),
+    ("max_new_tokens", lambda v: v >= 1, "must be >= 1"),
+)
+
+
+def validate_sample(
+    sample: SampleConfig, name: Callable[[str], str] = lambda field: f"config key 'sample.{field}'"
+) -> None:
+    """Decoding settings within their ranges; the error names a field as `name(field)` says
+    (a config key by default; the command line names its flags)."""
+    for field, allowed, message in SAMPLE_RULES:
+        if not allowed(getattr(sample, field)):
+            raise ConfigError(f"{name(field)}: {message}, not {getattr(sample, field)}")
 
 
 def _validate_finetune(f: FinetuneConfig, m: ModelConfig) -> None:
