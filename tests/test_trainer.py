@@ -154,6 +154,26 @@ def test_generate_errors_name_the_empty_prompt_file_and_the_prompt_too_long(
         assert out == ""  # not even the prompt
 
 
+@pytest.mark.parametrize(
+    "argv, minimum",
+    [
+        (["eval", "runs/x", "--batches", "-1"], 0),
+        (["data", "show", "demo", "--examples", "-1"], 0),
+        (
+            ["tokenizer", "train", "--files", "a.txt", "--output", "t.model", "--vocab-size", "-1"],
+            1,
+        ),
+        (["convert", "src", "dst", "--to", "hf", "--step", "-1"], 0),
+    ],
+)
+def test_a_negative_count_is_refused_by_the_parser(capsys, argv, minimum):
+    with pytest.raises(SystemExit) as exit:
+        cli.main(argv)
+    assert exit.value.code == 2
+    message = f"error: argument {argv[-2]}: must be >= {minimum}, not -1"
+    assert capsys.readouterr().err.splitlines()[-1].endswith(message)
+
+
 def test_describe_prints_published_parameter_counts(capsys):
     for preset, count in (("gpt2-small", 124_439_808), ("bert-base", 109_482_240)):
         assert cli.main(["describe", preset]) == 0

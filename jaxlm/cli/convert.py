@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from jaxlm.cli.flags import at_least
 from jaxlm.errors import JaxlmError
 
 
@@ -50,5 +51,7 @@ def register(commands) -> None:
     parser.add_argument("source", help="a Hugging Face model directory (--to jaxlm) or workdir")
     parser.add_argument("destination", help="the workdir (--to jaxlm) or model directory to write")
     parser.add_argument("--to", required=True, choices=("jaxlm", "hf"), help="the target format")
-    parser.add_argument("--step", type=int, help="--to hf: the checkpoint step (default: latest)")
+    parser.add_argument(
+        "--step", type=at_least(0), help="--to hf: the checkpoint step (default: latest)"
+    )
     parser.set_defaults(run=run)

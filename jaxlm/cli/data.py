@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from jaxlm.cli.flags import at_least
+
 
 def _is_config(name: str) -> bool:
     from jaxlm.config import preset_names
@@ -83,5 +85,7 @@ def register(commands) -> None:
     showing = actions.add_parser("show", help="count a config's examples and print the first")
     showing.add_argument("config", help="a YAML file or a preset name")
     showing.add_argument("overrides", nargs="*", help="section.key=value overrides")
-    showing.add_argument("--examples", type=int, default=5, help="training examples to print")
+    showing.add_argument(
+        "--examples", type=at_least(0), default=5, help="training examples to print"
+    )
     showing.set_defaults(run=show)

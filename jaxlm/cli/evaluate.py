@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from jaxlm.cli.flags import at_least
+
 
 def run(args) -> None:
     from jaxlm.inference import evaluate_workdir
@@ -22,6 +24,6 @@ def register(commands) -> None:
     parser.add_argument(
         "--files", nargs="+", help="text files or globs (default: the run's held-out split)"
     )
-    parser.add_argument("--batches", type=int, default=0, help="0 = the whole dataset")
+    parser.add_argument("--batches", type=at_least(0), default=0, help="0 = the whole dataset")
     parser.add_argument("--output", help="metrics JSON (default: WORKDIR/eval.json)")
     parser.set_defaults(run=run)

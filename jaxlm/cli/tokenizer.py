@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from jaxlm.cli.flags import at_least
+
 
 def train(args) -> None:
     from jaxlm.data.documents import resolve_files
@@ -36,7 +38,9 @@ def register(commands) -> None:
     )
     training.add_argument("--files", nargs="+", required=True, help="UTF-8 text files or globs")
     training.add_argument("--output", required=True, help="the model file to write (.model)")
-    training.add_argument("--vocab-size", type=int, required=True, help="pieces in the model")
+    training.add_argument(
+        "--vocab-size", type=at_least(1), required=True, help="pieces in the model"
+    )
     training.add_argument("--type", choices=("unigram", "bpe"), default="unigram")
     training.add_argument(
         "--no-byte-fallback",
@@ -45,7 +49,10 @@ def register(commands) -> None:
         help="unknown characters become <unk> instead of bytes, and newlines are not kept",
     )
     training.add_argument(
-        "--sample-lines", type=int, default=200_000, help="random lines trained on (default 200000)"
+        "--sample-lines",
+        type=at_least(0),
+        default=200_000,
+        help="random lines trained on (default 200000; 0 = all)",
     )
     training.set_defaults(run=train)
     encoding = actions.add_parser("encode", help="print the ids and pieces of a text")
