@@ -83,6 +83,9 @@ def validate(config: Config) -> None:
         f"{t.workdir!r} is a URL; give a folder (mount a bucket with gcsfuse to write there)",
     )
     _check(t.log_every > 0, "train.log_every", "must be positive")
+    for key in ("eval_every", "eval_batches", "checkpoint_every", "keep_best"):
+        _check(getattr(t, key) >= 0, f"train.{key}", "must be >= 0")
+    _check(t.keep_checkpoints > 0, "train.keep_checkpoints", "must be positive")
     _check(t.microbatches > 0, "train.microbatches", "must be positive")
     _check(t.microbatch_unroll >= 0, "train.microbatch_unroll", "must be >= 0 (0 = all)")
     _check(
@@ -95,7 +98,13 @@ def validate(config: Config) -> None:
         "train.microbatches",
         "accumulation needs a loss that is one mean over tokens, not a sum of bert heads' means",
     )
-    _check(config.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+    o = config.optim
+    for key in ("learning_rate", "warmup_steps", "weight_decay", "grad_clip"):
+        _check(getattr(o, key) >= 0, f"optim.{key}", "must be >= 0")
+    _check(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
+    for key in ("b1", "b2"):
+        _check(0 <= getattr(o, key) < 1, f"optim.{key}", "must be in [0, 1)")
+    _check(o.eps > 0, "optim.eps", "must be positive")
     validate_sample(config.sample)
     dist = config.distributed
     _check(dist.num_processes >= 0, "distributed.num_processes", "must be >= 0 (0 = detect)")
