@@ -82,6 +82,11 @@ def _preservation(keep: int, keep_best: int, best_metric: str) -> pp.Preservatio
     return pp.AnyPreservationPolicy(policies=[latest, best])
 
 
+def has_checkpoints(directory: Path) -> bool:
+    """Whether `directory` holds a finished checkpoint (read without opening a manager)."""
+    return directory.is_dir() and bool(ocp.utils.checkpoint_steps(directory))
+
+
 class Checkpointer:
     """Asynchronous saves of the train state and its data position; fault-tolerant restores.
 

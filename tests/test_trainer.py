@@ -2,11 +2,13 @@
 
 import json
 import math
+import shutil
 
 import pytest
 
 from jaxlm import cli
 from jaxlm.config import load_config
+from jaxlm.errors import ConfigError
 from jaxlm.train.trainer import train
 
 VOCAB = 512
@@ -94,6 +96,28 @@ def test_training_resumes_from_the_latest_checkpoint(trained):
     steps = [r["step"] for r in _records(workdir) if r["split"] == "train"]
     assert steps[-2:] == [80, 90]  # continued from 80; no step was repeated
     assert (workdir / "checkpoints" / "90").is_dir()
+
+
+def test_resuming_with_other_parameters_is_refused_and_other_settings_are_not(trained, tmp_path):
+    source, overrides, _ = trained
+    workdir = tmp_path / "copy"
+    shutil.copytree(source, workdir)
+    overrides = [*overrides, f"train.workdir={workdir}"]
+    saved = (workdir / "config.yaml").read_text()
+    for change, named in (
+        (["model.num_layers=3"], "model.num_layers 2 -> 3"),
+        (["finetune.mode=partial", "finetune.trainable=[decoder/*]"], "finetune.mode 'full'"),
+    ):
+        with pytest.raises(ConfigError) as error:
+            train(load_config(None, [*overrides, *change]))
+        assert named in str(error.value) and "\n" not in str(error.value)
+        assert (workdir / "config.yaml").read_text() == saved  # still the checkpoints' config
+    latest = max(int(step.name) for step in (workdir / "checkpoints").iterdir())
+    logged = len(_records(workdir))
+    resumed = [*overrides, "model.remat_policy=full", "optim.learning_rate=1e-3"]
+    train(load_config(None, [*resumed, f"train.steps={latest + 5}"]))
+    new = [r["step"] for r in _records(workdir)[logged:] if r["split"] == "train"]
+    assert new == [latest + 5]  # resumed from the latest checkpoint
 
 
 def _error_line(capsys, argv):

@@ -28,13 +28,14 @@ import jax
 import optax
 from tqdm.auto import tqdm
 
-from jaxlm.checkpoint import Checkpointer
-from jaxlm.config import Config, check_task, to_yaml
+from jaxlm.checkpoint import Checkpointer, has_checkpoints
+from jaxlm.config import Config, check_task
 from jaxlm.data.loader import TrainingData, training_data
 from jaxlm.errors import ConfigError, JaxlmError
 from jaxlm.finetune import prepare as prepare_finetuning
 from jaxlm.generate import generate_text
 from jaxlm.parallel import activate, check_batch_size, make_mesh, prefetch_to_device
+from jaxlm.train import run_config
 from jaxlm.train.callbacks import Callback
 from jaxlm.train.evaluation import compile_eval_step, evaluate
 from jaxlm.train.losses import LOSSES
@@ -116,6 +117,8 @@ class Trainer:
         self.cfg, self.callbacks = cfg, list(callbacks)
         self.workdir = Path(cfg.train.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if has_checkpoints(self.workdir / "checkpoints"):
+            run_config.check_resumable(cfg, self.workdir)
         self.data = data or training_data(cfg, self.workdir, log)
         log(self.data.summary)
         if cfg.data.task == "classification" and cfg.model.num_classes != len(self.data.labels):
@@ -124,8 +127,7 @@ class Trainer:
                 f"{len(self.data.labels)} labels {self.data.labels}"
             )
         if jax.process_index() == 0:
-            (self.workdir / "config.yaml").write_text(to_yaml(cfg))
-
+            run_config.save(cfg, self.workdir)
         self.mesh = make_mesh(cfg.mesh)
         check_batch_size(cfg.data.batch_size, self.mesh)
         if optimizer is None:
