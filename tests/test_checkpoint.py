@@ -198,9 +198,17 @@ def test_cli_lists_inspects_and_exports_checkpoints(tmp_path, capsys):
         np.testing.assert_array_equal(exported[name], value, err_msg=name)
     assert restore_numpy(tmp_path / "10").keys() == flat.keys()
 
+    # A checkpoints folder (or a workdir) means its latest finished step: 10, not the
+    # unfinished 15.
+    capsys.readouterr()
+    assert cli.main(["checkpoint", "inspect", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith("step: 10\n")
+
 
 def test_cli_checkpoint_errors_are_one_line(tmp_path, capsys):
     assert cli.main(["checkpoint", "list", str(tmp_path / "missing")]) == 2
-    assert cli.main(["checkpoint", "inspect", str(tmp_path)]) == 2
+    assert cli.main(["checkpoint", "inspect", str(tmp_path)]) == 2  # no step in it
+    assert cli.main(["checkpoint", "inspect", str(tmp_path / "7")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all(line.startswith("jaxlm: error:") for line in err)
+    assert len(err) == 3 and all(line.startswith("jaxlm: error:") for line in err)
+    assert err[1] == f"jaxlm: error: no finished checkpoint in {tmp_path}"

@@ -3,6 +3,8 @@
 import json
 import math
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -196,6 +198,22 @@ def test_a_negative_count_is_refused_by_the_parser(capsys, argv, minimum):
     assert exit.value.code == 2
     message = f"error: argument {argv[-2]}: must be >= {minimum}, not -1"
     assert capsys.readouterr().err.splitlines()[-1].endswith(message)
+
+
+def test_output_cut_short_by_its_reader_ends_quietly(trained):
+    """`jaxlm ... | head -1`: no traceback when the pipe closes, the shell's SIGPIPE status."""
+    workdir, _, _ = trained
+    text = "".join(chr(0x4E00 + i) for i in range(20_000))  # unseen: one byte piece each
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jaxlm", "tokenizer", "encode", str(workdir / "tokenizer.model")]
+        + [text],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout.readline().startswith(b"ids: ")
+    process.stdout.close()  # the pieces line (about 400 KB) is still being written
+    assert process.wait(timeout=120) == 141
+    assert process.stderr.read() == b""
 
 
 def test_describe_prints_published_parameter_counts(capsys):

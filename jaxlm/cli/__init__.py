@@ -17,6 +17,7 @@ jaxlm bench CONFIG [section.key=value ...] [--steps N] [--json PATH] [--referenc
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 
@@ -77,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader of the output stopped early (`| head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return 0
 
 

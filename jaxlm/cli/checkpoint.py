@@ -1,4 +1,8 @@
-"""`jaxlm checkpoint list DIR | inspect DIR/STEP | export DIR/STEP OUT.safetensors`."""
+"""`jaxlm checkpoint list DIR | inspect CHECKPOINT | export CHECKPOINT OUT.safetensors`.
+
+DIR is a training workdir or its `checkpoints` folder; CHECKPOINT is a step folder (DIR/STEP)
+or a DIR, whose latest finished step it then means.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,27 @@ import numpy as np
 
 from jaxlm.errors import JaxlmError
 
+CHECKPOINT_HELP = "DIR/STEP, or a workdir or checkpoints folder: its latest finished step"
+
 
 def _checkpoint_dir(path: str) -> Path:
     """A run's `checkpoints` folder, given it or the workdir that holds it."""
     directory = Path(path)
     return directory / "checkpoints" if (directory / "checkpoints").is_dir() else directory
+
+
+def _step_dir(path: str) -> Path:
+    """The step folder `path` names: itself, or the latest finished step of a workdir or
+    checkpoints folder."""
+    from jaxlm.checkpoint import TMP_MARK, step_directories
+
+    given = Path(path)
+    if given.name.isdigit():
+        return given
+    finished = [p for p in step_directories(_checkpoint_dir(path)) if TMP_MARK not in p.name]
+    if not finished:
+        raise JaxlmError(f"no finished checkpoint in {_checkpoint_dir(path)}")
+    return finished[-1]
 
 
 def list_steps(args) -> None:
@@ -34,7 +54,7 @@ def list_steps(args) -> None:
 def inspect(args) -> None:
     from jaxlm.checkpoint import array_metadata, read_meta
 
-    step_dir = Path(args.step_dir)
+    step_dir = _step_dir(args.checkpoint)
     meta = read_meta(step_dir)
     print(f"step: {meta['step']}")
     print(f"data batches consumed: {meta['data_batches_consumed']}")
@@ -55,7 +75,7 @@ def export(args) -> None:
 
     from jaxlm.checkpoint import restore_numpy
 
-    params = restore_numpy(Path(args.step_dir))
+    params = restore_numpy(_step_dir(args.checkpoint))
     save_file({name: np.ascontiguousarray(value) for name, value in params.items()}, args.output)
     print(f"wrote {len(params)} parameter arrays to {args.output}")
 
@@ -67,9 +87,9 @@ def register(commands) -> None:
     listing.add_argument("directory", help="a checkpoints folder or a training workdir")
     listing.set_defaults(run=list_steps)
     inspecting = actions.add_parser("inspect", help="step, metrics, array paths, shapes, dtypes")
-    inspecting.add_argument("step_dir", help="DIR/STEP")
+    inspecting.add_argument("checkpoint", help=CHECKPOINT_HELP)
     inspecting.set_defaults(run=inspect)
     exporting = actions.add_parser("export", help="the parameters as a safetensors file")
-    exporting.add_argument("step_dir", help="DIR/STEP")
+    exporting.add_argument("checkpoint", help=CHECKPOINT_HELP)
     exporting.add_argument("output", help="OUT.safetensors (names joined by '.')")
     exporting.set_defaults(run=export)
