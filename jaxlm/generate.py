@@ -56,6 +56,14 @@ def _compiled(cfg: ModelConfig, sample: SampleConfig, max_new_tokens, eos_id, pa
     return jax.jit(run)
 
 
+def _require_family(cfg: ModelConfig, family: str, function: str) -> None:
+    if cfg.family != family:
+        raise JaxlmError(
+            f"{function} needs a {family} model, not {cfg.family} "
+            "(generate: gpt, translate: seq2seq, generate_text: either)"
+        )
+
+
 def _decode(cfg, params, tokens, segments, sample, eos_id, pad_id, stream, source=None):
     """Run the compiled loop; rows are cut after their EOS."""
     validate_sample(sample)
@@ -85,6 +93,7 @@ def generate(
 ) -> list[list[int]]:
     """GPT: continue each prompt (token ids) by up to `sample.max_new_tokens` tokens, stopping a
     row at `eos_id` (included). Returns only the new tokens of each row."""
+    _require_family(cfg, "gpt", "generate")
     tokens, segments = pad_rows(prompts, pad_id, left=True)
     return _decode(cfg, params, tokens, segments, sample, eos_id, pad_id, stream)
 
@@ -100,6 +109,7 @@ def translate(
     pad_id: int = 0,
 ) -> list[list[int]]:
     """Encoder-decoder: target tokens for each source (token ids), starting from `bos_id`."""
+    _require_family(cfg, "seq2seq", "translate")
     source_tokens, source_segments = pad_rows(sources, pad_id, left=False)
     tokens, segments = pad_rows([[bos_id]] * len(sources), pad_id, left=True)
     source = (jnp.asarray(source_tokens), jnp.asarray(source_segments))

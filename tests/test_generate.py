@@ -16,6 +16,7 @@ from jaxlm.config import SampleConfig, load_config
 from jaxlm.decoding.beam import beam_search
 from jaxlm.decoding.cache import _layer, encode, init_cache, step_fn, unstack_layers
 from jaxlm.decoding.loop import sample_tokens
+from jaxlm.errors import JaxlmError
 from jaxlm.generate import generate, pad_rows, translate
 from jaxlm.models import build_model, init_params
 
@@ -164,6 +165,25 @@ def test_split_layers_are_the_stacks_slices_from_one_program_for_all_layers():
     assert "layers" not in split["decoder"] and "layers_5" not in split["decoder"]
     assert unstack_layers(split) is split
     chex.assert_trees_all_equal(split["token_embed"], params["token_embed"])
+
+
+def test_each_entry_point_names_the_family_it_needs():
+    bert, bert_params = _model("bert")
+    sample = SampleConfig(max_new_tokens=2)
+    calls = {
+        "generate needs a gpt model, not bert": lambda: generate(
+            bert, bert_params, [[1, 2]], sample, eos_id=2
+        ),
+        "generate needs a gpt model, not seq2seq": lambda: generate(
+            S2S, S2S_PARAMS, [[1, 2]], sample, eos_id=2
+        ),
+        "translate needs a seq2seq model, not gpt": lambda: translate(
+            GPT, GPT_PARAMS, [[1, 2]], sample, bos_id=1, eos_id=2
+        ),
+    }
+    for message, call in calls.items():
+        with pytest.raises(JaxlmError, match=message):
+            call()
 
 
 def test_sampling_is_reproducible_with_the_same_key():
