@@ -216,6 +216,18 @@ def test_output_cut_short_by_its_reader_ends_quietly(trained):
     assert process.stderr.read() == b""
 
 
+def test_data_show_prints_long_texts_by_their_two_ends(real_text_files, capsys):
+    argv = ["data", "show", "demo", f"data.train_files=[{','.join(map(str, real_text_files))}]"]
+    assert cli.main([*argv, "--examples", "3", "--chars", "200"]) == 0
+    shortened = capsys.readouterr().out.splitlines()[1:]
+    assert cli.main([*argv, "--examples", "3", "--chars", "0"]) == 0
+    whole = capsys.readouterr().out.splitlines()[1:]
+    assert len(shortened) == len(whole) == 3
+    for short, full in zip(shortened, whole, strict=True):
+        assert len(short) <= 210 < len(full) and "..." in short
+        assert full.startswith(short[:90]) and full.endswith(short[-90:])
+
+
 def test_describe_prints_published_parameter_counts(capsys):
     for preset, count in (("gpt2-small", 124_439_808), ("bert-base", 109_482_240)):
         assert cli.main(["describe", preset]) == 0

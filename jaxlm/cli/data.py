@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import dataclasses
+import reprlib
+import sys
 from pathlib import Path
 
 from jaxlm.cli.flags import at_least
@@ -53,10 +55,12 @@ def show(args) -> None:
     data = load_config(args.config, args.overrides).data
     splits = load_splits(data)
     print(f"{data.source} source, {data.task}: {splits.summary()}")
+    shown = reprlib.Repr()
+    shown.maxstring = args.chars or sys.maxsize  # longer texts keep their two ends
     for example in splits.train[: args.examples]:
         if data.task == "classification":
             example = (example[0], splits.labels[example[1]])
-        print(repr(example))
+        print(shown.repr(example))
 
 
 def register(commands) -> None:
@@ -87,5 +91,8 @@ def register(commands) -> None:
     showing.add_argument("overrides", nargs="*", help="section.key=value overrides")
     showing.add_argument(
         "--examples", type=at_least(0), default=5, help="training examples to print"
+    )
+    showing.add_argument(
+        "--chars", type=at_least(0), default=400, help="characters shown of each text (0 = all)"
     )
     showing.set_defaults(run=show)
