@@ -228,6 +228,22 @@ def test_data_show_prints_long_texts_by_their_two_ends(real_text_files, capsys):
         assert full.startswith(short[:90]) and full.endswith(short[-90:])
 
 
+def test_overrides_may_follow_the_flags(capsys):
+    outputs = []
+    for argv in (
+        ["demo", "model.num_layers=1", "--params"],
+        ["demo", "--params", "model.num_layers=1"],
+    ):
+        assert cli.main(["describe", *argv]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] and "layers 1," in outputs[0]
+    for argv in (["eval", "runs/x", "model.num_layers=1"], ["describe", "demo", "--bogus"]):
+        with pytest.raises(SystemExit) as exit:  # eval takes no overrides
+            cli.main(argv)
+        assert exit.value.code == 2
+        assert f"unrecognized arguments: {argv[-1]}" in capsys.readouterr().err
+
+
 def test_describe_prints_published_parameter_counts(capsys):
     for preset, count in (("gpt2-small", 124_439_808), ("bert-base", 109_482_240)):
         assert cli.main(["describe", preset]) == 0

@@ -5,7 +5,7 @@ jaxlm generate WORKDIR [--prompt TEXT | --prompt-file FILE] [--temperature T] ..
 jaxlm eval WORKDIR [--files ...]
 jaxlm describe MODEL_OR_CONFIG [section.key=value ...] [--params] [--mesh AXIS=SIZE,...]
 jaxlm compile CONFIG [section.key=value ...] [--mesh AXIS=SIZE,...] [--topology NAME]
-jaxlm checkpoint list DIR | inspect DIR/STEP | export DIR/STEP OUT.safetensors
+jaxlm checkpoint list DIR | inspect CHECKPOINT | export CHECKPOINT OUT.safetensors
 jaxlm tokenizer train --files GLOB... --output PATH.model --vocab-size N | encode MODEL TEXT
 jaxlm data tokenize CONFIG_OR_FILES... --output PATH | show CONFIG [section.key=value ...]
 jaxlm convert SRC DST --to jaxlm|hf [--step N]
@@ -58,6 +58,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """The parsed command line; `section.key=value` overrides may also follow the flags
+    (`jaxlm bench demo --steps 5 model.dtype=bfloat16`)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    overrides = [a for a in extra if "=" in a and not a.startswith("-")]
+    if extra and (overrides != extra or not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if overrides:
+        args.overrides = [*args.overrides, *overrides]
+    return args
+
+
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"jaxlm: warning: {message}\n"
 
@@ -67,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     from jaxlm.train.preemption import PREEMPTED_EXIT_CODE, Preempted
 
     warnings.formatwarning = _one_line_warning
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
         args.run(args)
     except Preempted as e:
