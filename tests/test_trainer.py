@@ -1,5 +1,6 @@
 """End to end on real text: train, evaluate, plot, checkpoint, resume, generate, and bad input."""
 
+import io
 import json
 import math
 import shutil
@@ -242,6 +243,23 @@ def test_overrides_may_follow_the_flags(capsys):
             cli.main(argv)
         assert exit.value.code == 2
         assert f"unrecognized arguments: {argv[-1]}" in capsys.readouterr().err
+
+
+def test_generate_reads_the_prompt_from_standard_input_saying_so_on_a_terminal(
+    trained, capsys, monkeypatch
+):
+    workdir, _, _ = trained
+    argv = ["generate", str(workdir), "--temperature", "0", "--max-new-tokens", "4"]
+    outputs = []
+    for terminal in (False, True):
+        stdin = io.StringIO("The")
+        stdin.isatty = lambda terminal=terminal: terminal
+        monkeypatch.setattr(sys, "stdin", stdin)
+        assert cli.main(argv) == 0
+        outputs.append(capsys.readouterr())
+    assert outputs[0].out == outputs[1].out and outputs[0].out.startswith("The")
+    assert outputs[0].err == ""
+    assert "reading the prompt from standard input" in outputs[1].err
 
 
 def test_describe_prints_published_parameter_counts(capsys):

@@ -19,6 +19,8 @@ def _read_prompts(args) -> list[str]:
         if not prompts:
             raise JaxlmError(f"no prompts in {path} (one a line)")
         return prompts
+    if sys.stdin.isatty():
+        print("jaxlm: reading the prompt from standard input; end it with Ctrl-D", file=sys.stderr)
     return [sys.stdin.read()]
 
 
