@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from jaxlm.config import load_config
+from jaxlm.errors import ConfigError
 from jaxlm.train.callbacks import Callback, EarlyStopping
 from jaxlm.train.losses import causal_lm_loss
 from jaxlm.train.trainer import Trainer
@@ -84,6 +85,13 @@ def test_callback_stops_the_run_at_its_step(real_text_files, tokenizer_file, tmp
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [4]
     assert last["train_loss"] == _train_losses(tmp_path)[-1]
     assert "eval_loss" in last  # the stopping step is evaluated like a last step
+
+    # settings override cfg.sample: greedy, so 3 new tokens begin the text of 6
+    short = trainer.generate(["The", "It"], temperature=0.0, max_new_tokens=3)
+    longer = trainer.generate(["The", "It"], temperature=0.0, max_new_tokens=6)
+    assert all(b.startswith(a) and len(b) > len(a) for a, b in zip(short, longer, strict=True))
+    with pytest.raises(ConfigError, match="unknown sample setting.*'temprature'"):
+        trainer.generate(["The"], temprature=0.0)
 
 
 def test_early_stopping_and_custom_metric_and_optimizer(real_text_files, tokenizer_file, tmp_path):

@@ -303,6 +303,9 @@ class Trainer:
     def generate(self, prompts: list[str], **settings) -> list[str]:
         """Continuations (GPT) or translations (seq2seq) of text prompts with the current
         parameters; `settings` override `cfg.sample` (e.g. `temperature=0`, `num_beams=4`)."""
+        known = {field.name for field in dataclasses.fields(self.cfg.sample)}
+        if unknown := sorted(set(settings) - known):
+            raise ConfigError(f"unknown sample setting(s) {unknown}: one of {sorted(known)}")
         sample = dataclasses.replace(self.cfg.sample, **settings)
         return generate_text(self.cfg.model, self.params, self.data.tokenizer, prompts, sample)
 
