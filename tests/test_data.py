@@ -1,16 +1,13 @@
 """The real-data path: sentencepiece tokenizer, text documents and packed causal-LM batches."""
 
-import itertools
-
 import numpy as np
 import pytest
+from packing_reference import FEATURES, packed_rows, stacked
 
 from jaxlm.data.documents import read_documents, resolve_files, split_documents
 from jaxlm.data.pipeline import lm_dataset
 from jaxlm.data.tokenizer import Tokenizer, train_tokenizer
 from jaxlm.errors import DataError
-
-FEATURES = ("inputs", "targets", "weights", "positions", "segment_ids")
 
 
 @pytest.fixture(scope="module")
@@ -161,35 +158,10 @@ def test_split_documents():
 
 def reference_batches(documents, tokenizer, seq_len, batch_size, repeat, max_batches=None):
     """Packs documents in order with plain loops: a list of dicts of [batch, seq_len] arrays."""
-    tokens, document_of_token = [], []
-    docs = itertools.cycle(documents) if repeat else documents
-    for number, doc in enumerate(docs):
-        ids = [tokenizer.bos_id, *tokenizer.encode(doc), tokenizer.eos_id]
-        tokens += ids
-        document_of_token += [number] * len(ids)
-        if repeat and len(tokens) >= max_batches * batch_size * (seq_len + 1):
-            break
-    rows = []
-    for start in range(0, len(tokens) - seq_len, seq_len + 1):
-        row = tokens[start : start + seq_len + 1]
-        doc = document_of_token[start : start + seq_len + 1]
-        segments, positions = [1], [0]
-        for j in range(1, seq_len):
-            new_segment = doc[j] != doc[j - 1]
-            segments.append(segments[-1] + new_segment)
-            positions.append(0 if new_segment else positions[-1] + 1)
-        rows.append(
-            {
-                "inputs": row[:-1],
-                "targets": row[1:],
-                "weights": [float(doc[j] == doc[j + 1]) for j in range(seq_len)],
-                "positions": positions,
-                "segment_ids": segments,
-            }
-        )
+    min_tokens = (max_batches or 0) * batch_size * (seq_len + 1)
+    rows = packed_rows(documents, tokenizer, seq_len, repeat, min_tokens)
     batches = [
-        {key: np.array([row[key] for row in rows[i : i + batch_size]]) for key in FEATURES}
-        for i in range(0, len(rows) - batch_size + 1, batch_size)
+        stacked(rows[i : i + batch_size]) for i in range(0, len(rows) - batch_size + 1, batch_size)
     ]
     return batches[:max_batches]
 

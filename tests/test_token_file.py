@@ -6,14 +6,13 @@ import sys
 
 import numpy as np
 import pytest
+from packing_reference import FEATURES, packed_rows, stacked
 
 from jaxlm.cli import main
 from jaxlm.data.documents import read_documents
 from jaxlm.data.token_file import TokenFile, sidecar_path, write_token_file
 from jaxlm.data.tokenizer import Tokenizer, train_tokenizer
 from jaxlm.errors import DataError
-
-FEATURES = ("inputs", "targets", "weights", "positions", "segment_ids")
 
 
 @pytest.fixture(scope="module")
@@ -36,34 +35,6 @@ def documents(real_text_files):
 @pytest.fixture(scope="module")
 def token_file(documents, tokenizer, tmp_path_factory):
     return write_token_file(documents, tokenizer, tmp_path_factory.mktemp("tokens") / "t.tokens")
-
-
-def reference_rows(documents, tokenizer, seq_len):
-    """Rows of the documents packed in order, features from document membership (plain loops)."""
-    tokens, document_of_token = [], []
-    for number, doc in enumerate(documents):
-        ids = [tokenizer.bos_id, *tokenizer.encode(doc), tokenizer.eos_id]
-        tokens += ids
-        document_of_token += [number] * len(ids)
-    rows = []
-    for start in range(0, len(tokens) - seq_len, seq_len + 1):
-        row = tokens[start : start + seq_len + 1]
-        doc = document_of_token[start : start + seq_len + 1]
-        segments, positions = [1], [0]
-        for j in range(1, seq_len):
-            new_segment = doc[j] != doc[j - 1]
-            segments.append(segments[-1] + new_segment)
-            positions.append(0 if new_segment else positions[-1] + 1)
-        rows.append(
-            {
-                "inputs": row[:-1],
-                "targets": row[1:],
-                "weights": [float(doc[j] == doc[j + 1]) for j in range(seq_len)],
-                "positions": positions,
-                "segment_ids": segments,
-            }
-        )
-    return {key: np.array([row[key] for row in rows]) for key in FEATURES}
 
 
 def assert_batch_equal(got, want):
@@ -92,7 +63,7 @@ def test_unshuffled_rows_match_reference_and_lm_dataset(token_file, documents, t
     from jaxlm.data.pipeline import lm_dataset
 
     seq_len, batch_size = 48, 4
-    reference = reference_rows(documents, tokenizer, seq_len)
+    reference = stacked(packed_rows(documents, tokenizer, seq_len))
     assert token_file.num_rows(seq_len) == len(reference["inputs"])
     batches = list(token_file.batches(seq_len, batch_size, shuffle=False, repeat=False))
     assert len(batches) == len(reference["inputs"]) // batch_size
@@ -107,7 +78,7 @@ def test_unshuffled_rows_match_reference_and_lm_dataset(token_file, documents, t
 
 def test_shuffled_batches_are_whole_rows_each_once_per_epoch(token_file, documents, tokenizer):
     seq_len, batch_size = 32, 5
-    reference = reference_rows(documents, tokenizer, seq_len)
+    reference = stacked(packed_rows(documents, tokenizer, seq_len))
     rows = len(reference["inputs"])
     index_of = {row.tobytes(): i for i, row in enumerate(reference["inputs"])}
     assert len(index_of) == rows  # rows are told apart by their inputs
