@@ -43,6 +43,7 @@ _EXPORTS = {
     "Checkpointer": "jaxlm.checkpoint",
     "load_for_inference": "jaxlm.inference",
     "classify_texts": "jaxlm.inference",
+    "translation_bleu": "jaxlm.translation_eval",
     "from_pretrained": "jaxlm.interop",
     "save_pretrained": "jaxlm.interop",
     "generate_text": "jaxlm.generate",

@@ -24,12 +24,18 @@ from jaxlm.decoding.loop import sample_tokens
 from jaxlm.errors import JaxlmError
 
 
-def pad_rows(sequences: list[list[int]], pad_id: int, left: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens, segments) [batch, longest], segments 1 on real tokens. Prompts are left-padded
-    (every row's last token is in the last column); encoder sources are right-padded."""
+def pad_rows(
+    sequences: list[list[int]], pad_id: int, left: bool, width: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, segments) [batch, width or the longest], segments 1 on real tokens. Prompts are
+    left-padded (every row's last token is in the last column); encoder sources are
+    right-padded."""
     if not sequences or min(len(s) for s in sequences) == 0:
         raise ValueError("every prompt needs at least one token (e.g. BOS)")
-    width = max(len(s) for s in sequences)
+    longest = max(len(s) for s in sequences)
+    if width is not None and longest > width:
+        raise JaxlmError(f"a sequence of {longest} tokens does not fit in {width}")
+    width = width or longest
     tokens = np.full((len(sequences), width), pad_id, np.int32)
     segments = np.zeros((len(sequences), width), np.int32)
     for row, seq in enumerate(sequences):
@@ -107,10 +113,13 @@ def translate(
     bos_id: int,
     eos_id: int,
     pad_id: int = 0,
+    source_len: int | None = None,
 ) -> list[list[int]]:
-    """Encoder-decoder: target tokens for each source (token ids), starting from `bos_id`."""
+    """Encoder-decoder: target tokens for each source (token ids), starting from `bos_id`.
+    Sources are padded to `source_len` tokens when given (calls with other sources of the same
+    count then reuse one compiled program), else to the longest."""
     _require_family(cfg, "seq2seq", "translate")
-    source_tokens, source_segments = pad_rows(sources, pad_id, left=False)
+    source_tokens, source_segments = pad_rows(sources, pad_id, left=False, width=source_len)
     tokens, segments = pad_rows([[bos_id]] * len(sources), pad_id, left=True)
     source = (jnp.asarray(source_tokens), jnp.asarray(source_segments))
     return _decode(cfg, params, tokens, segments, sample, eos_id, pad_id, None, source)

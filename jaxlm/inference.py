@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import flax.linen as nn
@@ -15,11 +16,13 @@ from jaxlm.data.documents import read_documents, resolve_files
 from jaxlm.data.hf_tokenizer import load_tokenizer, workdir_tokenizer
 from jaxlm.data.loader import training_data
 from jaxlm.data.pipeline import lm_dataset
+from jaxlm.data.sources import load_splits
 from jaxlm.data.tokenizer import Tokenizer
 from jaxlm.errors import JaxlmError
 from jaxlm.finetune import checkpointed_params, model_params
 from jaxlm.parallel import logical_shardings, make_mesh
 from jaxlm.train.evaluation import compile_eval_step, evaluate
+from jaxlm.translation_eval import translation_bleu
 
 
 def load_for_inference(workdir: Path) -> tuple[Config, dict, Tokenizer]:
@@ -44,12 +47,25 @@ def load_for_inference(workdir: Path) -> tuple[Config, dict, Tokenizer]:
     return cfg, model_params(cfg, params), tokenizer
 
 
-def evaluate_workdir(workdir: Path, files: list[str] | None = None, batches: int = 0) -> dict:
+def evaluate_workdir(
+    workdir: Path,
+    files: list[str] | None = None,
+    batches: int = 0,
+    *,
+    bleu: bool = True,
+    num_beams: int = 1,
+    translations: Path | None = None,
+) -> dict:
     """Metrics of the latest checkpoint on the run's held-out split, or on text `files` (causal
-    LM), over all of it or its first `batches` batches."""
+    LM), over all of it or its first `batches` batches.
+
+    For an encoder-decoder run with `bleu`, the held-out sources are also translated (greedily,
+    or by beam search with `num_beams`) and scored against their references (`bleu`,
+    `bleu_examples`); `translations`, when given, receives one JSON line per scored pair."""
     cfg, params, tokenizer = load_for_inference(workdir)
     mesh = make_mesh(MeshConfig())
     eval_step = compile_eval_step(cfg, jax.tree.map(lambda x: x.sharding, params), mesh)
+    splits = None
     if files:
         if cfg.data.task != "causal_lm":
             raise JaxlmError(f"--files evaluates causal LM runs; this run is {cfg.data.task}")
@@ -65,13 +81,23 @@ def evaluate_workdir(workdir: Path, files: list[str] | None = None, batches: int
         ).as_numpy_iterator()
         metrics = evaluate(eval_step, params, itertools.islice(dataset, batches or None), mesh)
     else:
-        data = training_data(cfg, workdir, log=lambda message: None)
+        if cfg.data.source != "tokens":
+            splits = load_splits(cfg.data)
+        data = training_data(cfg, workdir, log=lambda message: None, splits=splits)
         metrics = evaluate(eval_step, params, data.eval_batches(batches), mesh, data.labels)
         if not metrics and cfg.data.eval_fraction == 0:
             raise JaxlmError("the run held out no data (data.eval_fraction=0): pass --files")
     if not metrics:
         shape = f"{cfg.data.batch_size} x {cfg.data.seq_len}"
         raise JaxlmError(f"the evaluation data holds less than one batch of {shape} tokens")
+    if bleu and cfg.data.task == "seq2seq" and splits is not None:
+        pairs = splits.eval[: batches * cfg.data.batch_size or None]
+        scores, records = translation_bleu(cfg, params, tokenizer, pairs, num_beams)
+        metrics |= scores
+        if translations is not None:
+            translations.write_text(
+                "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+            )
     return metrics
 
 

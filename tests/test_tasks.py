@@ -10,6 +10,7 @@ from jaxlm.data.tasks import (
     mask_tokens,
     masked_lm_rows,
     seq2seq_rows,
+    seq2seq_sources,
 )
 from jaxlm.errors import DataError
 
@@ -143,6 +144,23 @@ def test_seq2seq_rows_shift_targets():
     assert row["targets"].tolist() == [u, v, w, 3, 0]
     assert row["weights"].tolist() == [1, 1, 1, 1, 0]
     assert (row["target_inputs"][1:4] == row["targets"][:3]).all()
+
+
+@pytest.mark.parametrize("truncate", [True, False])
+def test_seq2seq_sources_are_the_rows_encoder_inputs(truncate):
+    """What translation evaluation feeds the encoder is what training fed it: the row's source
+    without its padding; a source too long for the row is cut, or None where training skips
+    it."""
+    tokenizer = WordTokenizer()
+    sources = ["a b", "c d e f", "g h i j k l m"]
+    sources_alone = seq2seq_sources(sources, tokenizer, seq_len=5, truncate=truncate)
+    rows = seq2seq_rows([(s, "t") for s in sources], tokenizer, seq_len=5, truncate=truncate)
+    kept = [ids for ids in sources_alone if ids is not None]
+    assert len(kept) == rows.count == (3 if truncate else 2)
+    for example, ids in enumerate(kept):
+        row = rows.make_row(example, None)
+        assert ids == row["source"][row["source_segments"] > 0].tolist()
+    assert (sources_alone[2] is None) != truncate
 
 
 # Batching

@@ -101,37 +101,45 @@ def test_masked_lm_with_next_sentence_learns(real_text_files, tmp_path):
         train(load_config(None, [*overrides, "model.heads=[mlm]"]))
 
 
-def test_seq2seq_resumes_exactly_and_translates(real_text_files, tmp_path, capsys):
-    """Pairs (line, its words reversed); a run stopped at step 6 and resumed to 12 ends where an
-    uninterrupted 12-step run ends; `jaxlm generate` then translates with it."""
+@pytest.fixture(scope="module")
+def reversed_pairs(real_text_files, tmp_path_factory):
+    """(JSONL file, pairs): lines of real text, each with its words reversed as the target."""
     pairs = [
         {"text": line, "target": " ".join(reversed(line.split()))}
         for path in real_text_files[:20]
         for line in path.read_text().splitlines()
         if 3 < len(line.split()) < 12
     ]
-    jsonl = tmp_path / "pairs.jsonl"
+    jsonl = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
     jsonl.write_text("\n".join(map(json.dumps, pairs)))
+    return jsonl, pairs
 
-    def run(workdir, steps):
-        overrides = [
-            *SMALL_MODEL,
-            "model.family=seq2seq",
-            "data.source=jsonl",
-            "data.task=seq2seq",
-            f"data.train_files=[{jsonl}]",
-            "data.eval_fraction=0.1",
-            "data.seq_len=24",
-            "model.dropout_rate=0.1",
-            f"train.steps={steps}",
-            "train.eval_every=0",
-            f"train.workdir={workdir}",
-        ]
-        return train(load_config(None, overrides))
 
-    straight = run(tmp_path / "straight", 12)
-    run(tmp_path / "resumed", 6)
-    resumed = run(tmp_path / "resumed", 12)
+def _train_seq2seq(jsonl, workdir, steps, *extra):
+    overrides = [
+        *SMALL_MODEL,
+        "model.family=seq2seq",
+        "data.source=jsonl",
+        "data.task=seq2seq",
+        f"data.train_files=[{jsonl}]",
+        "data.eval_fraction=0.1",
+        "data.seq_len=24",
+        "model.dropout_rate=0.1",
+        f"train.steps={steps}",
+        "train.eval_every=0",
+        f"train.workdir={workdir}",
+        *extra,
+    ]
+    return train(load_config(None, overrides))
+
+
+def test_seq2seq_resumes_exactly_and_translates(reversed_pairs, tmp_path, capsys):
+    """Pairs (line, its words reversed); a run stopped at step 6 and resumed to 12 ends where an
+    uninterrupted 12-step run ends; `jaxlm generate` then translates with it."""
+    jsonl, _ = reversed_pairs
+    straight = _train_seq2seq(jsonl, tmp_path / "straight", 12)
+    _train_seq2seq(jsonl, tmp_path / "resumed", 6)
+    resumed = _train_seq2seq(jsonl, tmp_path / "resumed", 12)
     assert resumed["train_loss"] == straight["train_loss"]
     losses = {r["step"]: r["loss"] for r in _records(tmp_path / "straight", "train")}
     resumed_losses = {r["step"]: r["loss"] for r in _records(tmp_path / "resumed", "train")}
@@ -141,3 +149,48 @@ def test_seq2seq_resumes_exactly_and_translates(real_text_files, tmp_path, capsy
     capsys.readouterr()
     assert cli.main([*argv, "--prompt", "the value is returned"]) == 0
     assert capsys.readouterr().out.startswith("the value is returned -> ")
+
+
+def test_eval_scores_held_out_translations_with_bleu(reversed_pairs, tmp_path, capsys):
+    """`jaxlm eval` on a translation run: BLEU of the held-out sources, each translated as
+    `translate` translates it alone (unpadded, greedy, cut as in training), scored by
+    sacreBLEU. After 200 steps the model translates many sources differently (before, every
+    translation is the same)."""
+    import sacrebleu
+
+    from jaxlm.config import SampleConfig
+    from jaxlm.generate import translate
+    from jaxlm.inference import load_for_inference
+
+    jsonl, pairs = reversed_pairs
+    workdir = tmp_path / "run"
+    _train_seq2seq(
+        jsonl, workdir, 200, "data.seq_len=32", "optim.learning_rate=3e-3", "train.log_every=100"
+    )
+    out = tmp_path / "eval" / "translations.jsonl"
+    capsys.readouterr()
+    assert cli.main(["eval", str(workdir), "--batches", "2", "--translations", str(out)]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["bleu_examples"] == 2 * 16  # the first two held-out batches' pairs
+    assert json.loads((workdir / "eval.json").read_text()) == metrics
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    targets = {pair["text"]: pair["target"] for pair in pairs}
+    assert all(targets[r["source"]] == r["reference"] for r in records)
+    hypotheses = [r["translation"] for r in records]
+    references = [r["reference"] for r in records]
+    assert len(set(hypotheses)) > len(hypotheses) // 4
+    assert metrics["bleu"] == sacrebleu.corpus_bleu(hypotheses, [references]).score
+    cfg, params, tokenizer = load_for_inference(workdir)
+    greedy = SampleConfig(max_new_tokens=cfg.data.seq_len, temperature=0.0)
+    cut = 0
+    for record in records[::3]:  # padded in a full batch = translated alone, cut as in training
+        ids = tokenizer.encode(record["source"])
+        cut += len(ids) > cfg.data.seq_len - 1
+        source = [*ids[: cfg.data.seq_len - 1], tokenizer.eos_id]
+        (alone,) = translate(
+            cfg.model, params, [source], greedy, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id
+        )
+        assert tokenizer.decode(alone) == record["translation"]
+    assert 0 < cut < len(records[::3])
+    assert cli.main(["eval", str(workdir), "--batches", "1", "--no-bleu"]) == 0
+    assert "bleu" not in json.loads(capsys.readouterr().out)

@@ -1,4 +1,5 @@
-"""`jaxlm eval WORKDIR [--files ...] [--batches N] [--output FILE]`."""
+"""`jaxlm eval WORKDIR [--files ...] [--batches N] [--output FILE]`; BLEU for translation runs
+(`--num-beams N`, `--no-bleu`, `--translations FILE`)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,21 @@ from jaxlm.cli.flags import at_least
 def run(args) -> None:
     from jaxlm.inference import evaluate_workdir
 
-    metrics = evaluate_workdir(Path(args.workdir), args.files, args.batches)
+    output = Path(args.output) if args.output else Path(args.workdir) / "eval.json"
+    translations = Path(args.translations) if args.translations else None
+    for path in (args.output, args.translations):  # their folders before the evaluation
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    metrics = evaluate_workdir(
+        Path(args.workdir),
+        args.files,
+        args.batches,
+        bleu=args.bleu,
+        num_beams=args.num_beams,
+        translations=translations,
+    )
     text = json.dumps(metrics, indent=2)
     print(text)
-    output = Path(args.output) if args.output else Path(args.workdir) / "eval.json"
     output.write_text(text + "\n")
 
 
@@ -26,4 +38,12 @@ def register(commands) -> None:
     )
     parser.add_argument("--batches", type=at_least(0), default=0, help="0 = the whole dataset")
     parser.add_argument("--output", help="metrics JSON (default: WORKDIR/eval.json)")
+    bleu = parser.add_argument_group("encoder-decoder runs: BLEU of the held-out translations")
+    bleu.add_argument(
+        "--no-bleu", dest="bleu", action="store_false", help="skip translating the held-out split"
+    )
+    bleu.add_argument(
+        "--num-beams", type=at_least(1), default=1, help="beam search width (default 1: greedy)"
+    )
+    bleu.add_argument("--translations", help="also write source, reference, translation as JSONL")
     parser.set_defaults(run=run)

@@ -257,3 +257,12 @@ def seq2seq_rows(
         }
 
     return TaskRows(len(rows), make_row, ("weights",), truncated, {"too long": skipped})
+
+
+def seq2seq_sources(
+    texts: Sequence[str], tokenizer, *, seq_len: int, truncate: bool
+) -> list[list[int] | None]:
+    """Each source text as `seq2seq_rows` feeds it to the encoder, `ids [eos]` without padding,
+    or None where it is longer than `seq_len` - 1 tokens and not truncated."""
+    fitted = (_fit(list(ids), seq_len - 1, truncate) for ids in tokenizer.encode_batch(texts))
+    return [None if ids is None else [*ids, tokenizer.eos_id] for ids in fitted]
