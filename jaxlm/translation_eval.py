@@ -36,7 +36,8 @@ def translate_sources(
     )
     rows = cfg.data.batch_size
     translations: list[str | None] = [None] * len(sources)
-    for start in tqdm(range(0, len(kept), rows), desc="translating", unit="batch", leave=False):
+    starts = range(0, len(kept), rows)
+    for start in tqdm(starts, desc="translating", unit="batch", leave=False, disable=None):
         batch = kept[start : start + rows]
         ids = [encoded[i] for i in batch]
         ids += [ids[0]] * (rows - len(ids))  # the last batch filled up to the same shape
