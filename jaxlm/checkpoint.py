@@ -68,14 +68,17 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(error).__name__
 
 
-def _preservation(keep: int, keep_best: int, best_metric: str) -> pp.PreservationPolicy:
-    """The last `keep` steps, plus the `keep_best` lowest by `best_metric` (when > 0)."""
+def _preservation(
+    keep: int, keep_best: int, best_metric: str, best_mode: str
+) -> pp.PreservationPolicy:
+    """The last `keep` steps, plus the `keep_best` best by `best_metric` (when > 0): the lowest
+    (`best_mode` min) or the highest (max)."""
     latest = pp.LatestN(n=keep)
     if keep_best <= 0:
         return latest
     best = pp.BestN(
         get_metric_fn=lambda metrics: metrics[best_metric],
-        reverse=True,  # BestN keeps the tail of the sorted list: descending = lowest kept
+        reverse=best_mode == "min",  # BestN keeps the tail of the sorted list
         n=keep_best,
         keep_checkpoints_without_metrics=False,
     )
@@ -91,7 +94,8 @@ class Checkpointer:
     """Asynchronous saves of the train state and its data position; fault-tolerant restores.
 
     Keeps the last `max_to_keep` steps and, with `keep_best` > 0, also the `keep_best` steps
-    with the lowest `best_metric` among those saved with metrics. `clean_unfinished` (for the
+    with the lowest (`best_mode` "min") or highest ("max") `best_metric` among those saved with
+    metrics. `clean_unfinished` (for the
     one process that trains in the directory) removes what interrupted saves left behind.
     """
 
@@ -102,6 +106,7 @@ class Checkpointer:
         *,
         keep_best: int = 0,
         best_metric: str = "eval_loss",
+        best_mode: str = "min",
         read_only: bool = False,
         clean_unfinished: bool = False,
     ):
@@ -118,7 +123,7 @@ class Checkpointer:
                 read_only=read_only,
                 enable_async_checkpointing=True,
                 cleanup_tmp_directories=clean_unfinished,
-                preservation_policy=_preservation(max_to_keep, keep_best, best_metric),
+                preservation_policy=_preservation(max_to_keep, keep_best, best_metric, best_mode),
             ),
             item_handlers={
                 STATE: ocp.StandardCheckpointHandler(),

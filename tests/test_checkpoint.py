@@ -95,15 +95,15 @@ def test_restoring_from_an_empty_directory_is_a_clear_error(tmp_path):
         Checkpointer(tmp_path).restore(*_target())
 
 
-def test_keeps_the_last_steps_and_the_best_by_eval_loss(tmp_path):
+@pytest.mark.parametrize("metric, mode, best", [("eval_loss", "min", 4), ("eval_bleu", "max", 6)])
+def test_keeps_the_last_steps_and_the_best_by_a_metric(tmp_path, metric, mode, best):
     state = _state()
-    losses = {2: 3.0, 4: 1.0, 6: 2.0, 8: 4.0}  # step 4 is best
+    values = {2: 3.0, 4: 1.0, 6: 5.0, 8: 4.0}
     saves = {
-        step: (state, {"eval_loss": losses[step]} if step in losses else None)
-        for step in range(1, 10)
+        step: (state, {metric: values[step]} if step in values else None) for step in range(1, 10)
     }
-    _save(tmp_path, saves, max_to_keep=2, keep_best=1)
-    assert Checkpointer(tmp_path).all_steps() == [4, 8, 9]
+    _save(tmp_path, saves, max_to_keep=2, keep_best=1, best_metric=metric, best_mode=mode)
+    assert Checkpointer(tmp_path).all_steps() == [best, 8, 9]
 
 
 def _three_steps(directory):

@@ -137,6 +137,8 @@ def assert_one_line_error(match: str, name_or_path, overrides=()):
         ("train.eval_batches=-1", "train.eval_batches"),
         ("train.checkpoint_every=-5", "train.checkpoint_every"),
         ("train.keep_checkpoints=0", "train.keep_checkpoints"),
+        ("train.best_mode=highest", "train.best_mode"),
+        ("train.eval_bleu=true", "train.eval_bleu"),  # gpt2-small is not a translation model
         ("sample.top_p=1.5", "sample.top_p"),
         ("model.num_layers", "model.num_layers"),
     ],

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from jaxlm import cli
+from jaxlm.checkpoint import has_checkpoints
 from jaxlm.config import load_config
 from jaxlm.errors import ConfigError
 from jaxlm.train.trainer import train
@@ -121,6 +122,22 @@ def test_resuming_with_other_parameters_is_refused_and_other_settings_are_not(tr
     train(load_config(None, [*resumed, f"train.steps={latest + 5}"]))
     new = [r["step"] for r in _records(workdir)[logged:] if r["split"] == "train"]
     assert new == [latest + 5]  # resumed from the latest checkpoint
+
+
+def test_keeping_the_best_by_a_metric_the_run_lacks_fails_before_training(
+    real_text_files, tmp_path
+):
+    """A misspelt `train.best_metric` would keep no best checkpoint at all; the first
+    evaluation (step 0) names it and the metrics there are, before any training step."""
+    overrides = [
+        *_overrides(real_text_files, tmp_path, steps=5),
+        "train.keep_best=1",
+        "train.best_metric=eval_acuracy",
+    ]
+    reported = "it reports eval_loss, eval_perplexity, eval_token_accuracy, eval_tokens"
+    with pytest.raises(ConfigError, match=f"reports no 'eval_acuracy'; {reported}$"):
+        train(load_config(None, overrides))
+    assert not has_checkpoints(tmp_path / "checkpoints")
 
 
 def _error_line(capsys, argv):

@@ -101,18 +101,24 @@ def test_masked_lm_with_next_sentence_learns(real_text_files, tmp_path):
         train(load_config(None, [*overrides, "model.heads=[mlm]"]))
 
 
-@pytest.fixture(scope="module")
-def reversed_pairs(real_text_files, tmp_path_factory):
-    """(JSONL file, pairs): lines of real text, each with its words reversed as the target."""
+def _line_pairs(files, folder, target):
+    """(JSONL file, pairs): lines of real text, each with `target(line)` as its target."""
     pairs = [
-        {"text": line, "target": " ".join(reversed(line.split()))}
-        for path in real_text_files[:20]
+        {"text": line, "target": target(line)}
+        for path in files[:20]
         for line in path.read_text().splitlines()
         if 3 < len(line.split()) < 12
     ]
-    jsonl = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
+    jsonl = folder / "pairs.jsonl"
     jsonl.write_text("\n".join(map(json.dumps, pairs)))
     return jsonl, pairs
+
+
+@pytest.fixture(scope="module")
+def reversed_pairs(real_text_files, tmp_path_factory):
+    """Lines of real text, each with its words reversed as the target."""
+    reverse = lambda line: " ".join(reversed(line.split()))  # noqa: E731
+    return _line_pairs(real_text_files, tmp_path_factory.mktemp("reversed"), reverse)
 
 
 def _train_seq2seq(jsonl, workdir, steps, *extra):
@@ -151,27 +157,47 @@ def test_seq2seq_resumes_exactly_and_translates(reversed_pairs, tmp_path, capsys
     assert capsys.readouterr().out.startswith("the value is returned -> ")
 
 
-def test_eval_scores_held_out_translations_with_bleu(reversed_pairs, tmp_path, capsys):
-    """`jaxlm eval` on a translation run: BLEU of the held-out sources, each translated as
-    `translate` translates it alone (unpadded, greedy, cut as in training), scored by
-    sacreBLEU. After 200 steps the model translates many sources differently (before, every
-    translation is the same)."""
+def test_eval_scores_held_out_translations_with_bleu(real_text_files, tmp_path, capsys):
+    """Training with `train.eval_bleu` reports BLEU at every evaluation and keeps the best
+    checkpoint by a higher-is-better metric. `jaxlm eval` then scores the held-out sources,
+    each translated as `translate` translates it alone (unpadded, greedy, cut as in training),
+    with sacreBLEU. The task is copying; after 200 steps the model translates many sources
+    differently, so a padding or batching mistake would change some translation."""
     import sacrebleu
 
     from jaxlm.config import SampleConfig
     from jaxlm.generate import translate
     from jaxlm.inference import load_for_inference
 
-    jsonl, pairs = reversed_pairs
+    jsonl, pairs = _line_pairs(real_text_files, tmp_path, lambda line: line)  # copying
     workdir = tmp_path / "run"
     _train_seq2seq(
-        jsonl, workdir, 200, "data.seq_len=32", "optim.learning_rate=3e-3", "train.log_every=100"
+        jsonl,
+        workdir,
+        200,
+        "data.seq_len=32",
+        "optim.learning_rate=3e-3",
+        "train.log_every=100",
+        "train.eval_every=100",
+        "train.eval_batches=2",
+        "train.eval_bleu=true",
+        "train.keep_checkpoints=1",
+        "train.keep_best=1",
+        "train.best_metric=eval_token_accuracy",
+        "train.best_mode=max",
     )
+    evaluations = {r["step"]: r for r in _records(workdir, "eval")}
+    assert sorted(evaluations) == [0, 100, 200]
+    assert {record["bleu_examples"] for record in evaluations.values()} == {2 * 16}
+    bleu_at = {step: record["bleu"] for step, record in evaluations.items()}
+    best = max((100, 200), key=lambda step: evaluations[step]["token_accuracy"])
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == sorted({best, 200})
     out = tmp_path / "eval" / "translations.jsonl"
     capsys.readouterr()
     assert cli.main(["eval", str(workdir), "--batches", "2", "--translations", str(out)]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["bleu_examples"] == 2 * 16  # the first two held-out batches' pairs
+    assert metrics["bleu"] == bleu_at[200]  # as training's last evaluation scored them
     assert json.loads((workdir / "eval.json").read_text()) == metrics
     records = [json.loads(line) for line in out.read_text().splitlines()]
     targets = {pair["text"]: pair["target"] for pair in pairs}

@@ -163,10 +163,12 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 200  # evaluate every N steps and at the last one (0 = never)
     eval_batches: int = 20  # held-out batches per evaluation (0 = the whole eval split)
+    eval_bleu: bool = False  # seq2seq: evaluations also translate their examples (eval_bleu)
     checkpoint_every: int = 0  # 0 = only at the end (and when preempted)
     keep_checkpoints: int = 3  # the last N checkpoints are kept
-    keep_best: int = 0  # also keep the N with the lowest `best_metric` (saved at eval steps)
-    best_metric: str = "eval_loss"  # eval_loss, eval_perplexity, ...; lower is better
+    keep_best: int = 0  # also keep the N best by `best_metric` (saved at eval steps)
+    best_metric: str = "eval_loss"  # an evaluation metric: eval_loss, eval_accuracy, eval_bleu...
+    best_mode: str = "min"  # min: lower is better (loss); max: higher (accuracy, F1, BLEU)
     nan_policy: str = "stop"  # non-finite loss or gradient: stop (error) or skip the update
     progress_bar: bool = True
     microbatches: int = 1  # gradient accumulation: each step's batch is split into this many

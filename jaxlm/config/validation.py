@@ -23,6 +23,7 @@ CHOICES = {
     "data.source": ("text", "jsonl", "tfds", "tokens", "vader", "gettext"),
     "data.task": ("causal_lm", "masked_lm", "classification", "seq2seq"),
     "data.document_unit": ("file", "paragraph", "line"),
+    "train.best_mode": ("min", "max"),
     "data.tokenizer_type": ("unigram", "bpe"),
     "finetune.mode": ("full", "partial", "prompt", "prefix", "lora"),
 }
@@ -86,6 +87,11 @@ def validate(config: Config) -> None:
     for key in ("eval_every", "eval_batches", "checkpoint_every", "keep_best"):
         _check(getattr(t, key) >= 0, f"train.{key}", "must be >= 0")
     _check(t.keep_checkpoints > 0, "train.keep_checkpoints", "must be positive")
+    _check(
+        not t.eval_bleu or d.task == "seq2seq",
+        "train.eval_bleu",
+        f"BLEU scores translations (data.task=seq2seq), not {d.task}",
+    )
     _check(t.microbatches > 0, "train.microbatches", "must be positive")
     _check(t.microbatch_unroll >= 0, "train.microbatch_unroll", "must be >= 0 (0 = all)")
     _check(

@@ -38,6 +38,7 @@ class TrainingData:
     eval_batches: Callable[[int], Iterable[Batch]]  # at most `limit` batches (0 = all)
     labels: list[str] = field(default_factory=list)
     summary: str = ""
+    eval_examples: list = field(default_factory=list)  # the held-out examples, as loaded
 
 
 def prepare_tokenizer(cfg: Config, texts: Iterable[str], workdir: Path, log) -> Tokenizer:
@@ -187,7 +188,7 @@ def _batches_of(cfg: Config, splits, workdir: Path, log) -> TrainingData:
         data = _packed_lm_data(cfg, splits.train, splits.eval, tokenizer)
     else:
         data = _indexed_data(cfg, splits.train, splits.eval, tokenizer, log)
-    data.labels = splits.labels
+    data.labels, data.eval_examples = splits.labels, splits.eval
     data.summary = f"{cfg.data.source} data for {cfg.data.task}: {splits.summary()}"
     return data
 

@@ -46,6 +46,7 @@ from jaxlm.train.plot import plot_loss
 from jaxlm.train.preemption import Preempted, Preemption
 from jaxlm.train.state import init_state, state_from_params, state_shardings
 from jaxlm.train.step import compile_train_step
+from jaxlm.translation_eval import translation_bleu
 
 
 def _due(step: int, every: int, last_step: int) -> bool:
@@ -126,6 +127,11 @@ class Trainer:
                 f"config key 'model.num_classes': {cfg.model.num_classes}, but the data has "
                 f"{len(self.data.labels)} labels {self.data.labels}"
             )
+        if cfg.train.eval_bleu and jax.process_count() > 1:
+            raise ConfigError(
+                "config key 'train.eval_bleu': translating runs on one process; score a "
+                "multi-process run's checkpoint with `jaxlm eval` instead"
+            )
         if jax.process_index() == 0:
             run_config.save(cfg, self.workdir)
         self.mesh = make_mesh(cfg.mesh)
@@ -142,6 +148,7 @@ class Trainer:
             cfg.train.keep_checkpoints,
             keep_best=cfg.train.keep_best,
             best_metric=cfg.train.best_metric,
+            best_mode=cfg.train.best_mode,
             clean_unfinished=True,
         )
         self.state, shardings, self.start = restore_or_init(
@@ -186,20 +193,27 @@ class Trainer:
         default `train.eval_batches`; 0 = all), as `{"eval_loss": ..., ...}`."""
         limit = self.cfg.train.eval_batches if limit is None else limit
         with activate(self.mesh):
+            params = self.params
             results = evaluate(
-                self.eval_step,
-                self.params,
-                self.data.eval_batches(limit),
-                self.mesh,
-                self.data.labels,
+                self.eval_step, params, self.data.eval_batches(limit), self.mesh, self.data.labels
             )
+            if results and self.cfg.train.eval_bleu:
+                pairs = self.data.eval_examples[: limit * self.cfg.data.batch_size or None]
+                results |= translation_bleu(self.cfg, params, self.data.tokenizer, pairs)[0]
         return {f"eval_{k}": v for k, v in results.items()}
 
     def _evaluate_and_log(self, step: int) -> dict[str, float]:
         results = self.evaluate()
         if results:
+            best = self.cfg.train.best_metric
+            if self.cfg.train.keep_best and best not in results:
+                raise ConfigError(
+                    f"config key 'train.best_metric': this run's evaluation reports no {best!r}; "
+                    f"it reports {', '.join(sorted(results))}"
+                )
             self.metrics_log.write(step, "eval", {k[5:]: v for k, v in results.items()})
-            shown = [k for k in ("perplexity", "accuracy", "macro_f1") if f"eval_{k}" in results]
+            names = ("perplexity", "accuracy", "macro_f1", "bleu")
+            shown = [k for k in names if f"eval_{k}" in results]
             log(
                 f"step {step:>6} | eval loss {results['eval_loss']:.4f}"
                 + "".join(f" | {k.replace('_', ' ')} {results[f'eval_{k}']:.4g}" for k in shown)
