@@ -62,6 +62,8 @@ def translation_bleu(
     """({"bleu": corpus BLEU 0-100 (sacreBLEU), "bleu_examples": pairs scored}, one record of
     source, reference and translation per scored pair). Pairs whose source training would skip
     are left out."""
+    if not pairs:
+        raise JaxlmError("BLEU needs held-out (source, reference) pairs; there are none")
     translations = translate_sources(cfg, params, tokenizer, [s for s, _ in pairs], num_beams)
     records = [
         {"source": source, "reference": reference, "translation": translation}

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from jaxlm.config import load_config
 from jaxlm.data.batching import IndexedBatches, prefetch
 from jaxlm.data.tasks import (
     BATCH_FEATURES,
@@ -12,7 +13,8 @@ from jaxlm.data.tasks import (
     seq2seq_rows,
     seq2seq_sources,
 )
-from jaxlm.errors import DataError
+from jaxlm.errors import DataError, JaxlmError
+from jaxlm.translation_eval import translation_bleu
 
 
 class WordTokenizer:
@@ -269,3 +271,13 @@ def test_batch_features_describe_the_rows_of_every_task():
             assert np.asarray(row[key]).dtype == dtype and np.shape(row[key]) == (
                 (16,) if per_token else ()
             ), (task, key)
+
+
+def test_translation_bleu_says_when_there_is_nothing_to_score():
+    cfg = load_config(
+        None, ["model.family=seq2seq", "data.task=seq2seq", "data.seq_len=4", "data.truncate=false"]
+    )
+    with pytest.raises(JaxlmError, match="there are none"):
+        translation_bleu(cfg, {}, WordTokenizer(), [])
+    with pytest.raises(JaxlmError, match=r"none of the 1 pairs fits data.seq_len=4 \(set data"):
+        translation_bleu(cfg, {}, WordTokenizer(), [("a b c d e", "x")])
