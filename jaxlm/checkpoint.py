@@ -95,8 +95,8 @@ class Checkpointer:
 
     Keeps the last `max_to_keep` steps and, with `keep_best` > 0, also the `keep_best` steps
     with the lowest (`best_mode` "min") or highest ("max") `best_metric` among those saved with
-    metrics. `clean_unfinished` (for the
-    one process that trains in the directory) removes what interrupted saves left behind.
+    metrics. `clean_unfinished` (for the one process that trains in the directory) removes what
+    interrupted saves left behind.
     """
 
     def __init__(

@@ -16,7 +16,6 @@ from jaxlm.data.documents import read_documents, resolve_files
 from jaxlm.data.hf_tokenizer import load_tokenizer, workdir_tokenizer
 from jaxlm.data.loader import training_data
 from jaxlm.data.pipeline import lm_dataset
-from jaxlm.data.sources import load_splits
 from jaxlm.data.tokenizer import Tokenizer
 from jaxlm.errors import JaxlmError
 from jaxlm.finetune import checkpointed_params, model_params
@@ -65,7 +64,6 @@ def evaluate_workdir(
     cfg, params, tokenizer = load_for_inference(workdir)
     mesh = make_mesh(MeshConfig())
     eval_step = compile_eval_step(cfg, jax.tree.map(lambda x: x.sharding, params), mesh)
-    splits = None
     if files:
         if cfg.data.task != "causal_lm":
             raise JaxlmError(f"--files evaluates causal LM runs; this run is {cfg.data.task}")
@@ -81,17 +79,15 @@ def evaluate_workdir(
         ).as_numpy_iterator()
         metrics = evaluate(eval_step, params, itertools.islice(dataset, batches or None), mesh)
     else:
-        if cfg.data.source != "tokens":
-            splits = load_splits(cfg.data)
-        data = training_data(cfg, workdir, log=lambda message: None, splits=splits)
+        data = training_data(cfg, workdir, log=lambda message: None)
         metrics = evaluate(eval_step, params, data.eval_batches(batches), mesh, data.labels)
         if not metrics and cfg.data.eval_fraction == 0:
             raise JaxlmError("the run held out no data (data.eval_fraction=0): pass --files")
     if not metrics:
         shape = f"{cfg.data.batch_size} x {cfg.data.seq_len}"
         raise JaxlmError(f"the evaluation data holds less than one batch of {shape} tokens")
-    if bleu and cfg.data.task == "seq2seq" and splits is not None:
-        pairs = splits.eval[: batches * cfg.data.batch_size or None]
+    if bleu and cfg.data.task == "seq2seq" and not files:
+        pairs = data.eval_examples[: batches * cfg.data.batch_size or None]
         scores, records = translation_bleu(cfg, params, tokenizer, pairs, num_beams)
         metrics |= scores
         if translations is not None:

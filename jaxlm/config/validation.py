@@ -23,8 +23,8 @@ CHOICES = {
     "data.source": ("text", "jsonl", "tfds", "tokens", "vader", "gettext"),
     "data.task": ("causal_lm", "masked_lm", "classification", "seq2seq"),
     "data.document_unit": ("file", "paragraph", "line"),
-    "train.best_mode": ("min", "max"),
     "data.tokenizer_type": ("unigram", "bpe"),
+    "train.best_mode": ("min", "max"),
     "finetune.mode": ("full", "partial", "prompt", "prefix", "lora"),
 }
 BERT_HEADS = ("mlm", "nsp", "classifier")
