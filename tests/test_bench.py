@@ -214,6 +214,7 @@ def test_missing_torch_is_a_one_line_error(monkeypatch, capsys):
         (["--steps", "0"], "--steps must be >= 1"),
         (["model.family=bert", "model.heads=[mlm]"], "bench times the causal-LM step"),
         (["model.dtype=float16", "--reference", "torch"], "model.dtype=float32 or bfloat16"),
+        (["optim.optimizer=lion", "--reference", "torch"], "not optim.optimizer=lion"),
         (["--decode", "--new-tokens", "1"], "--decode needs --new-tokens >= 2"),
         (["--decode", "--prompt-len", "10"], "exceeds the model's max_len=16"),
         (["model.family=bert", "model.heads=[mlm]", "--decode"], "--decode times 'gpt'"),

@@ -1,5 +1,6 @@
-"""AdamW + warmup/cosine + clipping against a float64 NumPy transcription of the formulas."""
+"""The optimizers, schedules and clipping against float64 NumPy transcriptions of the formulas."""
 
+import dataclasses
 import math
 
 import jax
@@ -8,26 +9,43 @@ import numpy as np
 import optax
 import pytest
 
-from jaxlm.config import OptimConfig
-from jaxlm.train.optim import learning_rate_schedule, make_optimizer, weight_decay_mask
+from jaxlm.config import OptimConfig, load_config
+from jaxlm.train.optim import (
+    learning_rate_schedule,
+    make_optimizer,
+    matrix_view,
+    weight_decay_mask,
+)
 
 CFG = OptimConfig(
     learning_rate=1e-2, warmup_steps=10, min_lr_ratio=0.1, weight_decay=0.1, grad_clip=1.0
 )
+TOTAL = 100
 
 
-def _lr(step, total=100):
-    """Linear warmup from 0, then cosine from the peak down to min_lr_ratio * peak."""
-    peak, floor = CFG.learning_rate, CFG.learning_rate * CFG.min_lr_ratio
-    if step < CFG.warmup_steps:
-        return peak * step / CFG.warmup_steps
-    progress = min((step - CFG.warmup_steps) / (total - CFG.warmup_steps), 1.0)
-    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+def _lr(step, cfg=CFG, total=TOTAL):
+    """Linear warmup from 0 to the peak, then `cfg.schedule`."""
+    peak, floor, warmup = cfg.learning_rate, cfg.learning_rate * cfg.min_lr_ratio, cfg.warmup_steps
+    if step < warmup:
+        return peak * step / warmup
+    since, span = step - warmup, total - warmup
+    if cfg.schedule == "cosine":
+        return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * min(since / span, 1.0)))
+    if cfg.schedule == "linear":
+        return peak + (floor - peak) * min(since / span, 1.0)
+    if cfg.schedule == "constant":
+        return peak
+    # rsqrt: peak * sqrt(warmup / step); without warmup, as if it were one step: 1 / sqrt(step + 1)
+    return peak * math.sqrt(max(warmup, 1) / (step + (warmup == 0)))
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant", "rsqrt"])
+@pytest.mark.parametrize("warmup", [10, 0])
 @pytest.mark.parametrize("step", [0, 1, 5, 10, 11, 40, 55, 99, 100, 150])
-def test_schedule_matches_formula(step):
-    assert float(learning_rate_schedule(CFG, 100)(step)) == pytest.approx(_lr(step), rel=1e-5)
+def test_schedule_matches_formula(schedule, warmup, step):
+    cfg = dataclasses.replace(CFG, schedule=schedule, warmup_steps=warmup)
+    want = _lr(step, cfg)
+    assert float(learning_rate_schedule(cfg, TOTAL)(step)) == pytest.approx(want, rel=1e-5)
 
 
 def test_weight_decay_applies_to_matrices_only():
@@ -44,36 +62,135 @@ def test_weight_decay_applies_to_matrices_only():
     }
 
 
-def test_two_steps_match_numpy_adamw_with_clipping():
-    rng = np.random.default_rng(0)
-    params = {"w": {"kernel": rng.normal(size=(3, 4))}, "b": {"bias": rng.normal(size=(4,))}}
-    grads = [jax.tree.map(lambda p: rng.normal(size=p.shape) * 3.0, params) for _ in range(2)]
-    tx, _ = make_optimizer(CFG, total_steps=100)
+@pytest.mark.parametrize(
+    "shape, view",
+    [
+        ((768, 12, 64), (768, 768)),  # attention query/key/value kernel: [embed, heads, kv]
+        ((12, 64, 768), (768, 768)),  # attention output kernel: [heads, kv, embed]
+        ((12, 768, 12, 64), (12, 768, 768)),  # stacked layers first
+        ((12, 12, 64, 768), (12, 768, 768)),  # the larger pair of small axes is merged
+        ((4096, 8, 128), (4096, 8, 128)),  # grouped-query keys: 4096 x 128 factor as they are
+        ((768, 3072), (768, 3072)),
+        ((12, 64), (12, 64)),
+        ((2, 3, 4), (2, 12)),  # too small to factor, merged all the same
+    ],
+)
+def test_adafactor_matrix_view(shape, view):
+    assert matrix_view(shape) == view
 
-    state = tx.init(jax.tree.map(jnp.float32, params))
-    got = jax.tree.map(jnp.float32, params)
-    for g in grads:
-        updates, state = tx.update(jax.tree.map(jnp.float32, g), state, got)
+
+# The test's parameters, and the shapes Adafactor sees them in (factored: both sides >= 128).
+SHAPES = {("attn", "kernel"): (128, 4, 32), ("w", "kernel"): (3, 4), ("b", "bias"): (4,)}
+VIEWS = {("attn", "kernel"): (128, 128), ("w", "kernel"): (3, 4), ("b", "bias"): (4,)}
+
+
+def _rms(x):
+    return math.sqrt(float(np.mean(x**2)))
+
+
+def _direction(cfg, state, grad, param, t):
+    """The update before weight decay and the learning rate, at step t = 1, 2, ..."""
+    if cfg.optimizer == "adamw":
+        state["m"] = cfg.b1 * state.get("m", 0) + (1 - cfg.b1) * grad
+        state["v"] = cfg.b2 * state.get("v", 0) + (1 - cfg.b2) * grad**2
+        m_hat, v_hat = state["m"] / (1 - cfg.b1**t), state["v"] / (1 - cfg.b2**t)
+        return m_hat / (np.sqrt(v_hat) + cfg.eps)
+    if cfg.optimizer == "lion":
+        direction = np.sign(cfg.b1 * state.get("m", 0) + (1 - cfg.b1) * grad)
+        state["m"] = cfg.b2 * state.get("m", 0) + (1 - cfg.b2) * grad
+        return direction
+    if cfg.optimizer == "sgd":
+        state["m"] = cfg.b1 * state.get("m", 0) + grad
+        return state["m"]
+    # adafactor (Shazeer & Stern 2018, algorithm 4 with relative steps of the given size)
+    decay = 1 - t**-0.8
+    squared = grad**2 + 1e-30
+    if squared.ndim == 2 and min(squared.shape) >= 128:  # factored: row and column means
+        state["r"] = decay * state.get("r", 0) + (1 - decay) * squared.mean(axis=1)
+        state["c"] = decay * state.get("c", 0) + (1 - decay) * squared.mean(axis=0)
+        second_moment = np.outer(state["r"], state["c"]) / state["r"].mean()
+    else:
+        second_moment = state["v"] = decay * state.get("v", 0) + (1 - decay) * squared
+    update = grad / np.sqrt(second_moment)
+    update = update / max(1.0, _rms(update))
+    return update * max(1e-3, _rms(param))
+
+
+def _numpy_steps(cfg, params, grads):
+    params, states = dict(params), {path: {} for path in params}
+    for t, grad in enumerate(grads, start=1):
+        norm = math.sqrt(sum(float(np.sum(g**2)) for g in grad.values()))
+        clip = min(1.0, cfg.grad_clip / norm)
+        for path, param in params.items():
+            shape = VIEWS[path] if cfg.optimizer == "adafactor" else param.shape
+            g, p = (grad[path] * clip).reshape(shape), param.reshape(shape)
+            update = _direction(cfg, states[path], g, p, t).reshape(param.shape)
+            if path[1] == "kernel":
+                update = update + cfg.weight_decay * param
+            params[path] = param - _lr(t - 1, cfg) * update
+    return params
+
+
+def _nest(flat):
+    return {group: {name: value} for (group, name), value in flat.items()}
+
+
+@pytest.mark.parametrize(
+    "optimizer, b1, b2",
+    [("adamw", 0.9, 0.95), ("adafactor", 0.9, 0.95), ("lion", 0.9, 0.99), ("sgd", 0.9, 0.0)],
+)
+def test_three_steps_match_numpy_with_clipping(optimizer, b1, b2):
+    cfg = dataclasses.replace(CFG, optimizer=optimizer, b1=b1, b2=b2)
+    rng = np.random.default_rng(0)
+    params = {path: rng.normal(size=shape) for path, shape in SHAPES.items()}
+    grads = [{p: rng.normal(size=x.shape) * 3.0 for p, x in params.items()} for _ in range(3)]
+    tx, _ = make_optimizer(cfg, total_steps=TOTAL)
+
+    got = jax.tree.map(jnp.float32, _nest(params))
+    state = tx.init(got)
+    for grad in grads:
+        updates, state = tx.update(jax.tree.map(jnp.float32, _nest(grad)), state, got)
         got = optax.apply_updates(got, updates)
 
-    want = {k: dict(v) for k, v in params.items()}
-    mu = jax.tree.map(np.zeros_like, params)
-    nu = jax.tree.map(np.zeros_like, params)
-    for t, g in enumerate(grads, start=1):
-        norm = math.sqrt(sum(float(np.sum(x**2)) for x in jax.tree.leaves(g)))
-        scale = min(1.0, CFG.grad_clip / norm)
-        lr = _lr(t - 1)
-        for group, name in (("w", "kernel"), ("b", "bias")):
-            gc = g[group][name] * scale
-            mu[group][name] = CFG.b1 * mu[group][name] + (1 - CFG.b1) * gc
-            nu[group][name] = CFG.b2 * nu[group][name] + (1 - CFG.b2) * gc**2
-            m_hat = mu[group][name] / (1 - CFG.b1**t)
-            v_hat = nu[group][name] / (1 - CFG.b2**t)
-            update = m_hat / (np.sqrt(v_hat) + CFG.eps)
-            if name == "kernel":
-                update = update + CFG.weight_decay * want[group][name]
-            want[group][name] = want[group][name] - lr * update
-    for path in (("w", "kernel"), ("b", "bias")):
-        np.testing.assert_allclose(
-            got[path[0]][path[1]], want[path[0]][path[1]], rtol=1e-5, atol=1e-6
-        )
+    want = _numpy_steps(cfg, params, grads)
+    for group, name in SHAPES:
+        np.testing.assert_allclose(got[group][name], want[group, name], rtol=2e-5, atol=2e-6)
+    if optimizer == "adafactor":  # the 128 x 128 view keeps a row and a column, not a matrix
+        sizes = sorted(x.size for x in jax.tree.leaves(state))
+        assert sum(sizes) < 128 * 128 / 10
+
+
+def test_sgd_without_momentum_keeps_no_state():
+    cfg = dataclasses.replace(CFG, optimizer="sgd", b1=0.0, grad_clip=0.0, weight_decay=0.0)
+    tx, _ = make_optimizer(cfg, total_steps=TOTAL)
+    params = {"w": {"kernel": jnp.ones((2, 3))}}
+    grad = {"w": {"kernel": jnp.full((2, 3), 2.0)}}
+    state = tx.init(params)
+    assert jax.tree.leaves(state) == [] or all(x.size == 1 for x in jax.tree.leaves(state))
+    for step in range(2):
+        updates, state = tx.update(grad, state, params)
+        np.testing.assert_allclose(updates["w"]["kernel"], -2.0 * _lr(step, cfg), rtol=1e-6)
+
+
+@pytest.mark.parametrize("step", [1, 1000, 4000, 10_000, 100_000])
+def test_transformer_base_preset_follows_the_papers_learning_rate(step):
+    """Vaswani et al. (2017), section 5.3: d_model^-0.5 * min(step^-0.5, step * warmup^-1.5)."""
+    cfg = load_config("transformer-base").optim
+    paper = 512**-0.5 * min(step**-0.5, step * 4000**-1.5)
+    assert float(learning_rate_schedule(cfg, 100_000)(step)) == pytest.approx(paper, rel=1e-3)
+
+
+def test_adamw_is_optax_adamw_so_earlier_checkpoints_restore():
+    tx, schedule = make_optimizer(CFG, TOTAL)
+    adamw = optax.chain(
+        optax.clip_by_global_norm(CFG.grad_clip),
+        optax.adamw(schedule, CFG.b1, CFG.b2, CFG.eps, weight_decay=0.1, mask=weight_decay_mask),
+    )
+    params = {"w": {"kernel": jnp.ones((3, 4))}, "b": {"bias": jnp.ones(4)}}
+    state, want_state = tx.init(params), adamw.init(params)
+    assert jax.tree.structure(state) == jax.tree.structure(want_state)
+    grad = jax.tree.map(lambda x: 0.3 * x, params)
+    for _ in range(3):
+        updates, state = tx.update(grad, state, params)
+        want, want_state = adamw.update(grad, want_state, params)
+        jax.tree.map(np.testing.assert_array_equal, updates, want)

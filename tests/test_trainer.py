@@ -111,6 +111,8 @@ def test_resuming_with_other_parameters_is_refused_and_other_settings_are_not(tr
     for change, named in (
         (["model.num_layers=3"], "model.num_layers 2 -> 3"),
         (["finetune.mode=partial", "finetune.trainable=[decoder/*]"], "finetune.mode 'full'"),
+        (["optim.optimizer=adafactor"], "optim.optimizer 'adamw' -> 'adafactor'"),
+        (["optim.grad_clip=0"], "optim.grad_clip 1.0 -> 0.0"),  # no clipping state then
     ):
         with pytest.raises(ConfigError) as error:
             train(load_config(None, [*overrides, *change]))
@@ -119,6 +121,7 @@ def test_resuming_with_other_parameters_is_refused_and_other_settings_are_not(tr
     latest = max(int(step.name) for step in (workdir / "checkpoints").iterdir())
     logged = len(_records(workdir))
     resumed = [*overrides, "model.remat_policy=full", "optim.learning_rate=1e-3"]
+    resumed += ["optim.grad_clip=0.5", "optim.schedule=rsqrt"]
     train(load_config(None, [*resumed, f"train.steps={latest + 5}"]))
     new = [r["step"] for r in _records(workdir)[logged:] if r["split"] == "train"]
     assert new == [latest + 5]  # resumed from the latest checkpoint

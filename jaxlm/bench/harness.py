@@ -117,6 +117,11 @@ def torch_reference(cfg: Config):
             "--reference torch compares training on the CPU: run with JAX_PLATFORMS=cpu and "
             "model.dtype=float32 or bfloat16, or use --reference none"
         )
+    if cfg.optim.optimizer != "adamw":
+        raise ConfigError(
+            f"--reference torch trains with AdamW, not optim.optimizer={cfg.optim.optimizer}; "
+            "use --reference none"
+        )
     try:
         torch_gpt = importlib.import_module("jaxlm.bench.torch_gpt")
     except ImportError:

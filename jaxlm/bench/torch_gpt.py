@@ -222,7 +222,7 @@ def load_jaxlm_params(model: TorchGPT, params: Mapping) -> None:
 class TorchTrainer:
     """jaxlm's training step in PyTorch: mean next-token cross-entropy, global-norm gradient
     clipping, AdamW (decay on matrices only: Linear weights and embedding tables) following
-    jaxlm's warmup-cosine schedule, given as one learning rate per step. With `autocast` (e.g.
+    jaxlm's learning-rate schedule, given as one learning rate per step. With `autocast` (e.g.
     torch.bfloat16) the forward pass runs under `torch.autocast`: PyTorch's mixed precision,
     float32 weights and loss."""
 

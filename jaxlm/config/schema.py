@@ -89,12 +89,17 @@ class MeshConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with linear warmup, cosine decay to min_lr_ratio * learning_rate, and clipping."""
+    """The optimizer (AdamW by default), its learning-rate schedule after a linear warmup from
+    0 (cosine decay to min_lr_ratio * learning_rate by default) and gradient clipping."""
 
-    learning_rate: float = 3e-4
+    # adamw | adafactor (factored second moments, no momentum; b1, b2, eps unused) |
+    # lion (sign of interpolated momenta; b1, b2) | sgd (momentum b1, 0 = none; b2, eps unused)
+    optimizer: str = "adamw"
+    schedule: str = "cosine"  # cosine | linear (both down to min_lr_ratio) | constant | rsqrt
+    learning_rate: float = 3e-4  # the peak, reached at the end of the warmup
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1
-    weight_decay: float = 0.1
+    weight_decay: float = 0.1  # decoupled (times the learning rate), on matrices only
     b1: float = 0.9
     b2: float = 0.95
     eps: float = 1e-8

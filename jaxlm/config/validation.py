@@ -25,6 +25,8 @@ CHOICES = {
     "data.document_unit": ("file", "paragraph", "line"),
     "data.tokenizer_type": ("unigram", "bpe"),
     "train.best_mode": ("min", "max"),
+    "optim.optimizer": ("adamw", "adafactor", "lion", "sgd"),
+    "optim.schedule": ("cosine", "linear", "constant", "rsqrt"),
     "finetune.mode": ("full", "partial", "prompt", "prefix", "lora"),
 }
 BERT_HEADS = ("mlm", "nsp", "classifier")

@@ -1,8 +1,11 @@
-"""AdamW with linear warmup, cosine decay and global-norm gradient clipping."""
+"""The optimizers of `optim.optimizer` (AdamW, Adafactor, Lion, SGD), each with decoupled
+weight decay on matrices, the learning-rate schedules of `optim.schedule` after a linear warmup,
+and global-norm gradient clipping."""
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from jaxlm.config import OptimConfig
@@ -11,15 +14,28 @@ DECAYED = ("kernel", "embedding")  # biases, norm scales and 1-d parameters are 
 
 
 def learning_rate_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
-    """0 -> learning_rate over warmup_steps, then cosine down to min_lr_ratio * learning_rate."""
+    """0 -> learning_rate over warmup_steps (at most total_steps - 1), then by `cfg.schedule`:
+    cosine or linear decay to min_lr_ratio * learning_rate at total_steps, constant, or rsqrt:
+    learning_rate * sqrt(w / (w + steps since the warmup)), w = max(warmup_steps, 1)."""
     warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0,
-        peak_value=cfg.learning_rate,
-        warmup_steps=warmup,
-        decay_steps=max(total_steps, warmup + 1),
-        end_value=cfg.learning_rate * cfg.min_lr_ratio,
-    )
+    peak, end = cfg.learning_rate, cfg.learning_rate * cfg.min_lr_ratio
+    if cfg.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            init_value=0.0,
+            peak_value=peak,
+            warmup_steps=warmup,
+            decay_steps=max(total_steps, warmup + 1),
+            end_value=end,
+        )
+    width = max(warmup, 1)
+    after_warmup = {
+        "linear": optax.linear_schedule(peak, end, max(total_steps - warmup, 1)),
+        "constant": optax.constant_schedule(peak),
+        "rsqrt": lambda step: peak * jnp.sqrt(width / (width + jnp.maximum(step, 0))),
+    }[cfg.schedule]
+    if warmup == 0:
+        return after_warmup
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after_warmup], [warmup])
 
 
 def weight_decay_mask(params):
@@ -43,19 +59,73 @@ def apply_updates(params, updates):
     )
 
 
+FACTOR_FROM = 128  # Adafactor factors the second moments of matrices this large both ways
+
+
+def matrix_view(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape Adafactor factors a parameter in: its own when its two largest dimensions
+    both reach `FACTOR_FROM`, else with the adjacent pair of smaller dimensions of largest
+    product merged. Attention kernels, [embed, heads, head_dim] or [heads, head_dim, embed]
+    (after a leading layer axis when stacked), so factor as [embed, heads * head_dim] matrices."""
+    if len(shape) < 3 or sorted(shape)[-2] >= FACTOR_FROM:
+        return shape
+    pairs = [i for i in range(len(shape) - 1) if max(shape[i : i + 2]) < FACTOR_FROM]
+    if not pairs:
+        return shape
+    i = max(pairs, key=lambda i: shape[i] * shape[i + 1])
+    return (*shape[:i], shape[i] * shape[i + 1], *shape[i + 2 :])
+
+
+def factored_as_matrices(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+    """`inner` (a factored second-moment scaling) applied to each parameter, gradient and
+    update seen in its `matrix_view` shape."""
+
+    def view(tree):
+        return jax.tree.map(lambda x: x.reshape(matrix_view(x.shape)), tree)
+
+    def update(updates, state, params=None):
+        viewed, state = inner.update(view(updates), state, view(params))
+        return jax.tree.map(lambda u, g: u.reshape(g.shape), viewed, updates), state
+
+    return optax.GradientTransformation(lambda params: inner.init(view(params)), update)
+
+
+def update_direction(cfg: OptimConfig) -> optax.GradientTransformation:
+    """The optimizer's update before weight decay and the learning rate.
+
+    - adamw: Adam's bias-corrected moments, m / (sqrt(v) + eps);
+    - adafactor: the gradient over the root of a factored second-moment estimate (row and column
+      means of matrices of at least 128 x 128, see `factored_as_matrices`; decay 1 - t^-0.8), its
+      RMS clipped to 1 per parameter, times the parameter's RMS (at least 1e-3): steps relative
+      to the weights' size;
+    - lion: the sign of b1 * momentum + (1 - b1) * gradient, the momentum decaying with b2;
+    - sgd: the gradient, or its momentum (decay b1) when b1 > 0.
+    """
+    if cfg.optimizer == "adamw":
+        return optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+    if cfg.optimizer == "adafactor":
+        return optax.chain(
+            factored_as_matrices(optax.scale_by_factored_rms(min_dim_size_to_factor=FACTOR_FROM)),
+            optax.clip_by_block_rms(1.0),
+            optax.scale_by_param_block_rms(),
+        )
+    if cfg.optimizer == "lion":
+        return optax.scale_by_lion(b1=cfg.b1, b2=cfg.b2)
+    return optax.trace(decay=cfg.b1) if cfg.b1 > 0 else optax.identity()
+
+
 def make_optimizer(
     cfg: OptimConfig, total_steps: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """The optimizer and its learning-rate schedule (for logging)."""
+    """The optimizer and its learning-rate schedule (for logging). Every optimizer takes the
+    step -learning_rate * (direction + weight_decay * weight), the decay on matrices only; AdamW
+    is exactly `optax.adamw`."""
     schedule = learning_rate_schedule(cfg, total_steps)
-    adamw = optax.adamw(
-        schedule,
-        b1=cfg.b1,
-        b2=cfg.b2,
-        eps=cfg.eps,
-        weight_decay=cfg.weight_decay,
-        mask=weight_decay_mask,
+    optimizer = optax.chain(
+        update_direction(cfg),
+        optax.add_decayed_weights(cfg.weight_decay, weight_decay_mask),
+        optax.scale_by_learning_rate(schedule),
     )
     if cfg.grad_clip > 0:
-        return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw), schedule
-    return adamw, schedule
+        return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optimizer), schedule
+    return optimizer, schedule

@@ -13,15 +13,16 @@ import jax
 from jaxlm.config import Config, load_config, to_yaml
 from jaxlm.errors import ConfigError
 from jaxlm.finetune import checkpointed_params
+from jaxlm.train.optim import make_optimizer
 
 FILE = "config.yaml"
 
 
 def check_resumable(cfg: Config, workdir: Path) -> None:
     """Raise `ConfigError` when `cfg` would train another set of parameters (shapes, or what
-    trains) than the run whose checkpoints are in `workdir`, naming the model and finetune keys
-    that differ. Settings that leave them alone (compute dtype, remat, steps, learning rate...)
-    may change on resume."""
+    trains) or keep another optimizer state than the run whose checkpoints are in `workdir`,
+    naming the keys that differ. Settings that leave both alone (compute dtype, remat, steps,
+    learning rate...) may change on resume."""
     saved = workdir / FILE
     if not saved.is_file():
         return
@@ -29,25 +30,36 @@ def check_resumable(cfg: Config, workdir: Path) -> None:
         before = load_config(str(saved))
     except ConfigError:  # written by another version: the restore will tell
         return
-    if _trained_parameters(before) == _trained_parameters(cfg):
+    if _checkpointed_state(before) == _checkpointed_state(cfg):
         return
     changed = [
-        f"{section}.{field.name} {getattr(old, field.name)!r} -> {getattr(new, field.name)!r}"
-        for section in ("model", "finetune")
+        f"{section}.{name} {getattr(old, name)!r} -> {getattr(new, name)!r}"
+        for section, names in STATE_KEYS.items()
         for old, new in [(getattr(before, section), getattr(cfg, section))]
-        for field in dataclasses.fields(old)
-        if getattr(old, field.name) != getattr(new, field.name)
+        for name in names or [field.name for field in dataclasses.fields(old)]
+        if getattr(old, name) != getattr(new, name)
     ]
     raise ConfigError(
-        f"{workdir} holds checkpoints of other parameters ({', '.join(changed)}): resume with "
-        "the settings in its config.yaml, or use a new train.workdir"
+        f"{workdir} holds checkpoints of other parameters or optimizer state "
+        f"({', '.join(changed)}): resume with the settings in its config.yaml, or use a new "
+        "train.workdir"
     )
 
 
-def _trained_parameters(cfg: Config):
-    """What a checkpoint of `cfg`'s run holds: every parameter's shape, and what trains."""
-    shapes = jax.tree.map(lambda p: p.shape, nn.unbox(checkpointed_params(cfg)))
-    return shapes, cfg.finetune.mode, tuple(cfg.finetune.trainable)
+# The config keys that shape a checkpoint (None: the whole section); the optimizer state has
+# another structure for another optimizer, with clipping on or off, and SGD with momentum or not.
+STATE_KEYS = {"model": None, "finetune": None, "optim": ("optimizer", "grad_clip", "b1")}
+
+
+def _checkpointed_state(cfg: Config):
+    """What a checkpoint of `cfg`'s run holds: every parameter's shape, what trains, and the
+    optimizer state's structure and shapes."""
+    params = nn.unbox(checkpointed_params(cfg))
+    tx, _ = make_optimizer(cfg.optim, cfg.train.steps)
+    opt_state = jax.eval_shape(tx.init, params)
+    shapes = [x.shape for x in jax.tree.leaves((params, opt_state))]
+    trains = cfg.finetune.mode, tuple(cfg.finetune.trainable)
+    return jax.tree.structure((params, opt_state)), shapes, trains
 
 
 def save(cfg: Config, workdir: Path) -> None:

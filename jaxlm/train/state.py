@@ -22,8 +22,7 @@ class TrainState(struct.PyTreeNode):
 
 def _is_boxed(params) -> bool:
     """Whether `params` carry logical axis names (nn.LogicallyPartitioned leaves)."""
-    leaves = jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
-    return any(isinstance(x, nn.LogicallyPartitioned) for x in leaves)
+    return any(map(_is_box, jax.tree.leaves(params, is_leaf=_is_box)))
 
 
 def _boxed_state(
@@ -32,7 +31,40 @@ def _boxed_state(
     """A fresh state whose parameters (and matching optimizer moments) keep their axis names;
     boxed `params` replace the model's random init."""
     params = params if _is_boxed(params) else init_params(cfg, rng)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    opt_state = _unbox_reshaped(tx.init(params), params)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
+
+
+def _unbox_reshaped(opt_state, params):
+    """`opt_state` whose leaves shaped otherwise than their parameter (Adafactor's factored row
+    and column statistics) drop the parameter's axis names, which do not fit them: those leaves
+    are small, and replicated. Moments shaped like their parameter keep its layout."""
+    shapes = {
+        _dict_keys(path): box.value.shape
+        for path, box in jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_box)[0]
+        if _is_box(box)
+    }
+
+    def fit(path, leaf):
+        if _is_box(leaf) and shapes.get(_dict_keys(path)) != leaf.value.shape:
+            return leaf.value
+        return leaf
+
+    return jax.tree_util.tree_map_with_path(fit, opt_state, is_leaf=_is_box)
+
+
+def _is_box(x) -> bool:
+    return isinstance(x, nn.LogicallyPartitioned)
+
+
+def _dict_keys(path) -> tuple:
+    """The parameter path inside an optimizer state path: its trailing dictionary keys."""
+    keys = []
+    for entry in reversed(path):
+        if not isinstance(entry, jax.tree_util.DictKey):
+            break
+        keys.append(entry.key)
+    return tuple(reversed(keys))
 
 
 def state_shardings(cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh, params=None):
