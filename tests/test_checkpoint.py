@@ -76,6 +76,21 @@ def test_sharded_state_round_trips_onto_other_meshes(tmp_path, source):
             assert leaf.sharding == sharding
 
 
+def test_adafactor_state_round_trips_onto_other_meshes(tmp_path):
+    """Adafactor's factored row and column statistics are replicated rather than laid out like
+    their parameters, and restore onto any mesh."""
+    wide = ["model.embed_dim=128", "model.mlp_dim=256", "optim.optimizer=adafactor"]
+    cfg = load_config(None, [*TINY_MODEL, *wide])
+    tx = make_optimizer(cfg.optim, 10)[0]
+    state = init_state(cfg.model, tx, _mesh((2, 2, 2)), seed=1)[0]
+    state = state.replace(opt_state=jax.tree.map(lambda x: x + 1, state.opt_state))  # not zeros
+    assert any(x.shape == (2, 128) for x in jax.tree.leaves(state.opt_state))  # factored
+    _save(tmp_path, {3: (state, None)})
+    for target in MESHES.values():
+        abstract, shardings = state_shardings(cfg.model, tx, _mesh(target))
+        _assert_same(Checkpointer(tmp_path).restore_with_meta(abstract, shardings)[0], state)
+
+
 def test_checkpoints_of_the_previous_format_still_restore(tmp_path):
     state = _state()
     with ocp.CheckpointManager(tmp_path) as manager:  # how jaxlm saved before the `meta` item
