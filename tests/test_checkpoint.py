@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from tiny import TINY_MODEL
+from tiny import FACTORED_ADAFACTOR, TINY_MODEL
 
 from jaxlm import cli
 from jaxlm.checkpoint import (
@@ -79,8 +79,7 @@ def test_sharded_state_round_trips_onto_other_meshes(tmp_path, source):
 def test_adafactor_state_round_trips_onto_other_meshes(tmp_path):
     """Adafactor's factored row and column statistics are replicated rather than laid out like
     their parameters, and restore onto any mesh."""
-    wide = ["model.embed_dim=128", "model.mlp_dim=256", "optim.optimizer=adafactor"]
-    cfg = load_config(None, [*TINY_MODEL, *wide])
+    cfg = load_config(None, [*TINY_MODEL, *FACTORED_ADAFACTOR])
     tx = make_optimizer(cfg.optim, 10)[0]
     state = init_state(cfg.model, tx, _mesh((2, 2, 2)), seed=1)[0]
     state = state.replace(opt_state=jax.tree.map(lambda x: x + 1, state.opt_state))  # not zeros

@@ -15,7 +15,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from tiny import TINY_MODEL
+from tiny import FACTORED_ADAFACTOR, TINY_MODEL
 
 from jaxlm import cli
 from jaxlm.config import load_config, preset_names
@@ -57,14 +57,13 @@ def _device_bytes(tree, device) -> int:
     )
 
 
-# Adafactor's factored statistics need matrices of at least 128 x 128.
-OPTIMIZERS = {"adamw": [], "adafactor": ["model.embed_dim=128", "model.mlp_dim=256"]}
+OPTIMIZERS = {"adamw": [], "adafactor": FACTORED_ADAFACTOR}
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 @pytest.mark.parametrize("mesh", ["data=1,fsdp=8,tensor=1", "data=2,fsdp=2,tensor=2"])
 def test_layout_matches_real_sharded_arrays(mesh, optimizer):
-    cfg = load_config(None, [*TINY, f"optim.optimizer={optimizer}", *OPTIMIZERS[optimizer]])
+    cfg = load_config(None, [*TINY, *OPTIMIZERS[optimizer]])
     cfg.mesh = parse_mesh(mesh)
     tx, _ = make_optimizer(cfg.optim, cfg.train.steps)
     state, _ = init_state(cfg.model, tx, make_mesh(cfg.mesh, jax.devices()), seed=0)

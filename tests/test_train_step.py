@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 import pytest
-from tiny import TINY_MODEL
+from tiny import FACTORED_ADAFACTOR, TINY_MODEL
 
 from jaxlm.config import load_config
 from jaxlm.parallel import activate, make_mesh, shard_batch
@@ -75,10 +75,9 @@ def test_sharded_step_equals_single_device(single_device_run, mesh):
 def test_sharded_adafactor_steps_equal_single_device():
     """Adafactor's factored row and column statistics (replicated, unlike the parameters they
     describe) update alike on one device and on a 2 x 2 x 2 mesh."""
-    wide = ["model.embed_dim=128", "model.mlp_dim=256", "optim.optimizer=adafactor"]
     mesh = ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"]
-    state, losses = _run([*wide, *mesh], jax.devices(), steps=3)
-    ref_state, ref_losses = _run([*wide, "mesh.data=1"], jax.devices()[:1], steps=3)
+    state, losses = _run([*FACTORED_ADAFACTOR, *mesh], jax.devices(), steps=3)
+    ref_state, ref_losses = _run([*FACTORED_ADAFACTOR, "mesh.data=1"], jax.devices()[:1], steps=3)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-5)
     leaves = jax.tree_util.tree_flatten_with_path(state)[0]
     for (path, got), want in zip(leaves, jax.tree.leaves(ref_state), strict=True):

@@ -9,3 +9,5 @@ TINY_MODEL = [
     "model.max_len=16",
     "data.seq_len=16",
 ]
+# Adafactor on a tiny model widened so that its matrices reach 128 x 128 and factor.
+FACTORED_ADAFACTOR = ["model.embed_dim=128", "model.mlp_dim=256", "optim.optimizer=adafactor"]

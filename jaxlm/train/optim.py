@@ -18,18 +18,10 @@ def learning_rate_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule
     cosine or linear decay to min_lr_ratio * learning_rate at total_steps, constant, or rsqrt:
     learning_rate * sqrt(w / (w + steps since the warmup)), w = max(warmup_steps, 1)."""
     warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
-    peak, end = cfg.learning_rate, cfg.learning_rate * cfg.min_lr_ratio
-    if cfg.schedule == "cosine":
-        return optax.warmup_cosine_decay_schedule(
-            init_value=0.0,
-            peak_value=peak,
-            warmup_steps=warmup,
-            decay_steps=max(total_steps, warmup + 1),
-            end_value=end,
-        )
-    width = max(warmup, 1)
+    peak, decay_steps, width = cfg.learning_rate, max(total_steps - warmup, 1), max(warmup, 1)
     after_warmup = {
-        "linear": optax.linear_schedule(peak, end, max(total_steps - warmup, 1)),
+        "cosine": optax.cosine_decay_schedule(peak, decay_steps, alpha=cfg.min_lr_ratio),
+        "linear": optax.linear_schedule(peak, peak * cfg.min_lr_ratio, decay_steps),
         "constant": optax.constant_schedule(peak),
         "rsqrt": lambda step: peak * jnp.sqrt(width / (width + jnp.maximum(step, 0))),
     }[cfg.schedule]
