@@ -34,11 +34,11 @@ def _batch(length=16, vocab=100):
     return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "weights": weights}
 
 
-def _config(microbatches, mesh=(1, 1, 1), unroll=1):
+def _config(microbatches, mesh=(1, 1, 1), unroll=1, extra=()):
     data, fsdp, tensor = mesh
     overrides = [f"mesh.data={data}", f"mesh.fsdp={fsdp}", f"mesh.tensor={tensor}"]
     accumulation = [f"train.microbatches={microbatches}", f"train.microbatch_unroll={unroll}"]
-    return load_config(None, TINY + overrides + accumulation)
+    return load_config(None, TINY + overrides + accumulation + list(extra))
 
 
 def _compiled_step(cfg, devices):
@@ -48,8 +48,8 @@ def _compiled_step(cfg, devices):
     return compile_train_step(cfg, tx, schedule, shardings, mesh), state, mesh
 
 
-def _step(microbatches, devices, mesh=(1, 1, 1), unroll=1):
-    train_step, state, mesh = _compiled_step(_config(microbatches, mesh, unroll), devices)
+def _step(microbatches, devices, mesh=(1, 1, 1), unroll=1, extra=()):
+    train_step, state, mesh = _compiled_step(_config(microbatches, mesh, unroll, extra), devices)
     with activate(mesh):
         state, metrics = train_step(state, shard_batch(_batch(), mesh))
     grads = jax.tree.map(lambda mu: mu / 0.5, state.opt_state[0].mu)  # adamw = chain(adam, ...)
@@ -73,6 +73,22 @@ def test_accumulated_step_equals_full_batch_step(full_batch, mesh, unroll):
     for key in ("loss", "grad_norm", "accuracy", "tokens"):
         np.testing.assert_allclose(metrics[key], ref_metrics[key], rtol=1e-5, atol=1e-5)
     assert metrics["tokens"] == _batch()["weights"].sum()
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params), strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def test_accumulation_keeps_label_smoothing_and_the_z_loss():
+    """The loss accumulated is the regularised one, whose mean is no longer the NLL's."""
+    regularised = ["train.label_smoothing=0.1", "train.z_loss=0.01"]
+    params, grads, metrics = _step(MICRO, jax.devices()[:1], extra=regularised)
+    ref_params, ref_grads, ref_metrics = _step(1, jax.devices()[:1], extra=regularised)
+    plain = _step(1, jax.devices()[:1])[2]
+    for key in ("loss", "nll", "grad_norm"):
+        np.testing.assert_allclose(metrics[key], ref_metrics[key], rtol=1e-5)
+    np.testing.assert_allclose(metrics["nll"], plain["loss"], rtol=1e-6)
+    assert metrics["loss"] > metrics["nll"] + 0.05
     for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
     for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params), strict=True):

@@ -215,6 +215,7 @@ def test_missing_torch_is_a_one_line_error(monkeypatch, capsys):
         (["model.family=bert", "model.heads=[mlm]"], "bench times the causal-LM step"),
         (["model.dtype=float16", "--reference", "torch"], "model.dtype=float32 or bfloat16"),
         (["optim.optimizer=lion", "--reference", "torch"], "not optim.optimizer=lion"),
+        (["train.z_loss=1e-4", "--reference", "torch"], "trains on plain cross-entropy"),
         (["--decode", "--new-tokens", "1"], "--decode needs --new-tokens >= 2"),
         (["--decode", "--prompt-len", "10"], "exceeds the model's max_len=16"),
         (["model.family=bert", "model.heads=[mlm]", "--decode"], "--decode times 'gpt'"),

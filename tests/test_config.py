@@ -49,6 +49,7 @@ def test_preset_values():
     base = load_config("transformer-base").model
     assert (base.num_layers, base.decoder_layers, base.embed_dim, base.mlp_dim) == (6, 6, 512, 2048)
     assert base.position_embedding == "sinusoidal" and base.scale_embeddings
+    assert load_config("transformer-base").train.label_smoothing == 0.1
 
 
 def test_defaults_without_a_file():
@@ -132,6 +133,7 @@ def assert_one_line_error(match: str, name_or_path, overrides=()):
         ("optim.weight_decay=-0.1", "optim.weight_decay"),
         ("optim.grad_clip=-1", "optim.grad_clip"),
         ("optim.min_lr_ratio=2", "optim.min_lr_ratio"),
+        ("optim.cooldown_fraction=0", "optim.cooldown_fraction"),
         ("optim.b2=1", "optim.b2"),
         ("optim.eps=0", "optim.eps"),
         ("train.eval_batches=-1", "train.eval_batches"),
@@ -139,6 +141,8 @@ def assert_one_line_error(match: str, name_or_path, overrides=()):
         ("train.keep_checkpoints=0", "train.keep_checkpoints"),
         ("train.best_mode=highest", "train.best_mode"),
         ("train.eval_bleu=true", "train.eval_bleu"),  # gpt2-small is not a translation model
+        ("train.label_smoothing=1", "train.label_smoothing"),
+        ("train.z_loss=-1e-4", "train.z_loss"),
         ("sample.top_p=1.5", "sample.top_p"),
         ("model.num_layers", "model.num_layers"),
     ],

@@ -35,17 +35,41 @@ def _lr(step, cfg=CFG, total=TOTAL):
         return peak + (floor - peak) * min(since / span, 1.0)
     if cfg.schedule == "constant":
         return peak
+    if cfg.schedule == "wsd":  # the last cooldown_fraction of the steps: 1 - sqrt(share done)
+        cooldown = round(cfg.cooldown_fraction * total)
+        done = min(max(step - (total - cooldown), 0) / cooldown, 1.0)
+        return floor + (peak - floor) * (1 - math.sqrt(done))
     # rsqrt: peak * sqrt(warmup / step); without warmup, as if it were one step: 1 / sqrt(step + 1)
     return peak * math.sqrt(max(warmup, 1) / (step + (warmup == 0)))
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant", "rsqrt"])
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant", "rsqrt", "wsd"])
 @pytest.mark.parametrize("warmup", [10, 0])
-@pytest.mark.parametrize("step", [0, 1, 5, 10, 11, 40, 55, 99, 100, 150])
+@pytest.mark.parametrize("step", [0, 1, 5, 10, 11, 40, 55, 80, 81, 90, 99, 100, 150])
 def test_schedule_matches_formula(schedule, warmup, step):
     cfg = dataclasses.replace(CFG, schedule=schedule, warmup_steps=warmup)
     want = _lr(step, cfg)
     assert float(learning_rate_schedule(cfg, TOTAL)(step)) == pytest.approx(want, rel=1e-5)
+
+
+def test_wsd_stable_phase_does_not_depend_on_the_run_length():
+    """A run of wsd can be lengthened from a checkpoint of its stable phase: every length's
+    schedule is the same until its own cooldown starts."""
+    cfg = dataclasses.replace(CFG, schedule="wsd")
+    short, long = learning_rate_schedule(cfg, TOTAL), learning_rate_schedule(cfg, 3 * TOTAL)
+    steps = jnp.arange(TOTAL + 1)
+    np.testing.assert_array_equal(short(steps[:80]), long(steps[:80]))
+    assert float(short(TOTAL)) == pytest.approx(CFG.learning_rate * CFG.min_lr_ratio)
+    assert float(long(TOTAL)) == np.float32(CFG.learning_rate)
+
+
+def test_wsd_cooldown_longer_than_the_steps_after_warmup_takes_all_of_them():
+    cfg = dataclasses.replace(CFG, schedule="wsd", cooldown_fraction=1.0)
+    schedule = learning_rate_schedule(cfg, TOTAL)
+    floor = CFG.learning_rate * CFG.min_lr_ratio
+    assert float(schedule(10)) == pytest.approx(CFG.learning_rate)  # the warmup's end
+    assert float(schedule(55)) == pytest.approx(floor + (CFG.learning_rate - floor) * (1 - 0.5**0.5))
+    assert float(schedule(TOTAL)) == pytest.approx(floor)
 
 
 def test_weight_decay_applies_to_matrices_only():

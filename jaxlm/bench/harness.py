@@ -122,6 +122,11 @@ def torch_reference(cfg: Config):
             f"--reference torch trains with AdamW, not optim.optimizer={cfg.optim.optimizer}; "
             "use --reference none"
         )
+    if cfg.train.label_smoothing or cfg.train.z_loss:
+        raise ConfigError(
+            "--reference torch trains on plain cross-entropy: set train.label_smoothing=0 and "
+            "train.z_loss=0, or use --reference none"
+        )
     try:
         torch_gpt = importlib.import_module("jaxlm.bench.torch_gpt")
     except ImportError:

@@ -95,10 +95,13 @@ class OptimConfig:
     # adamw | adafactor (factored second moments, no momentum; b1, b2, eps unused) |
     # lion (sign of interpolated momenta; b1, b2) | sgd (momentum b1, 0 = none; b2, eps unused)
     optimizer: str = "adamw"
-    schedule: str = "cosine"  # cosine | linear (both down to min_lr_ratio) | constant | rsqrt
+    # cosine | linear (both down to min_lr_ratio) | constant | rsqrt | wsd (constant, then
+    # down to min_lr_ratio over the last cooldown_fraction of the steps)
+    schedule: str = "cosine"
     learning_rate: float = 3e-4  # the peak, reached at the end of the warmup
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1
+    cooldown_fraction: float = 0.2  # wsd: share of train.steps spent decaying
     weight_decay: float = 0.1  # decoupled (times the learning rate), on matrices only
     b1: float = 0.9
     b2: float = 0.95
@@ -178,6 +181,8 @@ class TrainConfig:
     progress_bar: bool = True
     microbatches: int = 1  # gradient accumulation: each step's batch is split into this many
     microbatch_unroll: int = 1  # microbatches per iteration of the accumulation loop; 0 = all
+    label_smoothing: float = 0.0  # targets get this share of probability spread over the classes
+    z_loss: float = 0.0  # adds z_loss * log(softmax normaliser)^2 per token (PaLM: 1e-4)
 
 
 @dataclass

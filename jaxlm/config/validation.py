@@ -26,7 +26,7 @@ CHOICES = {
     "data.tokenizer_type": ("unigram", "bpe"),
     "train.best_mode": ("min", "max"),
     "optim.optimizer": ("adamw", "adafactor", "lion", "sgd"),
-    "optim.schedule": ("cosine", "linear", "constant", "rsqrt"),
+    "optim.schedule": ("cosine", "linear", "constant", "rsqrt", "wsd"),
     "finetune.mode": ("full", "partial", "prompt", "prefix", "lora"),
 }
 BERT_HEADS = ("mlm", "nsp", "classifier")
@@ -106,10 +106,13 @@ def validate(config: Config) -> None:
         "train.microbatches",
         "accumulation needs a loss that is one mean over tokens, not a sum of bert heads' means",
     )
+    _check(0 <= t.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)")
+    _check(t.z_loss >= 0, "train.z_loss", "must be >= 0")
     o = config.optim
     for key in ("learning_rate", "warmup_steps", "weight_decay", "grad_clip"):
         _check(getattr(o, key) >= 0, f"optim.{key}", "must be >= 0")
     _check(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
+    _check(0 < o.cooldown_fraction <= 1, "optim.cooldown_fraction", "must be in (0, 1]")
     for key in ("b1", "b2"):
         _check(0 <= getattr(o, key) < 1, f"optim.{key}", "must be in [0, 1)")
     _check(o.eps > 0, "optim.eps", "must be positive")

@@ -3,9 +3,15 @@
 Each takes `(model, params, batch, rngs, deterministic)` and returns `(loss, stats)`: the loss
 to differentiate (mean over weighted targets) and float32 sums (`nll`, `weights`, `correct`)
 that add up across batches, so that eval perplexity is exp(sum nll / sum weights).
+
+Keyword arguments `label_smoothing` and `z_loss` add to the loss to differentiate (see
+`token_loss`), never to the statistics: `nll` stays the plain negative log-likelihood.
 """
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -36,11 +42,32 @@ def token_statistics(logits: jax.Array, targets: jax.Array, weights: jax.Array) 
     }
 
 
-def _mean(stats: dict) -> jax.Array:
-    return stats["nll"] / jnp.maximum(stats["weights"], 1.0)
+def token_loss(
+    logits: jax.Array,
+    targets: jax.Array,
+    weights: jax.Array,
+    num_classes: int | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+) -> tuple[jax.Array, dict]:
+    """(loss, `token_statistics`): the loss is the mean over weighted tokens of the
+    cross-entropy against labels smoothed uniformly over the first `num_classes` logits (the
+    real ones, default all: a padded vocabulary's extra rows are left out),
+    (1 - e) * nll + e * mean_c(-log p_c) = nll + e * (target logit - mean_c logit_c),
+    plus `z_loss` * log(Z)^2, which holds the softmax normaliser Z near 1 (PaLM)."""
+    stats = token_statistics(logits, targets, weights)
+    weights, logits = weights.astype(jnp.float32), logits.astype(jnp.float32)
+    total = stats["nll"]
+    if label_smoothing:
+        target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+        mean_logit = jnp.mean(logits[..., :num_classes], axis=-1)
+        total += label_smoothing * jnp.sum((target_logit - mean_logit) * weights)
+    if z_loss:
+        total += z_loss * jnp.sum(jnp.square(jax.nn.logsumexp(logits, axis=-1)) * weights)
+    return total / jnp.maximum(stats["weights"], 1.0), stats
 
 
-def causal_lm_loss(model, params, batch, rngs, deterministic):
+def causal_lm_loss(model, params, batch, rngs, deterministic, **regularizers):
     """GPT: batch has inputs, targets, weights and optionally positions, segment_ids."""
     logits = model.apply(
         {"params": params},
@@ -50,11 +77,11 @@ def causal_lm_loss(model, params, batch, rngs, deterministic):
         deterministic=deterministic,
         rngs=rngs,
     )
-    stats = token_statistics(logits, batch["targets"], batch["weights"])
-    return _mean(stats), stats
+    vocab = model.cfg.vocab_size
+    return token_loss(logits, batch["targets"], batch["weights"], vocab, **regularizers)
 
 
-def seq2seq_loss(model, params, batch, rngs, deterministic):
+def seq2seq_loss(model, params, batch, rngs, deterministic, **regularizers):
     """Encoder-decoder: source, target_inputs, targets, weights (+ optional segments/positions)."""
     logits = model.apply(
         {"params": params},
@@ -67,11 +94,11 @@ def seq2seq_loss(model, params, batch, rngs, deterministic):
         deterministic=deterministic,
         rngs=rngs,
     )
-    stats = token_statistics(logits, batch["targets"], batch["weights"])
-    return _mean(stats), stats
+    vocab = model.cfg.vocab_size
+    return token_loss(logits, batch["targets"], batch["weights"], vocab, **regularizers)
 
 
-def bert_loss(model, params, batch, rngs, deterministic):
+def bert_loss(model, params, batch, rngs, deterministic, **regularizers):
     """BERT: masked-LM loss on mlm_targets/mlm_weights, plus next-sentence and class losses
     when the batch has nsp_labels / labels (weighted by nsp_weights / label_weights when given);
     stats are those of the masked-LM tokens, else of the first head present."""
@@ -85,18 +112,25 @@ def bert_loss(model, params, batch, rngs, deterministic):
     )
     loss, stats = jnp.zeros((), jnp.float32), {}
     if "mlm_targets" in batch:
-        stats = token_statistics(out["mlm_logits"], batch["mlm_targets"], batch["mlm_weights"])
-        loss += _mean(stats)
+        mlm = out["mlm_logits"], batch["mlm_targets"], batch["mlm_weights"]
+        mean, stats = token_loss(*mlm, model.cfg.vocab_size, **regularizers)
+        loss += mean
     for key, labels, weights in (
         ("nsp_logits", "nsp_labels", "nsp_weights"),
         ("class_logits", "labels", "label_weights"),
     ):
         if labels in batch:
             ones = jnp.ones(batch[labels].shape, jnp.float32)
-            head = token_statistics(out[key], batch[labels], batch.get(weights, ones))
-            loss += _mean(head)
+            mean, head = token_loss(out[key], batch[labels], batch.get(weights, ones), **regularizers)
+            loss += mean
             stats = stats or head
     return loss, stats
 
 
 LOSSES = {"gpt": causal_lm_loss, "seq2seq": seq2seq_loss, "bert": bert_loss}
+
+
+def training_loss(cfg) -> Callable:
+    """The family's loss with the config's `train.label_smoothing` and `train.z_loss`."""
+    regularizers = {"label_smoothing": cfg.train.label_smoothing, "z_loss": cfg.train.z_loss}
+    return functools.partial(LOSSES[cfg.model.family], **regularizers)

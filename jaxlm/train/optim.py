@@ -15,8 +15,10 @@ DECAYED = ("kernel", "embedding")  # biases, norm scales and 1-d parameters are 
 
 def learning_rate_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
     """0 -> learning_rate over warmup_steps (at most total_steps - 1), then by `cfg.schedule`:
-    cosine or linear decay to min_lr_ratio * learning_rate at total_steps, constant, or rsqrt:
-    learning_rate * sqrt(w / (w + steps since the warmup)), w = max(warmup_steps, 1)."""
+    cosine or linear decay to min_lr_ratio * learning_rate at total_steps, constant, rsqrt:
+    learning_rate * sqrt(w / (w + steps since the warmup)), w = max(warmup_steps, 1), or wsd
+    (warmup-stable-decay): constant, then over the last cooldown_fraction of total_steps down to
+    min_lr_ratio * learning_rate as 1 - sqrt(share of the cooldown done) (Hägele et al., 2024)."""
     warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
     peak, decay_steps, width = cfg.learning_rate, max(total_steps - warmup, 1), max(warmup, 1)
     after_warmup = {
@@ -24,10 +26,24 @@ def learning_rate_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule
         "linear": optax.linear_schedule(peak, peak * cfg.min_lr_ratio, decay_steps),
         "constant": optax.constant_schedule(peak),
         "rsqrt": lambda step: peak * jnp.sqrt(width / (width + jnp.maximum(step, 0))),
+        "wsd": _stable_then_cooldown(cfg, decay_steps, total_steps),
     }[cfg.schedule]
     if warmup == 0:
         return after_warmup
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after_warmup], [warmup])
+
+
+def _stable_then_cooldown(cfg: OptimConfig, decay_steps: int, total_steps: int) -> optax.Schedule:
+    """The peak, then 1 - sqrt decay to min_lr_ratio * peak over the last
+    round(cooldown_fraction * total_steps) of the `decay_steps` (at least one of them)."""
+    cooldown = min(max(round(cfg.cooldown_fraction * total_steps), 1), decay_steps)
+    stable, peak, floor = decay_steps - cooldown, cfg.learning_rate, cfg.min_lr_ratio
+
+    def schedule(step):
+        done = jnp.clip((step - stable) / cooldown, 0.0, 1.0)
+        return peak * (floor + (1 - floor) * (1 - jnp.sqrt(done)))
+
+    return schedule
 
 
 def weight_decay_mask(params):

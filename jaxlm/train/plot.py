@@ -8,7 +8,8 @@ from matplotlib.figure import Figure
 
 
 def plot_loss(records: list[dict], path: Path, title: str = "") -> Path:
-    """Draw train and eval loss from metrics records (see `MetricsLog`) into `path`.
+    """Draw train and eval loss from metrics records (see `MetricsLog`) into `path`: the
+    negative log-likelihood, where the loss trained on has label smoothing or a z-loss added.
 
     The figure is drawn off-screen without touching matplotlib's global backend, so inline
     plots in notebooks keep working."""
@@ -16,7 +17,11 @@ def plot_loss(records: list[dict], path: Path, title: str = "") -> Path:
     ax = fig.subplots()
     plotted = False
     for split, style in (("train", "-"), ("eval", "o-")):
-        points = [(r["step"], r["loss"]) for r in records if r["split"] == split and "loss" in r]
+        points = [
+            (r["step"], r.get("nll", r["loss"]))
+            for r in records
+            if r["split"] == split and "loss" in r
+        ]
         if points:
             steps, losses = zip(*points, strict=True)
             ax.plot(steps, losses, style, label=f"{split} loss", markersize=4)

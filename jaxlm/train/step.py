@@ -16,7 +16,7 @@ from jaxlm.config import Config
 from jaxlm.errors import ConfigError
 from jaxlm.models import build_model
 from jaxlm.parallel import BATCH_AXES, batch_sharding, replicated
-from jaxlm.train.losses import LOSSES
+from jaxlm.train.losses import training_loss
 from jaxlm.train.optim import apply_updates
 from jaxlm.train.state import TrainState
 
@@ -39,39 +39,44 @@ def accumulated_gradients(loss_fn, model, params, batch, dropout_key, microbatch
     """(mean loss, summed stats, gradients) of the whole batch, `unroll` microbatches at a time
     (0: all of them, with no loop).
 
-    Sums the negative log-likelihood, its gradients and the statistics over microbatches, then
-    divides by the total weight: the same mean over weighted tokens as one full-batch pass.
+    Sums the loss times the microbatch's weight (the loss is a mean over weighted tokens), its
+    gradients and the statistics over microbatches, then divides by the total weight: the same
+    mean as one full-batch pass.
     Microbatch i draws its dropout masks from `fold_in(dropout_key, i)`. Unrolled microbatches
     are independent computations that XLA may run side by side (on the CPU, on different cores).
     """
 
-    def summed_nll(params, microbatch, index):
+    def summed_loss(params, microbatch, index):
         rngs = {"dropout": jax.random.fold_in(dropout_key, index)}
-        stats = loss_fn(model, params, microbatch, rngs, deterministic=False)[1]
-        return stats["nll"], stats
+        loss, stats = loss_fn(model, params, microbatch, rngs, deterministic=False)
+        return loss * jnp.maximum(stats["weights"], 1.0), stats
 
     def accumulate(carry, inputs):
-        grads, stats = carry
-        (_, new_stats), new_grads = jax.value_and_grad(summed_nll, has_aux=True)(params, *inputs)
+        loss, grads, stats = carry
+        (new_loss, new_stats), new_grads = jax.value_and_grad(summed_loss, has_aux=True)(
+            params, *inputs
+        )
         return (
+            loss + new_loss,
             jax.tree.map(jnp.add, grads, new_grads),
             jax.tree.map(jnp.add, stats, new_stats),
         ), None
 
     parts = split_microbatches(batch, microbatches)
     first = jax.tree.map(lambda x: x[0], parts)
-    stats_shape = jax.eval_shape(lambda: summed_nll(params, first, 0)[1])
+    stats_shape = jax.eval_shape(lambda: summed_loss(params, first, 0)[1])
     zeros = (
+        jnp.zeros((), jnp.float32),
         jax.tree.map(jnp.zeros_like, params),
         jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), stats_shape),
     )
     if unroll == 0 or unroll >= microbatches:
         unroll = True  # no loop at all
-    (grads, stats), _ = jax.lax.scan(
+    (loss, grads, stats), _ = jax.lax.scan(
         accumulate, zeros, (parts, jnp.arange(microbatches)), unroll=unroll
     )
     total = jnp.maximum(stats["weights"], 1.0)
-    return stats["nll"] / total, stats, jax.tree.map(lambda g: g / total, grads)
+    return loss / total, stats, jax.tree.map(lambda g: g / total, grads)
 
 
 def make_train_step(
@@ -82,15 +87,17 @@ def make_train_step(
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """`(state, batch) -> (state, metrics)`; dropout keys derive from the seed and the step.
 
-    `loss_fn` replaces the family's loss (`jaxlm.train.losses`), with the same signature; the
-    learning rate is reported when the optimizer's `schedule` is given.
+    `loss_fn` replaces the family's loss (`jaxlm.train.losses.training_loss`), with the same
+    signature; the learning rate is reported when the optimizer's `schedule` is given. With
+    label smoothing or a z-loss, `loss` is what is minimised and `nll` the plain mean negative
+    log-likelihood.
 
     With `train.microbatches` > 1 the gradients are accumulated over that many slices of the
     batch; loss, gradients and metrics are those of the whole batch. `metrics["finite"]` says
     whether the loss and gradient norm were finite; with `train.nan_policy=skip` a non-finite
     step leaves parameters and optimizer state unchanged.
     """
-    model, loss_fn = build_model(cfg.model), loss_fn or LOSSES[cfg.model.family]
+    model, loss_fn = build_model(cfg.model), loss_fn or training_loss(cfg)
     base_key = jax.random.key(cfg.train.seed)
     skip_nonfinite = cfg.train.nan_policy == "skip"
     microbatches = cfg.train.microbatches
@@ -126,6 +133,8 @@ def make_train_step(
             "grad_norm": grad_norm,
             "finite": finite,
         }
+        if cfg.train.label_smoothing or cfg.train.z_loss:
+            metrics["nll"] = stats["nll"] / jnp.maximum(stats["weights"], 1.0)
         if schedule is not None:
             metrics["learning_rate"] = schedule(state.step)
         return new_state, metrics

@@ -38,7 +38,7 @@ from jaxlm.parallel import activate, check_batch_size, make_mesh, prefetch_to_de
 from jaxlm.train import run_config
 from jaxlm.train.callbacks import Callback
 from jaxlm.train.evaluation import compile_eval_step, evaluate
-from jaxlm.train.losses import LOSSES
+from jaxlm.train.losses import training_loss
 from jaxlm.train.metrics_log import MetricsLog, read_metrics
 from jaxlm.train.monitoring import NonFiniteGuard, Throughput, log
 from jaxlm.train.optim import make_optimizer
@@ -84,11 +84,13 @@ class Trainer:
     """Trains `cfg.model` on `cfg.data` in `cfg.train.workdir` (see the module doc).
 
     data: batches to use instead of those `cfg.data` describes (`jaxlm.data.loader`).
-    loss_fn: `(model, params, batch, rngs, deterministic) -> (loss, stats)`, pure and jittable;
-        stats must hold the summed `nll`, `weights` and `correct` (`losses.token_statistics`).
+    loss_fn: `(model, params, batch, rngs, deterministic) -> (loss, stats)`, pure and jittable,
+        instead of the family's (`losses.training_loss`: `train.label_smoothing` and
+        `train.z_loss` apply to it only); stats must hold the summed `nll`, `weights` and
+        `correct` (`losses.token_statistics`), and the loss be a mean over those weights.
     eval_metrics: `{name: fn(model, params, batch) -> (sum, count)}`, reported as
         `eval_<name>` = total sum / total count over the evaluation split.
-    optimizer: any optax `GradientTransformation` (default: AdamW from `cfg.optim`).
+    optimizer: any optax `GradientTransformation` (default: the one `cfg.optim` describes).
     callbacks: `jaxlm.train.callbacks.Callback`s.
     params: initial parameters instead of a random init (ignored when resuming).
 
@@ -142,7 +144,7 @@ class Trainer:
             tx, schedule = optimizer, None
         if self.finetuning is not None:
             tx = self.finetuning.optimizer(tx)
-            loss_fn = self.finetuning.loss(loss_fn or LOSSES[cfg.model.family])
+            loss_fn = self.finetuning.loss(loss_fn or training_loss(cfg))
         self.checkpointer = Checkpointer(
             self.workdir / "checkpoints",
             cfg.train.keep_checkpoints,
