@@ -160,4 +160,3 @@ def test_training_loss_takes_the_regularisers_from_the_config():
     bound = training_loss(cfg)
     assert bound.func is LOSSES["gpt"]
     assert bound.keywords == {"label_smoothing": 0.1, "z_loss": 1e-4}
-

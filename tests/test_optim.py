@@ -68,7 +68,9 @@ def test_wsd_cooldown_longer_than_the_steps_after_warmup_takes_all_of_them():
     schedule = learning_rate_schedule(cfg, TOTAL)
     floor = CFG.learning_rate * CFG.min_lr_ratio
     assert float(schedule(10)) == pytest.approx(CFG.learning_rate)  # the warmup's end
-    assert float(schedule(55)) == pytest.approx(floor + (CFG.learning_rate - floor) * (1 - 0.5**0.5))
+    assert float(schedule(55)) == pytest.approx(
+        floor + (CFG.learning_rate - floor) * (1 - 0.5**0.5)
+    )
     assert float(schedule(TOTAL)) == pytest.approx(floor)
 
 

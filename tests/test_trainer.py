@@ -13,6 +13,7 @@ from jaxlm import cli
 from jaxlm.checkpoint import has_checkpoints
 from jaxlm.config import load_config
 from jaxlm.errors import ConfigError
+from jaxlm.train.plot import loss_curves
 from jaxlm.train.trainer import train
 
 VOCAB = 512
@@ -73,6 +74,16 @@ def test_outputs_are_written(trained):
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
     assert (workdir / "checkpoints" / "80").is_dir()
     assert {r["split"] for r in _records(workdir)} == {"train", "eval"}
+
+
+def test_loss_curves_draw_the_likelihood_not_a_regularised_loss():
+    records = [
+        {"split": "train", "step": 10, "loss": 5.5, "nll": 5.0},
+        {"split": "train", "step": 20, "loss": 4.5, "nll": 4.0},
+        {"split": "eval", "step": 20, "loss": 4.2},
+        {"split": "eval", "step": 20, "bleu": 3.0},
+    ]
+    assert loss_curves(records) == {"train": ([10, 20], [5.0, 4.0]), "eval": ([20], [4.2])}
 
 
 def test_generate_cli_is_deterministic_when_greedy(trained, capsys):

@@ -121,7 +121,9 @@ def bert_loss(model, params, batch, rngs, deterministic, **regularizers):
     ):
         if labels in batch:
             ones = jnp.ones(batch[labels].shape, jnp.float32)
-            mean, head = token_loss(out[key], batch[labels], batch.get(weights, ones), **regularizers)
+            mean, head = token_loss(
+                out[key], batch[labels], batch.get(weights, ones), **regularizers
+            )
             loss += mean
             stats = stats or head
     return loss, stats

@@ -7,16 +7,11 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 
-def plot_loss(records: list[dict], path: Path, title: str = "") -> Path:
-    """Draw train and eval loss from metrics records (see `MetricsLog`) into `path`: the
-    negative log-likelihood, where the loss trained on has label smoothing or a z-loss added.
-
-    The figure is drawn off-screen without touching matplotlib's global backend, so inline
-    plots in notebooks keep working."""
-    fig = Figure(figsize=(7, 4), dpi=120)
-    ax = fig.subplots()
-    plotted = False
-    for split, style in (("train", "-"), ("eval", "o-")):
+def loss_curves(records: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
+    """{split: (steps, losses)} of the train and eval records that have a loss: the negative
+    log-likelihood (`nll`) where the loss trained on has label smoothing or a z-loss added."""
+    curves = {}
+    for split in ("train", "eval"):
         points = [
             (r["step"], r.get("nll", r["loss"]))
             for r in records
@@ -24,13 +19,27 @@ def plot_loss(records: list[dict], path: Path, title: str = "") -> Path:
         ]
         if points:
             steps, losses = zip(*points, strict=True)
-            ax.plot(steps, losses, style, label=f"{split} loss", markersize=4)
-            plotted = True
+            curves[split] = list(steps), list(losses)
+    return curves
+
+
+def plot_loss(records: list[dict], path: Path, title: str = "") -> Path:
+    """Draw the `loss_curves` of metrics records (see `MetricsLog`) into `path`.
+
+    The figure is drawn off-screen without touching matplotlib's global backend, so inline
+    plots in notebooks keep working."""
+    fig = Figure(figsize=(7, 4), dpi=120)
+    ax = fig.subplots()
+    curves = loss_curves(records)
+    for split, (steps, losses) in curves.items():
+        ax.plot(
+            steps, losses, "-" if split == "train" else "o-", label=f"{split} loss", markersize=4
+        )
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (nats / token)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    if plotted:
+    if curves:
         ax.legend()
     fig.tight_layout()
     fig.savefig(path)
