@@ -2,6 +2,7 @@
 
 import functools
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -9,7 +10,11 @@ from tiny import TINY_MODEL
 
 from jaxlm.config import load_config
 from jaxlm.errors import ConfigError
+from jaxlm.finetune.freezing import frozen_loss
+from jaxlm.finetune.patterns import flat
+from jaxlm.models import init_params
 from jaxlm.parallel import activate, make_mesh, shard_batch
+from jaxlm.train.losses import training_loss
 from jaxlm.train.optim import make_optimizer
 from jaxlm.train.state import init_state
 from jaxlm.train.step import compile_train_step, split_microbatches
@@ -41,11 +46,11 @@ def _config(microbatches, mesh=(1, 1, 1), unroll=1, extra=()):
     return load_config(None, TINY + overrides + accumulation + list(extra))
 
 
-def _compiled_step(cfg, devices):
+def _compiled_step(cfg, devices, loss_fn=None):
     mesh = make_mesh(cfg.mesh, devices)
     tx, schedule = make_optimizer(cfg.optim, cfg.train.steps)
     state, shardings = init_state(cfg.model, tx, mesh, seed=0)
-    return compile_train_step(cfg, tx, schedule, shardings, mesh), state, mesh
+    return compile_train_step(cfg, tx, schedule, shardings, mesh, loss_fn), state, mesh
 
 
 def _step(microbatches, devices, mesh=(1, 1, 1), unroll=1, extra=()):
@@ -143,3 +148,47 @@ def test_microbatches_must_split_over_the_batch_devices():
     # 16 rows / 8 microbatches = 2 rows, but data * fsdp = 4 devices.
     with pytest.raises(ConfigError, match="train.microbatches.*data\\*fsdp = 4"):
         _step(8, jax.devices(), (2, 2, 2))
+
+
+def _bert_batch(length=16, vocab=100):
+    """Masked positions and next-sentence labels spread very unevenly over the rows."""
+    rng = np.random.default_rng(1)
+    inputs = rng.integers(4, vocab, size=(BATCH, length)).astype(np.int32)
+    masked = np.arange(length)[None] < 1 + np.arange(BATCH)[:, None] % 7
+    return {
+        "inputs": inputs,
+        "type_ids": np.zeros((BATCH, length), np.int32),
+        "mlm_targets": rng.integers(4, vocab, size=(BATCH, length)).astype(np.int32),
+        "mlm_weights": masked.astype(np.float32),
+        "nsp_labels": rng.integers(0, 2, size=BATCH).astype(np.int32),
+        "nsp_weights": (np.arange(BATCH) % 3 > 0).astype(np.float32),
+    }
+
+
+def _bert_step(microbatches, mesh, frozen=False):
+    """One step; `frozen`: through the fine-tuning wrapper, with the embeddings frozen."""
+    bert = ["model.family=bert", "model.heads=[mlm,nsp]", "train.label_smoothing=0.1"]
+    cfg = _config(microbatches, mesh, extra=bert)
+    loss_fn = None
+    if frozen:
+        paths = flat(nn.unbox(init_params(cfg.model, jax.random.key(0))))
+        trainable = {path for path in paths if "embed" not in path}
+        loss_fn = frozen_loss(training_loss(cfg), trainable, lambda params: params)
+    devices = jax.devices()[: int(np.prod(mesh))]
+    train_step, state, mesh = _compiled_step(cfg, devices, loss_fn)
+    with activate(mesh):
+        state, metrics = train_step(state, shard_batch(_bert_batch(), mesh))
+    return jax.device_get((state.opt_state[0].mu, metrics))
+
+
+@pytest.mark.parametrize(
+    "mesh, frozen", [((1, 1, 1), False), ((2, 2, 2), False), ((1, 1, 1), True)]
+)
+def test_bert_masked_lm_and_next_sentence_accumulate_to_the_full_batch_step(mesh, frozen):
+    """Each head is divided by its weight in the whole batch, not in each microbatch."""
+    moments, metrics = _bert_step(MICRO, mesh, frozen)
+    ref_moments, ref_metrics = _bert_step(1, (1, 1, 1), frozen)
+    for key in ("loss", "grad_norm", "tokens"):
+        np.testing.assert_allclose(metrics[key], ref_metrics[key], rtol=1e-5)
+    for got, want in zip(jax.tree.leaves(moments), jax.tree.leaves(ref_moments), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)

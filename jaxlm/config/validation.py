@@ -101,11 +101,6 @@ def validate(config: Config) -> None:
         "train.microbatches",
         f"{t.microbatches} does not divide data.batch_size {d.batch_size}",
     )
-    _check(
-        t.microbatches == 1 or m.family != "bert" or len(set(m.heads)) <= 1,
-        "train.microbatches",
-        "accumulation needs a loss that is one mean over tokens, not a sum of bert heads' means",
-    )
     _check(0 <= t.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)")
     _check(t.z_loss >= 0, "train.z_loss", "must be >= 0")
     o = config.optim

@@ -38,11 +38,11 @@ def frozen_loss(loss_fn: Callable, trainable: Collection[str], model_params: Cal
     """`loss_fn` (the signature of `jaxlm.train.losses`) on `model_params(params)`, with no
     gradient flowing to the parameters outside `trainable` (none is computed for them)."""
 
-    def loss(model, params, batch, rngs, deterministic):
+    def loss(model, params, batch, rngs, deterministic, **options):
         held = {
             path: leaf if path in trainable else jax.lax.stop_gradient(leaf)
             for path, leaf in flat(params).items()
         }
-        return loss_fn(model, model_params(nested(held)), batch, rngs, deterministic)
+        return loss_fn(model, model_params(nested(held)), batch, rngs, deterministic, **options)
 
     return loss

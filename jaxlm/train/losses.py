@@ -49,8 +49,10 @@ def token_loss(
     num_classes: int | None = None,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
+    normalizer: jax.Array | None = None,
 ) -> tuple[jax.Array, dict]:
-    """(loss, `token_statistics`): the loss is the mean over weighted tokens of the
+    """(loss, `token_statistics`): the loss is the mean over weighted tokens (a sum divided by
+    their weight, or by `normalizer` when given) of the
     cross-entropy against labels smoothed uniformly over the first `num_classes` logits (the
     real ones, default all: a padded vocabulary's extra rows are left out),
     (1 - e) * nll + e * mean_c(-log p_c) = nll + e * (target logit - mean_c logit_c),
@@ -64,7 +66,8 @@ def token_loss(
         total += label_smoothing * jnp.sum((target_logit - mean_logit) * weights)
     if z_loss:
         total += z_loss * jnp.sum(jnp.square(jax.nn.logsumexp(logits, axis=-1)) * weights)
-    return total / jnp.maximum(stats["weights"], 1.0), stats
+    normalizer = stats["weights"] if normalizer is None else normalizer
+    return total / jnp.maximum(normalizer, 1.0), stats
 
 
 def causal_lm_loss(model, params, batch, rngs, deterministic, **regularizers):
@@ -98,10 +101,29 @@ def seq2seq_loss(model, params, batch, rngs, deterministic, **regularizers):
     return token_loss(logits, batch["targets"], batch["weights"], vocab, **regularizers)
 
 
-def bert_loss(model, params, batch, rngs, deterministic, **regularizers):
-    """BERT: masked-LM loss on mlm_targets/mlm_weights, plus next-sentence and class losses
-    when the batch has nsp_labels / labels (weighted by nsp_weights / label_weights when given);
-    stats are those of the masked-LM tokens, else of the first head present."""
+# BERT's heads: (logits, targets, weights) keys. A head trains when the batch has its targets;
+# without its weights, every target counts once.
+BERT_HEADS = {
+    "mlm": ("mlm_logits", "mlm_targets", "mlm_weights"),
+    "nsp": ("nsp_logits", "nsp_labels", "nsp_weights"),
+    "classifier": ("class_logits", "labels", "label_weights"),
+}
+
+
+def bert_head_weights(batch: dict) -> dict[str, jax.Array]:
+    """{head: target weights} of the heads the batch trains."""
+    return {
+        head: batch.get(weights, jnp.ones(batch[targets].shape, jnp.float32))
+        for head, (_, targets, weights) in BERT_HEADS.items()
+        if targets in batch
+    }
+
+
+def bert_loss(model, params, batch, rngs, deterministic, normalizers=None, **regularizers):
+    """BERT: the sum of its heads' mean losses (`BERT_HEADS`): masked-LM, next-sentence and
+    class. `normalizers` {head: weight} replaces each head's weight in this batch as the divisor
+    of its summed loss: a microbatch's loss is then its share of the whole batch's. Stats are
+    those of the masked-LM tokens, else of the first head present."""
     out = model.apply(
         {"params": params},
         batch["inputs"],
@@ -111,21 +133,18 @@ def bert_loss(model, params, batch, rngs, deterministic, **regularizers):
         rngs=rngs,
     )
     loss, stats = jnp.zeros((), jnp.float32), {}
-    if "mlm_targets" in batch:
-        mlm = out["mlm_logits"], batch["mlm_targets"], batch["mlm_weights"]
-        mean, stats = token_loss(*mlm, model.cfg.vocab_size, **regularizers)
+    for head, weights in bert_head_weights(batch).items():
+        logits, targets, _ = BERT_HEADS[head]
+        mean, head_stats = token_loss(
+            out[logits],
+            batch[targets],
+            weights,
+            model.cfg.vocab_size if head == "mlm" else None,
+            normalizer=None if normalizers is None else normalizers[head],
+            **regularizers,
+        )
         loss += mean
-    for key, labels, weights in (
-        ("nsp_logits", "nsp_labels", "nsp_weights"),
-        ("class_logits", "labels", "label_weights"),
-    ):
-        if labels in batch:
-            ones = jnp.ones(batch[labels].shape, jnp.float32)
-            mean, head = token_loss(
-                out[key], batch[labels], batch.get(weights, ones), **regularizers
-            )
-            loss += mean
-            stats = stats or head
+        stats = stats or head_stats
     return loss, stats
 
 

@@ -16,7 +16,7 @@ from jaxlm.config import Config
 from jaxlm.errors import ConfigError
 from jaxlm.models import build_model
 from jaxlm.parallel import BATCH_AXES, batch_sharding, replicated
-from jaxlm.train.losses import training_loss
+from jaxlm.train.losses import bert_head_weights, training_loss
 from jaxlm.train.optim import apply_updates
 from jaxlm.train.state import TrainState
 
@@ -35,19 +35,24 @@ def split_microbatches(batch: dict, microbatches: int) -> dict:
     return jax.tree.map(split, batch)
 
 
-def accumulated_gradients(loss_fn, model, params, batch, dropout_key, microbatches, unroll=1):
+def accumulated_gradients(
+    loss_fn, model, params, batch, dropout_key, microbatches, unroll=1, normalizers=None
+):
     """(mean loss, summed stats, gradients) of the whole batch, `unroll` microbatches at a time
-    (0: all of them, with no loop).
+    (0: all of them, with no loop): the same as one full-batch pass.
 
-    Sums the loss times the microbatch's weight (the loss is a mean over weighted tokens), its
-    gradients and the statistics over microbatches, then divides by the total weight: the same
-    mean as one full-batch pass.
+    A loss that is a mean over weighted tokens is summed times the microbatch's weight, with its
+    gradients and the statistics, then divided by the total weight. Given `normalizers` (the
+    whole batch's, see `bert_loss`), the loss takes them and returns its microbatch's share of
+    the whole batch's loss, which is summed.
     Microbatch i draws its dropout masks from `fold_in(dropout_key, i)`. Unrolled microbatches
     are independent computations that XLA may run side by side (on the CPU, on different cores).
     """
 
     def summed_loss(params, microbatch, index):
         rngs = {"dropout": jax.random.fold_in(dropout_key, index)}
+        if normalizers is not None:
+            return loss_fn(model, params, microbatch, rngs, False, normalizers=normalizers)
         loss, stats = loss_fn(model, params, microbatch, rngs, deterministic=False)
         return loss * jnp.maximum(stats["weights"], 1.0), stats
 
@@ -75,6 +80,8 @@ def accumulated_gradients(loss_fn, model, params, batch, dropout_key, microbatch
     (loss, grads, stats), _ = jax.lax.scan(
         accumulate, zeros, (parts, jnp.arange(microbatches)), unroll=unroll
     )
+    if normalizers is not None:
+        return loss, stats, grads
     total = jnp.maximum(stats["weights"], 1.0)
     return loss / total, stats, jax.tree.map(lambda g: g / total, grads)
 
@@ -102,6 +109,12 @@ def make_train_step(
     skip_nonfinite = cfg.train.nan_policy == "skip"
     microbatches = cfg.train.microbatches
 
+    def whole_batch_normalizers(batch):
+        """BERT's heads' weights in the whole batch: its loss is not one mean over tokens."""
+        if cfg.model.family != "bert":
+            return None
+        return {head: jnp.sum(w) for head, w in bert_head_weights(batch).items()}
+
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         dropout_key = jax.random.fold_in(base_key, state.step)
         if microbatches > 1:
@@ -113,6 +126,7 @@ def make_train_step(
                 dropout_key,
                 microbatches,
                 cfg.train.microbatch_unroll,
+                whole_batch_normalizers(batch),
             )
         else:
             (value, stats), grads = jax.value_and_grad(loss_fn, argnums=1, has_aux=True)(

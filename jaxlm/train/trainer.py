@@ -87,7 +87,8 @@ class Trainer:
     loss_fn: `(model, params, batch, rngs, deterministic) -> (loss, stats)`, pure and jittable,
         instead of the family's (`losses.training_loss`: `train.label_smoothing` and
         `train.z_loss` apply to it only); stats must hold the summed `nll`, `weights` and
-        `correct` (`losses.token_statistics`), and the loss be a mean over those weights.
+        `correct` (`losses.token_statistics`), and the loss be a mean over those weights (for
+        a bert model accumulating microbatches: take `normalizers`, see `losses.bert_loss`).
     eval_metrics: `{name: fn(model, params, batch) -> (sum, count)}`, reported as
         `eval_<name>` = total sum / total count over the evaluation split.
     optimizer: any optax `GradientTransformation` (default: the one `cfg.optim` describes).
