@@ -222,3 +222,7 @@ def test_to_yaml_round_trip(tmp_path, preset, overrides):
     loaded = load_config(str(path))
     assert loaded == config
     assert dataclasses.asdict(loaded) == dataclasses.asdict(config)
+
+
+def test_bert_takes_no_output_bias_beside_its_masked_lm_bias():
+    assert "own" in assert_one_line_error("model.output_bias", "bert-base", ["model.output_bias=true"])

@@ -52,6 +52,20 @@ def test_sinusoidal_table_matches_vaswani(num_positions, features):
     np.testing.assert_allclose(table, vaswani_table(num_positions, features), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("num_positions, features", [(64, 16), (33, 7)])
+def test_sinusoidal_halves_match_marian(num_positions, features):
+    """Marian's table: angle[p, j] = p / 10000^(2 (j // 2) / d), the sines of its even columns
+    first, then the cosines of its odd ones."""
+    angle = np.array(
+        [[p / 10000 ** (2 * (j // 2) / features) for j in range(features)] for p in range(num_positions)]
+    )
+    marian = np.concatenate([np.sin(angle[:, 0::2]), np.cos(angle[:, 1::2])], axis=1)
+    table = sinusoidal_table(num_positions, features, halves=True)
+    np.testing.assert_allclose(table, marian, rtol=0, atol=1e-6)
+    out = SinusoidalPositions(num_positions, features, halves=True).apply({}, jnp.arange(3)[None])
+    np.testing.assert_array_equal(out[0], table[:3])
+
+
 def test_sinusoidal_positions_gather_per_row():
     positions = np.array([[0, 1, 2, 3, 4], [7, 7, 0, 19, 3]])
     out = SinusoidalPositions(20, 10).apply({}, jnp.asarray(positions))

@@ -377,3 +377,22 @@ def test_gpt_formula_by_hand():
     block = 2 * (2 * d) + (4 * d * d + 4 * d) + (d * m + m + m * d + d)
     expected = 100 * d + 16 * d + layers * block + 2 * d
     assert count_parameters(tiny_config("gpt")) == expected == 20_864
+
+
+@pytest.mark.parametrize("family", ["gpt", "seq2seq"])
+def test_output_bias_adds_to_the_real_vocabulary_logits(family):
+    cfg = load_config(None, [*TINY, f"model.family={family}"]).model
+    biased = load_config(None, [*TINY, f"model.family={family}", "model.output_bias=true"]).model
+    params = nn.unbox(build_model(biased).init(jax.random.key(0), *_inputs(family)))["params"]
+    bias = jax.random.normal(jax.random.key(1), (PADDED_VOCAB,))
+    params["output_bias"] = {"bias": bias}
+    without = {k: v for k, v in params.items() if k != "output_bias"}
+    logits = build_model(biased).apply({"params": params}, *_inputs(family))
+    plain = build_model(cfg).apply({"params": without}, *_inputs(family))
+    np.testing.assert_allclose(logits[..., :VOCAB], plain[..., :VOCAB] + bias[:VOCAB], atol=1e-5)
+    assert (logits[..., VOCAB:] == jnp.finfo(jnp.float32).min).all()
+
+
+def _inputs(family):
+    tokens = jnp.arange(2 * LENGTH).reshape(2, LENGTH) % VOCAB
+    return (tokens, tokens) if family == "seq2seq" else (tokens,)

@@ -41,8 +41,12 @@ class ModelConfig:
     norm_position: str = "pre"  # pre (GPT-2) | post (BERT, original Transformer)
     position_embedding: str = "learned"  # learned | sinusoidal | rotary
     rope_base: float = 10_000.0
+    # sinusoidal: interleaved (sin, cos, sin, ... as in the paper) | halves (all the sines, then
+    # all the cosines: Marian, tensor2tensor)
+    sinusoidal_layout: str = "interleaved"
     scale_embeddings: bool = False  # multiply token embeddings by sqrt(embed_dim)
     tie_embeddings: bool = True  # output logits use the token embedding table
+    output_bias: bool = False  # gpt, seq2seq: a learned bias added to the logits
     use_bias: bool = True
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0  # only the 'reference' attention backend supports it

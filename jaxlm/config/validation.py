@@ -20,6 +20,7 @@ CHOICES = {
     "model.dtype": tuple(DTYPES),
     "model.param_dtype": tuple(DTYPES),
     "model.remat_policy": ("none", "full", "dots", "dots_no_batch"),
+    "model.sinusoidal_layout": ("interleaved", "halves"),
     "data.source": ("text", "jsonl", "tfds", "tokens", "vader", "gettext"),
     "data.task": ("causal_lm", "masked_lm", "classification", "seq2seq"),
     "data.document_unit": ("file", "paragraph", "line"),
@@ -54,6 +55,11 @@ def validate(config: Config) -> None:
         _check(getattr(m, key) > 0, f"model.{key}", "must be positive")
     _check(m.vocab_multiple > 0, "model.vocab_multiple", "must be positive")
     _check(m.scan_unroll >= 0, "model.scan_unroll", "must be >= 0 (0 = all layers)")
+    _check(
+        not (m.output_bias and m.family == "bert"),
+        "model.output_bias",
+        "bert's masked-LM head has a bias of its own",
+    )
     _check(
         m.head_dim is not None or m.embed_dim % m.num_heads == 0,
         "model.num_heads",

@@ -32,6 +32,7 @@ NEEDS = {
     "mlp_type": "plain",
     "use_bias": True,
     "scale_embeddings": False,
+    "output_bias": False,
 }
 
 

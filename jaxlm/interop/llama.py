@@ -25,6 +25,7 @@ NEEDS = {
     "norm_position": "pre",
     "mlp_type": "gated",
     "scale_embeddings": False,
+    "output_bias": False,
 }
 
 

@@ -11,15 +11,18 @@ from jaxlm.layers.matmul import einsum
 
 
 def sinusoidal_table(
-    num_positions: int, features: int, max_timescale: float = 10_000.0
+    num_positions: int, features: int, max_timescale: float = 10_000.0, halves: bool = False
 ) -> np.ndarray:
-    """Vaswani et al. (2017): PE[p, 2i] = sin(p / T^(2i/d)), PE[p, 2i+1] = cos(p / T^(2i/d))."""
+    """Vaswani et al. (2017): PE[p, 2i] = sin(p / T^(2i/d)), PE[p, 2i+1] = cos(p / T^(2i/d));
+    with `halves`, the same sines first and the cosines after them (Marian, tensor2tensor)."""
     positions = np.arange(num_positions, dtype=np.float64)[:, None]
     rates = max_timescale ** (-np.arange(0, features, 2, dtype=np.float64) / features)
     angles = positions * rates[None, :]
+    sines, cosines = np.sin(angles), np.cos(angles[:, : features // 2])
+    if halves:
+        return np.concatenate([sines, cosines], axis=1).astype(np.float32)
     table = np.zeros((num_positions, features), dtype=np.float64)
-    table[:, 0::2] = np.sin(angles)
-    table[:, 1::2] = np.cos(angles[:, : features // 2])
+    table[:, 0::2], table[:, 1::2] = sines, cosines
     return table.astype(np.float32)
 
 
@@ -29,10 +32,12 @@ class SinusoidalPositions(nn.Module):
     num_positions: int
     features: int
     dtype: jnp.dtype = jnp.float32
+    halves: bool = False  # see `sinusoidal_table`
 
     def __call__(self, positions: jax.Array) -> jax.Array:
         # positions: [batch, length] -> [batch, length, features]
-        table = jnp.asarray(sinusoidal_table(self.num_positions, self.features), self.dtype)
+        table = sinusoidal_table(self.num_positions, self.features, halves=self.halves)
+        table = jnp.asarray(table, self.dtype)
         return jnp.take(table, positions, axis=0)
 
 

@@ -34,7 +34,8 @@ def position_module(cfg: ModelConfig, name: str = "position_embed") -> nn.Module
             cfg.max_len, cfg.embed_dim, cfg.init_std, cfg.compute_dtype, cfg.weight_dtype, name=name
         )
     if cfg.position_embedding == "sinusoidal":
-        return SinusoidalPositions(cfg.max_len, cfg.embed_dim, cfg.compute_dtype, name=name)
+        halves = cfg.sinusoidal_layout == "halves"
+        return SinusoidalPositions(cfg.max_len, cfg.embed_dim, cfg.compute_dtype, halves, name=name)
     return None
 
 
@@ -110,8 +111,15 @@ def prompt_in_cache(positions: jax.Array, segment_ids: jax.Array, prompt_length:
     )
 
 
-def output_logits(cfg: ModelConfig, embed: TokenEmbedding, x: jax.Array, name: str = "lm_head"):
-    """Float32 logits over the padded vocabulary; padding rows can never be predicted."""
+def output_logits(
+    cfg: ModelConfig,
+    embed: TokenEmbedding,
+    x: jax.Array,
+    bias: OutputBias | None = None,
+    name: str = "lm_head",
+):
+    """Float32 logits over the padded vocabulary (plus `bias`); padding rows can never be
+    predicted."""
     if cfg.tie_embeddings:
         logits = embed.attend(x)
     else:
@@ -128,7 +136,21 @@ def output_logits(cfg: ModelConfig, embed: TokenEmbedding, x: jax.Array, name: s
     logits = nn.with_logical_constraint(
         logits.astype(jnp.float32), ("activation_batch", "activation_length", "activation_vocab")
     )
+    if bias is not None:
+        logits = bias(logits)
     return mask_vocab_padding(logits, cfg.vocab_size)
+
+
+class OutputBias(nn.Module):
+    """A learned bias on the logits over the padded vocabulary (`model.output_bias`)."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, logits: jax.Array) -> jax.Array:
+        init = nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",))
+        bias = self.param("bias", init, (self.cfg.padded_vocab_size,), self.cfg.weight_dtype)
+        return logits + jnp.asarray(bias, jnp.float32)
 
 
 def mask_vocab_padding(logits: jax.Array, vocab_size: int) -> jax.Array:

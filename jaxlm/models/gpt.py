@@ -12,6 +12,7 @@ from jaxlm.models.common import (
     causal_self_attention,
     default_positions,
     embed_inputs,
+    OutputBias,
     output_logits,
     position_module,
     prepend_prompt,
@@ -72,5 +73,6 @@ class GPT(nn.Module):
         x, cache = stack_output(out, cache)
         if prompt is not None:
             x = x[:, prompt.shape[0] :]
-        logits = output_logits(cfg, embed, x)
+        bias = OutputBias(cfg, name="output_bias") if cfg.output_bias else None
+        logits = output_logits(cfg, embed, x, bias)
         return logits if cache is None else (logits, cache)

@@ -13,6 +13,7 @@ from jaxlm.models.common import (
     causal_self_attention,
     default_positions,
     embed_inputs,
+    OutputBias,
     output_logits,
     position_module,
     stack_output,
@@ -35,6 +36,7 @@ class EncoderDecoder(nn.Module):
         self.source_positions = position_module(cfg, name="source_position_embed")
         self.target_positions = position_module(cfg, name="target_position_embed")
         self.dropout = nn.Dropout(cfg.dropout_rate)
+        self.output_bias = OutputBias(cfg, name="output_bias") if cfg.output_bias else None
         self.encoder = TransformerStack(cfg, cfg.num_layers, name="encoder")
         self.decoder = TransformerStack(
             cfg, cfg.decoder_layers, cross_attention=True, name="decoder"
@@ -102,7 +104,7 @@ class EncoderDecoder(nn.Module):
             **stack_cache,
         )
         x, cache = stack_output(out, cache)
-        logits = output_logits(self.cfg, self.embed, x)
+        logits = output_logits(self.cfg, self.embed, x, self.output_bias)
         return logits if cache is None else (logits, cache)
 
     def __call__(
