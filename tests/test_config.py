@@ -225,4 +225,6 @@ def test_to_yaml_round_trip(tmp_path, preset, overrides):
 
 
 def test_bert_takes_no_output_bias_beside_its_masked_lm_bias():
-    assert "own" in assert_one_line_error("model.output_bias", "bert-base", ["model.output_bias=true"])
+    assert "own" in assert_one_line_error(
+        "model.output_bias", "bert-base", ["model.output_bias=true"]
+    )

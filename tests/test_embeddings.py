@@ -57,7 +57,10 @@ def test_sinusoidal_halves_match_marian(num_positions, features):
     """Marian's table: angle[p, j] = p / 10000^(2 (j // 2) / d), the sines of its even columns
     first, then the cosines of its odd ones."""
     angle = np.array(
-        [[p / 10000 ** (2 * (j // 2) / features) for j in range(features)] for p in range(num_positions)]
+        [
+            [p / 10000 ** (2 * (j // 2) / features) for j in range(features)]
+            for p in range(num_positions)
+        ]
     )
     marian = np.concatenate([np.sin(angle[:, 0::2]), np.cos(angle[:, 1::2])], axis=1)
     table = sinusoidal_table(num_positions, features, halves=True)

@@ -1,5 +1,5 @@
-"""Hugging Face checkpoints: imported GPT-2, BERT (real MiniLM weights) and Llama give the
-outputs of `transformers` on PyTorch; exported jaxlm models load in `transformers` with the same
+"""Hugging Face checkpoints: imported GPT-2, BERT (real MiniLM weights), Llama and Marian give
+the outputs of `transformers` on PyTorch; exported jaxlm models load in `transformers` with the same
 outputs and import back bit for bit; sharded checkpoints, `jaxlm convert` (imported workdirs keep
 their GPT-2, BERT or Llama tokenizer wherever they are moved), and one-line errors for
 checkpoints that do not fit."""
@@ -20,7 +20,7 @@ from tiny import TINY_MODEL  # noqa: E402
 from jaxlm import ConversionError, from_pretrained, save_pretrained  # noqa: E402
 from jaxlm.cli import main  # noqa: E402
 from jaxlm.config import SampleConfig, load_config  # noqa: E402
-from jaxlm.generate import generate  # noqa: E402
+from jaxlm.generate import generate, translate  # noqa: E402
 from jaxlm.models import build_model  # noqa: E402
 from jaxlm.models.summary import abstract_params, count_parameters  # noqa: E402
 
@@ -57,6 +57,16 @@ JAXLM_VARIANTS = {
         "model.norm_position=post",
         "model.heads=[classifier]",
         "model.num_classes=3",
+    ],
+    "marian": [
+        "model.family=seq2seq",
+        "model.num_decoder_layers=3",
+        "model.norm_position=post",
+        "model.position_embedding=sinusoidal",
+        "model.sinusoidal_layout=halves",
+        "model.output_bias=true",
+        "model.scale_embeddings=true",
+        "model.activation=silu",
     ],
 }
 
@@ -101,6 +111,13 @@ def jaxlm_outputs(cfg, params, tokens, types, mask) -> dict[str, np.ndarray]:
     if cfg.family == "gpt":
         apply = jax.jit(lambda p, t, s: model.apply({"params": p}, t, segment_ids=s))
         return {"logits": np.asarray(apply(params, tokens, mask))[..., : cfg.vocab_size]}
+    if cfg.family == "seq2seq":  # `tokens` are the source (`mask` its padding) and the target
+        logits = jax.jit(lambda p, t, s: model.apply({"params": p}, t, t, s))(params, tokens, mask)
+        encode = jax.jit(lambda p, t, s: model.apply({"params": p}, t, s, method=model.encode))
+        return {
+            "logits": np.asarray(logits)[..., : cfg.vocab_size],
+            "encoder_last_hidden_state": np.asarray(encode(params, tokens, mask)),
+        }
     names = {
         "hidden": "last_hidden_state",
         "pooled": "pooler_output",
@@ -118,6 +135,8 @@ def torch_outputs(model, tokens, types, mask, family: str) -> dict[str, np.ndarr
     kwargs = dict(input_ids=torch.from_numpy(tokens), attention_mask=torch.from_numpy(mask))
     if family == "bert":
         kwargs["token_type_ids"] = torch.from_numpy(types)
+    if family == "seq2seq":
+        kwargs["decoder_input_ids"] = torch.from_numpy(tokens)
     with torch.inference_mode():
         out = model(**kwargs)
     return {k: v.numpy() for k, v in out.items() if isinstance(v, torch.Tensor)}
@@ -216,6 +235,32 @@ def _hf_bert(cls: str, **overrides):
     return getattr(transformers, cls)(config)
 
 
+def _hf_marian():
+    config = transformers.MarianConfig(
+        vocab_size=VOCAB,
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=3,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=96,
+        decoder_ffn_dim=96,
+        max_position_embeddings=32,
+        activation_function="swish",
+        scale_embedding=True,
+        pad_token_id=VOCAB - 1,
+        decoder_start_token_id=VOCAB - 1,
+        eos_token_id=0,
+        forced_eos_token_id=None,
+        init_std=0.1,
+    )
+    model = transformers.MarianMTModel(config)
+    with torch.no_grad():  # a bias that is not zero, and never the padding token
+        model.final_logits_bias.normal_()
+        model.final_logits_bias[0, VOCAB - 1] = -1e4
+    return model
+
+
 HF_MODELS = {
     "gpt2": lambda: _hf_gpt2(tied=True),
     "gpt2-untied": lambda: _hf_gpt2(tied=False),
@@ -230,6 +275,7 @@ HF_MODELS = {
     ),
     "bert-mlm-without-pooler": lambda: _hf_bert("BertForMaskedLM"),
     "bert-classifier": lambda: _hf_bert("BertForSequenceClassification", num_labels=3),
+    "marian": _hf_marian,
 }
 
 
@@ -265,6 +311,33 @@ def test_llama_greedy_decoding_matches_transformers(tmp_path):
         )[:, prompts.shape[1] :]
     sample = SampleConfig(max_new_tokens=8, temperature=0.0)
     got = generate(cfg, params, prompts.tolist(), sample, eos_id=-1)
+    assert got == expected.tolist()
+
+
+@needs_transformers
+def test_marian_greedy_translation_matches_transformers(tmp_path):
+    """Cached decoding after the encoder, from Marian's decoder start (its padding token)."""
+    torch.manual_seed(2)
+    model = HF_MODELS["marian"]().eval()
+    model.save_pretrained(tmp_path)
+    cfg, params = from_pretrained(tmp_path)
+    sources = [[5, 17, 42, 8, 0], [33, 2, 0]]
+    tokens, mask = (np.full((2, 5), VOCAB - 1), np.zeros((2, 5), np.int64))
+    for row, source in enumerate(sources):
+        tokens[row, : len(source)], mask[row, : len(source)] = source, 1
+    with torch.inference_mode():
+        expected = model.generate(
+            torch.from_numpy(tokens),
+            attention_mask=torch.from_numpy(mask),
+            max_new_tokens=8,
+            min_new_tokens=8,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=None,
+        )[:, 1:]
+    sample = SampleConfig(max_new_tokens=8, temperature=0.0)
+    pad = VOCAB - 1
+    got = translate(cfg, params, sources, sample, bos_id=pad, eos_id=-1, pad_id=pad)
     assert got == expected.tolist()
 
 
@@ -585,7 +658,7 @@ def test_unsupported_architectures_are_named(gpt2_dir):
     edit_config(gpt2_dir, architectures=["GPT2ForSequenceClassification"])
     assert "unsupported architecture 'GPT2ForSequenceClassification'" in conversion_error(gpt2_dir)
     edit_config(gpt2_dir, model_type="t5")
-    assert "unsupported model_type 't5' (supported: bert, gpt2, llama)" in conversion_error(
+    assert "unsupported model_type 't5' (supported: bert, gpt2, llama, marian)" in conversion_error(
         gpt2_dir
     )
 
@@ -595,6 +668,20 @@ def test_unsupported_settings_are_named(tmp_path):
     save_pretrained(tmp_path, cfg, random_params(cfg))
     edit_config(tmp_path, rope_parameters={"rope_type": "llama3", "factor": 8.0})
     assert "rope_type 'llama3' is not supported" in conversion_error(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"decoder_ffn_dim": 128}, "encoder_ffn_dim=64 and decoder_ffn_dim=128 differ"),
+        ({"share_encoder_decoder_embeddings": False}, "share_encoder_decoder_embeddings=False"),
+    ],
+)
+def test_marian_settings_jaxlm_lacks_are_named(changes, message, tmp_path):
+    cfg = jaxlm_config("marian")
+    save_pretrained(tmp_path, cfg, random_params(cfg))
+    edit_config(tmp_path, **changes)
+    assert message in conversion_error(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -624,7 +711,10 @@ def test_directories_without_safetensors_are_refused(gpt2_dir):
 @pytest.mark.parametrize(
     "overrides, expected",
     [
-        (["model.family=seq2seq"], "model.family='seq2seq' has no Hugging Face counterpart"),
+        (
+            ["model.family=seq2seq", "model.position_embedding=sinusoidal"],
+            "marian does not support model.sinusoidal_layout='interleaved', model.norm_position",
+        ),
         (
             ["model.family=gpt", "model.norm=rmsnorm"],
             "gpt2 does not support model.norm='rmsnorm'; llama does not support",

@@ -2,7 +2,8 @@
 
 A directory holds `config.json` and either `model.safetensors` or the shards listed in
 `model.safetensors.index.json`. Tensors are read with safetensors, never unpickled, and nothing
-is downloaded. GPT-2, BERT and Llama convert (see `gpt2.py`, `bert.py`, `llama.py`).
+is downloaded. GPT-2, BERT, Llama and Marian convert (see `gpt2.py`, `bert.py`, `llama.py`,
+`marian.py`).
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from safetensors.numpy import save_file
 
 from jaxlm.config import Config, DataConfig, ModelConfig, validate
 from jaxlm.errors import ConfigError, ConversionError
-from jaxlm.interop import bert, gpt2, llama
+from jaxlm.interop import bert, gpt2, llama, marian
 from jaxlm.interop.mapping import short_list, to_hf, to_jaxlm
 from jaxlm.models.summary import abstract_params
 
 CONFIG, WEIGHTS, INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
-MAPPINGS = {module.MODEL_TYPE: module for module in (gpt2, bert, llama)}
+MAPPINGS = {module.MODEL_TYPE: module for module in (gpt2, bert, llama, marian)}
 # Legacy (TensorFlow-era) LayerNorm parameter names, read under their current names.
 LEGACY_SUFFIXES = {"LayerNorm.gamma": "LayerNorm.weight", "LayerNorm.beta": "LayerNorm.bias"}
 
@@ -147,9 +148,7 @@ def from_pretrained(
 
 
 def _mapping_to_export(cfg: ModelConfig):
-    candidates = {"gpt": (gpt2, llama), "bert": (bert,)}.get(cfg.family, ())
-    if not candidates:
-        raise ConversionError(f"model.family={cfg.family!r} has no Hugging Face counterpart")
+    candidates = {"gpt": (gpt2, llama), "bert": (bert,), "seq2seq": (marian,)}[cfg.family]
     for mapping in candidates:
         if not mapping.incompatibilities(cfg):
             return mapping
@@ -161,7 +160,7 @@ def _mapping_to_export(cfg: ModelConfig):
 
 def save_pretrained(directory: str | Path, model_cfg: ModelConfig, params: dict) -> None:
     """Write `config.json` and `model.safetensors` that `transformers` loads (GPT2LMHeadModel,
-    LlamaForCausalLM, or the BERT class holding the model's heads)."""
+    LlamaForCausalLM, MarianMTModel, or the BERT class holding the model's heads)."""
     mapping = _mapping_to_export(model_cfg)
     flat = {path: np.asarray(v) for path, v in flatten_dict(nn.unbox(params), sep="/").items()}
     shapes = _parameter_shapes(model_cfg)

@@ -9,10 +9,10 @@ import jax.numpy as jnp
 from jaxlm.config import ModelConfig
 from jaxlm.layers.transformer import TransformerStack
 from jaxlm.models.common import (
+    OutputBias,
     causal_self_attention,
     default_positions,
     embed_inputs,
-    OutputBias,
     output_logits,
     position_module,
     prepend_prompt,

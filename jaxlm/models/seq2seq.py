@@ -10,10 +10,10 @@ from jaxlm.config import ModelConfig
 from jaxlm.layers.masks import attention_mask
 from jaxlm.layers.transformer import TransformerStack
 from jaxlm.models.common import (
+    OutputBias,
     causal_self_attention,
     default_positions,
     embed_inputs,
-    OutputBias,
     output_logits,
     position_module,
     stack_output,
