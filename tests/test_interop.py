@@ -279,14 +279,20 @@ HF_MODELS = {
 }
 
 
+def _imported(name: str, seed: int, directory: Path):
+    """(the seeded random-init `transformers` model, its config and parameters imported from
+    the safetensors it saved in `directory`)."""
+    torch.manual_seed(seed)
+    model = HF_MODELS[name]().eval()
+    model.save_pretrained(directory, safe_serialization=True)
+    return model, *from_pretrained(directory)
+
+
 @needs_transformers
 @pytest.mark.parametrize("name", sorted(HF_MODELS))
 def test_imported_logits_match_transformers(name, tmp_path):
     """Seeded random-init models saved by `transformers` (safetensors) give the same logits."""
-    torch.manual_seed(0)
-    model = HF_MODELS[name]().eval()
-    model.save_pretrained(tmp_path, safe_serialization=True)
-    cfg, params = from_pretrained(tmp_path)
+    model, cfg, params = _imported(name, 0, tmp_path)
     tokens, types, mask = inputs()
     expected = torch_outputs(model, tokens, types, mask, cfg.family)
     assert_outputs_match(expected, jaxlm_outputs(cfg, params, tokens, types, mask), mask)
@@ -295,10 +301,7 @@ def test_imported_logits_match_transformers(name, tmp_path):
 @needs_transformers
 def test_llama_greedy_decoding_matches_transformers(tmp_path):
     """Cached decoding with rotary positions continues prompts as `transformers` does."""
-    torch.manual_seed(1)
-    model = HF_MODELS["llama-gqa"]().eval()
-    model.save_pretrained(tmp_path)
-    cfg, params = from_pretrained(tmp_path)
+    model, cfg, params = _imported("llama-gqa", 1, tmp_path)
     prompts = np.random.default_rng(3).integers(0, VOCAB, (2, 5))
     with torch.inference_mode():
         expected = model.generate(
@@ -317,10 +320,7 @@ def test_llama_greedy_decoding_matches_transformers(tmp_path):
 @needs_transformers
 def test_marian_greedy_translation_matches_transformers(tmp_path):
     """Cached decoding after the encoder, from Marian's decoder start (its padding token)."""
-    torch.manual_seed(2)
-    model = HF_MODELS["marian"]().eval()
-    model.save_pretrained(tmp_path)
-    cfg, params = from_pretrained(tmp_path)
+    model, cfg, params = _imported("marian", 2, tmp_path)
     sources = [[5, 17, 42, 8, 0], [33, 2, 0]]
     tokens, mask = (np.full((2, 5), VOCAB - 1), np.zeros((2, 5), np.int64))
     for row, source in enumerate(sources):
