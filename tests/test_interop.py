@@ -4,6 +4,7 @@ outputs and import back bit for bit; sharded checkpoints, `jaxlm convert` (impor
 their GPT-2, BERT or Llama tokenizer wherever they are moved), and one-line errors for
 checkpoints that do not fit."""
 
+import io
 import json
 import os
 from pathlib import Path
@@ -235,9 +236,9 @@ def _hf_bert(cls: str, **overrides):
     return getattr(transformers, cls)(config)
 
 
-def _hf_marian():
+def _hf_marian(vocab: int = VOCAB):
     config = transformers.MarianConfig(
-        vocab_size=VOCAB,
+        vocab_size=vocab,
         d_model=64,
         encoder_layers=2,
         decoder_layers=3,
@@ -245,11 +246,11 @@ def _hf_marian():
         decoder_attention_heads=4,
         encoder_ffn_dim=96,
         decoder_ffn_dim=96,
-        max_position_embeddings=32,
+        max_position_embeddings=64,
         activation_function="swish",
         scale_embedding=True,
-        pad_token_id=VOCAB - 1,
-        decoder_start_token_id=VOCAB - 1,
+        pad_token_id=vocab - 1,
+        decoder_start_token_id=vocab - 1,
         eos_token_id=0,
         forced_eos_token_id=None,
         init_std=0.1,
@@ -257,7 +258,7 @@ def _hf_marian():
     model = transformers.MarianMTModel(config)
     with torch.no_grad():  # a bias that is not zero, and never the padding token
         model.final_logits_bias.normal_()
-        model.final_logits_bias[0, VOCAB - 1] = -1e4
+        model.final_logits_bias[0, vocab - 1] = -1e4
     return model
 
 
@@ -565,6 +566,90 @@ def test_generate_continues_a_prompt_in_an_imported_gpt2_workdir(tmp_path, monke
         (Path("hf") / name).unlink()
     assert main(["convert", "hf", "bare", "--to", "jaxlm"]) == 0
     assert "hf has no tokenizer: put a sentencepiece tokenizer.model" in capsys.readouterr().out
+
+
+def write_marian_tokenizer(directory: Path) -> int:
+    """Marian's tokenizer files for two "languages", English and English with its words
+    reversed: a sentencepiece model of each and one vocab.json over both, numbered as Marian's
+    (</s>, <unk>, the pieces, a language code, <pad> last), without the pieces holding a "z"
+    (so that some text is unknown). Returns the vocabulary's size."""
+    import sentencepiece as spm
+
+    english = pydoc_lines()[:3000]
+    reversed_words = [" ".join(word[::-1] for word in line.split()) for line in english]
+    pieces = []
+    for name, lines in (("source", english), ("target", reversed_words)):
+        model = io.BytesIO()
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(lines), model_writer=model, vocab_size=200, bos_id=-1, eos_id=-1
+        )
+        (directory / f"{name}.spm").write_bytes(model.getvalue())
+        sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+        pieces += [sp.id_to_piece(i) for i in range(sp.get_piece_size()) if i != sp.unk_id()]
+    kept = [piece for piece in dict.fromkeys(pieces) if "z" not in piece]
+    vocab = ["</s>", "<unk>", *kept, ">>rev<<", "<pad>"]
+    (directory / "vocab.json").write_text(json.dumps({piece: i for i, piece in enumerate(vocab)}))
+    settings = {"source_lang": "en", "target_lang": "rev", "separate_vocabs": False}
+    (directory / "tokenizer_config.json").write_text(json.dumps(settings))
+    return len(vocab)
+
+
+MARIAN_TEXTS = [SENTENCE, ">>rev<< The lazy dog", "Zebras quizzed a jazz band."]
+
+
+@needs_transformers
+def test_marian_tokenizer_matches_transformers(tmp_path):
+    """Sources by source.spm and targets by target.spm, numbered by vocab.json, a language code
+    kept whole, unknown pieces <unk>; translations decode as transformers decodes them."""
+    from jaxlm.data.hf_tokenizer import load_tokenizer
+
+    write_marian_tokenizer(tmp_path)
+    files = {name: str(tmp_path / f"{name}.spm") for name in ("source", "target")}
+    reference = transformers.MarianTokenizer(
+        files["source"], files["target"], str(tmp_path / "vocab.json"), "en", "rev"
+    )
+    tokenizer = load_tokenizer(str(tmp_path))
+    eos = [tokenizer.eos_id]
+    sources = reference(MARIAN_TEXTS)["input_ids"]
+    targets = reference(text_target=MARIAN_TEXTS)["input_ids"]
+    assert [ids + eos for ids in tokenizer.encode_batch(MARIAN_TEXTS)] == sources
+    assert [ids + eos for ids in tokenizer.encode_target_batch(MARIAN_TEXTS)] == targets
+    assert sources != targets and sources[1][0] == reference.convert_tokens_to_ids(">>rev<<")
+    assert reference.unk_token_id in sources[2]
+    decoded = reference.batch_decode(targets, skip_special_tokens=True)
+    assert [tokenizer.decode(ids) for ids in targets] == decoded
+    assert (tokenizer.bos_id, tokenizer.pad_id) == (reference.pad_token_id,) * 2
+
+
+@needs_transformers
+def test_imported_marian_workdir_translates_as_transformers(tmp_path, monkeypatch, capsys):
+    """A converted OPUS-MT-style directory: `jaxlm generate` translates greedily to the text
+    transformers generates, and fine-tuning rows split targets with the target model."""
+    from jaxlm.data.tasks import seq2seq_rows
+    from jaxlm.generate import generate_text
+    from jaxlm.inference import load_for_inference
+
+    monkeypatch.chdir(tmp_path)
+    Path("hf").mkdir()
+    vocab = write_marian_tokenizer(Path("hf"))
+    torch.manual_seed(3)
+    model = _hf_marian(vocab).eval()
+    model.save_pretrained("hf")
+    assert main(["convert", "hf", "run", "--to", "jaxlm"]) == 0
+    assert "no tokenizer" not in capsys.readouterr().out
+    reference = transformers.MarianTokenizer.from_pretrained("hf")
+    with torch.inference_mode():
+        ids = model.generate(**reference([SENTENCE], return_tensors="pt"), max_new_tokens=6)
+    expected = reference.decode(ids[0], skip_special_tokens=True)
+    assert expected  # six pieces of text, not an early end
+    cfg, params, tokenizer = load_for_inference(Path("run"))
+    greedy = SampleConfig(max_new_tokens=6, temperature=0.0)
+    assert generate_text(cfg.model, params, tokenizer, [SENTENCE], greedy) == [expected]
+    assert main(["generate", "run", "--prompt", SENTENCE, *GREEDY[1:], "--max-new-tokens=6"]) == 0
+    assert expected in capsys.readouterr().out
+    rows = seq2seq_rows([(SENTENCE, "olleh dlrow")], tokenizer, seq_len=32, truncate=True)
+    target = reference(text_target=["olleh dlrow"])["input_ids"][0]
+    assert rows.make_row(0, None)["targets"][: len(target)].tolist() == target
 
 
 def test_llama_without_a_pad_token_imports_and_pads_prompts(tmp_path, monkeypatch, capsys):

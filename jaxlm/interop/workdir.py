@@ -3,8 +3,9 @@
 An imported workdir holds `config.yaml` (the model, other sections at their defaults),
 `checkpoints/0` (the weights with a fresh optimizer state, as a run that has not trained yet
 saves them) and the Hugging Face directory's tokenizer: its sentencepiece `tokenizer.model`,
-and the files `HFTokenizer.load` reads (`tokenizer.json`, a BERT `vocab.txt` or GPT-2's
-`vocab.json` and `merges.txt`, with `tokenizer_config.json`) in `tokenizer/`. `config.yaml`
+and the files `load_tokenizer` reads (`tokenizer.json`, a BERT `vocab.txt`, GPT-2's
+`vocab.json` and `merges.txt` or Marian's `source.spm`, `target.spm` and `vocab.json`, with
+`tokenizer_config.json`) in `tokenizer/`. `config.yaml`
 names neither: the workdir finds its own tokenizer (`workdir_tokenizer`) wherever it is moved.
 `jaxlm generate` and `jaxlm eval` load it like any trained workdir, and `jaxlm train` on its
 `config.yaml` fine-tunes from the imported weights.
