@@ -115,10 +115,6 @@ class HFTokenizer:
         encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
         return [encoding.ids for encoding in encodings]
 
-    def encode_target_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids of a translation's target texts: as `encode_batch`."""
-        return self.encode_batch(texts)
-
     def decode(self, ids: Sequence[int]) -> str:
         """The text of `ids`; special tokens decode to nothing."""
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)

@@ -229,9 +229,12 @@ def seq2seq_rows(
     pairs: Sequence[tuple[str, str]], tokenizer, *, seq_len: int, truncate: bool
 ) -> TaskRows:
     """Source rows `ids [eos]`, decoder inputs `[bos] ids` and targets `ids [eos]`; keys source,
-    source_segments, target_inputs, target_segments, targets, weights."""
+    source_segments, target_inputs, target_segments, targets, weights. Targets are encoded by
+    the tokenizer's `encode_target_batch` where it has one (Marian's: another language's
+    model), else like the sources."""
     sources = tokenizer.encode_batch([source for source, _ in pairs])
-    targets = tokenizer.encode_target_batch([target for _, target in pairs])
+    encode_targets = getattr(tokenizer, "encode_target_batch", tokenizer.encode_batch)
+    targets = encode_targets([target for _, target in pairs])
     rows, truncated, skipped = [], 0, 0
     for source, target in zip(sources, targets, strict=True):
         fitted = [_fit(list(ids), seq_len - 1, truncate) for ids in (source, target)]

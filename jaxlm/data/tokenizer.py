@@ -91,10 +91,6 @@ class Tokenizer:
         """Token ids of `text`, without bos/eos."""
         return self.encode_batch([text])[0]
 
-    def encode_target_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids of a translation's target texts: as `encode_batch`."""
-        return self.encode_batch(texts)
-
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text; all lines of all texts go to sentencepiece in one call."""
         if self._newline is None:
