@@ -26,10 +26,11 @@ from tokenizers import decoders, models, normalizers, pre_tokenizers
 from jaxlm.data import marian_tokenizer
 from jaxlm.data.marian_tokenizer import MarianTokenizer
 from jaxlm.data.tokenizer import Tokenizer
+from jaxlm.data.tokenizer_config import TOKENIZER_CONFIG, read_json, token_text
 from jaxlm.errors import DataError
 from jaxlm.resources import resolve_path
 
-TOKENIZER_JSON, VOCAB_TXT, TOKENIZER_CONFIG = "tokenizer.json", "vocab.txt", "tokenizer_config.json"
+TOKENIZER_JSON, VOCAB_TXT = "tokenizer.json", "vocab.txt"
 VOCAB_JSON, MERGES_TXT = "vocab.json", "merges.txt"
 # The files a directory's tokenizer is built from, in order of preference.
 SOURCES = ((TOKENIZER_JSON,), (VOCAB_TXT,), (VOCAB_JSON, MERGES_TXT), marian_tokenizer.FILES)
@@ -58,9 +59,9 @@ class HFTokenizer:
     def load(cls, path: Path) -> HFTokenizer:
         """From a `tokenizer.json` file or a model directory (see the module doc)."""
         directory = path if path.is_dir() else path.parent
-        settings = _read_json(directory / TOKENIZER_CONFIG)
+        settings = read_json(directory / TOKENIZER_CONFIG)
         special = {
-            name: _token_text(settings.get(f"{name}_token", default))
+            name: token_text(settings.get(f"{name}_token", default))
             for name, default in BERT_SPECIAL.items()
         }
         lowercase = settings.get("do_lower_case")
@@ -137,27 +138,9 @@ def workdir_tokenizer(workdir: Path) -> Path:
     return folder if not sentencepiece.exists() and folder.is_dir() else sentencepiece
 
 
-def _read_json(path: Path) -> dict:
-    """A JSON object from `path` ({} when there is no such file)."""
-    if not path.is_file():
-        return {}
-    try:
-        settings = json.loads(path.read_text())
-    except ValueError as e:
-        raise DataError(f"{path}: invalid JSON ({e})") from None
-    if not isinstance(settings, dict):
-        raise DataError(f"{path}: not a JSON object")
-    return settings
-
-
-def _token_text(token) -> str | None:
-    """A special token as tokenizer_config.json writes it: a string or {"content": ...}."""
-    return token.get("content") if isinstance(token, dict) else token
-
-
 def _from_json(path: Path, lowercase: bool | None) -> HFTokenizerModel:
     """tokenizer.json, its BERT normalizer lower-casing as `do_lower_case` says (when given)."""
-    spec = _read_json(path)
+    spec = read_json(path)
     normalizer = spec.get("normalizer") or {}
     if lowercase is not None and normalizer.get("type") == "BertNormalizer":
         normalizer["lowercase"] = lowercase
@@ -211,6 +194,6 @@ def load_tokenizer(spec: str) -> HFTokenizer | MarianTokenizer | Tokenizer:
         if not path.exists():
             raise DataError(f"tokenizer not found: {path}")
         if (path / marian_tokenizer.SOURCE_SPM).is_file():
-            return MarianTokenizer.load(path, _read_json(path / TOKENIZER_CONFIG))
+            return MarianTokenizer.load(path)
         return HFTokenizer.load(path)
     return Tokenizer.load(path)

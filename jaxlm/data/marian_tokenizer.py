@@ -17,6 +17,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from jaxlm.data.tokenizer_config import TOKENIZER_CONFIG, read_json, token_text
 from jaxlm.errors import DataError
 
 SOURCE_SPM, TARGET_SPM, VOCAB_JSON = "source.spm", "target.spm", "vocab.json"
@@ -46,15 +47,19 @@ class MarianTokenizer:
         self.special_ids = {name: vocab[token] for name, token in special.items()}
 
     @classmethod
-    def load(cls, directory: Path, settings: dict) -> MarianTokenizer:
-        """From a directory of `FILES`; `settings`: its tokenizer_config.json."""
+    def load(cls, directory: Path) -> MarianTokenizer:
+        """From a directory of `FILES` and its `tokenizer_config.json`."""
+        settings = read_json(directory / TOKENIZER_CONFIG)
         if settings.get("separate_vocabs"):
             raise DataError(f"{directory}: Marian tokenizers with separate vocabularies")
         try:
             vocab = json.loads((directory / VOCAB_JSON).read_text())
         except (OSError, ValueError) as e:
             raise DataError(f"{directory / VOCAB_JSON}: not a vocabulary ({e})") from None
-        special = {name: settings.get(f"{name}_token", token) for name, token in SPECIAL.items()}
+        special = {
+            name: token_text(settings.get(f"{name}_token", token))
+            for name, token in SPECIAL.items()
+        }
         source, target = (_sentencepiece(directory / name) for name in (SOURCE_SPM, TARGET_SPM))
         return cls(source, target, vocab, special)
 
