@@ -80,23 +80,30 @@ class MarianTokenizer:
     def eos_id(self) -> int:
         return self.special_ids["eos"]
 
-    def _ids(self, sp: spm.SentencePieceProcessor, text: str) -> list[int]:
-        code = []
-        if text.startswith(">>") and (end := text.find("<<")) != -1:
-            code, text = [text[: end + 2]], text[end + 2 :]
+    def _ids(self, sp: spm.SentencePieceProcessor, texts: Sequence[str]) -> list[list[int]]:
+        """Each text's ids: its leading language code whole, the rest split by `sp` (all the
+        texts in one call)."""
+        codes, rests = [], []
+        for text in texts:
+            end = text.find("<<") if text.startswith(">>") else -1
+            codes.append([text[: end + 2]] if end != -1 else [])
+            rests.append(text[end + 2 :] if end != -1 else text)
         unk = self.special_ids["unk"]
-        return [self.vocab.get(piece, unk) for piece in code + sp.encode(text, out_type=str)]
+        return [
+            [self.vocab.get(piece, unk) for piece in code + pieces]
+            for code, pieces in zip(codes, sp.encode(rests, out_type=str), strict=True)
+        ]
 
     def encode(self, text: str) -> list[int]:
         """Token ids of a source text, without special tokens."""
-        return self._ids(self.source, text)
+        return self.encode_batch([text])[0]
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [self._ids(self.source, text) for text in texts]
+        return self._ids(self.source, texts)
 
     def encode_target_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of target texts, split by the target language's model."""
-        return [self._ids(self.target, text) for text in texts]
+        return self._ids(self.target, texts)
 
     def decode(self, ids: Sequence[int]) -> str:
         """The target text of `ids`; special tokens decode to nothing."""

@@ -32,8 +32,16 @@ def predicts_target(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
 def token_statistics(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> dict:
     """Summed negative log-likelihood, weight and correct predictions over weighted tokens."""
+    return _summed(logits, targets, weights, _token_nll(logits, targets))
+
+
+def _token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+
+
+def _summed(logits, targets, weights, nll) -> dict:
+    """`token_statistics` from each token's negative log-likelihood `nll`."""
     weights = weights.astype(jnp.float32)
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
     correct = predicts_target(logits, targets).astype(jnp.float32)
     return {
         "nll": jnp.sum(nll * weights),
@@ -52,20 +60,22 @@ def token_loss(
     normalizer: jax.Array | None = None,
 ) -> tuple[jax.Array, dict]:
     """(loss, `token_statistics`): the loss is the mean over weighted tokens (a sum divided by
-    their weight, or by `normalizer` when given) of the
-    cross-entropy against labels smoothed uniformly over the first `num_classes` logits (the
-    real ones, default all: a padded vocabulary's extra rows are left out),
+    their weight, or by `normalizer` when given) of the cross-entropy against labels smoothed
+    uniformly over the first `num_classes` logits (the real ones, default all: a padded
+    vocabulary's extra rows are left out),
     (1 - e) * nll + e * mean_c(-log p_c) = nll + e * (target logit - mean_c logit_c),
     plus `z_loss` * log(Z)^2, which holds the softmax normaliser Z near 1 (PaLM)."""
-    stats = token_statistics(logits, targets, weights)
+    nll = _token_nll(logits, targets)
+    stats = _summed(logits, targets, weights, nll)
     weights, logits = weights.astype(jnp.float32), logits.astype(jnp.float32)
     total = stats["nll"]
-    if label_smoothing:
+    if label_smoothing or z_loss:
         target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    if label_smoothing:
         mean_logit = jnp.mean(logits[..., :num_classes], axis=-1)
         total += label_smoothing * jnp.sum((target_logit - mean_logit) * weights)
-    if z_loss:
-        total += z_loss * jnp.sum(jnp.square(jax.nn.logsumexp(logits, axis=-1)) * weights)
+    if z_loss:  # log Z = nll + target logit: no second pass over the vocabulary
+        total += z_loss * jnp.sum(jnp.square(nll + target_logit) * weights)
     normalizer = stats["weights"] if normalizer is None else normalizer
     return total / jnp.maximum(normalizer, 1.0), stats
 
