@@ -80,6 +80,11 @@ def _finish(process: subprocess.Popen) -> tuple[int, str]:
     return process.returncode, err
 
 
+def _kill(process: subprocess.Popen) -> None:
+    process.kill()
+    process.communicate()  # reaps it and closes its stderr pipe
+
+
 def _last_train_step(workdir: Path) -> int:
     path = workdir / "metrics.jsonl"
     if not path.exists():
@@ -141,8 +146,7 @@ def test_run_killed_three_times_resumes_exactly(real_text_files, tokenizer, refe
     target = rng.choice([10, 15])
     process = _start(overrides)
     _wait_for(process, lambda: _saving(checkpoints, target - 1))
-    process.kill()
-    process.wait()
+    _kill(process)
     print(f"at the first kill: {sorted(p.name for p in checkpoints.iterdir())}")
 
     for limit in (25, STEPS - 3):  # then at random steps, each after some progress on resuming
@@ -150,8 +154,7 @@ def test_run_killed_three_times_resumes_exactly(real_text_files, tokenizer, refe
         target = rng.randrange(start, max(limit, start + 1))
         process = _start(overrides)
         _wait_for(process, lambda t=target: _last_train_step(workdir) >= t)
-        process.kill()
-        process.wait()
+        _kill(process)
 
     rc, err = _finish(_start(overrides))
     assert rc == 0, err[-2000:]

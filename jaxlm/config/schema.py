@@ -96,7 +96,7 @@ class OptimConfig:
     """The optimizer (AdamW by default), its learning-rate schedule after a linear warmup from
     0 (cosine decay to min_lr_ratio * learning_rate by default) and gradient clipping."""
 
-    # adamw | adafactor (factored second moments, no momentum; b1, b2, eps unused) |
+    # adamw | adafactor (factored second moments; b1, b2, eps unused, see adafactor_*) |
     # lion (sign of interpolated momenta; b1, b2) | sgd (momentum b1, 0 = none; b2, eps unused)
     optimizer: str = "adamw"
     # cosine | linear (both down to min_lr_ratio) | constant | rsqrt | wsd (constant, then
@@ -110,6 +110,8 @@ class OptimConfig:
     b1: float = 0.9
     b2: float = 0.95
     eps: float = 1e-8
+    adafactor_decay_rate: float = 0.8  # second moments decay by 1 - step^-adafactor_decay_rate
+    adafactor_momentum: float = 0.0  # moving average of the updates (0 = none, no state)
     grad_clip: float = 1.0  # global norm; 0 disables clipping
 
 

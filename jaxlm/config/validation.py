@@ -117,6 +117,8 @@ def validate(config: Config) -> None:
     for key in ("b1", "b2"):
         _check(0 <= getattr(o, key) < 1, f"optim.{key}", "must be in [0, 1)")
     _check(o.eps > 0, "optim.eps", "must be positive")
+    _check(0 < o.adafactor_decay_rate <= 1, "optim.adafactor_decay_rate", "must be in (0, 1]")
+    _check(0 <= o.adafactor_momentum < 1, "optim.adafactor_momentum", "must be in [0, 1)")
     validate_sample(config.sample)
     dist = config.distributed
     _check(dist.num_processes >= 0, "distributed.num_processes", "must be >= 0 (0 = detect)")

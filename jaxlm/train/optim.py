@@ -103,20 +103,27 @@ def update_direction(cfg: OptimConfig) -> optax.GradientTransformation:
 
     - adamw: Adam's bias-corrected moments, m / (sqrt(v) + eps);
     - adafactor: the gradient over the root of a factored second-moment estimate (row and column
-      means of matrices of at least 128 x 128, see `factored_as_matrices`; decay 1 - t^-0.8), its
-      RMS clipped to 1 per parameter, times the parameter's RMS (at least 1e-3): steps relative
-      to the weights' size;
+      means of matrices of at least 128 x 128, see `factored_as_matrices`; decay 1 - t^-c, c =
+      adafactor_decay_rate), its RMS clipped to 1 per parameter, times the parameter's RMS (at
+      least 1e-3): steps relative to the weights' size; with adafactor_momentum > 0, the moving
+      average of these steps (no bias correction, as in Shazeer & Stern 2018);
     - lion: the sign of b1 * momentum + (1 - b1) * gradient, the momentum decaying with b2;
     - sgd: the gradient, or its momentum (decay b1) when b1 > 0.
     """
     if cfg.optimizer == "adamw":
         return optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
     if cfg.optimizer == "adafactor":
-        return optax.chain(
-            factored_as_matrices(optax.scale_by_factored_rms(min_dim_size_to_factor=FACTOR_FROM)),
+        second_moments = optax.scale_by_factored_rms(
+            min_dim_size_to_factor=FACTOR_FROM, decay_rate=cfg.adafactor_decay_rate
+        )
+        steps = [
+            factored_as_matrices(second_moments),
             optax.clip_by_block_rms(1.0),
             optax.scale_by_param_block_rms(),
-        )
+        ]
+        if cfg.adafactor_momentum > 0:
+            steps.append(optax.ema(cfg.adafactor_momentum, debias=False))
+        return optax.chain(*steps)
     if cfg.optimizer == "lion":
         return optax.scale_by_lion(b1=cfg.b1, b2=cfg.b2)
     return optax.trace(decay=cfg.b1) if cfg.b1 > 0 else optax.identity()

@@ -47,8 +47,13 @@ def check_resumable(cfg: Config, workdir: Path) -> None:
 
 
 # The config keys that shape a checkpoint (None: the whole section); the optimizer state has
-# another structure for another optimizer, with clipping on or off, and SGD with momentum or not.
-STATE_KEYS = {"model": None, "finetune": None, "optim": ("optimizer", "grad_clip", "b1")}
+# another structure for another optimizer, with clipping on or off, and SGD or Adafactor with
+# momentum or not.
+STATE_KEYS = {
+    "model": None,
+    "finetune": None,
+    "optim": ("optimizer", "grad_clip", "b1", "adafactor_momentum"),
+}
 
 
 def _checkpointed_state(cfg: Config):

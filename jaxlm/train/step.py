@@ -132,7 +132,7 @@ def make_train_step(
             (value, stats), grads = jax.value_and_grad(loss_fn, argnums=1, has_aux=True)(
                 model, state.params, batch, {"dropout": dropout_key}, deterministic=False
             )
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = apply_updates(state.params, updates)
