@@ -16,6 +16,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from jaxlm.config import ModelConfig, SampleConfig, validate_sample
 from jaxlm.decoding.beam import beam_search
@@ -83,8 +84,16 @@ def _decode(cfg, params, tokens, segments, sample, eos_id, pad_id, stream, sourc
     rng = jax.random.key(sample.seed)
     out = run(unstack_layers(params), tokens, segments, rng, source_tokens, source_segments)
     return [
-        row[: row.index(eos_id) + 1] if eos_id in row else row for row in np.asarray(out).tolist()
+        row[: row.index(eos_id) + 1] if eos_id in row else row for row in _on_host(out).tolist()
     ]
+
+
+def _on_host(array: jax.Array) -> np.ndarray:
+    """The whole of `array`, also where it spans other processes' devices (the parameters of a
+    multi-process run are; every process then takes part and gets every row)."""
+    if array.is_fully_addressable:
+        return np.asarray(array)
+    return multihost_utils.process_allgather(array, tiled=True)
 
 
 def generate(

@@ -142,7 +142,11 @@ def assert_one_line_error(match: str, name_or_path, overrides=()):
         ("train.checkpoint_every=-5", "train.checkpoint_every"),
         ("train.keep_checkpoints=0", "train.keep_checkpoints"),
         ("train.best_mode=highest", "train.best_mode"),
-        ("train.eval_bleu=true", "train.eval_bleu"),  # gpt2-small is not a translation model
+        ("train.eval_bleu=true", "train.eval_bleu"),
+        (
+            "train.eval_bleu_beams=0",
+            "train.eval_bleu_beams",
+        ),  # gpt2-small is not a translation model
         ("train.label_smoothing=1", "train.label_smoothing"),
         ("train.z_loss=-1e-4", "train.z_loss"),
         ("sample.top_p=1.5", "sample.top_p"),

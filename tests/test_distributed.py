@@ -16,8 +16,10 @@ from jaxlm.data.documents import read_documents
 from jaxlm.data.token_file import write_token_file
 from jaxlm.data.tokenizer import train_tokenizer
 from jaxlm.errors import ConfigError, JaxlmError
+from jaxlm.parallel import activate
 from jaxlm.train.metrics_log import read_metrics
-from jaxlm.train.trainer import train
+from jaxlm.train.trainer import Trainer, train
+from jaxlm.translation_eval import translation_bleu
 
 STEPS = 4
 # Runs `jaxlm train` and prints what `train` returned in this process (only process 0 logs).
@@ -32,6 +34,23 @@ trainer.train = lambda cfg: results.update(train(cfg)) or results
 code = cli.main(["train", *sys.argv[1:]])
 info = {"code": code, "process": jax.process_index(), "processes": jax.process_count()}
 print("RESULT " + json.dumps({**info, "devices": jax.device_count(), **results}))
+"""
+
+
+MESH = ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"]
+# Evaluates a translation run's latest checkpoint; prints its metrics and BLEU's translations.
+EVALUATE_DRIVER = """
+import json, sys
+from jaxlm import distributed
+from jaxlm.config import load_config
+from jaxlm.train import trainer
+
+cfg = load_config(sys.argv[1], sys.argv[2:])
+distributed.initialize(cfg)
+records, bleu = [], trainer.translation_bleu
+trainer.translation_bleu = lambda *args: (lambda out: records.extend(out[1]) or out)(bleu(*args))
+metrics = trainer.Trainer(cfg).evaluate()
+print("RESULT " + json.dumps({"metrics": metrics, "records": records}))
 """
 
 
@@ -67,9 +86,7 @@ def config_file(real_text_files, tmp_path_factory):
         "model.mlp_dim=64",
         "model.vocab_size=512",
         "model.max_len=32",
-        "mesh.data=2",
-        "mesh.fsdp=2",
-        "mesh.tensor=2",
+        *MESH,
         "optim.learning_rate=3e-3",
         "optim.warmup_steps=1",
         f"train.steps={STEPS}",
@@ -89,10 +106,12 @@ def _losses(workdir, split="train"):
     return [r["loss"] for r in read_metrics(workdir / "metrics.jsonl") if r["split"] == split]
 
 
-def test_two_processes_train_like_one(config_file, tmp_path):
-    workdir, address = tmp_path / "two", f"localhost:{_free_port()}"
-    common = [str(config_file), f"train.workdir={workdir}", "distributed.enabled=true"]
-    # Process 0 is configured by config keys, process 1 by the standard environment variables.
+def _run_two_processes(driver: str, config_file, *overrides) -> tuple[list[dict], list[str]]:
+    """(what each process printed after RESULT, each one's output) of `driver` run in two
+    processes of 4 devices each. Process 0 is configured by config keys, process 1 by the
+    standard environment variables."""
+    address = f"localhost:{_free_port()}"
+    common = [str(config_file), *overrides, "distributed.enabled=true"]
     by_keys = [f"distributed.coordinator_address={address}", "distributed.num_processes=2"]
     launches = [
         (common + by_keys + ["distributed.process_id=0"], _env(4)),
@@ -103,7 +122,7 @@ def test_two_processes_train_like_one(config_file, tmp_path):
     ]
     processes = [
         subprocess.Popen(
-            [sys.executable, "-c", DRIVER, *args],
+            [sys.executable, "-c", driver, *args],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -121,6 +140,12 @@ def test_two_processes_train_like_one(config_file, tmp_path):
         lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
         assert lines, output[-3000:]
         results.append(json.loads(lines[-1].removeprefix("RESULT ")))
+    return results, outputs
+
+
+def test_two_processes_train_like_one(config_file, tmp_path):
+    workdir = tmp_path / "two"
+    results, outputs = _run_two_processes(DRIVER, config_file, f"train.workdir={workdir}")
     for index, result in enumerate(results):
         assert (result["code"], result["process"]) == (0, index), outputs[index][-3000:]
         assert (result["processes"], result["devices"]) == (2, 8)
@@ -137,6 +162,75 @@ def test_two_processes_train_like_one(config_file, tmp_path):
     assert _losses(workdir) == pytest.approx(_losses(reference), rel=1e-5, abs=1e-5)
     assert _losses(workdir, "eval") == pytest.approx(_losses(reference, "eval"), rel=1e-5)
     assert results[1]["train_loss"] == pytest.approx(last["train_loss"], rel=1e-5, abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def translation_run(real_text_files, tmp_path_factory):
+    """(config file, workdir) of a small encoder-decoder trained for 300 steps, on the (2, 2, 2)
+    mesh, to copy lines of real text: enough to copy some words, so translations differ."""
+    folder = tmp_path_factory.mktemp("translation")
+    lines = [
+        line
+        for path in real_text_files[:20]
+        for line in path.read_text().splitlines()
+        if 3 < len(line.split()) < 12
+    ]
+    pairs = folder / "pairs.jsonl"
+    pairs.write_text("\n".join(json.dumps({"text": line, "target": line}) for line in lines))
+    train_tokenizer(real_text_files, folder / "tokenizer.model", 512)
+    overrides = [
+        "model.family=seq2seq",
+        "model.num_layers=2",
+        "model.embed_dim=64",
+        "model.num_heads=4",
+        "model.mlp_dim=128",
+        "model.vocab_size=512",
+        "model.max_len=32",
+        "data.source=jsonl",
+        "data.task=seq2seq",
+        f"data.train_files=[{pairs}]",
+        f"data.tokenizer={folder / 'tokenizer.model'}",
+        "data.eval_fraction=0.1",
+        "data.seq_len=24",
+        "data.batch_size=16",
+        *MESH,
+        "optim.learning_rate=3e-3",
+        "optim.warmup_steps=5",
+        "train.steps=300",
+        "train.log_every=100",
+        "train.eval_every=0",
+        "train.eval_batches=2",
+        "train.eval_bleu=true",
+        "train.eval_bleu_beams=2",
+        "train.progress_bar=false",
+        f"train.workdir={folder / 'run'}",
+    ]
+    config_file = folder / "translation.yaml"
+    config_file.write_text(to_yaml(load_config(None, overrides)))
+    train(load_config(str(config_file)))
+    return config_file, folder / "run"
+
+
+def test_two_processes_translate_for_bleu_as_one(translation_run):
+    """Evaluating with `train.eval_bleu` in two processes (their parameters span both) gives
+    each process every translation, the ones a single process over the same devices makes by
+    beam search of `train.eval_bleu_beams` beams."""
+    config_file, workdir = translation_run
+    results, outputs = _run_two_processes(EVALUATE_DRIVER, config_file)
+    assert results[0] == results[1], outputs[0][-3000:]
+    metrics, records = results[0]["metrics"], results[0]["records"]
+    translations = [r["translation"] for r in records]
+    assert metrics["eval_bleu_examples"] == len(records) == 2 * 16
+    assert len(set(translations)) > 8  # the model tells the sources apart
+
+    trainer = Trainer(load_config(str(config_file)))
+    pairs = trainer.data.eval_examples[: 2 * 16]
+    with activate(trainer.mesh):
+        scores, want = translation_bleu(
+            trainer.cfg, trainer.params, trainer.data.tokenizer, pairs, 2
+        )
+    assert records == want
+    assert metrics["eval_bleu"] == scores["bleu"]
 
 
 def _initialize_in_subprocess(*overrides, timeout=60) -> str:

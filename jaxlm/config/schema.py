@@ -178,6 +178,7 @@ class TrainConfig:
     eval_every: int = 200  # evaluate every N steps and at the last one (0 = never)
     eval_batches: int = 20  # held-out batches per evaluation (0 = the whole eval split)
     eval_bleu: bool = False  # seq2seq: evaluations also translate their examples (eval_bleu)
+    eval_bleu_beams: int = 1  # eval_bleu translates greedily (1) or by beam search with N beams
     checkpoint_every: int = 0  # 0 = only at the end (and when preempted)
     keep_checkpoints: int = 3  # the last N checkpoints are kept
     keep_best: int = 0  # also keep the N best by `best_metric` (saved at eval steps)

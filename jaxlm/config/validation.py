@@ -100,6 +100,7 @@ def validate(config: Config) -> None:
         "train.eval_bleu",
         f"BLEU scores translations (data.task=seq2seq), not {d.task}",
     )
+    _check(t.eval_bleu_beams > 0, "train.eval_bleu_beams", "must be positive (1 = greedy)")
     _check(t.microbatches > 0, "train.microbatches", "must be positive")
     _check(t.microbatch_unroll >= 0, "train.microbatch_unroll", "must be >= 0 (0 = all)")
     _check(

@@ -130,11 +130,6 @@ class Trainer:
                 f"config key 'model.num_classes': {cfg.model.num_classes}, but the data has "
                 f"{len(self.data.labels)} labels {self.data.labels}"
             )
-        if cfg.train.eval_bleu and jax.process_count() > 1:
-            raise ConfigError(
-                "config key 'train.eval_bleu': translating runs on one process; score a "
-                "multi-process run's checkpoint with `jaxlm eval` instead"
-            )
         if jax.process_index() == 0:
             run_config.save(cfg, self.workdir)
         self.mesh = make_mesh(cfg.mesh)
@@ -202,7 +197,8 @@ class Trainer:
             )
             if results and self.cfg.train.eval_bleu:
                 pairs = self.data.eval_examples[: limit * self.cfg.data.batch_size or None]
-                results |= translation_bleu(self.cfg, params, self.data.tokenizer, pairs)[0]
+                beams = self.cfg.train.eval_bleu_beams
+                results |= translation_bleu(self.cfg, params, self.data.tokenizer, pairs, beams)[0]
         return {f"eval_{k}": v for k, v in results.items()}
 
     def _evaluate_and_log(self, step: int) -> dict[str, float]:
