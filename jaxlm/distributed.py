@@ -15,8 +15,11 @@ from __future__ import annotations
 import os
 import socket
 import time
+from pathlib import Path
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 from jaxlm.config import Config
 from jaxlm.errors import ConfigError, JaxlmError
@@ -103,3 +106,33 @@ def initialize(cfg: Config) -> None:
         jax.distributed.shutdown()  # forget the half-made connection so that a retry can work
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise JaxlmError(f"distributed initialization failed: {reason[:300]}") from None
+
+
+SHARED_TIMEOUT = 10.0  # seconds a process waits to see process 0's file (NFS attribute caches)
+
+
+def require_shared_workdir(workdir: Path) -> None:
+    """In a multi-process run, checks that every process sees the files process 0 writes in
+    `workdir` (the config, the tokenizer, checkpoints): a folder all hosts share at one path.
+    Otherwise every process raises the same one-line ConfigError, naming those that do not."""
+    if jax.process_count() == 1:
+        return
+    token = multihost_utils.broadcast_one_to_all(np.random.default_rng().integers(2**31))
+    marker = workdir / f".jaxlm-shared-{int(token)}"
+    if jax.process_index() == 0:
+        marker.write_text("written by process 0 to check that every process sees this folder\n")
+    multihost_utils.sync_global_devices("jaxlm shared workdir: written")
+    deadline = time.monotonic() + SHARED_TIMEOUT
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    sees = multihost_utils.process_allgather(np.int32(marker.exists()))
+    multihost_utils.sync_global_devices("jaxlm shared workdir: checked")
+    if jax.process_index() == 0:
+        marker.unlink()
+    blind = [index for index, seen in enumerate(np.ravel(sees)) if not seen]
+    if blind:
+        raise ConfigError(
+            f"config key 'train.workdir': process(es) {', '.join(map(str, blind))} do not see "
+            f"the files process 0 writes in {workdir}; a multi-host run needs a folder all "
+            "hosts share at the same path (a bucket mounted with gcsfuse, or NFS)"
+        )

@@ -106,17 +106,19 @@ def _losses(workdir, split="train"):
     return [r["loss"] for r in read_metrics(workdir / "metrics.jsonl") if r["split"] == split]
 
 
-def _run_two_processes(driver: str, config_file, *overrides) -> tuple[list[dict], list[str]]:
+def _run_two_processes(
+    driver: str, config_file, *overrides, own=([], [])
+) -> tuple[list[dict], list[str]]:
     """(what each process printed after RESULT, each one's output) of `driver` run in two
-    processes of 4 devices each. Process 0 is configured by config keys, process 1 by the
-    standard environment variables."""
+    processes of 4 devices each, with `own[i]` the overrides of process i alone. Process 0 is
+    configured by config keys, process 1 by the standard environment variables."""
     address = f"localhost:{_free_port()}"
     common = [str(config_file), *overrides, "distributed.enabled=true"]
     by_keys = [f"distributed.coordinator_address={address}", "distributed.num_processes=2"]
     launches = [
-        (common + by_keys + ["distributed.process_id=0"], _env(4)),
+        (common + own[0] + by_keys + ["distributed.process_id=0"], _env(4)),
         (
-            common,
+            common + own[1],
             _env(4, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2", JAX_PROCESS_ID="1"),
         ),
     ]
@@ -162,6 +164,21 @@ def test_two_processes_train_like_one(config_file, tmp_path):
     assert _losses(workdir) == pytest.approx(_losses(reference), rel=1e-5, abs=1e-5)
     assert _losses(workdir, "eval") == pytest.approx(_losses(reference, "eval"), rel=1e-5)
     assert results[1]["train_loss"] == pytest.approx(last["train_loss"], rel=1e-5, abs=1e-5)
+
+
+def test_a_workdir_the_processes_do_not_share_is_a_one_line_error(config_file, tmp_path):
+    """Each process of a multi-host run with a workdir on its own disk would keep its own part of
+    every checkpoint; simulated with two folders, both processes stop before training with the
+    same error, and leave the folders empty."""
+    folders = [tmp_path / "host0", tmp_path / "host1"]
+    own = tuple([f"train.workdir={folder}"] for folder in folders)
+    results, outputs = _run_two_processes(DRIVER, config_file, own=own)
+    errors = [[line for line in out.splitlines() if "error:" in line] for out in outputs]
+    for result, lines, folder in zip(results, errors, folders, strict=True):
+        assert result["code"] != 0 and len(lines) == 1, outputs
+        assert "'train.workdir': process(es) 1 do not see the files" in lines[0]
+        assert f"process 0 writes in {folder};" in lines[0]  # the path as each process has it
+    assert [sorted(p.name for p in folder.iterdir()) for folder in folders] == [[], []]
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from jaxlm.checkpoint import Checkpointer, has_checkpoints
 from jaxlm.config import Config, check_task
 from jaxlm.data.loader import TrainingData, training_data
+from jaxlm.distributed import initialize, require_shared_workdir
 from jaxlm.errors import ConfigError, JaxlmError
 from jaxlm.finetune import prepare as prepare_finetuning
 from jaxlm.generate import generate_text
@@ -110,9 +111,7 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         params: dict | None = None,
     ):
-        from jaxlm.distributed import initialize  # multi-host setup precedes any device use
-
-        initialize(cfg)
+        initialize(cfg)  # multi-host setup precedes any device use
         self.finetuning = None
         if (finetuning := prepare_finetuning(cfg, log)) is not None:
             self.finetuning, initial = finetuning
@@ -121,6 +120,7 @@ class Trainer:
         self.cfg, self.callbacks = cfg, list(callbacks)
         self.workdir = Path(cfg.train.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        require_shared_workdir(self.workdir)
         if has_checkpoints(self.workdir / "checkpoints"):
             run_config.check_resumable(cfg, self.workdir)
         self.data = data or training_data(cfg, self.workdir, log)
