@@ -32,6 +32,7 @@ LOGICAL_AXIS_RULES = (
     ("kv", None),
     ("layers", None),
     ("position", None),
+    ("relative_buckets", None),
     ("type", None),
     ("norm", None),
     ("embed_out", None),

@@ -24,12 +24,15 @@ from jaxlm.layers.recomputing_attention import recomputing_causal_attention
 TOL = dict(rtol=1e-5, atol=1e-5)
 
 
-def np_attention(query, key, value, mask=None):
-    """softmax(q k^T / sqrt(d)) v in float64, kv heads repeated for grouped-query attention."""
+def np_attention(query, key, value, mask=None, bias=None):
+    """softmax(q k^T / sqrt(d) + bias) v in float64, kv heads repeated for grouped-query
+    attention."""
     query, key, value = (np.asarray(t, np.float64) for t in (query, key, value))
     group = query.shape[2] // key.shape[2]
     key, value = np.repeat(key, group, axis=2), np.repeat(value, group, axis=2)
     logits = np.einsum("bqhd,bkhd->bhqk", query, key) / np.sqrt(query.shape[-1])
+    if bias is not None:
+        logits = logits + np.asarray(bias, np.float64)
     if mask is not None:
         logits = np.where(mask, logits, -np.inf)
     with np.errstate(invalid="ignore"):  # rows with no key at all become NaN
@@ -146,6 +149,23 @@ def test_attention_matches_numpy(fn, kv_heads, mask_heads):
     out = ATTENTION_FNS[fn](query, key, value, None if mask is None else jnp.asarray(mask))
     assert out.shape == query.shape and out.dtype == jnp.float32
     np.testing.assert_allclose(out, np_attention(query, key, value, mask), **TOL)
+
+
+@pytest.mark.parametrize("backend", ["reference", "jax"])
+@pytest.mark.parametrize("length", [6, 150])  # on the CPU, 150 causal queries take 3 blocks
+def test_attention_adds_a_bias_under_any_mask(backend, length):
+    """A [batch, heads, q, k] bias (T5's relative positions) with grouped-query heads, under a
+    dense mask and a causal SegmentMask of two segments."""
+    rng = np.random.default_rng(length)
+    query, key, value = random_qkv(rng, q_len=length, k_len=length, kv_heads=2)
+    bias = rng.normal(size=(2, 4, length, length)).astype(np.float32)
+    segments = jnp.asarray(np.repeat([[1, 2], [1, 1]], [length // 2, length - length // 2], 1))
+    dense = random_mask(rng, (2, 1, length, length))
+    for mask in (jnp.asarray(dense), SegmentMask(segments, segments, causal=True)):
+        out = attend(query, key, value, mask, bias=jnp.asarray(bias), backend=backend)
+        expected_mask = mask.dense() if isinstance(mask, SegmentMask) else mask
+        want = np_attention(query, key, value, np.asarray(expected_mask), bias)
+        np.testing.assert_allclose(out, want, **TOL)
 
 
 @pytest.mark.parametrize("backend", ["reference", "jax"])

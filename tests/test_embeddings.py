@@ -1,4 +1,5 @@
-"""Sinusoidal, rotary and token embeddings against formulas evaluated in float64."""
+"""Sinusoidal, rotary and token embeddings and T5's relative position buckets against formulas
+evaluated in float64 or plain Python."""
 
 import math
 
@@ -15,6 +16,7 @@ from jaxlm.layers.embeddings import (
     apply_rotary,
     sinusoidal_table,
 )
+from jaxlm.layers.relative_positions import RelativePositionBias, relative_position_buckets
 
 
 def vaswani_table(num_positions, features):
@@ -146,3 +148,49 @@ def test_token_embedding_lookup_and_attend():
     logits = module.apply({"params": params}, jnp.asarray(x), method=TokenEmbedding.attend)
     assert logits.shape == (2, 4, 13)
     np.testing.assert_allclose(logits, x.astype(np.float64) @ table.T, rtol=1e-5, atol=1e-6)
+
+
+def t5_bucket(relative: int, bidirectional: bool, num_buckets: int, max_distance: int) -> int:
+    """Raffel et al. (2020)'s bucket of one key - query distance, in Python floats."""
+    bucket = 0
+    if bidirectional:
+        num_buckets //= 2
+        bucket = num_buckets if relative > 0 else 0
+        distance = abs(relative)
+    else:
+        distance = max(-relative, 0)
+    exact = num_buckets // 2
+    if distance < exact:
+        return bucket + distance
+    spread = math.log(distance / exact) / math.log(max_distance / exact) * (num_buckets - exact)
+    return bucket + min(exact + int(spread), num_buckets - 1)
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize("num_buckets, max_distance", [(32, 128), (8, 20)])
+def test_relative_position_buckets_match_the_t5_formula(bidirectional, num_buckets, max_distance):
+    relative = np.arange(-300, 301)
+    got = relative_position_buckets(
+        jnp.asarray(relative),
+        bidirectional=bidirectional,
+        num_buckets=num_buckets,
+        max_distance=max_distance,
+    )
+    want = [t5_bucket(int(r), bidirectional, num_buckets, max_distance) for r in relative]
+    np.testing.assert_array_equal(got, want)
+    unused = {num_buckets // 2} if bidirectional else set()  # a key after the query at 0
+    assert set(want) == set(range(num_buckets)) - unused  # distances to 300 reach the rest
+
+
+def test_relative_position_bias_looks_up_each_pair_per_head():
+    """bias[b, h, q, k] = table[bucket(key position - query position), h], per row."""
+    module = RelativePositionBias(num_heads=3, num_buckets=8, max_distance=20)
+    positions = jnp.array([[0, 1, 2, 3], [0, 1, 0, 1]])  # the second row packs two segments
+    params = module.init(jax.random.key(0), positions, positions)
+    table = np.asarray(nn.unbox(params)["params"]["embedding"])
+    bias = np.asarray(module.apply(params, positions, positions))
+    assert bias.shape == (2, 3, 4, 4)
+    for b, row in enumerate(np.asarray(positions)):
+        for q, k in np.ndindex(4, 4):
+            bucket = t5_bucket(int(row[k] - row[q]), True, 8, 20)
+            np.testing.assert_array_equal(bias[b, :, q, k], table[bucket])

@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints: imported GPT-2, BERT (real MiniLM weights), Llama and Marian give
+"""Hugging Face checkpoints: imported GPT-2, BERT (real MiniLM weights), Llama, Marian and T5 give
 the outputs of `transformers` on PyTorch; exported jaxlm models load in `transformers` with the same
 outputs and import back bit for bit; sharded checkpoints, `jaxlm convert` (imported workdirs keep
 their GPT-2, BERT or Llama tokenizer wherever they are moved), and one-line errors for
@@ -36,6 +36,18 @@ needs_transformers = pytest.mark.skipif(
     reason="the Hugging Face reference needs torch and transformers: pip install -e '.[reference]'",
 )
 VOCAB = 100
+# d_model and d_kv powers of 4, so that T5's output and query scales convert exactly
+T5_MODEL = [
+    "model.family=seq2seq",
+    "model.num_decoder_layers=3",
+    "model.embed_dim=64",
+    "model.head_dim=16",
+    "model.position_embedding=relative",
+    "model.relative_buckets=8",
+    "model.relative_max_distance=20",
+    "model.norm=rmsnorm",
+    "model.use_bias=false",
+]
 # jaxlm models that export to each Hugging Face class.
 JAXLM_VARIANTS = {
     "gpt2": ["model.family=gpt"],
@@ -69,6 +81,10 @@ JAXLM_VARIANTS = {
         "model.scale_embeddings=true",
         "model.activation=silu",
     ],
+    # T5 v1.1 / Flan-T5: gated GELU, own output head
+    "t5": [*T5_MODEL, "model.mlp_type=gated", "model.tie_embeddings=false"],
+    # T5: ReLU, output head tied (and scaled)
+    "t5-tied": [*T5_MODEL, "model.activation=relu"],
 }
 
 
@@ -262,6 +278,39 @@ def _hf_marian(vocab: int = VOCAB):
     return model
 
 
+def _hf_t5(**overrides):
+    config = transformers.T5Config(
+        vocab_size=VOCAB,
+        d_model=64,
+        d_kv=16,
+        d_ff=96,
+        num_layers=2,
+        num_decoder_layers=3,
+        num_heads=4,
+        relative_attention_num_buckets=8,  # exact up to 1 either way, then logarithmic to 20
+        relative_attention_max_distance=20,
+        **overrides,
+    )
+    return transformers.T5ForConditionalGeneration(config)
+
+
+def _hf_flan_t5():
+    """T5 v1.1 as Flan-T5 checkpoints hold it: gated GELU and an output head of its own (a
+    model transformers builds ties its head; one it loads with a distinct head keeps it)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as directory:
+        _hf_t5(feed_forward_proj="gated-gelu", tie_word_embeddings=False).save_pretrained(directory)
+        tensors = load_file(f"{directory}/model.safetensors")
+        tensors["lm_head.weight"] = np.random.default_rng(7).normal(0, 0.1, (VOCAB, 64))
+        save_file(
+            {k: v.astype(np.float32) for k, v in tensors.items()},
+            f"{directory}/model.safetensors",
+            metadata={"format": "pt"},
+        )
+        return transformers.T5ForConditionalGeneration.from_pretrained(directory)
+
+
 HF_MODELS = {
     "gpt2": lambda: _hf_gpt2(tied=True),
     "gpt2-untied": lambda: _hf_gpt2(tied=False),
@@ -277,6 +326,8 @@ HF_MODELS = {
     "bert-mlm-without-pooler": lambda: _hf_bert("BertForMaskedLM"),
     "bert-classifier": lambda: _hf_bert("BertForSequenceClassification", num_labels=3),
     "marian": _hf_marian,
+    "t5": lambda: _hf_t5(),
+    "flan-t5": _hf_flan_t5,
 }
 
 
@@ -318,28 +369,51 @@ def test_llama_greedy_decoding_matches_transformers(tmp_path):
     assert got == expected.tolist()
 
 
-@needs_transformers
-def test_marian_greedy_translation_matches_transformers(tmp_path):
-    """Cached decoding after the encoder, from Marian's decoder start (its padding token)."""
-    model, cfg, params = _imported("marian", 2, tmp_path)
-    sources = [[5, 17, 42, 8, 0], [33, 2, 0]]
-    tokens, mask = (np.full((2, 5), VOCAB - 1), np.zeros((2, 5), np.int64))
+def _greedy_translations(name, seed, directory, sources, pad, new_tokens, **options):
+    """(config, transformers' greedy translations of `sources` padded with `pad`, jaxlm's):
+    `new_tokens` each, both decoding from `pad`."""
+    model, cfg, params = _imported(name, seed, directory)
+    width = max(map(len, sources))
+    tokens, mask = np.full((len(sources), width), pad), np.zeros((len(sources), width), np.int64)
     for row, source in enumerate(sources):
         tokens[row, : len(source)], mask[row, : len(source)] = source, 1
     with torch.inference_mode():
         expected = model.generate(
             torch.from_numpy(tokens),
             attention_mask=torch.from_numpy(mask),
-            max_new_tokens=8,
-            min_new_tokens=8,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
             do_sample=False,
             num_beams=1,
             eos_token_id=None,
+            **options,
         )[:, 1:]
-    sample = SampleConfig(max_new_tokens=8, temperature=0.0)
-    pad = VOCAB - 1
+    sample = SampleConfig(max_new_tokens=new_tokens, temperature=0.0)
     got = translate(cfg, params, sources, sample, bos_id=pad, eos_id=-1, pad_id=pad)
-    assert got == expected.tolist()
+    return cfg, expected.tolist(), got
+
+
+@needs_transformers
+def test_marian_greedy_translation_matches_transformers(tmp_path):
+    """Cached decoding after the encoder, from Marian's decoder start (its padding token)."""
+    sources = [[5, 17, 42, 8, 0], [33, 2, 0]]
+    _, expected, got = _greedy_translations("marian", 2, tmp_path, sources, VOCAB - 1, 8)
+    assert got == expected
+
+
+@needs_transformers
+@pytest.mark.parametrize("name", ["t5", "flan-t5"])
+def test_t5_greedy_translation_matches_transformers(name, tmp_path):
+    """Cached decoding with the relative position bias over the cache, from T5's decoder start
+    (its padding token 0), continues as transformers does recomputing every step (its cache
+    fails where the decoder has more layers than the encoder)."""
+    sources = [[5, 17, 42, 8, 3, 61, 29, 1], [33, 2, 1]]
+    cfg, expected, got = _greedy_translations(
+        name, 4, tmp_path, sources, 0, 12, decoder_start_token_id=0, use_cache=False
+    )
+    assert cfg.tie_embeddings == (name == "t5")
+    assert got == expected
+    assert got[0] != got[1]  # each continues its own source
 
 
 # --- exported jaxlm models -----------------------------------------------------------------
@@ -652,6 +726,62 @@ def test_imported_marian_workdir_translates_as_transformers(tmp_path, monkeypatc
     assert rows.make_row(0, None)["targets"][: len(target)].tolist() == target
 
 
+def write_t5_tokenizer(directory: Path) -> None:
+    """A T5 tokenizer as transformers saves one (tokenizer.json, tokenizer_config.json): a
+    sentencepiece model of 92 pieces numbered as T5's (pad 0, eos 1, unk 2, no bos) and 8
+    sentinel tokens after them, VOCAB in all."""
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(pydoc_lines()[:3000]),
+        model_writer=model,
+        vocab_size=VOCAB - 8,
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+    )
+    (directory / "spiece.model").write_bytes(model.getvalue())
+    transformers.T5Tokenizer.from_pretrained(directory, extra_ids=8).save_pretrained(directory)
+
+
+@needs_transformers
+def test_imported_t5_workdir_translates_as_transformers(tmp_path, monkeypatch, capsys):
+    """A converted T5 directory: its decoder start (the padding token) becomes the tokenizer's
+    BOS, and `jaxlm generate` gives the text transformers generates greedily."""
+    from jaxlm.generate import generate_text
+    from jaxlm.inference import load_for_inference
+
+    monkeypatch.chdir(tmp_path)
+    Path("hf").mkdir()
+    write_t5_tokenizer(Path("hf"))
+    torch.manual_seed(5)
+    model = _hf_t5(feed_forward_proj="gated-gelu").eval()
+    with torch.no_grad():  # the padding token's embedding, tied to its logit, made small
+        model.shared.weight[0] *= 0.05
+    model.save_pretrained("hf")
+    assert main(["convert", "hf", "run", "--to", "jaxlm"]) == 0
+    reference = transformers.AutoTokenizer.from_pretrained("hf")
+    with torch.inference_mode():
+        ids = model.generate(
+            **reference([SENTENCE], return_tensors="pt"),
+            max_new_tokens=6,
+            min_new_tokens=6,
+            decoder_start_token_id=0,
+            use_cache=False,
+        )
+    expected = reference.decode(ids[0], skip_special_tokens=True)
+    assert expected  # six tokens of text, not padding
+    cfg, params, tokenizer = load_for_inference(Path("run"))
+    assert (tokenizer.bos_id, tokenizer.pad_id, tokenizer.eos_id) == (0, 0, 1)
+    greedy = SampleConfig(max_new_tokens=6, temperature=0.0)
+    assert generate_text(cfg.model, params, tokenizer, [SENTENCE], greedy) == [expected]
+    capsys.readouterr()
+    assert main(["generate", "run", "--prompt", SENTENCE, *GREEDY[1:], "--max-new-tokens=6"]) == 0
+    assert expected in capsys.readouterr().out
+
+
 def test_llama_without_a_pad_token_imports_and_pads_prompts(tmp_path, monkeypatch, capsys):
     """Llama has no pad token: config.json's pad_token_id is -1 or null, its sentencepiece model
     has pad_id -1. jaxlm's config has no pad id (the importer reads none), and prompts that
@@ -742,10 +872,9 @@ def test_missing_and_unexpected_tensors_are_named(gpt2_dir):
 def test_unsupported_architectures_are_named(gpt2_dir):
     edit_config(gpt2_dir, architectures=["GPT2ForSequenceClassification"])
     assert "unsupported architecture 'GPT2ForSequenceClassification'" in conversion_error(gpt2_dir)
-    edit_config(gpt2_dir, model_type="t5")
-    assert "unsupported model_type 't5' (supported: bert, gpt2, llama, marian)" in conversion_error(
-        gpt2_dir
-    )
+    edit_config(gpt2_dir, model_type="bart")
+    expected = "unsupported model_type 'bart' (supported: bert, gpt2, llama, marian, t5)"
+    assert expected in conversion_error(gpt2_dir)
 
 
 def test_unsupported_settings_are_named(tmp_path):
@@ -766,6 +895,20 @@ def test_marian_settings_jaxlm_lacks_are_named(changes, message, tmp_path):
     cfg = jaxlm_config("marian")
     save_pretrained(tmp_path, cfg, random_params(cfg))
     edit_config(tmp_path, **changes)
+    assert message in conversion_error(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "feed_forward_proj, message",
+    [
+        ("gated-tanh", "activation 'tanh' is not supported"),
+        ("mixed-gelu", "feed_forward_proj='mixed-gelu' is not supported"),
+    ],
+)
+def test_t5_feed_forward_jaxlm_lacks_is_named(feed_forward_proj, message, tmp_path):
+    cfg = jaxlm_config("t5")
+    save_pretrained(tmp_path, cfg, random_params(cfg))
+    edit_config(tmp_path, feed_forward_proj=feed_forward_proj)
     assert message in conversion_error(tmp_path)
 
 
@@ -805,6 +948,10 @@ def test_directories_without_safetensors_are_refused(gpt2_dir):
             "gpt2 does not support model.norm='rmsnorm'; llama does not support",
         ),
         (["model.family=bert", "model.heads=[mlm,classifier]"], "no single Hugging Face class"),
+        (
+            [*T5_MODEL, "model.mlp_type=gated", "model.activation=gelu_exact"],
+            "t5 does not support model.activation='gelu_exact' with model.mlp_type='gated'",
+        ),
     ],
 )
 def test_models_without_a_hugging_face_class_are_refused(overrides, expected, tmp_path):

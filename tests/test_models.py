@@ -44,6 +44,17 @@ VARIANTS = {
         "model.scale_embeddings=true",
         "model.activation=relu",
     ],
+    "t5": [  # relative position bias, pre-RMSNorm, no biases, gated GELU, own output head
+        "model.family=seq2seq",
+        "model.num_decoder_layers=3",
+        "model.position_embedding=relative",
+        "model.relative_buckets=8",
+        "model.relative_max_distance=12",
+        "model.norm=rmsnorm",
+        "model.use_bias=false",
+        "model.mlp_type=gated",
+        "model.tie_embeddings=false",
+    ],
 }
 NEG = np.finfo(np.float32).min
 
@@ -141,8 +152,9 @@ def test_gpt_is_causal(variant):
     assert_causal(apply(params, changed_futures(tokens(LENGTH))))
 
 
-def test_seq2seq_decoder_is_causal():
-    _, params, apply = tiny_model("seq2seq")
+@pytest.mark.parametrize("variant", ["seq2seq", "t5"])
+def test_seq2seq_decoder_is_causal(variant):
+    _, params, apply = tiny_model(variant)
     source = jnp.broadcast_to(tokens(11, seed=1), (LENGTH, 11))
     assert_causal(apply(params, source, changed_futures(tokens(LENGTH))))
 
@@ -182,9 +194,10 @@ def test_bert_padding_invariance():
             np.testing.assert_allclose(padded[key][i], alone[key][0], atol=1e-5)
 
 
-def test_seq2seq_source_padding_invariance():
+@pytest.mark.parametrize("variant", ["seq2seq", "t5"])
+def test_seq2seq_source_padding_invariance(variant):
     """Padding the source (source_segments 0) leaves the decoder logits unchanged."""
-    _, params, apply = tiny_model("seq2seq")
+    _, params, apply = tiny_model(variant)
     source, target = tokens(2, 10), tokens(2, LENGTH, seed=1)
     padded = jnp.concatenate([source, tokens(2, 4, seed=2)], axis=1)
     source_segments = jnp.asarray([[1] * 10 + [0] * 4] * 2)
@@ -221,7 +234,7 @@ def test_gpt_packing(variant):
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_padded_vocabulary_is_never_predicted(variant):
     cfg, params, apply = tiny_model(variant)
-    args = (tokens(2, 11, seed=3),) if variant == "seq2seq" else ()
+    args = (tokens(2, 11, seed=3),) if cfg.family == "seq2seq" else ()
     logits = np.asarray(logits_of(variant, apply(params, *args, tokens(2, LENGTH))))
     assert logits.shape[-1] == cfg.padded_vocab_size > cfg.vocab_size
     np.testing.assert_array_equal(logits[..., VOCAB:], NEG)
@@ -262,14 +275,14 @@ def test_remat_with_cross_attention_gives_the_same_logits():
     np.testing.assert_allclose(apply_remat(params, *args), apply(params, *args), atol=1e-6)
 
 
-@pytest.mark.parametrize("variant", ["gpt", "bert", "seq2seq"])
+@pytest.mark.parametrize("variant", ["gpt", "bert", "seq2seq", "t5"])
 def test_bf16_compute_keeps_float32_params(variant):
     cfg, params, apply = tiny_model(variant)
     cfg16, _, apply16 = tiny_model(variant, "model.dtype=bfloat16")
     assert cfg16.compute_dtype == jnp.bfloat16
     dtypes = {leaf.dtype for leaf in jax.tree.leaves(nn.unbox(abstract_params(cfg16)))}
     assert dtypes == {jnp.dtype(jnp.float32)}
-    args = (tokens(2, 11, seed=3),) if variant == "seq2seq" else ()
+    args = (tokens(2, 11, seed=3),) if cfg.family == "seq2seq" else ()
     args = (*args, tokens(2, LENGTH))
     logits = np.asarray(logits_of(variant, apply(params, *args)))[..., :VOCAB]
     logits16 = logits_of(variant, apply16(params, *args))
@@ -309,7 +322,7 @@ def expected_parameters(cfg: ModelConfig) -> int:
     norm = d if cfg.norm == "rmsnorm" else 2 * d
     self_attention = d * (q + 2 * kv) + q * d + bias * (q + 2 * kv + d)
     cross_attention = 3 * d * q + q * d + bias * (3 * q + d)
-    mlp = 2 * d * m + bias * (m + d)
+    mlp = (3 if cfg.mlp_type == "gated" else 2) * d * m + bias * (m + d)
     embeddings = V * d + (cfg.max_len * d if cfg.position_embedding == "learned" else 0)
     final_norm = norm if cfg.norm_position == "pre" else 0
     lm_head = 0 if cfg.tie_embeddings else d * V
@@ -318,8 +331,12 @@ def expected_parameters(cfg: ModelConfig) -> int:
         return embeddings + cfg.num_layers * encoder_layer + final_norm + lm_head
     if cfg.family == "seq2seq":
         decoder_layer = self_attention + cross_attention + mlp + 3 * norm
-        # Two position tables when learned (source and target); none when sinusoidal.
-        positions = cfg.max_len * d if cfg.position_embedding == "learned" else 0
+        # Two position tables when learned (source and target), two [buckets, heads] bias
+        # tables when relative (encoder and decoder); none when sinusoidal.
+        positions = {
+            "learned": cfg.max_len * d,
+            "relative": 2 * cfg.relative_buckets * cfg.num_heads,
+        }.get(cfg.position_embedding, 0)
         return (
             embeddings
             + positions
@@ -358,6 +375,7 @@ def expected_parameters(cfg: ModelConfig) -> int:
         ("bert", ("model.heads=[]",)),
         ("seq2seq", ()),
         ("seq2seq", ("model.position_embedding=learned", "model.norm_position=pre")),
+        ("t5", ()),
     ],
 )
 def test_tiny_parameter_counts_match_formula(variant, overrides):

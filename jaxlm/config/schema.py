@@ -39,8 +39,11 @@ class ModelConfig:
     norm: str = "layernorm"  # layernorm | rmsnorm
     norm_eps: float = 1e-5
     norm_position: str = "pre"  # pre (GPT-2) | post (BERT, original Transformer)
-    position_embedding: str = "learned"  # learned | sinusoidal | rotary
+    # learned | sinusoidal | rotary | relative (seq2seq: T5's bucketed relative position bias)
+    position_embedding: str = "learned"
     rope_base: float = 10_000.0
+    relative_buckets: int = 32  # relative: buckets of key - query distances (per direction: half)
+    relative_max_distance: int = 128  # relative: distances from here on share the last bucket
     # sinusoidal: interleaved (sin, cos, sin, ... as in the paper) | halves (all the sines, then
     # all the cosines: Marian, tensor2tensor)
     sinusoidal_layout: str = "interleaved"

@@ -15,7 +15,7 @@ CHOICES = {
     "model.mlp_type": ("plain", "gated"),
     "model.norm": ("layernorm", "rmsnorm"),
     "model.norm_position": ("pre", "post"),
-    "model.position_embedding": ("learned", "sinusoidal", "rotary"),
+    "model.position_embedding": ("learned", "sinusoidal", "rotary", "relative"),
     "model.attention_backend": ("auto", "reference", "jax", "cudnn", "pallas"),
     "model.dtype": tuple(DTYPES),
     "model.param_dtype": tuple(DTYPES),
@@ -59,6 +59,21 @@ def validate(config: Config) -> None:
         not (m.output_bias and m.family == "bert"),
         "model.output_bias",
         "bert's masked-LM head has a bias of its own",
+    )
+    _check(
+        m.position_embedding != "relative" or m.family == "seq2seq",
+        "model.position_embedding",
+        f"relative position bias is built for the seq2seq family, not {m.family}",
+    )
+    _check(
+        m.relative_buckets >= 4 and m.relative_buckets % 2 == 0,
+        "model.relative_buckets",
+        "must be even and >= 4",
+    )
+    _check(
+        m.relative_max_distance > m.relative_buckets // 4,
+        "model.relative_max_distance",
+        "must exceed a quarter of model.relative_buckets (the exact distances)",
     )
     _check(
         m.head_dim is not None or m.embed_dim % m.num_heads == 0,

@@ -119,7 +119,7 @@ def config_to_hf(cfg: ModelConfig) -> dict:
     return hf
 
 
-def rules(cfg: ModelConfig, names: set[str] | None = None) -> list[Rule]:
+def rules(cfg: ModelConfig, names: set[str] | None = None, hf: dict | None = None) -> list[Rule]:
     """The mapping; the encoder's names carry the `bert.` prefix of the head classes when a
     checkpoint's do (`names`) or, on export, when the model has heads."""
     if names is None:

@@ -97,7 +97,7 @@ def _split_qkv(shape: tuple[int, ...]):
     return to_jaxlm, to_hf
 
 
-def rules(cfg: ModelConfig, names: set[str] | None = None) -> list[Rule]:
+def rules(cfg: ModelConfig, names: set[str] | None = None, hf: dict | None = None) -> list[Rule]:
     """The mapping; `names` (a checkpoint's) tell whether they carry the `transformer.` prefix
     of `GPT2LMHeadModel` (always written)."""
     prefix = "transformer."

@@ -2,8 +2,10 @@
 
 A directory holds `config.json` and either `model.safetensors` or the shards listed in
 `model.safetensors.index.json`. Tensors are read with safetensors, never unpickled, and nothing
-is downloaded. GPT-2, BERT, Llama and Marian convert (see `gpt2.py`, `bert.py`, `llama.py`,
-`marian.py`).
+is downloaded. GPT-2, BERT, Llama, Marian and T5 convert (see `gpt2.py`, `bert.py`, `llama.py`,
+`marian.py`, `t5.py`): each of those modules maps `config.json` to a `ModelConfig` and back
+and gives the tensor `rules(cfg, names, hf)` (the checkpoint's tensor names and `config.json`
+on import, neither on export).
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ from safetensors.numpy import save_file
 
 from jaxlm.config import Config, DataConfig, ModelConfig, validate
 from jaxlm.errors import ConfigError, ConversionError
-from jaxlm.interop import bert, gpt2, llama, marian
+from jaxlm.interop import bert, gpt2, llama, marian, t5
 from jaxlm.interop.mapping import short_list, to_hf, to_jaxlm
 from jaxlm.models.summary import abstract_params
 
 CONFIG, WEIGHTS, INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
-MAPPINGS = {module.MODEL_TYPE: module for module in (gpt2, bert, llama, marian)}
+MAPPINGS = {module.MODEL_TYPE: module for module in (gpt2, bert, llama, marian, t5)}
 # Legacy (TensorFlow-era) LayerNorm parameter names, read under their current names.
 LEGACY_SUFFIXES = {"LayerNorm.gamma": "LayerNorm.weight", "LayerNorm.beta": "LayerNorm.bias"}
 
@@ -134,7 +136,7 @@ def from_pretrained(
     names = tensors.names
     cfg = mapping.config_from_hf(hf, names)
     cfg = _validated(dataclasses.replace(cfg, param_dtype=param_dtype))
-    rules = mapping.rules(cfg, names)
+    rules = mapping.rules(cfg, names, hf)
     known = {name for rule in rules for name in rule.hf_names()}
     missing = {n for rule in rules if not rule.skipped(names) for n in rule.hf_names()} - names
     unexpected = {name for name in names - known if not mapping.IGNORED.search(name)}
@@ -148,7 +150,7 @@ def from_pretrained(
 
 
 def _mapping_to_export(cfg: ModelConfig):
-    candidates = {"gpt": (gpt2, llama), "bert": (bert,), "seq2seq": (marian,)}[cfg.family]
+    candidates = {"gpt": (gpt2, llama), "bert": (bert,), "seq2seq": (marian, t5)}[cfg.family]
     for mapping in candidates:
         if not mapping.incompatibilities(cfg):
             return mapping
@@ -160,7 +162,8 @@ def _mapping_to_export(cfg: ModelConfig):
 
 def save_pretrained(directory: str | Path, model_cfg: ModelConfig, params: dict) -> None:
     """Write `config.json` and `model.safetensors` that `transformers` loads (GPT2LMHeadModel,
-    LlamaForCausalLM, MarianMTModel, or the BERT class holding the model's heads)."""
+    LlamaForCausalLM, MarianMTModel, T5ForConditionalGeneration, or the BERT class holding the
+    model's heads)."""
     mapping = _mapping_to_export(model_cfg)
     flat = {path: np.asarray(v) for path, v in flatten_dict(nn.unbox(params), sep="/").items()}
     shapes = _parameter_shapes(model_cfg)

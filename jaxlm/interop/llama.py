@@ -102,7 +102,7 @@ def config_to_hf(cfg: ModelConfig) -> dict:
     }
 
 
-def rules(cfg: ModelConfig, names: set[str] | None = None) -> list[Rule]:
+def rules(cfg: ModelConfig, names: set[str] | None = None, hf: dict | None = None) -> list[Rule]:
     d, head_dim, layers = cfg.embed_dim, cfg.resolved_head_dim, cfg.num_layers
     heads, kv_heads = cfg.num_heads, cfg.num_kv_heads or cfg.num_heads
     block, stack = "model.layers.{i}.", "decoder/layers/"

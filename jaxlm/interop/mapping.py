@@ -34,6 +34,12 @@ def reshape(hf_shape: tuple[int, ...], shape: tuple[int, ...]) -> Transform:
     return Transform(lambda a: a.reshape(shape), lambda a: a.reshape(hf_shape))
 
 
+def scale(factor: float) -> Transform:
+    """Multiplied by `factor` into jaxlm's layout, divided by it back: exact both ways when
+    `factor` is a power of two, otherwise within a rounding."""
+    return Transform(lambda a: a * np.float32(factor), lambda a: a / np.float32(factor))
+
+
 def pad_vocab(vocab_size: int, padded_size: int, axis: int = 0) -> Transform:
     """The vocabulary axis padded with zeros to jaxlm's padded size; the padding dropped back."""
 

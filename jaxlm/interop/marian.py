@@ -144,7 +144,7 @@ def _layer(hf: str, stack: str, cfg: ModelConfig, layers: int, cross: bool) -> l
     return rules + norm(f"{hf}.final_layer_norm", f"{stack}mlp_norm", layers=layers)
 
 
-def rules(cfg: ModelConfig, names: set[str] | None = None) -> list[Rule]:
+def rules(cfg: ModelConfig, names: set[str] | None = None, hf: dict | None = None) -> list[Rule]:
     """The mapping; `final_logits_bias` may be absent (a zero bias)."""
     vocab = pad_vocab(cfg.vocab_size, cfg.padded_vocab_size)
     logit_bias = chain(reshape((1, cfg.vocab_size), (cfg.vocab_size,)), vocab)

@@ -5,7 +5,8 @@ An imported workdir holds `config.yaml` (the model, other sections at their defa
 saves them) and the Hugging Face directory's tokenizer: its sentencepiece `tokenizer.model`,
 and the files `load_tokenizer` reads (`tokenizer.json`, a BERT `vocab.txt`, GPT-2's
 `vocab.json` and `merges.txt` or Marian's `source.spm`, `target.spm` and `vocab.json`, with
-`tokenizer_config.json`) in `tokenizer/`. `config.yaml`
+`tokenizer_config.json`) in `tokenizer/`; T5's decoder start, its padding token, becomes the
+copied tokenizer's BOS. `config.yaml`
 names neither: the workdir finds its own tokenizer (`workdir_tokenizer`) wherever it is moved.
 `jaxlm generate` and `jaxlm eval` load it like any trained workdir, and `jaxlm train` on its
 `config.yaml` fine-tunes from the imported weights.
@@ -13,6 +14,7 @@ names neither: the workdir finds its own tokenizer (`workdir_tokenizer`) whereve
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -23,9 +25,10 @@ from flax.traverse_util import unflatten_dict
 from jaxlm.checkpoint import Checkpointer, restore_numpy, step_directories
 from jaxlm.config import Config, DataConfig, TrainConfig, load_config, to_yaml, validate
 from jaxlm.data.hf_tokenizer import WORKDIR_HF, WORKDIR_SENTENCEPIECE, tokenizer_files
+from jaxlm.data.tokenizer_config import TOKENIZER_CONFIG, read_json
 from jaxlm.errors import ConversionError
 from jaxlm.finetune import lora
-from jaxlm.interop.hf import from_pretrained, save_pretrained
+from jaxlm.interop.hf import from_pretrained, read_hf_config, save_pretrained
 from jaxlm.parallel import make_mesh
 from jaxlm.train.optim import make_optimizer
 from jaxlm.train.state import TrainState, state_shardings
@@ -64,6 +67,22 @@ def _copy_tokenizer(source: Path, workdir: Path) -> None:
     for file in tokenizer_files(source):
         (workdir / WORKDIR_HF).mkdir(exist_ok=True)
         shutil.copyfile(file, workdir / WORKDIR_HF / file.name)
+    _decoder_start_as_bos(read_hf_config(source), workdir / WORKDIR_HF / TOKENIZER_CONFIG)
+
+
+def _decoder_start_as_bos(hf: dict, settings_file: Path) -> None:
+    """jaxlm's encoder-decoders start decoding from the tokenizer's BOS. A T5 tokenizer has
+    none, its decoder starts from the padding token: the copied tokenizer_config.json then names
+    the padding token as its bos_token (jaxlm's Marian tokenizer does the same)."""
+    start = hf.get("decoder_start_token_id")
+    start = hf.get("pad_token_id") if start is None else start
+    settings = read_json(settings_file)
+    if not hf.get("is_encoder_decoder") or not settings or settings.get("bos_token") is not None:
+        return
+    if start is None or start != hf.get("pad_token_id") or "pad_token" not in settings:
+        return
+    settings["bos_token"] = settings["pad_token"]
+    settings_file.write_text(json.dumps(settings, indent=2) + "\n")
 
 
 def export_workdir(workdir: str | Path, destination: str | Path, step: int | None = None) -> Path:

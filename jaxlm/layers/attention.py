@@ -28,15 +28,17 @@ def reference_attention(
     value: jax.Array,
     mask: jax.Array | None = None,
     *,
+    bias: jax.Array | None = None,
     dropout_rate: float = 0.0,
     dropout_rng: jax.Array | None = None,
 ) -> jax.Array:
-    """softmax(q k^T / sqrt(d)) v in plain XLA ops; logits and softmax in float32.
+    """softmax(q k^T / sqrt(d) + bias) v in plain XLA ops; logits and softmax in float32.
 
     query: [batch, q, heads, head_dim]; key, value: [batch, k, kv_heads, head_dim] where
-    heads is a multiple of kv_heads (grouped-query attention). Returns [batch, q, heads, head_dim].
-    The queries of each key/value head's group share its keys and values: both products are
-    batched over (batch, kv_heads), with XLA choosing the operand layouts.
+    heads is a multiple of kv_heads (grouped-query attention); bias: [batch | 1, heads, q, k].
+    Returns [batch, q, heads, head_dim]. The queries of each key/value head's group share its
+    keys and values: both products are batched over (batch, kv_heads), with XLA choosing the
+    operand layouts.
     """
     batch, q_len, heads, head_dim = query.shape
     k_len, kv_heads = key.shape[1], key.shape[2]
@@ -44,6 +46,8 @@ def reference_attention(
     q = query.reshape(batch, q_len, kv_heads, group, head_dim)
     logits = einsum("bqhgd,bkhd->bhgqk", q, key, preferred_element_type=jnp.float32)
     logits = logits.reshape(batch, kv_heads, group * q_len, k_len) * head_dim**-0.5
+    if bias is not None:
+        logits = logits + bias.reshape(bias.shape[0], kv_heads, group * q_len, k_len)
     if mask is not None:
         # [batch | 1, heads | 1, q, k] -> [batch | 1, kv_heads | 1, group * q, k]
         mask_heads = kv_heads if mask.shape[1] == heads else 1
@@ -68,16 +72,21 @@ def causal_query_block(length: int) -> int:
 
 
 def causal_blocks_attention(
-    query: jax.Array, key: jax.Array, value: jax.Array, mask: SegmentMask
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    mask: SegmentMask,
+    bias: jax.Array | None = None,
 ) -> jax.Array:
     """The reference attention of causal self-attention, one block of queries at a time, each
     against the keys up to its last query: the key blocks above the diagonal, which the mask
     hides entirely, are never computed (up to half the work of long sequences). The reference
     backend takes this path on the CPU, where it was measured faster from 128 to 2,048 tokens;
-    from `RECOMPUTE_FROM_LENGTH` tokens the blocks' backward pass recomputes the probabilities."""
+    from `RECOMPUTE_FROM_LENGTH` tokens (without a `bias`) the blocks' backward pass
+    recomputes the probabilities."""
     length, block = query.shape[1], causal_query_block(query.shape[1])
     dense = mask.dense()
-    if length >= RECOMPUTE_FROM_LENGTH:
+    if length >= RECOMPUTE_FROM_LENGTH and bias is None:
         return recomputing_causal_attention(query, key, value, dense, block)
     return jnp.concatenate(
         [
@@ -86,6 +95,7 @@ def causal_blocks_attention(
                 key[:, : start + block],
                 value[:, : start + block],
                 dense[:, :, start : start + block, : start + block],
+                bias=None if bias is None else bias[:, :, start : start + block, : start + block],
             )
             for start in range(0, length, block)
         ],
@@ -118,30 +128,33 @@ def dot_product_attention(
     value: jax.Array,
     mask: jax.Array | SegmentMask | None = None,
     *,
+    bias: jax.Array | None = None,
     backend: str = "auto",
     dropout_rate: float = 0.0,
     dropout_rng: jax.Array | None = None,
 ) -> jax.Array:
     """Scaled dot-product attention through the selected backend (shapes as in the reference).
 
-    `mask` is a boolean [batch | 1, heads | 1, q, k] array or a `SegmentMask`.
+    `mask` is a boolean [batch | 1, heads | 1, q, k] array or a `SegmentMask`; `bias` (float32
+    [batch | 1, heads, q, k], added to the scores) rules out the Pallas kernel.
     """
-    backend = resolve_backend(
-        backend, query.dtype, dropout_rate, fits_pallas=pallas_fits(query, key, mask)
-    )
+    fits_pallas = bias is None and pallas_fits(query, key, mask)
+    backend = resolve_backend(backend, query.dtype, dropout_rate, fits_pallas=fits_pallas)
     if backend == "pallas":
         if dropout_rate > 0.0:
             raise ValueError("attention dropout is only supported by the 'reference' backend")
         return pallas_attention(query, key, value, mask)
     if backend == "reference":
         if isinstance(mask, SegmentMask) and mask.causal and dropout_rate == 0.0 and on_cpu():
-            return causal_blocks_attention(query, key, value, mask)
+            return causal_blocks_attention(query, key, value, mask, bias)
         if isinstance(mask, SegmentMask):
             mask = mask.dense()
         return reference_attention(
-            query, key, value, mask, dropout_rate=dropout_rate, dropout_rng=dropout_rng
+            query, key, value, mask, bias=bias, dropout_rate=dropout_rate, dropout_rng=dropout_rng
         )
-    return jax_attention(query, key, value, mask, backend=backend, dropout_rate=dropout_rate)
+    return jax_attention(
+        query, key, value, mask, bias=bias, backend=backend, dropout_rate=dropout_rate
+    )
 
 
 def jax_attention(
@@ -150,6 +163,7 @@ def jax_attention(
     value: jax.Array,
     mask: jax.Array | SegmentMask | None,
     *,
+    bias: jax.Array | None = None,
     backend: str,
     dropout_rate: float = 0.0,
 ) -> jax.Array:
@@ -176,17 +190,19 @@ def jax_attention(
         query,
         key,
         value,
+        bias=None if bias is None else bias.astype(query.dtype),
         mask=mask,
         is_causal=is_causal,
         implementation="cudnn" if backend == "cudnn" else None,
     )
 
 
-def prepend_prefix(prefix: tuple[jax.Array, jax.Array], key, value, mask):
+def prepend_prefix(prefix: tuple[jax.Array, jax.Array], key, value, mask, bias=None):
     """Keys and values [prefix_length, kv_heads, head_dim] put before every row's keys and values
-    [batch, k, kv_heads, head_dim], visible to every query; they have no position (not rotated).
+    [batch, k, kv_heads, head_dim], visible to every query; they have no position (not rotated,
+    no relative position bias).
 
-    Returns (keys, values, mask) over prefix_length + k keys.
+    Returns (keys, values, mask, bias) over prefix_length + k keys.
     """
     batch, length = key.shape[0], prefix[0].shape[0]
     key, value = (
@@ -197,7 +213,9 @@ def prepend_prefix(prefix: tuple[jax.Array, jax.Array], key, value, mask):
         mask = mask.dense()
     if mask is not None:
         mask = jnp.concatenate([jnp.ones((*mask.shape[:-1], length), bool), mask], axis=-1)
-    return key, value, mask
+    if bias is not None:
+        bias = jnp.concatenate([jnp.zeros((*bias.shape[:-1], length), bias.dtype), bias], axis=-1)
+    return key, value, mask, bias
 
 
 # --- multi-head attention -----------------------------------------------------------------
@@ -216,6 +234,8 @@ class MultiHeadAttention(nn.Module):
 
     `prefix` = (keys, values), each [prefix_length, kv_heads, head_dim], are keys and values that
     every query may attend to besides the inputs' (prefix tuning; see `prepend_prefix`).
+
+    `bias` [batch | 1, heads, q, k] is added to the scores (T5's relative position bias).
     """
 
     num_heads: int
@@ -243,6 +263,7 @@ class MultiHeadAttention(nn.Module):
         kv_cache: tuple[jax.Array, jax.Array] | None = None,
         decode_index: jax.Array | None = None,
         prefix: tuple[jax.Array, jax.Array] | None = None,
+        bias: jax.Array | None = None,
     ):
         # inputs_q: [batch, q, embed]; inputs_kv: [batch, k, embed]
         kv_heads = self.num_kv_heads or self.num_heads
@@ -276,7 +297,7 @@ class MultiHeadAttention(nn.Module):
                 # f32 form (it fails at run time); float32 products of 16-bit values are exact.
                 query, key, value = (t.astype(jnp.float32) for t in (query, key, value))
         if prefix is not None:
-            key, value, mask = prepend_prefix(prefix, key, value, mask)
+            key, value, mask, bias = prepend_prefix(prefix, key, value, mask, bias)
 
         dropout_rate = 0.0 if deterministic else self.dropout_rate
         dropout_rng = self.make_rng("dropout") if dropout_rate > 0.0 else None
@@ -285,6 +306,7 @@ class MultiHeadAttention(nn.Module):
             key,
             value,
             mask,
+            bias=bias,
             backend=self.backend,
             dropout_rate=dropout_rate,
             dropout_rng=dropout_rng,

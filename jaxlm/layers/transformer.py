@@ -93,11 +93,12 @@ class TransformerBlock(nn.Module):
     """Self-attention, optional cross-attention, MLP; each a residual sublayer, pre- or post-LN.
 
     A scan body: `((x, kv_cache), mask, positions, encoded, cross_mask, deterministic,
-    decode_index) -> ((x, kv_cache), None)` with x: [batch, length, embed], mask:
+    decode_index, bias) -> ((x, kv_cache), None)` with x: [batch, length, embed], mask:
     [batch, 1, length, keys] (keys = length, or the cache length when decoding), positions:
     [batch, length], encoded: [batch, source_length, embed], cross_mask:
-    [batch, 1, length, source_length]. `kv_cache` (None unless decoding) is this block's keys
-    and values, which it reads and writes.
+    [batch, 1, length, source_length], bias: None or [batch, heads, length, keys], added to the
+    self-attention scores. `kv_cache` (None unless decoding) is this block's keys and values,
+    which it reads and writes.
 
     Parameters `prefix_key` and `prefix_value` [prefix_length, kv_heads, head_dim], when present
     (prefix tuning adds them, `init` never does), are keys and values that self-attention attends
@@ -117,6 +118,7 @@ class TransformerBlock(nn.Module):
         cross_mask=None,
         deterministic=True,
         decode_index=None,
+        bias=None,
     ):
         x, kv_cache = carry
         cfg = self.cfg
@@ -165,6 +167,7 @@ class TransformerBlock(nn.Module):
                 kv_cache=kv_cache,
                 decode_index=decode_index,
                 prefix=prefix,
+                bias=bias,
             )
             if kv_cache is not None:
                 out, kv_cache = out
@@ -184,7 +187,8 @@ class TransformerBlock(nn.Module):
 
 class TransformerStack(nn.Module):
     """`num_layers` blocks stacked with `nn.scan` (parameters get a leading `layers` axis),
-    each wrapped in `nn.remat` with the configured policy; pre-LN stacks end with a norm.
+    each wrapped in `nn.remat` with the configured policy; pre-LN stacks end with a norm. Every
+    block adds `bias` (a relative position bias), when given, to its self-attention scores.
 
     Decoding (`kv_cache` given: a tuple of keys and a tuple of values, one array per layer)
     runs the blocks one after the other instead, block `i` with the parameters `layers_{i}`
@@ -208,9 +212,10 @@ class TransformerStack(nn.Module):
         deterministic=True,
         kv_cache=None,
         decode_index=None,
+        bias=None,
     ):
         cfg = self.cfg
-        shared = (mask, positions, encoded, cross_mask, deterministic, decode_index)
+        shared = (mask, positions, encoded, cross_mask, deterministic, decode_index, bias)
         if kv_cache is not None:
             caches = []
             for i, layer_cache in enumerate(zip(*kv_cache, strict=True)):

@@ -111,28 +111,34 @@ def prompt_in_cache(positions: jax.Array, segment_ids: jax.Array, prompt_length:
     )
 
 
+def output_head(cfg: ModelConfig, name: str = "lm_head") -> DenseGeneral:
+    """The output projection of a model whose head is not tied to its token embedding."""
+    return DenseGeneral(
+        (cfg.padded_vocab_size,),
+        ("embed", "vocab"),
+        use_bias=False,
+        dtype=cfg.compute_dtype,
+        param_dtype=cfg.weight_dtype,
+        kernel_init=nn.initializers.normal(cfg.init_std),
+        output_dtype=jnp.float32,
+        name=name,
+    )
+
+
 def output_logits(
     cfg: ModelConfig,
     embed: TokenEmbedding,
     x: jax.Array,
     bias: OutputBias | None = None,
-    name: str = "lm_head",
+    head: DenseGeneral | None = None,
 ):
     """Float32 logits over the padded vocabulary (plus `bias`); padding rows can never be
-    predicted."""
+    predicted. An untied model projects with `head` (`output_head`; built here when None, in
+    a compact module)."""
     if cfg.tie_embeddings:
         logits = embed.attend(x)
     else:
-        logits = DenseGeneral(
-            (cfg.padded_vocab_size,),
-            ("embed", "vocab"),
-            use_bias=False,
-            dtype=cfg.compute_dtype,
-            param_dtype=cfg.weight_dtype,
-            kernel_init=nn.initializers.normal(cfg.init_std),
-            output_dtype=jnp.float32,
-            name=name,
-        )(x)
+        logits = (head or output_head(cfg))(x)
     logits = nn.with_logical_constraint(
         logits.astype(jnp.float32), ("activation_batch", "activation_length", "activation_vocab")
     )

@@ -1,4 +1,5 @@
-"""Encoder-decoder Transformer (Vaswani et al. 2017): shared vocabulary and embeddings."""
+"""Encoder-decoder Transformer (Vaswani et al. 2017; with `model.position_embedding: relative`,
+T5's position bias): shared vocabulary and embeddings."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import jax.numpy as jnp
 
 from jaxlm.config import ModelConfig
 from jaxlm.layers.masks import attention_mask
+from jaxlm.layers.relative_positions import RelativePositionBias
 from jaxlm.layers.transformer import TransformerStack
 from jaxlm.models.common import (
     OutputBias,
     causal_self_attention,
     default_positions,
     embed_inputs,
+    output_head,
     output_logits,
     position_module,
     stack_output,
@@ -24,7 +27,8 @@ from jaxlm.models.common import (
 class EncoderDecoder(nn.Module):
     """source tokens + shifted target tokens -> target logits.
 
-    One embedding table serves the source, the target and (tied) the output projection.
+    One embedding table serves the source, the target and (tied, by default) the output
+    projection.
     `encode` and `decode` are separate so decoding can encode the source once.
     """
 
@@ -37,9 +41,25 @@ class EncoderDecoder(nn.Module):
         self.target_positions = position_module(cfg, name="target_position_embed")
         self.dropout = nn.Dropout(cfg.dropout_rate)
         self.output_bias = OutputBias(cfg, name="output_bias") if cfg.output_bias else None
+        self.lm_head = None if cfg.tie_embeddings else output_head(cfg)
         self.encoder = TransformerStack(cfg, cfg.num_layers, name="encoder")
         self.decoder = TransformerStack(
             cfg, cfg.decoder_layers, cross_attention=True, name="decoder"
+        )
+        if cfg.position_embedding == "relative":
+            self.encoder_position_bias = self._position_bias(True, "encoder_position_bias")
+            self.decoder_position_bias = self._position_bias(False, "decoder_position_bias")
+
+    def _position_bias(self, bidirectional: bool, name: str) -> RelativePositionBias:
+        cfg = self.cfg
+        return RelativePositionBias(
+            cfg.num_heads,
+            cfg.relative_buckets,
+            cfg.relative_max_distance,
+            bidirectional,
+            cfg.init_std,
+            cfg.weight_dtype,
+            name=name,
         )
 
     def encode(self, source, source_segments=None, source_positions=None, *, deterministic=True):
@@ -58,7 +78,10 @@ class EncoderDecoder(nn.Module):
             deterministic,
         )
         mask = attention_mask(source_segments, source_segments, causal=False)
-        return self.encoder(x, mask, source_positions, deterministic=deterministic)
+        bias = None
+        if self.cfg.position_embedding == "relative":
+            bias = self.encoder_position_bias(source_positions, source_positions)
+        return self.encoder(x, mask, source_positions, deterministic=deterministic, bias=bias)
 
     def decode(
         self,
@@ -94,6 +117,12 @@ class EncoderDecoder(nn.Module):
         )
         self_mask, stack_cache, cache = causal_self_attention(target_inputs, target_segments, cache)
         cross_mask = attention_mask(target_segments, source_segments, causal=False)
+        bias = None
+        if self.cfg.position_embedding == "relative":
+            key_positions = target_positions
+            if cache is not None:  # the cached targets, left to right from position 0
+                key_positions = jnp.cumsum(cache["segments"] != 0, axis=1) - 1
+            bias = self.decoder_position_bias(target_positions, key_positions)
         out = self.decoder(
             x,
             self_mask,
@@ -101,10 +130,11 @@ class EncoderDecoder(nn.Module):
             encoded,
             cross_mask,
             deterministic=deterministic,
+            bias=bias,
             **stack_cache,
         )
         x, cache = stack_output(out, cache)
-        logits = output_logits(self.cfg, self.embed, x, self.output_bias)
+        logits = output_logits(self.cfg, self.embed, x, self.output_bias, self.lm_head)
         return logits if cache is None else (logits, cache)
 
     def __call__(
