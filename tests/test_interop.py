@@ -749,7 +749,8 @@ def write_t5_tokenizer(directory: Path) -> None:
 @needs_transformers
 def test_imported_t5_workdir_translates_as_transformers(tmp_path, monkeypatch, capsys):
     """A converted T5 directory: its decoder start (the padding token) becomes the tokenizer's
-    BOS, and `jaxlm generate` gives the text transformers generates greedily."""
+    BOS, and `jaxlm generate` gives the text transformers generates greedily. Converted back,
+    it keeps T5's special token ids and generates the same tokens in transformers."""
     from jaxlm.generate import generate_text
     from jaxlm.inference import load_for_inference
 
@@ -780,6 +781,19 @@ def test_imported_t5_workdir_translates_as_transformers(tmp_path, monkeypatch, c
     capsys.readouterr()
     assert main(["generate", "run", "--prompt", SENTENCE, *GREEDY[1:], "--max-new-tokens=6"]) == 0
     assert expected in capsys.readouterr().out
+    assert main(["convert", "run", "back", "--to", "hf"]) == 0
+    exported = json.loads(Path("back/config.json").read_text())
+    ids_of = ("pad_token_id", "decoder_start_token_id", "eos_token_id")
+    assert [exported[key] for key in ids_of] == [0, 0, 1]
+    back = transformers.T5ForConditionalGeneration.from_pretrained("back").eval()
+    with torch.inference_mode():  # from the config's decoder start, as transformers reads it
+        again = back.generate(
+            **reference([SENTENCE], return_tensors="pt"),
+            max_new_tokens=6,
+            min_new_tokens=6,
+            use_cache=False,
+        )
+    assert again.tolist() == ids.tolist()
 
 
 def test_llama_without_a_pad_token_imports_and_pads_prompts(tmp_path, monkeypatch, capsys):

@@ -28,6 +28,14 @@ from jaxlm.models.summary import abstract_params
 
 CONFIG, WEIGHTS, INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
 MAPPINGS = {module.MODEL_TYPE: module for module in (gpt2, bert, llama, marian, t5)}
+# config.json's special token ids, and the token each names.
+TOKEN_ID_KEYS = {
+    "pad_token_id": "pad",
+    "bos_token_id": "bos",
+    "decoder_start_token_id": "bos",
+    "eos_token_id": "eos",
+    "forced_eos_token_id": "eos",
+}
 # Legacy (TensorFlow-era) LayerNorm parameter names, read under their current names.
 LEGACY_SUFFIXES = {"LayerNorm.gamma": "LayerNorm.weight", "LayerNorm.beta": "LayerNorm.bias"}
 
@@ -160,10 +168,25 @@ def _mapping_to_export(cfg: ModelConfig):
     raise ConversionError(f"no Hugging Face architecture fits this model: {reasons}")
 
 
-def save_pretrained(directory: str | Path, model_cfg: ModelConfig, params: dict) -> None:
+def _with_token_ids(hf: dict, token_ids: dict[str, int]) -> dict:
+    """`hf` with the special token ids it has replaced by those `token_ids` gives."""
+    return {
+        key: token_ids.get(TOKEN_ID_KEYS[key], value) if key in TOKEN_ID_KEYS else value
+        for key, value in hf.items()
+    }
+
+
+def save_pretrained(
+    directory: str | Path,
+    model_cfg: ModelConfig,
+    params: dict,
+    token_ids: dict[str, int] | None = None,
+) -> None:
     """Write `config.json` and `model.safetensors` that `transformers` loads (GPT2LMHeadModel,
     LlamaForCausalLM, MarianMTModel, T5ForConditionalGeneration, or the BERT class holding the
-    model's heads)."""
+    model's heads). The encoder-decoders' special token ids are those of jaxlm's sentencepiece
+    tokenizers unless `token_ids` ({"pad": ..., "bos": ..., "eos": ...}, the model's tokenizer's;
+    bos is where decoding starts) says otherwise."""
     mapping = _mapping_to_export(model_cfg)
     flat = {path: np.asarray(v) for path, v in flatten_dict(nn.unbox(params), sep="/").items()}
     shapes = _parameter_shapes(model_cfg)
@@ -177,7 +200,8 @@ def save_pretrained(directory: str | Path, model_cfg: ModelConfig, params: dict)
     if problems:
         raise ConversionError(f"the parameters do not fit the config: {'; '.join(problems)}")
     tensors = to_hf(mapping.rules(model_cfg), flat)
-    hf = {**mapping.config_to_hf(model_cfg), "dtype": str(next(iter(tensors.values())).dtype)}
+    hf = _with_token_ids(mapping.config_to_hf(model_cfg), token_ids or {})
+    hf["dtype"] = str(next(iter(tensors.values())).dtype)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / CONFIG).write_text(json.dumps(hf, indent=2) + "\n")

@@ -14,6 +14,7 @@ names neither: the workdir finds its own tokenizer (`workdir_tokenizer`) whereve
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -24,9 +25,15 @@ from flax.traverse_util import unflatten_dict
 
 from jaxlm.checkpoint import Checkpointer, restore_numpy, step_directories
 from jaxlm.config import Config, DataConfig, TrainConfig, load_config, to_yaml, validate
-from jaxlm.data.hf_tokenizer import WORKDIR_HF, WORKDIR_SENTENCEPIECE, tokenizer_files
+from jaxlm.data.hf_tokenizer import (
+    WORKDIR_HF,
+    WORKDIR_SENTENCEPIECE,
+    load_tokenizer,
+    tokenizer_files,
+    workdir_tokenizer,
+)
 from jaxlm.data.tokenizer_config import TOKENIZER_CONFIG, read_json
-from jaxlm.errors import ConversionError
+from jaxlm.errors import ConversionError, DataError
 from jaxlm.finetune import lora
 from jaxlm.interop.hf import from_pretrained, read_hf_config, save_pretrained
 from jaxlm.parallel import make_mesh
@@ -87,7 +94,8 @@ def _decoder_start_as_bos(hf: dict, settings_file: Path) -> None:
 
 def export_workdir(workdir: str | Path, destination: str | Path, step: int | None = None) -> Path:
     """Write the parameters of a workdir's checkpoint `step` (default: the latest), with any LoRA
-    update merged in, as a Hugging Face model directory; returns the checkpoint's directory."""
+    update merged in, as a Hugging Face model directory, with the special token ids of the run's
+    tokenizer; returns the checkpoint's directory."""
     workdir = Path(workdir)
     if not (workdir / "config.yaml").is_file():
         raise ConversionError(f"{workdir} is not a jaxlm workdir (no config.yaml)")
@@ -100,5 +108,19 @@ def export_workdir(workdir: str | Path, destination: str | Path, step: int | Non
         raise ConversionError(f"no {which} in {workdir / 'checkpoints'}")
     flat = restore_numpy(steps[-1].absolute())  # Orbax misreads relative paths
     params = unflatten_dict({tuple(name.split(".")): value for name, value in flat.items()})
-    save_pretrained(destination, cfg.model, lora.merge(params, lora.scaling(cfg.finetune)))
+    params = lora.merge(params, lora.scaling(cfg.finetune))
+    save_pretrained(destination, cfg.model, params, _token_ids(cfg, workdir))
     return steps[-1]
+
+
+def _token_ids(cfg: Config, workdir: Path) -> dict[str, int]:
+    """The pad, bos and eos ids of the run's tokenizer, those it has ({} without one)."""
+    path = Path(cfg.data.tokenizer) if cfg.data.tokenizer else workdir_tokenizer(workdir)
+    if not path.exists():
+        return {}
+    tokenizer = load_tokenizer(str(path))
+    ids = {}
+    for name in ("pad", "bos", "eos"):
+        with contextlib.suppress(DataError):  # a Hugging Face tokenizer may lack one
+            ids[name] = getattr(tokenizer, f"{name}_id")
+    return ids
