@@ -843,9 +843,15 @@ def test_llama_without_a_pad_token_imports_and_pads_prompts(tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize(
-    "preset, published", [("tinyllama-1.1b", 1_100_048_384), ("llama2-7b", 6_738_415_616)]
+    "preset, published",
+    [
+        ("tinyllama-1.1b", 1_100_048_384),
+        ("llama2-7b", 6_738_415_616),
+        ("t5-small", 60_506_624),
+        ("flan-t5-base", 247_577_856),  # its own output head: 24,674,304 more than T5-base's
+    ],
 )
-def test_llama_presets_match_published_parameter_counts(preset, published):
+def test_presets_of_importable_models_match_published_parameter_counts(preset, published):
     assert count_parameters(load_config(preset).model) == published
 
 
