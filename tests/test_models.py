@@ -205,6 +205,21 @@ def test_seq2seq_source_padding_invariance(variant):
     np.testing.assert_allclose(out, apply(params, source, target), rtol=1e-5, atol=1e-5)
 
 
+def test_relative_bias_of_default_positions_serves_every_row():
+    """Without positions the relative position bias is computed once for the batch; given
+    explicitly (a bias per row, as for packed rows), the same positions give the same logits,
+    and shifting a row's positions does not change it (only distances count)."""
+    _, params, apply = tiny_model("t5")
+    source, target = tokens(2, 10), tokens(2, LENGTH, seed=1)
+    positions = [jnp.broadcast_to(jnp.arange(n), (2, n)) for n in (10, LENGTH)]
+    once = apply(params, source, target)
+    for shift in (0, 5):
+        per_row = apply(
+            params, source, target, None, None, positions[0] + shift, positions[1] + shift
+        )
+        np.testing.assert_allclose(per_row, once, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("variant", ["gpt", "gpt-rotary"])
 def test_gpt_without_segment_ids_is_one_document_per_row(variant):
     """No segment ids (a causal mask alone) gives the logits of segment ids all 1."""

@@ -36,7 +36,8 @@ def relative_position_buckets(
 
 class RelativePositionBias(nn.Module):
     """Float32 biases [batch, heads, q, k] of queries at `query_positions` [batch, q] over keys
-    at `key_positions` [batch, k], from a learned table [num_buckets, heads]."""
+    at `key_positions` [batch, k], from a learned table [num_buckets, heads]. Positions of one
+    row ([1, q], [1, k]) give one bias for every row of a batch."""
 
     num_heads: int
     num_buckets: int = 32
@@ -63,7 +64,7 @@ class RelativePositionBias(nn.Module):
             max_distance=self.max_distance,
         )
         bias = jnp.take(jnp.asarray(table, jnp.float32), buckets, axis=0)  # [batch, q, k, heads]
+        rows = "activation_batch" if bias.shape[0] > 1 else None  # one row serves every row
         return nn.with_logical_constraint(
-            jnp.moveaxis(bias, -1, 1),
-            ("activation_batch", "activation_heads", "activation_length", None),
+            jnp.moveaxis(bias, -1, 1), (rows, "activation_heads", "activation_length", None)
         )

@@ -64,9 +64,12 @@ class EncoderDecoder(nn.Module):
 
     def encode(self, source, source_segments=None, source_positions=None, *, deterministic=True):
         """source: [batch, source_length] -> [batch, source_length, embed]."""
-        source_positions = (
-            default_positions(source) if source_positions is None else source_positions
-        )
+        bias = None
+        if self.cfg.position_embedding == "relative":  # one bias for rows of default positions
+            rows = default_positions(source[:1]) if source_positions is None else source_positions
+            bias = self.encoder_position_bias(rows, rows)
+        if source_positions is None:
+            source_positions = default_positions(source)
         source_segments = jnp.ones_like(source) if source_segments is None else source_segments
         x = embed_inputs(
             self.cfg,
@@ -78,9 +81,6 @@ class EncoderDecoder(nn.Module):
             deterministic,
         )
         mask = attention_mask(source_segments, source_segments, causal=False)
-        bias = None
-        if self.cfg.position_embedding == "relative":
-            bias = self.encoder_position_bias(source_positions, source_positions)
         return self.encoder(x, mask, source_positions, deterministic=deterministic, bias=bias)
 
     def decode(
@@ -100,6 +100,7 @@ class EncoderDecoder(nn.Module):
         `cache` (`empty_cache`), the targets continue the cached ones and (logits, cache) is
         returned.
         """
+        default_rows = target_positions is None  # then one relative position bias serves all
         if target_positions is None:
             target_positions = default_positions(target_inputs)
         if target_segments is None:
@@ -119,10 +120,11 @@ class EncoderDecoder(nn.Module):
         cross_mask = attention_mask(target_segments, source_segments, causal=False)
         bias = None
         if self.cfg.position_embedding == "relative":
-            key_positions = target_positions
+            query_positions = target_positions[:1] if default_rows else target_positions
+            key_positions = query_positions
             if cache is not None:  # the cached targets, left to right from position 0
                 key_positions = jnp.cumsum(cache["segments"] != 0, axis=1) - 1
-            bias = self.decoder_position_bias(target_positions, key_positions)
+            bias = self.decoder_position_bias(query_positions, key_positions)
         out = self.decoder(
             x,
             self_mask,
