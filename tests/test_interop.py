@@ -620,7 +620,8 @@ def test_training_in_an_imported_workdir_uses_its_tokenizer(tmp_path):
 
 def test_generate_continues_a_prompt_in_an_imported_gpt2_workdir(tmp_path, monkeypatch, capsys):
     """`jaxlm generate` streams a continuation decoded by the imported tokenizer, which pads
-    with <|endoftext|> (GPT-2 has no pad token); without tokenizer files convert says so."""
+    with <|endoftext|> (GPT-2 has no pad token), and an export names its bos and eos ids;
+    without tokenizer files convert says so."""
     from jaxlm.generate import generate_text
     from jaxlm.inference import load_for_inference
 
@@ -635,6 +636,9 @@ def test_generate_continues_a_prompt_in_an_imported_gpt2_workdir(tmp_path, monke
     assert tokenizer.pad_id == tokenizer.eos_id == tokenizer.tokenizer.token_to_id(ENDOFTEXT)
     (continuation,) = generate_text(cfg.model, params, tokenizer, [prompt], greedy)
     assert continuation and printed == f"{prompt}{continuation}\n"
+    assert main(["convert", "run", "back", "--to", "hf"]) == 0  # with the tokenizer's ids
+    exported = json.loads(Path("back/config.json").read_text())
+    assert exported["bos_token_id"] == exported["eos_token_id"] == tokenizer.eos_id
 
     for name in ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json"):
         (Path("hf") / name).unlink()

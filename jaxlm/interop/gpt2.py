@@ -11,6 +11,7 @@ import re
 import numpy as np
 
 from jaxlm.config import ModelConfig
+from jaxlm.data.tokenizer import BOS_ID, EOS_ID
 from jaxlm.interop.hf_config import (
     TO_HF_ACTIVATION,
     activation_from_hf,
@@ -82,6 +83,8 @@ def config_to_hf(cfg: ModelConfig) -> dict:
         "embd_pdrop": cfg.dropout_rate,
         "attn_pdrop": cfg.attention_dropout_rate,
         "initializer_range": cfg.init_std,
+        "bos_token_id": BOS_ID,
+        "eos_token_id": EOS_ID,
     }
 
 

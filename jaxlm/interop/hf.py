@@ -184,9 +184,10 @@ def save_pretrained(
 ) -> None:
     """Write `config.json` and `model.safetensors` that `transformers` loads (GPT2LMHeadModel,
     LlamaForCausalLM, MarianMTModel, T5ForConditionalGeneration, or the BERT class holding the
-    model's heads). The encoder-decoders' special token ids are those of jaxlm's sentencepiece
-    tokenizers unless `token_ids` ({"pad": ..., "bos": ..., "eos": ...}, the model's tokenizer's;
-    bos is where decoding starts) says otherwise."""
+    model's heads). The special token ids the config names (GPT-2 and Llama: bos, eos;
+    encoder-decoders: pad, eos and the decoder start, bos) are those of jaxlm's sentencepiece
+    tokenizers unless `token_ids` ({"pad": ..., "bos": ..., "eos": ...}, the model's tokenizer's)
+    says otherwise."""
     mapping = _mapping_to_export(model_cfg)
     flat = {path: np.asarray(v) for path, v in flatten_dict(nn.unbox(params), sep="/").items()}
     shapes = _parameter_shapes(model_cfg)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 from jaxlm.config import ModelConfig
+from jaxlm.data.tokenizer import BOS_ID, EOS_ID
 from jaxlm.errors import ConversionError
 from jaxlm.interop.hf_config import TO_HF_ACTIVATION, activation_from_hf, mismatches
 from jaxlm.interop.mapping import TRANSPOSE, Rule, chain, linear, norm, pad_vocab, tensor
@@ -99,6 +100,8 @@ def config_to_hf(cfg: ModelConfig) -> dict:
         "mlp_bias": cfg.use_bias,
         "attention_dropout": cfg.attention_dropout_rate,
         "initializer_range": cfg.init_std,
+        "bos_token_id": BOS_ID,
+        "eos_token_id": EOS_ID,
     }
 
 
