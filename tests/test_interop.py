@@ -369,9 +369,9 @@ def test_llama_greedy_decoding_matches_transformers(tmp_path):
     assert got == expected.tolist()
 
 
-def _greedy_translations(name, seed, directory, sources, pad, new_tokens, **options):
-    """(config, transformers' greedy translations of `sources` padded with `pad`, jaxlm's):
-    `new_tokens` each, both decoding from `pad`."""
+def _greedy_translations(name, seed, directory, sources, pad, new_tokens, beams=1, **options):
+    """(config, transformers' greedy (or `beams`-beam) translations of `sources` padded with
+    `pad`, jaxlm's): `new_tokens` each, both decoding from `pad`."""
     model, cfg, params = _imported(name, seed, directory)
     width = max(map(len, sources))
     tokens, mask = np.full((len(sources), width), pad), np.zeros((len(sources), width), np.int64)
@@ -384,11 +384,11 @@ def _greedy_translations(name, seed, directory, sources, pad, new_tokens, **opti
             max_new_tokens=new_tokens,
             min_new_tokens=new_tokens,
             do_sample=False,
-            num_beams=1,
+            num_beams=beams,
             eos_token_id=None,
             **options,
         )[:, 1:]
-    sample = SampleConfig(max_new_tokens=new_tokens, temperature=0.0)
+    sample = SampleConfig(max_new_tokens=new_tokens, temperature=0.0, num_beams=beams)
     got = translate(cfg, params, sources, sample, bos_id=pad, eos_id=-1, pad_id=pad)
     return cfg, expected.tolist(), got
 
@@ -414,6 +414,18 @@ def test_t5_greedy_translation_matches_transformers(name, tmp_path):
     assert cfg.tie_embeddings == (name == "t5")
     assert got == expected
     assert got[0] != got[1]  # each continues its own source
+
+
+@needs_transformers
+def test_t5_beam_search_matches_transformers(tmp_path):
+    """Three beams, the cache reordered between them every step, give the sequences that
+    transformers finds recomputing every step."""
+    sources = [[5, 17, 42, 8, 3, 61, 29, 1], [33, 2, 1], [7, 7, 9, 1]]
+    _, expected, got = _greedy_translations(
+        "flan-t5", 4, tmp_path, sources, 0, 10, beams=3, decoder_start_token_id=0, use_cache=False
+    )
+    assert got == expected
+    assert len({token for row in got for token in row}) > 8  # not one token over and over
 
 
 # --- exported jaxlm models -----------------------------------------------------------------
