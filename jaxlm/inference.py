@@ -13,7 +13,7 @@ import numpy as np
 from jaxlm.checkpoint import Checkpointer
 from jaxlm.config import Config, MeshConfig, load_config
 from jaxlm.data.documents import read_documents, resolve_files
-from jaxlm.data.hf_tokenizer import load_tokenizer, workdir_tokenizer
+from jaxlm.data.hf_tokenizer import load_tokenizer, run_tokenizer
 from jaxlm.data.loader import training_data
 from jaxlm.data.pipeline import lm_dataset
 from jaxlm.data.tokenizer import Tokenizer
@@ -34,7 +34,7 @@ def load_for_inference(workdir: Path) -> tuple[Config, dict, Tokenizer]:
     if not (workdir / "config.yaml").is_file():
         raise JaxlmError(f"{workdir} is not a training workdir (no config.yaml)")
     cfg = load_config(str(workdir / "config.yaml"))
-    tokenizer = load_tokenizer(cfg.data.tokenizer or str(workdir_tokenizer(workdir)))
+    tokenizer = load_tokenizer(str(run_tokenizer(cfg.data.tokenizer, workdir)))
     boxed = checkpointed_params(cfg)
     checkpointer = Checkpointer(workdir / "checkpoints")
     try:

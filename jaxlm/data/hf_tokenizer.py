@@ -138,6 +138,11 @@ def workdir_tokenizer(workdir: Path) -> Path:
     return folder if not sentencepiece.exists() and folder.is_dir() else sentencepiece
 
 
+def run_tokenizer(configured: str, workdir: Path) -> Path:
+    """A run's tokenizer: `data.tokenizer` when set, else its workdir's (`workdir_tokenizer`)."""
+    return Path(configured) if configured else workdir_tokenizer(workdir)
+
+
 def _from_json(path: Path, lowercase: bool | None) -> HFTokenizerModel:
     """tokenizer.json, its BERT normalizer lower-casing as `do_lower_case` says (when given)."""
     spec = read_json(path)

@@ -21,7 +21,7 @@ from jax.experimental import multihost_utils
 
 from jaxlm.config import Config
 from jaxlm.data.batching import IndexedBatches, prefetch
-from jaxlm.data.hf_tokenizer import load_tokenizer, workdir_tokenizer
+from jaxlm.data.hf_tokenizer import load_tokenizer, run_tokenizer
 from jaxlm.data.tasks import TaskRows, classification_rows, masked_lm_rows, seq2seq_rows
 from jaxlm.data.tokenizer import Tokenizer, train_tokenizer_on_texts
 from jaxlm.errors import ConfigError
@@ -44,7 +44,7 @@ class TrainingData:
 def prepare_tokenizer(cfg: Config, texts: Iterable[str], workdir: Path, log) -> Tokenizer:
     """The configured tokenizer (sentencepiece or Hugging Face), the workdir's, or one trained
     on `texts` into it (by process 0 alone in a multi-process run: the workdir must be shared)."""
-    path = Path(cfg.data.tokenizer) if cfg.data.tokenizer else workdir_tokenizer(workdir)
+    path = run_tokenizer(cfg.data.tokenizer, workdir)
     if not cfg.data.tokenizer and not path.exists() and jax.process_index() == 0:
         log(f"training a {cfg.data.tokenizer_type} tokenizer of {cfg.model.vocab_size} tokens")
         train_tokenizer_on_texts(

@@ -29,8 +29,8 @@ from jaxlm.data.hf_tokenizer import (
     WORKDIR_HF,
     WORKDIR_SENTENCEPIECE,
     load_tokenizer,
+    run_tokenizer,
     tokenizer_files,
-    workdir_tokenizer,
 )
 from jaxlm.data.tokenizer_config import TOKENIZER_CONFIG, read_json
 from jaxlm.errors import ConversionError, DataError
@@ -81,15 +81,13 @@ def _decoder_start_as_bos(hf: dict, settings_file: Path) -> None:
     """jaxlm's encoder-decoders start decoding from the tokenizer's BOS. A T5 tokenizer has
     none, its decoder starts from the padding token: the copied tokenizer_config.json then names
     the padding token as its bos_token (jaxlm's Marian tokenizer does the same)."""
-    start = hf.get("decoder_start_token_id")
-    start = hf.get("pad_token_id") if start is None else start
+    pad = hf.get("pad_token_id")
+    starts_from_pad = pad is not None and hf.get("decoder_start_token_id") in (None, pad)
     settings = read_json(settings_file)
-    if not hf.get("is_encoder_decoder") or not settings or settings.get("bos_token") is not None:
-        return
-    if start is None or start != hf.get("pad_token_id") or "pad_token" not in settings:
-        return
-    settings["bos_token"] = settings["pad_token"]
-    settings_file.write_text(json.dumps(settings, indent=2) + "\n")
+    lacks_bos = "pad_token" in settings and settings.get("bos_token") is None
+    if hf.get("is_encoder_decoder") and starts_from_pad and lacks_bos:
+        settings["bos_token"] = settings["pad_token"]
+        settings_file.write_text(json.dumps(settings, indent=2) + "\n")
 
 
 def export_workdir(workdir: str | Path, destination: str | Path, step: int | None = None) -> Path:
@@ -115,7 +113,7 @@ def export_workdir(workdir: str | Path, destination: str | Path, step: int | Non
 
 def _token_ids(cfg: Config, workdir: Path) -> dict[str, int]:
     """The pad, bos and eos ids of the run's tokenizer, those it has ({} without one)."""
-    path = Path(cfg.data.tokenizer) if cfg.data.tokenizer else workdir_tokenizer(workdir)
+    path = run_tokenizer(cfg.data.tokenizer, workdir)
     if not path.exists():
         return {}
     tokenizer = load_tokenizer(str(path))
