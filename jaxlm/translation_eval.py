@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from tqdm.auto import tqdm
 
 from jaxlm.config import Config, SampleConfig
-from jaxlm.data.tasks import seq2seq_sources
+from jaxlm.data.tasks import seq2seq_sources, target_length
 from jaxlm.errors import JaxlmError
 from jaxlm.generate import translate
 from jaxlm.metrics import corpus_bleu
@@ -28,7 +28,7 @@ def translate_sources(
     )
     kept = [i for i, ids in enumerate(encoded) if ids is not None]
     sample = SampleConfig(
-        max_new_tokens=cfg.data.seq_len,  # a training target: up to seq_len - 1 tokens and EOS
+        max_new_tokens=target_length(cfg.data),  # a training target: its tokens and EOS
         temperature=0.0,
         num_beams=num_beams,
         length_penalty=cfg.sample.length_penalty,

@@ -116,8 +116,29 @@ def test_topology_compiles_for_a_tpu_slice_on_any_host(capsys):
         ["model.family=bert", "model.heads=[mlm,nsp]", "data.task=masked_lm"],
         ["model.family=bert", "model.heads=[classifier]", "data.task=classification"],
         ["model.family=seq2seq", "data.task=seq2seq"],
+        ["model.family=seq2seq", "data.task=span_corruption"],
     ],
 )
 def test_every_task_compiles(capsys, task):
     assert cli.main(["compile", "demo", *SMALL, *task]) == 0
     assert "XLA cost analysis" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "task, target", [("seq2seq", 64), ("seq2seq", 20), ("span_corruption", 14)]
+)
+def test_seq2seq_batches_have_source_and_target_lengths(task, target):
+    """Sources of seq_len tokens; targets of data.target_len, else seq_len (seq2seq) or the
+    longest span-corruption target (64 source tokens: 70-token chunks, 10 noise tokens in 3
+    spans, + 3 sentinels and EOS)."""
+    from jaxlm.parallel import make_mesh
+    from jaxlm.train.aot import abstract_batch
+
+    overrides = [*SMALL, "model.family=seq2seq", f"data.task={task}"]
+    if target == 20:
+        overrides.append("data.target_len=20")
+    cfg = load_config("demo", overrides)
+    batch = abstract_batch(cfg, make_mesh(cfg.mesh))
+    assert batch["source"].shape == batch["source_segments"].shape == (8, 64)
+    for key in ("target_inputs", "target_segments", "targets", "weights"):
+        assert batch[key].shape == (8, target), key

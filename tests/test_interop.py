@@ -763,6 +763,38 @@ def write_t5_tokenizer(directory: Path) -> None:
 
 
 @needs_transformers
+def test_span_corruption_uses_a_t5_tokenizers_sentinels(tmp_path):
+    """A T5 tokenizer's sentinels are its <extra_id_N> tokens, numbered down from the top as
+    transformers numbers them; span-corruption rows made with it decode in transformers to
+    the text with each span replaced by its sentinel."""
+    from jaxlm.data.hf_tokenizer import load_tokenizer
+    from jaxlm.data.span_corruption import sentinel_ids
+    from jaxlm.data.tasks import span_corruption_rows
+    from jaxlm.errors import DataError
+
+    write_t5_tokenizer(tmp_path)
+    settings = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    settings["bos_token"] = settings["pad_token"]  # the decoder start, as `jaxlm convert` names it
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(settings))
+    tokenizer = load_tokenizer(str(tmp_path))
+    reference = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    names = [f"<extra_id_{i}>" for i in range(8)]
+    assert sentinel_ids(tokenizer, 8).tolist() == reference.convert_tokens_to_ids(names)
+    assert sentinel_ids(tokenizer, 8).tolist() == list(range(VOCAB - 1, VOCAB - 9, -1))
+    with pytest.raises(DataError, match="has no <extra_id_8>"):
+        sentinel_ids(tokenizer, 9)
+    rows = span_corruption_rows(
+        [SENTENCE * 3], tokenizer, seq_len=24, target_len=None, density=0.15, mean_span=3.0
+    )
+    row = rows.make_row(0, np.random.default_rng(0))
+    source = reference.decode(row["source"][row["source_segments"] > 0])
+    target = reference.decode(row["targets"][row["weights"] > 0])
+    assert source.count("<extra_id_") == target.count("<extra_id_") > 0
+    assert source.startswith(SENTENCE.split()[0]) and target.startswith("<extra_id_0>")
+    assert source.endswith("</s>") and target.endswith("</s>")
+
+
+@needs_transformers
 def test_imported_t5_workdir_translates_as_transformers(tmp_path, monkeypatch, capsys):
     """A converted T5 directory: its decoder start (the padding token) becomes the tokenizer's
     BOS, and `jaxlm generate` gives the text transformers generates greedily. Converted back,

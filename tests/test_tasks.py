@@ -12,6 +12,7 @@ from jaxlm.data.tasks import (
     masked_lm_rows,
     seq2seq_rows,
     seq2seq_sources,
+    span_corruption_rows,
 )
 from jaxlm.errors import DataError, JaxlmError
 from jaxlm.translation_eval import translation_bleu
@@ -27,6 +28,10 @@ class WordTokenizer:
 
     def encode_batch(self, texts):
         return [[self.words.setdefault(w, 7 + len(self.words)) for w in t.split()] for t in texts]
+
+    def token_id(self, token):
+        """Span corruption's sentinel `<extra_id_N>` is id 4000 + N."""
+        return 4000 + int(token.removeprefix("<extra_id_").removesuffix(">"))
 
 
 def _documents(num_docs=40, lines=12, words=6):
@@ -148,6 +153,21 @@ def test_seq2seq_rows_shift_targets():
     assert (row["target_inputs"][1:4] == row["targets"][:3]).all()
 
 
+def test_seq2seq_targets_have_a_length_of_their_own():
+    """Targets of `target_len` - 1 tokens and EOS fit; longer ones are cut, or skipped."""
+    tokenizer = WordTokenizer()
+    pairs = [("a b c d e f", "u v"), ("a", "u v w x")]
+    rows = seq2seq_rows(pairs, tokenizer, seq_len=8, target_len=3, truncate=True)
+    u, v = tokenizer.words["u"], tokenizer.words["v"]
+    first, second = (rows.make_row(i, None) for i in range(2))
+    assert first["source"].shape == (8,) and first["targets"].tolist() == [u, v, 3]
+    assert second["targets"].tolist() == [u, v, 3] and rows.truncated == 1
+    kept = seq2seq_rows(pairs, tokenizer, seq_len=8, target_len=3, truncate=False)
+    assert kept.count == 1 and kept.skipped == {"too long": 1}
+    with pytest.raises(DataError, match=r"longer than data.seq_len=8 \(sources\) or 2"):
+        seq2seq_rows(pairs[1:], tokenizer, seq_len=8, target_len=2, truncate=False)
+
+
 @pytest.mark.parametrize("truncate", [True, False])
 def test_seq2seq_sources_are_the_rows_encoder_inputs(truncate):
     """What translation evaluation feeds the encoder is what training fed it: the row's source
@@ -256,21 +276,26 @@ def test_prefetch_to_device_keeps_order_and_shards_over_the_batch_axes():
 
 
 def test_batch_features_describe_the_rows_of_every_task():
+    """Rows of 16 source tokens and, for seq2seq and span corruption, 6 target tokens."""
     tokenizer = WordTokenizer()
     rows = {
         "masked_lm": masked_lm_rows(
             _documents(4), tokenizer, seq_len=16, probability=0.15, next_sentence=True
         ),
         "classification": classification_rows([("a b", 1)], tokenizer, seq_len=16, truncate=True),
-        "seq2seq": seq2seq_rows([("a b", "c")], tokenizer, seq_len=16, truncate=True),
+        "seq2seq": seq2seq_rows([("a b", "c")], tokenizer, seq_len=16, target_len=6, truncate=True),
+        "span_corruption": span_corruption_rows(
+            _documents(4), tokenizer, seq_len=16, target_len=6, density=0.15, mean_span=3.0
+        ),
     }
+    assert set(rows) | {"causal_lm"} == set(BATCH_FEATURES)
+    lengths = {"source": (16,), "target": (6,), None: ()}
     for task, task_rows in rows.items():
         row = task_rows.make_row(0, np.random.default_rng(0))
         assert set(row) == set(BATCH_FEATURES[task]), task
-        for key, (dtype, per_token) in BATCH_FEATURES[task].items():
-            assert np.asarray(row[key]).dtype == dtype and np.shape(row[key]) == (
-                (16,) if per_token else ()
-            ), (task, key)
+        for key, (dtype, length) in BATCH_FEATURES[task].items():
+            assert np.asarray(row[key]).dtype == dtype, (task, key)
+            assert np.shape(row[key]) == lengths[length], (task, key)
 
 
 def test_translation_bleu_says_when_there_is_nothing_to_score():

@@ -12,12 +12,19 @@ def train(args) -> None:
 
     files = resolve_files(args.files)
     tokenizer = train_tokenizer(
-        files, args.output, args.vocab_size, args.type, args.sample_lines, args.byte_fallback
+        files,
+        args.output,
+        args.vocab_size,
+        args.type,
+        args.sample_lines,
+        args.byte_fallback,
+        args.sentinels,
     )
     fallback = "byte fallback" if args.byte_fallback else "no byte fallback"
+    sentinels = f", {args.sentinels} sentinels" if args.sentinels else ""
     print(
-        f"wrote {args.output}: {args.type}, {tokenizer.vocab_size} pieces, {fallback}, "
-        f"trained on {len(files)} file(s)"
+        f"wrote {args.output}: {args.type}, {tokenizer.vocab_size} pieces, {fallback}"
+        f"{sentinels}, trained on {len(files)} file(s)"
     )
 
 
@@ -53,6 +60,12 @@ def register(commands) -> None:
         type=at_least(0),
         default=200_000,
         help="random lines trained on (default 200000; 0 = all)",
+    )
+    training.add_argument(
+        "--sentinels",
+        type=at_least(0),
+        default=0,
+        help="add span corruption's sentinel pieces <extra_id_0> ... <extra_id_N-1> (default 0)",
     )
     training.set_defaults(run=train)
     encoding = actions.add_parser("encode", help="print the ids and pieces of a text")

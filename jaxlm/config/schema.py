@@ -124,7 +124,7 @@ class DataConfig:
     sentencepiece tokenizer, and batch shapes."""
 
     source: str = "text"  # text | jsonl | tfds | tokens | vader | gettext (see jaxlm.data.sources)
-    task: str = "causal_lm"  # causal_lm | masked_lm | classification | seq2seq
+    task: str = "causal_lm"  # causal_lm | masked_lm | classification | seq2seq | span_corruption
     train_files: list[str] = field(default_factory=list)  # paths or globs the source reads
     document_unit: str = "file"  # text source: one document is a file | paragraph | line
     text_field: str = "text"  # jsonl / tfds: the text (classification) or source (seq2seq) field
@@ -144,11 +144,16 @@ class DataConfig:
     tokenizer: str = ""
     tokenizer_type: str = "unigram"  # unigram | bpe (when training one)
     tokenizer_sample_lines: int = 200_000  # lines sampled to train the tokenizer
-    seq_len: int = 128  # tokens per row (seq2seq: per source and per target row)
+    seq_len: int = 128  # tokens per row (seq2seq, span_corruption: per source row)
+    # seq2seq, span_corruption: tokens per target row; None = seq_len (seq2seq), or the longest
+    # target of a source row (span_corruption)
+    target_len: int | None = None
     batch_size: int = 32  # global batch, in rows
     shuffle_buffer: int = 1024  # rows
     mlm_probability: float = 0.15  # masked_lm: share of tokens predicted (80% mask/10%/10%)
     next_sentence: bool = True  # masked_lm: sentence pairs with a next-sentence label (50/50)
+    noise_density: float = 0.15  # span_corruption: share of the tokens hidden from the encoder
+    mean_noise_span: float = 3.0  # span_corruption: mean length of a hidden span, in tokens
     truncate: bool = True  # examples longer than a row: truncate (True) or skip (False); counted
 
 

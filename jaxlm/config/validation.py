@@ -22,7 +22,7 @@ CHOICES = {
     "model.remat_policy": ("none", "full", "dots", "dots_no_batch"),
     "model.sinusoidal_layout": ("interleaved", "halves"),
     "data.source": ("text", "jsonl", "tfds", "tokens", "vader", "gettext"),
-    "data.task": ("causal_lm", "masked_lm", "classification", "seq2seq"),
+    "data.task": ("causal_lm", "masked_lm", "classification", "seq2seq", "span_corruption"),
     "data.document_unit": ("file", "paragraph", "line"),
     "data.tokenizer_type": ("unigram", "bpe"),
     "train.best_mode": ("min", "max"),
@@ -36,6 +36,7 @@ TASK_MODELS = {  # task: (model family, bert heads it trains)
     "masked_lm": ("bert", ("mlm", "nsp")),
     "classification": ("bert", ("classifier",)),
     "seq2seq": ("seq2seq", ()),
+    "span_corruption": ("seq2seq", ()),
 }
 
 
@@ -96,7 +97,14 @@ def validate(config: Config) -> None:
     _check(d.batch_size > 0, "data.batch_size", "must be positive")
     _check(0 <= d.eval_fraction < 1, "data.eval_fraction", "must be in [0, 1)")
     _check(d.eval_examples >= 0, "data.eval_examples", "must be >= 0")
+    _check(
+        d.target_len is None or 0 < d.target_len <= m.max_len,
+        "data.target_len",
+        f"must be in [1, model.max_len={m.max_len}] (or null)",
+    )
     _check(0 < d.mlm_probability < 1, "data.mlm_probability", "must be in (0, 1)")
+    _check(0 < d.noise_density < 1, "data.noise_density", "must be in (0, 1)")
+    _check(d.mean_noise_span >= 1, "data.mean_noise_span", "must be >= 1")
     _check(d.max_examples >= 0, "data.max_examples", "must be >= 0")
 
     t = config.train

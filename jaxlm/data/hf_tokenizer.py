@@ -77,9 +77,13 @@ class HFTokenizer:
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
+    def token_id(self, token: str) -> int | None:
+        """The id of `token`, or None when the vocabulary has no such token."""
+        return self.tokenizer.token_to_id(token)
+
     def _id(self, name: str) -> int:
         token = self.special[name]
-        token_id = None if token is None else self.tokenizer.token_to_id(token)
+        token_id = None if token is None else self.token_id(token)
         if token_id is None:
             raise DataError(f"the tokenizer has no {name} token, which this task needs")
         return token_id

@@ -22,7 +22,15 @@ from jax.experimental import multihost_utils
 from jaxlm.config import Config
 from jaxlm.data.batching import IndexedBatches, prefetch
 from jaxlm.data.hf_tokenizer import load_tokenizer, run_tokenizer
-from jaxlm.data.tasks import TaskRows, classification_rows, masked_lm_rows, seq2seq_rows
+from jaxlm.data.span_corruption import TRAINED_SENTINELS
+from jaxlm.data.tasks import (
+    TaskRows,
+    classification_rows,
+    masked_lm_rows,
+    seq2seq_rows,
+    span_corruption_rows,
+    target_length,
+)
 from jaxlm.data.tokenizer import Tokenizer, train_tokenizer_on_texts
 from jaxlm.errors import ConfigError
 
@@ -43,7 +51,8 @@ class TrainingData:
 
 def prepare_tokenizer(cfg: Config, texts: Iterable[str], workdir: Path, log) -> Tokenizer:
     """The configured tokenizer (sentencepiece or Hugging Face), the workdir's, or one trained
-    on `texts` into it (by process 0 alone in a multi-process run: the workdir must be shared)."""
+    on `texts` into it (by process 0 alone in a multi-process run: the workdir must be shared),
+    with sentinel tokens for span corruption."""
     path = run_tokenizer(cfg.data.tokenizer, workdir)
     if not cfg.data.tokenizer and not path.exists() and jax.process_index() == 0:
         log(f"training a {cfg.data.tokenizer_type} tokenizer of {cfg.model.vocab_size} tokens")
@@ -53,6 +62,7 @@ def prepare_tokenizer(cfg: Config, texts: Iterable[str], workdir: Path, log) -> 
             cfg.model.vocab_size,
             cfg.data.tokenizer_type,
             cfg.data.tokenizer_sample_lines,
+            sentinels=TRAINED_SENTINELS if cfg.data.task == "span_corruption" else 0,
         )
     if jax.process_count() > 1:  # the others wait for process 0's tokenizer
         multihost_utils.sync_global_devices("jaxlm tokenizer")
@@ -77,7 +87,18 @@ def _task_rows(cfg: Config, examples: list, tokenizer: Tokenizer) -> TaskRows:
         )
     if d.task == "classification":
         return classification_rows(examples, tokenizer, seq_len=d.seq_len, truncate=d.truncate)
-    return seq2seq_rows(examples, tokenizer, seq_len=d.seq_len, truncate=d.truncate)
+    if d.task == "span_corruption":
+        return span_corruption_rows(
+            examples,
+            tokenizer,
+            seq_len=d.seq_len,
+            target_len=d.target_len,
+            density=d.noise_density,
+            mean_span=d.mean_noise_span,
+        )
+    return seq2seq_rows(
+        examples, tokenizer, seq_len=d.seq_len, target_len=target_length(d), truncate=d.truncate
+    )
 
 
 def _limited(batches: Iterable[Batch], limit: int) -> Iterable[Batch]:
@@ -196,9 +217,10 @@ def _batches_of(cfg: Config, splits, workdir: Path, log) -> TrainingData:
 def data_from_examples(
     cfg: Config, train: list, eval: list = (), labels: list[str] = (), log=print
 ) -> TrainingData:
-    """Batches of in-memory examples for `cfg.data.task`: texts (causal or masked LM), `(text,
-    label index)` pairs with class names `labels` (classification) or `(source, target)` pairs
-    (seq2seq). The tokenizer is `cfg.data.tokenizer`, or trained into `cfg.train.workdir`."""
+    """Batches of in-memory examples for `cfg.data.task`: texts (causal or masked LM, span
+    corruption), `(text, label index)` pairs with class names `labels` (classification) or
+    `(source, target)` pairs (seq2seq). The tokenizer is `cfg.data.tokenizer`, or trained into
+    `cfg.train.workdir`."""
     from jaxlm.data.sources import Splits
 
     workdir = Path(cfg.train.workdir)

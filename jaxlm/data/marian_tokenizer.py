@@ -105,6 +105,10 @@ class MarianTokenizer:
         """Token ids of target texts, split by the target language's model."""
         return self._ids(self.target, texts)
 
+    def token_id(self, token: str) -> int | None:
+        """The id of `token`, or None when the vocabulary has no such token."""
+        return self.vocab.get(token)
+
     def decode(self, ids: Sequence[int]) -> str:
         """The target text of `ids`; special tokens decode to nothing."""
         special = set(self.special_ids.values())

@@ -1,4 +1,5 @@
-"""Rows for the encoder tasks: masked LM (with next-sentence pairs), classification, seq2seq.
+"""Rows for the encoder tasks: masked LM (with next-sentence pairs), classification, seq2seq and
+span corruption.
 
 Each `*_rows` function tokenizes its examples once and returns `(count, make_row, weight_keys)`
 for `IndexedBatches`; `make_row(example, rng)` builds one fixed-length row of NumPy arrays.
@@ -12,13 +13,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from jaxlm.data.span_corruption import corrupt, fit_chunk, noise_mask, sentinel_ids
 from jaxlm.errors import DataError
 
 RowMaker = Callable[[int, np.random.Generator], dict[str, np.ndarray]]
 
-# What one row of each task's batches holds: {key: (dtype, True if [seq_len] else scalar)}.
-_TOKENS, _TOKEN_WEIGHTS = (np.int32, True), (np.float32, True)
-_LABEL, _LABEL_WEIGHT = (np.int32, False), (np.float32, False)
+# What one row of each task's batches holds: {key: (dtype, length)}, the length "source" for
+# [data.seq_len], "target" for [target_length(data)] and None for a scalar.
+_TOKENS, _TOKEN_WEIGHTS = (np.int32, "source"), (np.float32, "source")
+_LABEL, _LABEL_WEIGHT = (np.int32, None), (np.float32, None)
+_TARGET_TOKENS, _TARGET_WEIGHTS = (np.int32, "target"), (np.float32, "target")
+_SEQ2SEQ = dict.fromkeys(("source", "source_segments"), _TOKENS) | dict.fromkeys(
+    ("target_inputs", "target_segments", "targets"), _TARGET_TOKENS
+)
 BATCH_FEATURES = {
     "causal_lm": dict.fromkeys(("inputs", "targets", "positions", "segment_ids"), _TOKENS)
     | {"weights": _TOKEN_WEIGHTS},
@@ -26,11 +33,18 @@ BATCH_FEATURES = {
     | {"mlm_weights": _TOKEN_WEIGHTS, "nsp_labels": _LABEL, "nsp_weights": _LABEL_WEIGHT},
     "classification": dict.fromkeys(("inputs", "type_ids", "segment_ids"), _TOKENS)
     | {"labels": _LABEL, "label_weights": _LABEL_WEIGHT},
-    "seq2seq": dict.fromkeys(
-        ("source", "source_segments", "target_inputs", "target_segments", "targets"), _TOKENS
-    )
-    | {"weights": _TOKEN_WEIGHTS},
+    "seq2seq": _SEQ2SEQ | {"weights": _TARGET_WEIGHTS},
+    "span_corruption": _SEQ2SEQ | {"weights": _TARGET_WEIGHTS},
 }
+
+
+def target_length(data) -> int:
+    """Tokens per target row of a `DataConfig`: `data.target_len`, else `data.seq_len` for
+    seq2seq, or the target of the longest span-corruption chunk that fits a source row."""
+    if data.task == "span_corruption":
+        chunk = fit_chunk(data.seq_len, data.target_len, data.noise_density, data.mean_noise_span)
+        return data.target_len or chunk.target
+    return data.target_len or data.seq_len
 
 
 @dataclass
@@ -225,41 +239,98 @@ def classification_rows(
 # Sequence to sequence
 
 
+def seq2seq_row(
+    source: Sequence[int], target: Sequence[int], tokenizer, seq_len: int, target_len: int
+) -> dict[str, np.ndarray]:
+    """Source `source [eos]`, decoder inputs `[bos] target` and targets `target [eos]`, padded to
+    `seq_len` (source) and `target_len` tokens."""
+    pad, bos, eos = tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id
+    target_ones = np.ones(len(target) + 1)
+    return {
+        "source": _pad([*source, eos], seq_len, pad),
+        "source_segments": _pad(np.ones(len(source) + 1), seq_len, 0),
+        "target_inputs": _pad([bos, *target], target_len, pad),
+        "target_segments": _pad(target_ones, target_len, 0),
+        "targets": _pad([*target, eos], target_len, pad),
+        "weights": _pad(target_ones, target_len, 0).astype(np.float32),
+    }
+
+
 def seq2seq_rows(
-    pairs: Sequence[tuple[str, str]], tokenizer, *, seq_len: int, truncate: bool
+    pairs: Sequence[tuple[str, str]],
+    tokenizer,
+    *,
+    seq_len: int,
+    truncate: bool,
+    target_len: int | None = None,
 ) -> TaskRows:
-    """Source rows `ids [eos]`, decoder inputs `[bos] ids` and targets `ids [eos]`; keys source,
+    """`seq2seq_row`s of the pairs, targets of `target_len` tokens (None = seq_len); keys source,
     source_segments, target_inputs, target_segments, targets, weights. Targets are encoded by
     the tokenizer's `encode_target_batch` where it has one (Marian's: another language's
     model), else like the sources."""
+    target_len = target_len or seq_len
     sources = tokenizer.encode_batch([source for source, _ in pairs])
     encode_targets = getattr(tokenizer, "encode_target_batch", tokenizer.encode_batch)
     targets = encode_targets([target for _, target in pairs])
     rows, truncated, skipped = [], 0, 0
     for source, target in zip(sources, targets, strict=True):
-        fitted = [_fit(list(ids), seq_len - 1, truncate) for ids in (source, target)]
+        fitted = [
+            _fit(list(ids), room - 1, truncate)
+            for ids, room in ((source, seq_len), (target, target_len))
+        ]
         if None in fitted:
             skipped += 1
             continue
         truncated += len(fitted[0]) < len(source) or len(fitted[1]) < len(target)
         rows.append(fitted)
     if not rows:
-        raise DataError(f"all {len(pairs)} pairs are longer than data.seq_len={seq_len}")
-    pad, bos, eos = tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id
+        raise DataError(
+            f"all {len(pairs)} pairs are longer than data.seq_len={seq_len} "
+            f"(sources) or {target_len} (targets)"
+        )
 
     def make_row(example: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        source, target = rows[example]
-        target_ones = np.ones(len(target) + 1)
-        return {
-            "source": _pad([*source, eos], seq_len, pad),
-            "source_segments": _pad(np.ones(len(source) + 1), seq_len, 0),
-            "target_inputs": _pad([bos, *target], seq_len, pad),
-            "target_segments": _pad(target_ones, seq_len, 0),
-            "targets": _pad([*target, eos], seq_len, pad),
-            "weights": _pad(target_ones, seq_len, 0).astype(np.float32),
-        }
+        return seq2seq_row(*rows[example], tokenizer, seq_len, target_len)
 
     return TaskRows(len(rows), make_row, ("weights",), truncated, {"too long": skipped})
+
+
+# Span corruption
+
+
+def span_corruption_rows(
+    documents: Sequence[str],
+    tokenizer,
+    *,
+    seq_len: int,
+    target_len: int | None,
+    density: float,
+    mean_span: float,
+) -> TaskRows:
+    """`seq2seq_row`s of span corruption (`jaxlm.data.span_corruption`): the documents, each
+    followed by EOS, in one token stream cut into the longest chunks whose source fits
+    `seq_len` and target `target_len` (None = any). Each time a row is made, its noise is drawn
+    anew from its generator."""
+    chunk = fit_chunk(seq_len, target_len, density, mean_span)
+    sentinels = sentinel_ids(tokenizer, chunk.spans)
+    eos = [tokenizer.eos_id]
+    stream = np.fromiter(
+        (t for ids in tokenizer.encode_batch(list(documents)) for t in (*ids, *eos)), np.int32
+    )
+    count = -(-len(stream) // chunk.chunk)
+    if len(stream) % chunk.chunk == 1:  # a last chunk of one token has nothing to corrupt
+        count -= 1
+    if count == 0:
+        raise DataError("the span-corruption documents contain no text")
+    rows_target = target_len or chunk.target
+
+    def make_row(example: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        tokens = stream[example * chunk.chunk : (example + 1) * chunk.chunk]
+        noise = noise_mask(len(tokens), density, mean_span, rng)
+        source, target = corrupt(tokens, noise, sentinels)
+        return seq2seq_row(source, target, tokenizer, seq_len, rows_target)
+
+    return TaskRows(count, make_row, ("weights",))
 
 
 def seq2seq_sources(

@@ -1,7 +1,8 @@
 """Sentencepiece tokenizer: training on text files, loading, and newline-safe encode/decode.
 
 Special ids are fixed: pad=0, unk=1, bos=2, eos=3, and trained models add the user-defined
-pieces [MASK], [CLS], [SEP] (ids 4, 5, 6) that the encoder tasks need. Text is encoded one line at
+pieces [MASK], [CLS], [SEP] (ids 4, 5, 6) that the encoder tasks need, and, when asked, span
+corruption's sentinels `<extra_id_0>`, `<extra_id_1>`, ... after them. Text is encoded one line at
 a time and the lines are joined with the byte-fallback piece `<0x0A>`, so newlines survive and a
 word after a newline tokenizes as it does at the start of a text. Models trained without byte
 fallback have no such piece: they encode with plain sentencepiece, and newlines are lost.
@@ -20,6 +21,7 @@ from typing import BinaryIO
 
 import sentencepiece as spm
 
+from jaxlm.data.span_corruption import SENTINEL
 from jaxlm.errors import DataError
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
@@ -77,10 +79,15 @@ class Tokenizer:
     def sep_id(self) -> int:
         return self._user_defined(SEP_PIECE)
 
+    def token_id(self, piece: str) -> int | None:
+        """The id of `piece`, or None when the model has no such piece."""
+        piece_id = self.sp.piece_to_id(piece)
+        return None if self.sp.is_unknown(piece_id) else piece_id
+
     def _user_defined(self, piece: str) -> int:
         """The id of a special piece; a model without it raises `DataError`."""
-        piece_id = self.sp.piece_to_id(piece)
-        if self.sp.is_unknown(piece_id):
+        piece_id = self.token_id(piece)
+        if piece_id is None:
             raise DataError(
                 f"the tokenizer has no {piece} piece, which this task needs: train one with "
                 "`jaxlm tokenizer train` (it adds [MASK], [CLS] and [SEP])"
@@ -127,8 +134,10 @@ def train_tokenizer(
     model_type: str = "unigram",
     sample_lines: int = 200_000,
     byte_fallback: bool = True,
+    sentinels: int = 0,
 ) -> Tokenizer:
-    """Trains a sentencepiece model on up to `sample_lines` random lines of `files`.
+    """Trains a sentencepiece model on up to `sample_lines` random lines of `files`, with
+    `sentinels` sentinel pieces for span corruption.
 
     The model is written atomically to `model_path` (parent folders created). A vocab_size the
     text cannot support raises `DataError`.
@@ -140,6 +149,7 @@ def train_tokenizer(
         model_type,
         sample_lines,
         byte_fallback,
+        sentinels,
         what,
         input=[str(f) for f in files],
     )
@@ -152,6 +162,7 @@ def train_tokenizer_on_texts(
     model_type: str = "unigram",
     sample_lines: int = 200_000,
     byte_fallback: bool = True,
+    sentinels: int = 0,
 ) -> Tokenizer:
     """`train_tokenizer` on the lines of in-memory texts (examples of a non-file source)."""
     lines = (line for text in texts for line in text.split("\n") if line)
@@ -162,6 +173,7 @@ def train_tokenizer_on_texts(
         model_type,
         sample_lines,
         byte_fallback,
+        sentinels,
         what,
         sentence_iterator=lines,
     )
@@ -173,6 +185,7 @@ def _train(
     model_type: str,
     sample_lines: int,
     byte_fallback: bool,
+    sentinels: int,
     what: str,
     **source,
 ) -> Tokenizer:
@@ -193,7 +206,12 @@ def _train(
             unk_id=UNK_ID,
             bos_id=BOS_ID,
             eos_id=EOS_ID,
-            user_defined_symbols=[MASK_PIECE, CLS_PIECE, SEP_PIECE],
+            user_defined_symbols=[
+                MASK_PIECE,
+                CLS_PIECE,
+                SEP_PIECE,
+                *(SENTINEL.format(i) for i in range(sentinels)),
+            ],
             num_threads=os.cpu_count(),
             minloglevel=2,
             split_digits=True,

@@ -18,7 +18,7 @@ import jax
 from jax.extend.core import jaxprs_in_params
 
 from jaxlm.config import Config, ModelConfig, check_task
-from jaxlm.data.tasks import BATCH_FEATURES
+from jaxlm.data.tasks import BATCH_FEATURES, target_length
 from jaxlm.errors import JaxlmError
 from jaxlm.layers.platform import tracing_for
 from jaxlm.models.summary import abstract_params, parameter_leaves
@@ -85,13 +85,12 @@ def abstract_batch(cfg: Config, mesh) -> dict[str, jax.ShapeDtypeStruct]:
     if cfg.data.task == "masked_lm" and not cfg.data.next_sentence:
         del features["nsp_labels"], features["nsp_weights"]
     sharding = batch_sharding(mesh)
+    lengths = {"source": (cfg.data.seq_len,), None: ()}
+    if "target" in {length for _, length in features.values()}:
+        lengths["target"] = (target_length(cfg.data),)
     return {
-        key: jax.ShapeDtypeStruct(
-            (cfg.data.batch_size, cfg.data.seq_len) if per_token else (cfg.data.batch_size,),
-            dtype,
-            sharding=sharding,
-        )
-        for key, (dtype, per_token) in features.items()
+        key: jax.ShapeDtypeStruct((cfg.data.batch_size, *lengths[length]), dtype, sharding=sharding)
+        for key, (dtype, length) in features.items()
     }
 
 

@@ -305,17 +305,17 @@ class Trainer:
                 title=str(self.workdir),
             )
             log(f"loss plot: {plot}")
-        generates = self.cfg.data.task in ("causal_lm", "seq2seq")
-        if self.cfg.sample.prompts and generates and self.data.tokenizer:
+        family = self.cfg.model.family
+        if self.cfg.sample.prompts and family != "bert" and self.data.tokenizer:
             texts = self.generate(self.cfg.sample.prompts)
-            joint = " -> " if self.cfg.data.task == "seq2seq" else ""
+            joint = " -> " if family == "seq2seq" else ""
             for prompt, text in zip(self.cfg.sample.prompts, texts, strict=True):
                 log(f"--- sample ---\n{prompt}{joint}{text}")
         self._callbacks("on_train_end", self.last)
 
     def generate(self, prompts: list[str], **settings) -> list[str]:
-        """Continuations (GPT) or translations (seq2seq) of text prompts with the current
-        parameters; `settings` override `cfg.sample` (e.g. `temperature=0`, `num_beams=4`)."""
+        """Continuations (GPT) or translations (seq2seq, or span fills) of text prompts with the
+        current parameters; `settings` override `cfg.sample` (`temperature=0`, `num_beams=4`)."""
         known = {field.name for field in dataclasses.fields(self.cfg.sample)}
         if unknown := sorted(set(settings) - known):
             raise ConfigError(f"unknown sample setting(s) {unknown}: one of {sorted(known)}")

@@ -2,8 +2,9 @@
 
     splits = load_splits(cfg.data)   # Splits(train, eval, labels, skipped)
 
-Examples by `data.task`: causal_lm and masked_lm take documents (`str`); classification takes
-`(text, label index)` with `Splits.labels` the class names; seq2seq takes `(source, target)`.
+Examples by `data.task`: causal_lm, masked_lm and span_corruption take documents (`str`);
+classification takes `(text, label index)` with `Splits.labels` the class names; seq2seq takes
+`(source, target)`.
 
 Sources (`data.source`), all reading `data.train_files` (paths or globs) except tfds:
 

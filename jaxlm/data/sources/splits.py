@@ -16,7 +16,7 @@ from jaxlm.data.sources.text import _jsonl_records, _text_records
 from jaxlm.data.sources.tfds import _tfds_records
 from jaxlm.errors import ConfigError, DataError
 
-LM_TASKS = ("causal_lm", "masked_lm")
+LM_TASKS = ("causal_lm", "masked_lm", "span_corruption")  # tasks that read documents
 TASKS_OF_SOURCE = {
     "text": LM_TASKS,
     "jsonl": (*LM_TASKS, "classification", "seq2seq"),
