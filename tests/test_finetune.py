@@ -456,3 +456,39 @@ def test_minilm_vader_recipe_reaches_82_percent(tmp_path):
     metrics = Trainer(cfg).fit()
     assert metrics["eval_examples"] == 1000
     assert metrics["eval_accuracy"] >= 0.82
+
+
+def test_fine_tuning_takes_the_tokenizer_the_weights_were_trained_with(
+    real_text_files, tmp_path, capsys
+):
+    """Without data.tokenizer, a run from a jaxlm workdir's weights copies that run's tokenizer
+    (a new one trained on the new text would give other ids to the same embeddings); the export
+    carries it, and a run from the export takes it from there. Weights without a tokenizer are
+    a one-line error naming data.tokenizer."""
+    text = [f"data.train_files=[{','.join(map(str, real_text_files[:30]))}]"]
+    other_text = [f"data.train_files=[{','.join(map(str, real_text_files[30:]))}]"]
+    model = [*GPT, "model.vocab_size=384", "train.log_every=1"]
+    Trainer(_config(model, tmp_path / "pre", *text)).fit()
+    pretrained = (tmp_path / "pre" / "tokenizer.model").read_bytes()
+
+    follow = _config(
+        model, tmp_path / "next", f"finetune.init_from={tmp_path / 'pre'}", *other_text
+    )
+    capsys.readouterr()
+    Trainer(follow).fit()
+    assert "as finetune.init_from was trained with" in capsys.readouterr().out
+    assert (tmp_path / "next" / "tokenizer.model").read_bytes() == pretrained
+    fresh = _config(model, tmp_path / "fresh", *other_text)
+    Trainer(fresh).fit()  # what the run would have trained: another tokenizer
+    assert (tmp_path / "fresh" / "tokenizer.model").read_bytes() != pretrained
+
+    export_workdir(tmp_path / "next", tmp_path / "hf")
+    assert (tmp_path / "hf" / "tokenizer.model").read_bytes() == pretrained
+    from_export = _config(model, tmp_path / "again", f"finetune.init_from={tmp_path / 'hf'}")
+    Trainer(from_export, data=_data("gpt")).fit()  # in-memory batches: no tokenizer needed
+    load_tokenizer(str(tmp_path / "hf" / "tokenizer.model"))
+    (tmp_path / "hf" / "tokenizer.model").unlink()
+    bare = _config(model, tmp_path / "bare", f"finetune.init_from={tmp_path / 'hf'}", *other_text)
+    with pytest.raises(ConfigError, match=r"'data.tokenizer': .*hf \(finetune.init_from\) holds"):
+        Trainer(bare)
+    assert not (tmp_path / "bare" / "tokenizer.model").exists()

@@ -634,6 +634,7 @@ def test_generate_continues_a_prompt_in_an_imported_gpt2_workdir(tmp_path, monke
     """`jaxlm generate` streams a continuation decoded by the imported tokenizer, which pads
     with <|endoftext|> (GPT-2 has no pad token), and an export names its bos and eos ids;
     without tokenizer files convert says so."""
+    from jaxlm.data.hf_tokenizer import load_tokenizer
     from jaxlm.generate import generate_text
     from jaxlm.inference import load_for_inference
 
@@ -649,8 +650,10 @@ def test_generate_continues_a_prompt_in_an_imported_gpt2_workdir(tmp_path, monke
     (continuation,) = generate_text(cfg.model, params, tokenizer, [prompt], greedy)
     assert continuation and printed == f"{prompt}{continuation}\n"
     assert main(["convert", "run", "back", "--to", "hf"]) == 0  # with the tokenizer's ids
+    assert "tokenizer.json" in capsys.readouterr().out
     exported = json.loads(Path("back/config.json").read_text())
     assert exported["bos_token_id"] == exported["eos_token_id"] == tokenizer.eos_id
+    assert load_tokenizer("back").encode(prompt) == tokenizer.encode(prompt)  # it came along
 
     for name in ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json"):
         (Path("hf") / name).unlink()
@@ -834,9 +837,11 @@ def test_imported_t5_workdir_translates_as_transformers(tmp_path, monkeypatch, c
     ids_of = ("pad_token_id", "decoder_start_token_id", "eos_token_id")
     assert [exported[key] for key in ids_of] == [0, 0, 1]
     back = transformers.T5ForConditionalGeneration.from_pretrained("back").eval()
+    exported_tokenizer = transformers.AutoTokenizer.from_pretrained("back")  # exported too
+    assert exported_tokenizer([SENTENCE]).input_ids == reference([SENTENCE]).input_ids
     with torch.inference_mode():  # from the config's decoder start, as transformers reads it
         again = back.generate(
-            **reference([SENTENCE], return_tensors="pt"),
+            **exported_tokenizer([SENTENCE], return_tensors="pt"),
             max_new_tokens=6,
             min_new_tokens=6,
             use_cache=False,

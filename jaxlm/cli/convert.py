@@ -6,7 +6,7 @@ with model.safetensors.index.json) of GPT-2, BERT, Llama, Marian or T5; DST beco
 and SRC's tokenizer (its sentencepiece tokenizer.model, and its Hugging Face tokenizer files in
 DST/tokenizer/) when it has one.
 --to hf: SRC is a jaxlm workdir; DST gets config.json and model.safetensors of its latest
-checkpoint (or --step), which `transformers` loads.
+checkpoint (or --step), which `transformers` loads, and the run's tokenizer files.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ def run(args) -> None:
         raise JaxlmError(f"{destination} already exists and is not an empty folder")
     if args.to == "hf":
         step_dir = export_workdir(source, destination, args.step)
-        print(f"wrote {destination} (config.json, model.safetensors) from checkpoint {step_dir}")
+        files = ", ".join(sorted(path.name for path in destination.iterdir()))
+        print(f"wrote {destination} ({files}) from checkpoint {step_dir}")
         return
     if args.step is not None:
         raise JaxlmError("--step selects the checkpoint to export: it needs --to hf")

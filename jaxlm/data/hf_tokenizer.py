@@ -17,6 +17,7 @@ Face files of an imported model in `tokenizer/` (see `workdir_tokenizer`).
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -145,6 +146,51 @@ def workdir_tokenizer(workdir: Path) -> Path:
 def run_tokenizer(configured: str, workdir: Path) -> Path:
     """A run's tokenizer: `data.tokenizer` when set, else its workdir's (`workdir_tokenizer`)."""
     return Path(configured) if configured else workdir_tokenizer(workdir)
+
+
+def copy_tokenizer(tokenizer: Path, sentencepiece_file: Path, files_folder: Path) -> None:
+    """Copies a sentencepiece model, or a directory's `tokenizer.model`, to `sentencepiece_file`,
+    and the files `HFTokenizer.load` reads of a directory, or a `.json` file and its
+    `tokenizer_config.json`, into `files_folder` (made if needed)."""
+    if tokenizer.is_dir():
+        sentencepiece = tokenizer / WORKDIR_SENTENCEPIECE
+        files = {file.name: file for file in tokenizer_files(tokenizer)}
+    elif tokenizer.suffix == ".json":
+        sentencepiece, files = None, {TOKENIZER_JSON: tokenizer}
+        if (settings := tokenizer.parent / TOKENIZER_CONFIG).is_file():
+            files[TOKENIZER_CONFIG] = settings
+    else:
+        sentencepiece, files = tokenizer, {}
+    if sentencepiece is not None and sentencepiece.is_file():
+        shutil.copyfile(sentencepiece, sentencepiece_file)
+    for name, file in files.items():
+        files_folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(file, files_folder / name)
+
+
+def adopt_tokenizer(tokenizer: Path, workdir: Path) -> None:
+    """Copies a tokenizer (see `copy_tokenizer`) into `workdir` as the workdir's own: to
+    `tokenizer.model` and `tokenizer/`. jaxlm's encoder-decoders start decoding from BOS: a model
+    directory whose decoder starts from the padding token instead (T5) gets that token as the
+    copy's BOS."""
+    copy_tokenizer(tokenizer, workdir / WORKDIR_SENTENCEPIECE, workdir / WORKDIR_HF)
+    if tokenizer.is_dir() and (workdir / WORKDIR_HF).is_dir():
+        _decoder_start_as_bos(
+            read_json(tokenizer / "config.json"), workdir / WORKDIR_HF / TOKENIZER_CONFIG
+        )
+
+
+def _decoder_start_as_bos(model: dict, settings_file: Path) -> None:
+    """Names the padding token as the bos_token of `settings_file` (a tokenizer_config.json)
+    when `model` (a config.json) is an encoder-decoder that starts decoding from it and the
+    tokenizer has no BOS (T5; jaxlm's Marian tokenizer does the same)."""
+    pad = model.get("pad_token_id")
+    starts_from_pad = pad is not None and model.get("decoder_start_token_id") in (None, pad)
+    settings = read_json(settings_file)
+    lacks_bos = "pad_token" in settings and settings.get("bos_token") is None
+    if model.get("is_encoder_decoder") and starts_from_pad and lacks_bos:
+        settings["bos_token"] = settings["pad_token"]
+        settings_file.write_text(json.dumps(settings, indent=2) + "\n")
 
 
 def _from_json(path: Path, lowercase: bool | None) -> HFTokenizerModel:

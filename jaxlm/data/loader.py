@@ -21,7 +21,12 @@ from jax.experimental import multihost_utils
 
 from jaxlm.config import Config
 from jaxlm.data.batching import IndexedBatches, prefetch
-from jaxlm.data.hf_tokenizer import load_tokenizer, run_tokenizer
+from jaxlm.data.hf_tokenizer import (
+    adopt_tokenizer,
+    load_tokenizer,
+    run_tokenizer,
+    workdir_tokenizer,
+)
 from jaxlm.data.span_corruption import TRAINED_SENTINELS
 from jaxlm.data.tasks import (
     TaskRows,
@@ -33,6 +38,7 @@ from jaxlm.data.tasks import (
 )
 from jaxlm.data.tokenizer import Tokenizer, train_tokenizer_on_texts
 from jaxlm.errors import ConfigError
+from jaxlm.finetune.pretrained import pretrained_tokenizer
 
 Batch = dict
 
@@ -50,27 +56,47 @@ class TrainingData:
 
 
 def prepare_tokenizer(cfg: Config, texts: Iterable[str], workdir: Path, log) -> Tokenizer:
-    """The configured tokenizer (sentencepiece or Hugging Face), the workdir's, or one trained
-    on `texts` into it (by process 0 alone in a multi-process run: the workdir must be shared),
-    with sentinel tokens for span corruption."""
-    path = run_tokenizer(cfg.data.tokenizer, workdir)
-    if not cfg.data.tokenizer and not path.exists() and jax.process_index() == 0:
-        log(f"training a {cfg.data.tokenizer_type} tokenizer of {cfg.model.vocab_size} tokens")
-        train_tokenizer_on_texts(
-            texts,
-            path,
-            cfg.model.vocab_size,
-            cfg.data.tokenizer_type,
-            cfg.data.tokenizer_sample_lines,
-            sentinels=TRAINED_SENTINELS if cfg.data.task == "span_corruption" else 0,
-        )
+    """The configured tokenizer (sentencepiece or Hugging Face), else the workdir's. A workdir
+    without one first gets the tokenizer of the `finetune.init_from` weights, or one trained on
+    `texts` (with sentinel tokens for span corruption); process 0 alone makes it in a
+    multi-process run, so the workdir must be shared."""
+    missing = not cfg.data.tokenizer and not workdir_tokenizer(workdir).exists()
+    inherited = _inherited_tokenizer(cfg.finetune.init_from) if missing else None
+    if missing and jax.process_index() == 0:
+        if inherited is not None:
+            log(f"tokenizer: {inherited}, as finetune.init_from was trained with")
+            adopt_tokenizer(inherited, workdir)
+        else:
+            log(f"training a {cfg.data.tokenizer_type} tokenizer of {cfg.model.vocab_size} tokens")
+            train_tokenizer_on_texts(
+                texts,
+                workdir_tokenizer(workdir),
+                cfg.model.vocab_size,
+                cfg.data.tokenizer_type,
+                cfg.data.tokenizer_sample_lines,
+                sentinels=TRAINED_SENTINELS if cfg.data.task == "span_corruption" else 0,
+            )
     if jax.process_count() > 1:  # the others wait for process 0's tokenizer
         multihost_utils.sync_global_devices("jaxlm tokenizer")
-    tokenizer = load_tokenizer(str(path))
+    tokenizer = load_tokenizer(str(run_tokenizer(cfg.data.tokenizer, workdir)))
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise ConfigError(
             f"config key 'model.vocab_size': {cfg.model.vocab_size} is smaller than the "
             f"tokenizer's {tokenizer.vocab_size} tokens"
+        )
+    return tokenizer
+
+
+def _inherited_tokenizer(init_from: str) -> Path | None:
+    """The tokenizer of the `init_from` weights (None without init_from); weights without one
+    raise `ConfigError`, since a tokenizer trained anew would not match their embeddings."""
+    if not init_from:
+        return None
+    tokenizer = pretrained_tokenizer(init_from)
+    if tokenizer is None:
+        raise ConfigError(
+            f"config key 'data.tokenizer': {init_from} (finetune.init_from) holds no "
+            "tokenizer; name the one its weights were trained with"
         )
     return tokenizer
 

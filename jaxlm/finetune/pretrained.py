@@ -3,7 +3,8 @@
 A Hugging Face model directory is imported with `jaxlm.interop`; a jaxlm workdir gives its latest
 complete checkpoint, a checkpoint step directory (`<workdir>/checkpoints/<step>`) that one, with
 any LoRA update of that run merged in (a soft prompt or prefix of that run is not carried over).
-`package:<package>/<path>` names a directory inside an installed package.
+`package:<package>/<path>` names a directory inside an installed package. A run without a
+tokenizer of its own takes the one the weights were trained with (`pretrained_tokenizer`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 
 from jaxlm.checkpoint import restore_numpy, step_directories
 from jaxlm.config import ModelConfig, load_config
+from jaxlm.data.hf_tokenizer import WORKDIR_SENTENCEPIECE, tokenizer_files, workdir_tokenizer
 from jaxlm.errors import ConfigError
 from jaxlm.finetune import lora
 from jaxlm.finetune.patterns import SEP, flat, nested
@@ -59,6 +61,19 @@ def load_pretrained(init_from: str) -> tuple[ModelConfig, dict[str, np.ndarray]]
         f"config key '{KEY}': {path} is neither a Hugging Face model directory (config.json), "
         "a jaxlm workdir (config.yaml) nor a checkpoint step directory"
     )
+
+
+def pretrained_tokenizer(init_from: str) -> Path | None:
+    """The tokenizer of the `init_from` weights: a Hugging Face directory itself when it holds
+    one, or the jaxlm run's (its `data.tokenizer`, else its workdir's); None when there is none."""
+    path = resolve_path(init_from, KEY).absolute()
+    if (path / "config.json").is_file():
+        has_one = (path / WORKDIR_SENTENCEPIECE).is_file() or tokenizer_files(path)
+        return path if has_one else None
+    workdir = path if (path / "config.yaml").is_file() else path.parent.parent
+    configured = load_config(str(workdir / "config.yaml")).data.tokenizer
+    tokenizer = resolve_path(configured, KEY) if configured else workdir_tokenizer(workdir)
+    return tokenizer if tokenizer.exists() else None
 
 
 def resolve_model(run: ModelConfig, pretrained: ModelConfig) -> ModelConfig:
