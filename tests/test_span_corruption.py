@@ -209,3 +209,53 @@ def test_config_checks_for_span_corruption():
         load_config(None, [*task, "data.mean_noise_span=0.5"])
     with pytest.raises(ConfigError, match="data.target_len"):
         load_config(None, [*task, "data.target_len=4096"])
+
+
+def test_token_files_feed_span_corruption(real_text_files, tmp_path):
+    """A token file's rows, read through its memory map, merge back into its training tokens
+    (documents with their BOS and EOS); evaluation rows into the held-out tokens. Without the
+    tokenizer (its sentinels), or for a task a token file cannot feed, a one-line error."""
+    from jaxlm.data.loader import training_data
+    from jaxlm.data.token_file import TokenFile, write_token_file
+
+    model = tmp_path / "spans.model"
+    tokenizer = train_tokenizer(real_text_files[:10], model, 600, sentinels=100)
+    documents = [path.read_text() for path in real_text_files[:10]]
+    write_token_file(documents, tokenizer, tmp_path / "docs.tokens")
+    settings = [
+        "model.family=seq2seq",
+        "model.vocab_size=640",
+        "data.source=tokens",
+        "data.task=span_corruption",
+        f"data.train_files=[{tmp_path / 'docs.tokens'}]",
+        "data.seq_len=64",
+        "data.batch_size=8",
+        "data.eval_fraction=0.1",
+    ]
+    cfg = load_config(None, [*settings, f"data.tokenizer={model}"])
+    data = training_data(cfg, tmp_path, log=lambda line: None)
+    train, held_out = TokenFile.open(tmp_path / "docs.tokens").split(0.1)
+    sentinels = set(sentinel_ids(tokenizer, 100).tolist())
+
+    def merged_rows(batches):
+        """Each row's text: its source with every sentinel replaced by its span."""
+        for batch in batches:
+            for row in range(len(batch["source"])):
+                if batch["weights"][row].sum() == 0:  # the last eval batch's filler rows
+                    continue
+                source = batch["source"][row][batch["source_segments"][row] > 0]
+                target = batch["targets"][row][batch["weights"][row] > 0]
+                yield _merge(source[:-1].tolist(), target[:-1].tolist(), sentinels)
+
+    evaluated = [t for row in merged_rows(data.eval_batches(0)) for t in row]
+    assert evaluated == held_out.tokens.tolist()
+    # The first epoch (shuffled) visits every chunk of the training tokens once.
+    chunks = -(-len(train) // fit_chunk(64, None, 0.15, 3.0).chunk)
+    epoch = itertools.islice(merged_rows(data.train_batches(0)), chunks)
+    assert sorted(t for row in epoch for t in row) == sorted(train.tokens.tolist())
+
+    with pytest.raises(ConfigError, match="'data.tokenizer': span corruption of a token file"):
+        training_data(load_config(None, settings), tmp_path, log=lambda line: None)
+    with pytest.raises(ConfigError, match="provides examples for causal_lm, span_corruption, not"):
+        masked = [*settings, "model.family=bert", "data.task=masked_lm"]
+        training_data(load_config(None, masked), tmp_path, log=lambda line: None)

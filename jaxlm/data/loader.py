@@ -11,6 +11,7 @@ next batch; each process builds only its share of every global batch.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from jaxlm.data.tasks import (
     masked_lm_rows,
     seq2seq_rows,
     span_corruption_rows,
+    span_corruption_stream_rows,
     target_length,
 )
 from jaxlm.data.tokenizer import Tokenizer, train_tokenizer_on_texts
@@ -41,6 +43,7 @@ from jaxlm.errors import ConfigError
 from jaxlm.finetune.pretrained import pretrained_tokenizer
 
 Batch = dict
+TOKEN_FILE_TASKS = ("causal_lm", "span_corruption")
 
 
 @dataclass
@@ -157,9 +160,13 @@ def _packed_lm_data(cfg: Config, train, held_out, tokenizer) -> TrainingData:
     return TrainingData(tokenizer, train_batches, eval_batches)
 
 
-def _indexed_data(cfg: Config, train, held_out, tokenizer, log) -> TrainingData:
+def _indexed_data(
+    cfg: Config, train, held_out, rows_of: Callable[..., TaskRows], tokenizer, log
+) -> TrainingData:
+    """Batches of the `rows_of(train)` and `rows_of(held_out)` (when held_out holds any)."""
+
     def batches(examples, training: bool) -> IndexedBatches:
-        rows = _task_rows(cfg, examples, tokenizer)
+        rows = rows_of(examples)
         dropped = {reason: n for reason, n in rows.skipped.items() if n}
         if rows.truncated or dropped:
             split = "train" if training else "eval"
@@ -185,18 +192,44 @@ def _indexed_data(cfg: Config, train, held_out, tokenizer, log) -> TrainingData:
     )
 
 
-def _token_file_data(cfg: Config, workdir: Path) -> TrainingData:
+def _token_file_data(cfg: Config, log) -> TrainingData:
     from jaxlm.data.token_file import TokenFile
 
-    tokens = TokenFile.open(Path(cfg.data.train_files[0]))
-    train, held_out = tokens.split(cfg.data.eval_fraction)
-    tokenizer_path = Path(cfg.data.tokenizer) if cfg.data.tokenizer else None
-    tokenizer = Tokenizer.load(tokenizer_path) if tokenizer_path else None
+    d = cfg.data
+    if d.task not in TOKEN_FILE_TASKS:
+        raise ConfigError(
+            f"config key 'data.task': the tokens source provides examples for "
+            f"{', '.join(TOKEN_FILE_TASKS)}, not {d.task}"
+        )
+    tokens = TokenFile.open(Path(d.train_files[0]))
+    train, held_out = tokens.split(d.eval_fraction)
+    tokenizer = Tokenizer.load(Path(d.tokenizer)) if d.tokenizer else None
     if tokenizer is not None:
         tokens.check_tokenizer(tokenizer)
+    summary = f"token file {d.train_files[0]}: {len(tokens):,} tokens"
+    if d.task == "span_corruption":
+        if tokenizer is None:
+            raise ConfigError(
+                "config key 'data.tokenizer': span corruption of a token file needs the "
+                "tokenizer it was written with, for its sentinel tokens"
+            )
+
+        def rows_of(token_file: TokenFile) -> TaskRows:
+            return span_corruption_stream_rows(
+                token_file.tokens,
+                tokenizer,
+                seq_len=d.seq_len,
+                target_len=d.target_len,
+                density=d.noise_density,
+                mean_span=d.mean_noise_span,
+            )
+
+        data = _indexed_data(cfg, train, held_out, rows_of, tokenizer, log)
+        data.summary = summary
+        return data
     shape = dict(
-        seq_len=cfg.data.seq_len,
-        batch_size=cfg.data.batch_size,
+        seq_len=d.seq_len,
+        batch_size=d.batch_size,
         seed=cfg.train.seed,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
@@ -211,7 +244,7 @@ def _token_file_data(cfg: Config, workdir: Path) -> TrainingData:
         tokenizer,
         lambda start: prefetch(train.batches(start=start, **shape)),
         eval_batches,
-        summary=f"token file {cfg.data.train_files[0]}: {len(tokens):,} tokens",
+        summary=summary,
     )
 
 
@@ -223,7 +256,7 @@ def training_data(cfg: Config, workdir: Path, log=print, splits=None) -> Trainin
     if cfg.data.source == "tokens":
         if not cfg.data.train_files:
             raise ConfigError("config key 'data.train_files': give the token file to read")
-        return _token_file_data(cfg, workdir)
+        return _token_file_data(cfg, log)
     from jaxlm.data.sources import load_splits
 
     return _batches_of(cfg, load_splits(cfg.data), workdir, log)
@@ -234,7 +267,8 @@ def _batches_of(cfg: Config, splits, workdir: Path, log) -> TrainingData:
     if cfg.data.task == "causal_lm":
         data = _packed_lm_data(cfg, splits.train, splits.eval, tokenizer)
     else:
-        data = _indexed_data(cfg, splits.train, splits.eval, tokenizer, log)
+        rows_of = functools.partial(_task_rows, cfg, tokenizer=tokenizer)
+        data = _indexed_data(cfg, splits.train, splits.eval, rows_of, tokenizer, log)
     data.labels, data.eval_examples = splits.labels, splits.eval
     data.summary = f"{cfg.data.source} data for {cfg.data.task}: {splits.summary()}"
     return data

@@ -298,8 +298,17 @@ def seq2seq_rows(
 # Span corruption
 
 
-def span_corruption_rows(
-    documents: Sequence[str],
+def span_corruption_rows(documents: Sequence[str], tokenizer, **settings) -> TaskRows:
+    """`span_corruption_stream_rows` of the documents, each followed by EOS, in one stream."""
+    eos = [tokenizer.eos_id]
+    stream = np.fromiter(
+        (t for ids in tokenizer.encode_batch(list(documents)) for t in (*ids, *eos)), np.int32
+    )
+    return span_corruption_stream_rows(stream, tokenizer, **settings)
+
+
+def span_corruption_stream_rows(
+    stream: np.ndarray,
     tokenizer,
     *,
     seq_len: int,
@@ -307,16 +316,12 @@ def span_corruption_rows(
     density: float,
     mean_span: float,
 ) -> TaskRows:
-    """`seq2seq_row`s of span corruption (`jaxlm.data.span_corruption`): the documents, each
-    followed by EOS, in one token stream cut into the longest chunks whose source fits
-    `seq_len` and target `target_len` (None = any). Each time a row is made, its noise is drawn
-    anew from its generator."""
+    """`seq2seq_row`s of span corruption (`jaxlm.data.span_corruption`): a token stream (such as
+    a memory-mapped token file) cut into the longest chunks whose source fits `seq_len` and
+    target `target_len` (None = any). Each time a row is made, its noise is drawn anew from its
+    generator."""
     chunk = fit_chunk(seq_len, target_len, density, mean_span)
     sentinels = sentinel_ids(tokenizer, chunk.spans)
-    eos = [tokenizer.eos_id]
-    stream = np.fromiter(
-        (t for ids in tokenizer.encode_batch(list(documents)) for t in (*ids, *eos)), np.int32
-    )
     count = -(-len(stream) // chunk.chunk)
     if len(stream) % chunk.chunk == 1:  # a last chunk of one token has nothing to corrupt
         count -= 1
@@ -325,7 +330,7 @@ def span_corruption_rows(
     rows_target = target_len or chunk.target
 
     def make_row(example: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        tokens = stream[example * chunk.chunk : (example + 1) * chunk.chunk]
+        tokens = np.asarray(stream[example * chunk.chunk : (example + 1) * chunk.chunk], np.int32)
         noise = noise_mask(len(tokens), density, mean_span, rng)
         source, target = corrupt(tokens, noise, sentinels)
         return seq2seq_row(source, target, tokenizer, seq_len, rows_target)
