@@ -7,15 +7,10 @@ import jax
 import pytest
 
 from jaxlm import cli
+from jaxlm.bench.flops import model_flops, step_model_flops
 from jaxlm.config import load_config
 from jaxlm.sharding_report import abstract_mesh, parse_mesh, state_layout
-from jaxlm.train.aot import (
-    compile_report,
-    matmul_flops,
-    model_flops_per_token,
-    topology_devices,
-    trace_train_step,
-)
+from jaxlm.train.aot import compile_report, matmul_flops, topology_devices, trace_train_step
 
 # demo's widths (embed 256, mlp 1024, vocab 4096, 4 heads) on shorter rows
 D, F, V = 256, 1024, 4096
@@ -44,8 +39,18 @@ def test_xla_flops_of_a_one_layer_step_match_the_arithmetic():
 def test_program_flops_count_every_scanned_layer():
     traced, _ = trace_train_step(load_config("demo", SMALL), jax.devices())
     assert matmul_flops(traced.jaxpr.jaxpr) == _expected_flops(4, 8, 64)
-    per_token = model_flops_per_token(load_config("demo").model, 64)
+    per_token = model_flops(load_config("demo").model, 64).per_token
     assert 0.99 < per_token * 8 * 64 / _expected_flops(4, 8, 64) < 1.01
+
+
+@pytest.mark.parametrize("task", ["seq2seq", "span_corruption"])
+def test_encoder_decoder_model_flops_match_the_program(task):
+    """Encoder-decoder model FLOPs count each side's parameters over its own tokens: 64 source
+    tokens, and 64 (seq2seq) or 14 (span corruption) target tokens a row; the traced program's
+    matmuls agree but for the norm scales the convention counts."""
+    cfg = load_config("demo", [*SMALL, "model.family=seq2seq", f"data.task={task}"])
+    traced, _ = trace_train_step(cfg, jax.devices())
+    assert 0.99 < step_model_flops(cfg) / matmul_flops(traced.jaxpr.jaxpr) < 1.01
 
 
 def test_compile_command_prints_flops_and_memory(capsys):

@@ -16,6 +16,11 @@ appendix B) and nanoGPT's `estimate_mfu`:
   positions: the whole T x T square, not halved for the causal mask (as the reference attention
   computes it; a flash kernel that skips the masked half does less work for the same figure).
 
+An encoder-decoder's parameters meet the tokens of their side: the encoder's (and the decoder's
+cross-attention keys and values) the S source tokens of a row, the rest of the decoder's and the
+output projection the T target tokens; its attention covers S x S, T x T and T x S
+(`step_model_flops`).
+
 Model FLOPs count what the model needs, not what the program runs: recomputation (remat) and
 masked attention blocks are not added, so MFU compares implementations of the same model fairly.
 """
@@ -23,12 +28,16 @@ masked attention blocks are not added, so MFU compares implementations of the sa
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
-from jaxlm.config import ModelConfig
+from jaxlm.config import Config, ModelConfig
+from jaxlm.data.tasks import target_length
 from jaxlm.models.summary import abstract_params, parameter_leaves
 
-LOOKUP_AXES = {"vocab", "position", "type"}  # tables that are indexed, not multiplied
+# tables that are indexed, not multiplied
+LOOKUP_AXES = {"vocab", "position", "type", "relative_buckets"}
+SOURCE_SIDE = re.compile(r"encoder/|.*cross_attention/(key|value)/")  # meet the source tokens
 
 
 @dataclass(frozen=True)
@@ -43,13 +52,32 @@ class ModelFlops:
         return 6 * self.arithmetic_params + self.attention_per_token
 
 
+def _arithmetic_params(cfg: ModelConfig) -> dict[str, int]:
+    """{path: size} of the parameters that take part in arithmetic (no lookup tables)."""
+    return {
+        path: math.prod(shape)
+        for path, shape, names in parameter_leaves(abstract_params(cfg))
+        if not LOOKUP_AXES & set(names or ())
+    }
+
+
 def model_flops(cfg: ModelConfig, seq_len: int) -> ModelFlops:
     """Training FLOPs per token of a decoder-only (`gpt`) model trained on rows of `seq_len`."""
-    n = sum(
-        math.prod(shape)
-        for _, shape, names in parameter_leaves(abstract_params(cfg))
-        if not LOOKUP_AXES & set(names or ())
-    )
+    n = sum(_arithmetic_params(cfg).values())
     n += cfg.padded_vocab_size * cfg.embed_dim  # the output projection
     attention = 12 * cfg.num_layers * cfg.num_heads * cfg.resolved_head_dim * seq_len
     return ModelFlops(arithmetic_params=n, attention_per_token=attention)
+
+
+def step_model_flops(cfg: Config) -> int:
+    """Model FLOPs of one training step over the whole global batch of `cfg.data`."""
+    m, rows, source = cfg.model, cfg.data.batch_size, cfg.data.seq_len
+    if m.family != "seq2seq":
+        return model_flops(m, source).per_token * rows * source
+    target = target_length(cfg.data)
+    params = _arithmetic_params(m)
+    on_source = sum(size for path, size in params.items() if SOURCE_SIDE.match(path))
+    on_target = sum(params.values()) - on_source + m.padded_vocab_size * m.embed_dim
+    squares = m.num_layers * source**2 + m.decoder_layers * (target**2 + target * source)
+    attention = 12 * m.num_heads * m.resolved_head_dim * squares
+    return rows * (6 * (on_source * source + on_target * target) + attention)

@@ -17,18 +17,16 @@ from dataclasses import dataclass
 import jax
 from jax.extend.core import jaxprs_in_params
 
-from jaxlm.config import Config, ModelConfig, check_task
+from jaxlm.bench.flops import step_model_flops
+from jaxlm.config import Config, check_task
 from jaxlm.data.tasks import BATCH_FEATURES, target_length
 from jaxlm.errors import JaxlmError
 from jaxlm.layers.platform import tracing_for
-from jaxlm.models.summary import abstract_params, parameter_leaves
 from jaxlm.parallel import activate, batch_sharding, check_batch_size, make_mesh
 from jaxlm.sharding_report import format_bytes, mesh_text
 from jaxlm.train.optim import make_optimizer
 from jaxlm.train.state import state_shardings
 from jaxlm.train.step import compile_train_step
-
-LOOKUP_AXES = {"vocab", "position", "type"}  # embedding tables that are indexed, not multiplied
 
 
 def topology_devices(name: str) -> list:
@@ -44,23 +42,6 @@ def topology_devices(name: str) -> list:
                 f"`pip install 'jax[tpu]=={jax.__version__}'` adds it (no TPU needed)"
             ) from None
         raise JaxlmError(f"--topology {name!r}: {str(e).splitlines()[0]}") from None
-
-
-def model_flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
-    """Training FLOPs per token by the 6N + attention convention.
-
-    N counts the parameters that multiply activations: all but the embedding tables that are
-    only indexed, plus the output projection over the padded vocabulary. Attention adds
-    12 * layers * seq_len * heads * head_dim: scores and weighted values, forward and backward,
-    over the whole seq_len x seq_len square (as the reference attention computes it).
-    """
-    n = sum(
-        math.prod(shape)
-        for _, shape, names in parameter_leaves(abstract_params(cfg))
-        if not LOOKUP_AXES & set(names or ())
-    )
-    n += cfg.padded_vocab_size * cfg.embed_dim
-    return 6 * n + 12 * cfg.num_layers * seq_len * cfg.num_heads * cfg.resolved_head_dim
 
 
 def matmul_flops(jaxpr) -> int:
@@ -191,6 +172,6 @@ def compile_report(cfg: Config, devices: list | None = None) -> CompileReport:
         seconds=seconds,
         xla_flops=compiled.cost_analysis()["flops"],
         program_flops=matmul_flops(traced.jaxpr.jaxpr),
-        model_flops=model_flops_per_token(cfg.model, cfg.data.seq_len) * math.prod(batch_shape),
+        model_flops=step_model_flops(cfg),
         memory=compiled.memory_analysis(),
     )
