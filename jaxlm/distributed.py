@@ -15,12 +15,14 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from jaxlm import errors
 from jaxlm.config import Config
 from jaxlm.errors import ConfigError, JaxlmError
 
@@ -136,3 +138,33 @@ def require_shared_workdir(workdir: Path) -> None:
             f"the files process 0 writes in {workdir}; a multi-host run needs a folder all "
             "hosts share at the same path (a bucket mounted with gcsfuse, or NFS)"
         )
+
+
+ERROR_BYTES = 2048  # of a process-0 error's class and message, sent to the other processes
+
+
+def on_process_zero(action: Callable[[], None], barrier: str) -> None:
+    """Runs `action` on process 0 alone; the others wait at `barrier`. A `JaxlmError` it
+    raises is raised on every process (same class, same one-line message), so that no process
+    is left waiting for one that stopped."""
+    failure = None
+    if jax.process_index() == 0:
+        try:
+            action()
+        except JaxlmError as e:
+            failure = e
+    if jax.process_count() == 1:
+        if failure is not None:
+            raise failure
+        return
+    text = "" if failure is None else f"{type(failure).__name__}\t{failure}"
+    sent = np.zeros(ERROR_BYTES, np.uint8)
+    encoded = np.frombuffer(text.encode()[:ERROR_BYTES], np.uint8)
+    sent[: len(encoded)] = encoded
+    received = multihost_utils.broadcast_one_to_all(sent)
+    multihost_utils.sync_global_devices(barrier)
+    if failure is not None:
+        raise failure
+    if text := bytes(np.asarray(received, np.uint8)).rstrip(b"\0").decode(errors="replace"):
+        name, _, message = text.partition("\t")
+        raise getattr(errors, name, JaxlmError)(message)

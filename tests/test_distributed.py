@@ -181,6 +181,28 @@ def test_a_workdir_the_processes_do_not_share_is_a_one_line_error(config_file, t
     assert [sorted(p.name for p in folder.iterdir()) for folder in folders] == [[], []]
 
 
+def test_a_tokenizer_process_0_cannot_make_stops_every_process(config_file, tmp_path):
+    """Process 0 alone trains a run's tokenizer. When it cannot (a vocabulary larger than the
+    text supports), both processes stop with its one-line error, rather than one waiting for a
+    tokenizer that never comes."""
+    text = tmp_path / "short.txt"
+    text.write_text("a few words of text\n" * 20)
+    overrides = [
+        "data.source=text",
+        f"data.train_files=[{text}]",
+        "data.document_unit=line",
+        "data.tokenizer=''",
+        "model.vocab_size=5000",
+        f"train.workdir={tmp_path / 'run'}",
+    ]
+    results, outputs = _run_two_processes(DRIVER, config_file, *overrides)
+    for result, output in zip(results, outputs, strict=True):
+        lines = [line for line in output.splitlines() if "error:" in line]
+        assert result["code"] != 0 and len(lines) == 1, output[-3000:]
+        assert "tokenizer vocab_size 5000 is too large for its training text" in lines[0]
+    assert not (tmp_path / "run" / "tokenizer.model").exists()
+
+
 @pytest.fixture(scope="module")
 def translation_run(real_text_files, tmp_path_factory):
     """(config file, workdir) of a small encoder-decoder trained for 300 steps, on the (2, 2, 2)

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import jax
-from jax.experimental import multihost_utils
 
 from jaxlm.config import Config
 from jaxlm.data.batching import IndexedBatches, prefetch
@@ -39,6 +38,7 @@ from jaxlm.data.tasks import (
     target_length,
 )
 from jaxlm.data.tokenizer import Tokenizer, train_tokenizer_on_texts
+from jaxlm.distributed import on_process_zero
 from jaxlm.errors import ConfigError
 from jaxlm.finetune.pretrained import pretrained_tokenizer
 
@@ -63,24 +63,26 @@ def prepare_tokenizer(cfg: Config, texts: Iterable[str], workdir: Path, log) -> 
     without one first gets the tokenizer of the `finetune.init_from` weights, or one trained on
     `texts` (with sentinel tokens for span corruption); process 0 alone makes it in a
     multi-process run, so the workdir must be shared."""
-    missing = not cfg.data.tokenizer and not workdir_tokenizer(workdir).exists()
-    inherited = _inherited_tokenizer(cfg.finetune.init_from) if missing else None
-    if missing and jax.process_index() == 0:
-        if inherited is not None:
+
+    def make_tokenizer() -> None:
+        if cfg.data.tokenizer or workdir_tokenizer(workdir).exists():
+            return
+        if cfg.finetune.init_from:
+            inherited = _inherited_tokenizer(cfg.finetune.init_from)
             log(f"tokenizer: {inherited}, as finetune.init_from was trained with")
             adopt_tokenizer(inherited, workdir)
-        else:
-            log(f"training a {cfg.data.tokenizer_type} tokenizer of {cfg.model.vocab_size} tokens")
-            train_tokenizer_on_texts(
-                texts,
-                workdir_tokenizer(workdir),
-                cfg.model.vocab_size,
-                cfg.data.tokenizer_type,
-                cfg.data.tokenizer_sample_lines,
-                sentinels=TRAINED_SENTINELS if cfg.data.task == "span_corruption" else 0,
-            )
-    if jax.process_count() > 1:  # the others wait for process 0's tokenizer
-        multihost_utils.sync_global_devices("jaxlm tokenizer")
+            return
+        log(f"training a {cfg.data.tokenizer_type} tokenizer of {cfg.model.vocab_size} tokens")
+        train_tokenizer_on_texts(
+            texts,
+            workdir_tokenizer(workdir),
+            cfg.model.vocab_size,
+            cfg.data.tokenizer_type,
+            cfg.data.tokenizer_sample_lines,
+            sentinels=TRAINED_SENTINELS if cfg.data.task == "span_corruption" else 0,
+        )
+
+    on_process_zero(make_tokenizer, "jaxlm tokenizer")  # the others wait for it
     tokenizer = load_tokenizer(str(run_tokenizer(cfg.data.tokenizer, workdir)))
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise ConfigError(
@@ -90,11 +92,9 @@ def prepare_tokenizer(cfg: Config, texts: Iterable[str], workdir: Path, log) -> 
     return tokenizer
 
 
-def _inherited_tokenizer(init_from: str) -> Path | None:
-    """The tokenizer of the `init_from` weights (None without init_from); weights without one
-    raise `ConfigError`, since a tokenizer trained anew would not match their embeddings."""
-    if not init_from:
-        return None
+def _inherited_tokenizer(init_from: str) -> Path:
+    """The tokenizer of the `init_from` weights; weights without one raise `ConfigError`, since
+    a tokenizer trained anew would not match their embeddings."""
     tokenizer = pretrained_tokenizer(init_from)
     if tokenizer is None:
         raise ConfigError(
