@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from jaxlm.config import check_task, load_config
+from jaxlm.config import check_task, load_config, to_yaml
 from jaxlm.data.span_corruption import (
     SENTINEL,
     SpanLengths,
@@ -259,3 +259,33 @@ def test_token_files_feed_span_corruption(real_text_files, tmp_path):
     with pytest.raises(ConfigError, match="provides examples for causal_lm, span_corruption, not"):
         masked = [*settings, "model.family=bert", "data.task=masked_lm"]
         training_data(load_config(None, masked), tmp_path, log=lambda line: None)
+
+
+def test_data_show_prints_rows_as_the_model_sees_them(real_text_files, tmp_path, capsys):
+    """`jaxlm data show --rows` decodes the first training rows: every source is a full chunk
+    (48 tokens) with sentinels, every target starts with the first one; without a tokenizer to
+    decode with, a one-line error."""
+    from jaxlm import cli
+
+    model = tmp_path / "spans.model"
+    train_tokenizer(real_text_files, model, 600, sentinels=100)
+    settings = [
+        "model.family=seq2seq",
+        "data.task=span_corruption",
+        f"data.train_files=[{','.join(map(str, real_text_files))}]",
+        "data.seq_len=48",
+        f"train.workdir={tmp_path / 'run'}",
+    ]
+    config = tmp_path / "spans.yaml"
+    config.write_text(to_yaml(load_config(None, settings)))
+    argv = ["data", "show", str(config), "--examples", "0", "--rows", "3"]
+    assert cli.main([*argv, f"data.tokenizer={model}"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1::3] == ["row 0", "row 1", "row 2"]
+    sources, targets = lines[2::3], lines[3::3]
+    target = target_length(load_config(str(config)).data)
+    for source, target_line in zip(sources, targets, strict=True):
+        assert source.startswith("  source (48 tokens): '") and "<extra_id_0>" in source
+        assert target_line.startswith(f"  target ({target} tokens): '<extra_id_0>")
+    assert cli.main(argv) == 2
+    assert "--rows decodes with the run's tokenizer" in capsys.readouterr().err

@@ -306,3 +306,33 @@ def test_translation_bleu_says_when_there_is_nothing_to_score():
         translation_bleu(cfg, {}, WordTokenizer(), [])
     with pytest.raises(JaxlmError, match=r"none of the 1 pairs fits data.seq_len=4 \(set data"):
         translation_bleu(cfg, {}, WordTokenizer(), [("a b c d e", "x")])
+
+
+def test_row_lines_show_what_a_row_feeds_and_predicts():
+    from jaxlm.data.row_text import row_lines
+
+    class Ids:
+        def decode(self, ids):
+            return " ".join(map(str, ids))
+
+    classification = {
+        "inputs": np.array([5, 9, 6, 0]),
+        "segment_ids": np.array([1, 1, 1, 0]),
+        "labels": np.int32(1),
+    }
+    assert row_lines("classification", classification, Ids(), ["no", "yes"]) == [
+        "text (3 tokens): '5 9 6'",
+        "label: yes",
+    ]
+    masked = {
+        "inputs": np.array([5, 4, 8, 6]),
+        "segment_ids": np.array([1, 1, 1, 1]),
+        "mlm_targets": np.array([5, 7, 8, 6]),
+        "mlm_weights": np.array([0, 1, 1, 0]),
+        "nsp_labels": np.int32(0),
+    }
+    assert row_lines("masked_lm", masked, Ids()) == [
+        "inputs (4 tokens): '5 4 8 6'",
+        "predicts (2 tokens): '7' '8'",
+        "second block: next",
+    ]

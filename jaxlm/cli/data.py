@@ -1,5 +1,5 @@
 """`jaxlm data tokenize CONFIG_OR_FILES... --output PATH [--tokenizer MODEL] [--unit U]`,
-`jaxlm data show CONFIG [section.key=value ...] [--examples N]`."""
+`jaxlm data show CONFIG [section.key=value ...] [--examples N] [--rows N]`."""
 
 from __future__ import annotations
 
@@ -52,7 +52,8 @@ def show(args) -> None:
     from jaxlm.config import load_config
     from jaxlm.data.sources import load_splits
 
-    data = load_config(args.config, args.overrides).data
+    cfg = load_config(args.config, args.overrides)
+    data = cfg.data
     splits = load_splits(data)
     print(f"{data.source} source, {data.task}: {splits.summary()}")
     shown = reprlib.Repr()
@@ -61,6 +62,30 @@ def show(args) -> None:
         if data.task == "classification":
             example = (example[0], splits.labels[example[1]])
         print(shown.repr(example))
+    if args.rows:
+        _show_rows(cfg, splits, args.rows)
+
+
+def _show_rows(cfg, splits, count: int) -> None:
+    """The first `count` rows of the first training batch, decoded."""
+    from jaxlm.data.hf_tokenizer import workdir_tokenizer
+    from jaxlm.data.loader import training_data
+    from jaxlm.data.row_text import row_lines
+    from jaxlm.errors import DataError
+
+    workdir = Path(cfg.train.workdir)
+    if not (cfg.data.tokenizer or cfg.finetune.init_from or workdir_tokenizer(workdir).exists()):
+        raise DataError(
+            f"--rows decodes with the run's tokenizer, and {workdir} has none yet: set "
+            "data.tokenizer, or train (which trains one there first)"
+        )
+    data = training_data(cfg, workdir, log=lambda line: None, splits=splits)
+    batch = next(data.train_batches(0))
+    for index in range(min(count, cfg.data.batch_size)):
+        row = {key: values[index] for key, values in batch.items()}
+        print(f"row {index}")
+        for line in row_lines(cfg.data.task, row, data.tokenizer, data.labels):
+            print(f"  {line}")
 
 
 def register(commands) -> None:
@@ -94,5 +119,12 @@ def register(commands) -> None:
     )
     showing.add_argument(
         "--chars", type=at_least(0), default=400, help="characters shown of each text (0 = all)"
+    )
+    showing.add_argument(
+        "--rows",
+        type=at_least(0),
+        default=0,
+        help="also print the first N rows of the first training batch, decoded (needs the "
+        "run's tokenizer)",
     )
     showing.set_defaults(run=show)
