@@ -27,7 +27,7 @@ from jaxlm.data.hf_tokenizer import (
     run_tokenizer,
     workdir_tokenizer,
 )
-from jaxlm.data.span_corruption import TRAINED_SENTINELS
+from jaxlm.data.span_corruption import TRAINED_SENTINELS, fit_chunk
 from jaxlm.data.tasks import (
     TaskRows,
     classification_rows,
@@ -79,7 +79,7 @@ def prepare_tokenizer(cfg: Config, texts: Iterable[str], workdir: Path, log) -> 
             cfg.model.vocab_size,
             cfg.data.tokenizer_type,
             cfg.data.tokenizer_sample_lines,
-            sentinels=TRAINED_SENTINELS if cfg.data.task == "span_corruption" else 0,
+            sentinels=_sentinels_to_train(cfg.data),
         )
 
     on_process_zero(make_tokenizer, "jaxlm tokenizer")  # the others wait for it
@@ -90,6 +90,15 @@ def prepare_tokenizer(cfg: Config, texts: Iterable[str], workdir: Path, log) -> 
             f"tokenizer's {tokenizer.vocab_size} tokens"
         )
     return tokenizer
+
+
+def _sentinels_to_train(data) -> int:
+    """Span corruption's sentinels in a tokenizer trained for a run: T5's 100, or as many as a
+    row has noise spans if that is more."""
+    if data.task != "span_corruption":
+        return 0
+    chunk = fit_chunk(data.seq_len, data.target_len, data.noise_density, data.mean_noise_span)
+    return max(TRAINED_SENTINELS, chunk.spans)
 
 
 def _inherited_tokenizer(init_from: str) -> Path:
