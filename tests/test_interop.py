@@ -769,7 +769,7 @@ def write_t5_tokenizer(directory: Path) -> None:
 def test_span_corruption_uses_a_t5_tokenizers_sentinels(tmp_path):
     """A T5 tokenizer's sentinels are its <extra_id_N> tokens, numbered down from the top as
     transformers numbers them; span-corruption rows made with it decode in transformers to
-    the text with each span replaced by its sentinel."""
+    the text with each span replaced by its sentinel, and in jaxlm with the sentinels too."""
     from jaxlm.data.hf_tokenizer import load_tokenizer
     from jaxlm.data.span_corruption import sentinel_ids
     from jaxlm.data.tasks import span_corruption_rows
@@ -795,6 +795,9 @@ def test_span_corruption_uses_a_t5_tokenizers_sentinels(tmp_path):
     assert source.count("<extra_id_") == target.count("<extra_id_") > 0
     assert source.startswith(SENTENCE.split()[0]) and target.startswith("<extra_id_0>")
     assert source.endswith("</s>") and target.endswith("</s>")
+    target_ids = row["targets"][row["weights"] > 0]
+    assert tokenizer.decode(target_ids) == reference.decode(target_ids[:-1])  # EOS hidden
+    assert tokenizer.decode(target_ids).startswith("<extra_id_0>")  # the sentinels shown
 
 
 @needs_transformers

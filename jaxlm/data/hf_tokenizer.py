@@ -122,8 +122,13 @@ class HFTokenizer:
         return [encoding.ids for encoding in encodings]
 
     def decode(self, ids: Sequence[int]) -> str:
-        """The text of `ids`; special tokens decode to nothing."""
-        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+        """The text of `ids`. Padding, BOS and EOS decode to nothing, as a sentencepiece
+        model's control pieces do; other special tokens (T5's sentinels, [MASK]) to their text."""
+        hidden = {
+            self.token_id(token) for name in ("pad", "bos", "eos") if (token := self.special[name])
+        }
+        kept = [int(i) for i in ids if int(i) not in hidden]
+        return self.tokenizer.decode(kept, skip_special_tokens=False)
 
 
 def tokenizer_files(directory: Path) -> list[Path]:
