@@ -144,19 +144,18 @@ ERROR_BYTES = 2048  # of a process-0 error's class and message, sent to the othe
 
 
 def on_process_zero(action: Callable[[], None], barrier: str) -> None:
-    """Runs `action` on process 0 alone; the others wait at `barrier`. A `JaxlmError` it
-    raises is raised on every process (same class, same one-line message), so that no process
-    is left waiting for one that stopped."""
+    """Runs `action` on process 0 alone; the others wait at `barrier`. An exception it raises
+    stops every process: process 0 raises it, the others a `JaxlmError` of its class (or a
+    plain one) with its message, so that no process is left waiting for one that stopped."""
+    if jax.process_count() == 1:
+        action()
+        return
     failure = None
     if jax.process_index() == 0:
         try:
             action()
-        except JaxlmError as e:
+        except Exception as e:  # noqa: BLE001 - passed on to every process, then raised
             failure = e
-    if jax.process_count() == 1:
-        if failure is not None:
-            raise failure
-        return
     text = "" if failure is None else f"{type(failure).__name__}\t{failure}"
     sent = np.zeros(ERROR_BYTES, np.uint8)
     encoded = np.frombuffer(text.encode()[:ERROR_BYTES], np.uint8)
@@ -167,4 +166,6 @@ def on_process_zero(action: Callable[[], None], barrier: str) -> None:
         raise failure
     if text := bytes(np.asarray(received, np.uint8)).rstrip(b"\0").decode(errors="replace"):
         name, _, message = text.partition("\t")
-        raise getattr(errors, name, JaxlmError)(message)
+        error = getattr(errors, name, None)
+        known = isinstance(error, type) and issubclass(error, JaxlmError)
+        raise (error if known else JaxlmError)(message if known else f"process 0: {message}")
