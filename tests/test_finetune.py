@@ -413,6 +413,7 @@ def test_wordpiece_tokenizer_matches_transformers(tmp_path):
     assert tokenizer.vocab_size == len(reference) == 30522
     ids = [tokenizer.cls_id, *expected[0], tokenizer.sep_id, tokenizer.pad_id]
     assert tokenizer.decode(ids) == reference.decode(ids, skip_special_tokens=True)
+    assert tokenizer.decode([expected[0][0], tokenizer.mask_id]).endswith(" [MASK]")  # shown
 
     with pytest.raises(DataError, match="no bos token"):
         _ = tokenizer.bos_id

@@ -796,7 +796,7 @@ def test_span_corruption_uses_a_t5_tokenizers_sentinels(tmp_path):
     assert source.startswith(SENTENCE.split()[0]) and target.startswith("<extra_id_0>")
     assert source.endswith("</s>") and target.endswith("</s>")
     target_ids = row["targets"][row["weights"] > 0]
-    assert tokenizer.decode(target_ids) == reference.decode(target_ids[:-1])  # EOS hidden
+    assert tokenizer.decode(target_ids) == reference.decode(target_ids[:-1])  # no EOS
     assert tokenizer.decode(target_ids).startswith("<extra_id_0>")  # the sentinels shown
 
 

@@ -37,6 +37,7 @@ VOCAB_JSON, MERGES_TXT = "vocab.json", "merges.txt"
 SOURCES = ((TOKENIZER_JSON,), (VOCAB_TXT,), (VOCAB_JSON, MERGES_TXT), marian_tokenizer.FILES)
 # A workdir's own tokenizer: sentencepiece, or a folder of Hugging Face files.
 WORKDIR_SENTENCEPIECE, WORKDIR_HF = "tokenizer.model", "tokenizer"
+FRAMING = ("pad", "bos", "eos", "cls", "sep")  # special tokens that decode to nothing
 BERT_SPECIAL = {
     "pad": "[PAD]",
     "unk": "[UNK]",
@@ -122,11 +123,10 @@ class HFTokenizer:
         return [encoding.ids for encoding in encodings]
 
     def decode(self, ids: Sequence[int]) -> str:
-        """The text of `ids`. Padding, BOS and EOS decode to nothing, as a sentencepiece
-        model's control pieces do; other special tokens (T5's sentinels, [MASK]) to their text."""
-        hidden = {
-            self.token_id(token) for name in ("pad", "bos", "eos") if (token := self.special[name])
-        }
+        """The text of `ids`. The tokens that pad or frame a sequence (padding, BOS, EOS, [CLS],
+        [SEP]) decode to nothing, as transformers' `skip_special_tokens` has them; the other
+        special tokens (T5's sentinels, [MASK]) to their text."""
+        hidden = {self.token_id(token) for name in FRAMING if (token := self.special[name])}
         kept = [int(i) for i in ids if int(i) not in hidden]
         return self.tokenizer.decode(kept, skip_special_tokens=False)
 
