@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from jaxlm.config import Config, MeshConfig, load_config
 from jaxlm.data.documents import read_documents, resolve_files
 from jaxlm.data.hf_tokenizer import load_tokenizer, run_tokenizer
 from jaxlm.data.loader import training_data
-from jaxlm.data.pipeline import lm_dataset
+from jaxlm.data.sources.splits import LM_TASKS, Splits
 from jaxlm.data.tokenizer import Tokenizer
 from jaxlm.errors import JaxlmError
 from jaxlm.finetune import checkpointed_params, model_params
@@ -55,8 +54,9 @@ def evaluate_workdir(
     num_beams: int = 1,
     translations: Path | None = None,
 ) -> dict:
-    """Metrics of the latest checkpoint on the run's held-out split, or on text `files` (causal
-    LM), over all of it or its first `batches` batches.
+    """Metrics of the latest checkpoint on the run's held-out split, or on text `files` made
+    into rows as the run makes its held-out documents (causal LM, masked LM, span corruption),
+    over all of it or its first `batches` batches.
 
     For an encoder-decoder run with `bleu`, the held-out sources are also translated (greedily,
     or by beam search with `num_beams`) and scored against their references (`bleu`,
@@ -65,24 +65,19 @@ def evaluate_workdir(
     mesh = make_mesh(MeshConfig())
     eval_step = compile_eval_step(cfg, jax.tree.map(lambda x: x.sharding, params), mesh)
     if files:
-        if cfg.data.task != "causal_lm":
-            raise JaxlmError(f"--files evaluates causal LM runs; this run is {cfg.data.task}")
+        if cfg.data.task not in LM_TASKS:
+            raise JaxlmError(
+                f"--files evaluates runs on documents ({', '.join(LM_TASKS)}); this run is "
+                f"{cfg.data.task}"
+            )
         documents = read_documents(resolve_files(files), cfg.data.document_unit)
-        dataset = lm_dataset(
-            documents,
-            tokenizer,
-            seq_len=cfg.data.seq_len,
-            batch_size=cfg.data.batch_size,
-            seed=cfg.train.seed,
-            shuffle=False,
-            repeat=False,
-        ).as_numpy_iterator()
-        metrics = evaluate(eval_step, params, itertools.islice(dataset, batches or None), mesh)
+        splits = Splits(train=[], eval=documents)  # held out, as the run holds out its own
+        data = training_data(cfg, workdir, log=lambda message: None, splits=splits)
     else:
         data = training_data(cfg, workdir, log=lambda message: None)
-        metrics = evaluate(eval_step, params, data.eval_batches(batches), mesh, data.labels)
-        if not metrics and cfg.data.eval_fraction == 0:
-            raise JaxlmError("the run held out no data (data.eval_fraction=0): pass --files")
+    metrics = evaluate(eval_step, params, data.eval_batches(batches), mesh, data.labels)
+    if not metrics and cfg.data.eval_fraction == 0 and not files:
+        raise JaxlmError("the run held out no data (data.eval_fraction=0): pass --files")
     if not metrics:
         shape = f"{cfg.data.batch_size} x {cfg.data.seq_len}"
         raise JaxlmError(f"the evaluation data holds less than one batch of {shape} tokens")

@@ -264,3 +264,8 @@ def test_span_corruption_pretrains_an_encoder_decoder(real_text_files, tmp_path,
     argv = ["generate", str(tmp_path), "--temperature", "0", "--max-new-tokens", "3"]
     assert cli.main([*argv, "--prompt", "Return <extra_id_0> value."]) == 0
     assert capsys.readouterr().out.startswith("Return <extra_id_0> value. -> <extra_id_0>")
+    # The held-out documents (every 10th) given as files make the rows of the held-out split.
+    assert cli.main(["eval", str(tmp_path)]) == 0
+    held_out = json.loads(capsys.readouterr().out)
+    assert cli.main(["eval", str(tmp_path), "--files", *map(str, real_text_files[9::10])]) == 0
+    assert json.loads(capsys.readouterr().out) == held_out

@@ -34,7 +34,10 @@ def register(commands) -> None:
     parser = commands.add_parser("eval", help="evaluate a trained model's latest checkpoint")
     parser.add_argument("workdir", help="the training workdir (config, tokenizer, checkpoints)")
     parser.add_argument(
-        "--files", nargs="+", help="text files or globs (default: the run's held-out split)"
+        "--files",
+        nargs="+",
+        help="text files or globs, for runs on documents: causal or masked LM, span corruption "
+        "(default: the run's held-out split)",
     )
     parser.add_argument("--batches", type=at_least(0), default=0, help="0 = the whole dataset")
     parser.add_argument("--output", help="metrics JSON (default: WORKDIR/eval.json)")

@@ -39,7 +39,7 @@ from jaxlm.data.tasks import (
 )
 from jaxlm.data.tokenizer import Tokenizer, train_tokenizer_on_texts
 from jaxlm.distributed import on_process_zero
-from jaxlm.errors import ConfigError
+from jaxlm.errors import ConfigError, DataError
 from jaxlm.finetune.pretrained import pretrained_tokenizer
 
 Batch = dict
@@ -192,11 +192,17 @@ def _indexed_data(
             process_count=jax.process_count(),
         )
 
-    train_rows = batches(train, True)
+    train_rows = batches(train, True) if train else None
     eval_rows = batches(held_out, False) if held_out else None
+
+    def train_batches(start: int) -> Iterator[Batch]:
+        if train_rows is None:
+            raise DataError("there are no training examples (only held-out ones)")
+        return prefetch(train_rows.batches(start))
+
     return TrainingData(
         tokenizer,
-        lambda start: prefetch(train_rows.batches(start)),
+        train_batches,
         lambda limit: _limited(eval_rows.batches(), limit) if eval_rows else [],
     )
 
