@@ -289,3 +289,35 @@ def test_data_show_prints_rows_as_the_model_sees_them(real_text_files, tmp_path,
         assert target_line.startswith(f"  target ({target} tokens): '<extra_id_0>")
     assert cli.main(argv) == 2
     assert "--rows decodes with the run's tokenizer" in capsys.readouterr().err
+
+
+def test_data_show_reads_token_files(real_text_files, tmp_path, capsys):
+    """`jaxlm data show` on a token file: its size, and with --rows its first rows decoded by
+    data.tokenizer (without it, a one-line error)."""
+    from jaxlm import cli
+    from jaxlm.data.token_file import write_token_file
+
+    model = tmp_path / "spans.model"
+    tokenizer = train_tokenizer(real_text_files[:10], model, 600, sentinels=100)
+    write_token_file([p.read_text() for p in real_text_files[:10]], tokenizer, tmp_path / "t")
+    settings = [
+        "model.family=seq2seq",
+        "data.source=tokens",
+        "data.task=span_corruption",
+        f"data.train_files=[{tmp_path / 't'}]",
+        f"data.tokenizer={model}",
+        "data.seq_len=48",
+        "data.eval_fraction=0.3",
+    ]
+    config = tmp_path / "tokens.yaml"
+    config.write_text(to_yaml(load_config(None, settings)))
+    assert cli.main(["data", "show", str(config), "--rows", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"tokens source, span_corruption: token file {tmp_path / 't'}: ")
+    assert lines[1] == "row 0" and lines[2].startswith("  source (48 tokens): '")
+    assert "<extra_id_0>" in lines[2] and lines[3].startswith("  target (")
+    causal = ["model.family=gpt", "data.task=causal_lm", "data.tokenizer=''"]
+    assert cli.main(["data", "show", str(config), *causal]) == 0
+    assert "tokens source, causal_lm: token file" in capsys.readouterr().out
+    assert cli.main(["data", "show", str(config), *causal, "--rows", "1"]) == 2
+    assert "--rows decodes a token file's rows with data.tokenizer" in capsys.readouterr().err

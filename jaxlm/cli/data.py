@@ -54,6 +54,9 @@ def show(args) -> None:
 
     cfg = load_config(args.config, args.overrides)
     data = cfg.data
+    if data.source == "tokens":
+        _show_token_file(cfg, args.rows)
+        return
     splits = load_splits(data)
     print(f"{data.source} source, {data.task}: {splits.summary()}")
     shown = reprlib.Repr()
@@ -67,10 +70,9 @@ def show(args) -> None:
 
 
 def _show_rows(cfg, splits, count: int) -> None:
-    """The first `count` rows of the first training batch, decoded."""
+    """The first `count` rows of the first training batch of `splits`, decoded."""
     from jaxlm.data.hf_tokenizer import workdir_tokenizer
     from jaxlm.data.loader import training_data
-    from jaxlm.data.row_text import row_lines
     from jaxlm.errors import DataError
 
     workdir = Path(cfg.train.workdir)
@@ -79,7 +81,25 @@ def _show_rows(cfg, splits, count: int) -> None:
             f"--rows decodes with the run's tokenizer, and {workdir} has none yet: set "
             "data.tokenizer, or train (which trains one there first)"
         )
-    data = training_data(cfg, workdir, log=lambda line: None, splits=splits)
+    _print_rows(cfg, training_data(cfg, workdir, log=lambda line: None, splits=splits), count)
+
+
+def _show_token_file(cfg, count: int) -> None:
+    """A token file's size and, with `count`, its first training rows."""
+    from jaxlm.data.loader import training_data
+    from jaxlm.errors import DataError
+
+    data = training_data(cfg, Path(cfg.train.workdir), log=lambda line: None)
+    print(f"tokens source, {cfg.data.task}: {data.summary}")
+    if count and data.tokenizer is None:
+        raise DataError("--rows decodes a token file's rows with data.tokenizer: set it")
+    if count:
+        _print_rows(cfg, data, count)
+
+
+def _print_rows(cfg, data, count: int) -> None:
+    from jaxlm.data.row_text import row_lines
+
     batch = next(data.train_batches(0))
     for index in range(min(count, cfg.data.batch_size)):
         row = {key: values[index] for key, values in batch.items()}
