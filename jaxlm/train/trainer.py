@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from jaxlm.checkpoint import Checkpointer, has_checkpoints
 from jaxlm.config import Config, check_task
 from jaxlm.data.loader import TrainingData, training_data
-from jaxlm.distributed import initialize, require_shared_workdir
+from jaxlm.distributed import initialize, on_process_zero, require_shared_workdir
 from jaxlm.errors import ConfigError, JaxlmError
 from jaxlm.finetune import prepare as prepare_finetuning
 from jaxlm.generate import generate_text
@@ -130,8 +130,7 @@ class Trainer:
                 f"config key 'model.num_classes': {cfg.model.num_classes}, but the data has "
                 f"{len(self.data.labels)} labels {self.data.labels}"
             )
-        if jax.process_index() == 0:
-            run_config.save(cfg, self.workdir)
+        on_process_zero(lambda: run_config.save(cfg, self.workdir), "jaxlm config")
         self.mesh = make_mesh(cfg.mesh)
         check_batch_size(cfg.data.batch_size, self.mesh)
         if optimizer is None:
