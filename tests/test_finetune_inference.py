@@ -172,6 +172,7 @@ def test_decoding_with_the_cache_matches_the_model_on_whole_sequences(mode, runs
 @pytest.mark.parametrize("mode", ["prompt", "lora"])
 def test_generate_and_eval_cli_read_a_finetuned_workdir(mode, runs, capsys, tmp_path):
     workdir, _, _ = runs(mode)
+    capsys.readouterr()  # the run's training log, when this test is the one that trains it
     argv = ["generate", str(workdir), "--prompt", "The", "--max-new-tokens", "5"]
     assert cli.main([*argv, "--temperature", "0"]) == 0
     out = capsys.readouterr().out
@@ -189,6 +190,7 @@ def test_generate_and_eval_cli_read_a_finetuned_workdir(mode, runs, capsys, tmp_
 
 
 def _error_line(capsys, argv) -> str:
+    capsys.readouterr()  # what came before: a fixture's training log
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err
