@@ -70,17 +70,17 @@ def test_chunk_lengths_are_t5s():
 
 
 @pytest.mark.parametrize(
-    "source_len, target_len, density, mean_span",
+    "seq_len, target_len, density, mean_span",
     [(512, None, 0.15, 3.0), (128, 24, 0.15, 3.0), (64, None, 0.5, 8.0), (40, 40, 0.3, 1.0)],
 )
-def test_fit_chunk_is_the_longest_chunk_that_fits(source_len, target_len, density, mean_span):
+def test_fit_chunk_is_the_longest_chunk_that_fits(seq_len, target_len, density, mean_span):
     def fits(length):
         lengths = SpanLengths.of_chunk(length, density, mean_span)
-        return lengths.source <= source_len and (target_len is None or lengths.target <= target_len)
+        return lengths.source <= seq_len and (target_len is None or lengths.target <= target_len)
 
-    chunk = fit_chunk(source_len, target_len, density, mean_span)
+    chunk = fit_chunk(seq_len, target_len, density, mean_span)
     assert fits(chunk.chunk)
-    assert not any(fits(length) for length in range(chunk.chunk + 1, 4 * source_len))
+    assert not any(fits(length) for length in range(chunk.chunk + 1, 4 * seq_len))
 
 
 def test_fit_chunk_refuses_rows_too_short_for_any_chunk():

@@ -91,10 +91,11 @@ def _show_token_file(cfg, count: int) -> None:
 
     data = training_data(cfg, Path(cfg.train.workdir), log=lambda line: None)
     print(f"tokens source, {cfg.data.task}: {data.summary}")
-    if count and data.tokenizer is None:
+    if not count:
+        return
+    if data.tokenizer is None:
         raise DataError("--rows decodes a token file's rows with data.tokenizer: set it")
-    if count:
-        _print_rows(cfg, data, count)
+    _print_rows(cfg, data, count)
 
 
 def _print_rows(cfg, data, count: int) -> None:

@@ -149,8 +149,9 @@ def workdir_tokenizer(workdir: Path) -> Path:
 
 
 def run_tokenizer(configured: str, workdir: Path) -> Path:
-    """A run's tokenizer: `data.tokenizer` when set, else its workdir's (`workdir_tokenizer`)."""
-    return Path(configured) if configured else workdir_tokenizer(workdir)
+    """A run's tokenizer: `data.tokenizer` when set (a `package:` path resolved), else its
+    workdir's (`workdir_tokenizer`)."""
+    return resolve_path(configured, "data.tokenizer") if configured else workdir_tokenizer(workdir)
 
 
 def copy_tokenizer(tokenizer: Path, sentencepiece_file: Path, files_folder: Path) -> None:

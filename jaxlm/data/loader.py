@@ -35,6 +35,7 @@ from jaxlm.data.tasks import (
     seq2seq_rows,
     span_corruption_rows,
     span_corruption_stream_rows,
+    span_settings,
     target_length,
 )
 from jaxlm.data.tokenizer import Tokenizer, train_tokenizer_on_texts
@@ -97,8 +98,7 @@ def _sentinels_to_train(data) -> int:
     row has noise spans if that is more."""
     if data.task != "span_corruption":
         return 0
-    chunk = fit_chunk(data.seq_len, data.target_len, data.noise_density, data.mean_noise_span)
-    return max(TRAINED_SENTINELS, chunk.spans)
+    return max(TRAINED_SENTINELS, fit_chunk(**span_settings(data)).spans)
 
 
 def _inherited_tokenizer(init_from: str) -> Path:
@@ -126,14 +126,7 @@ def _task_rows(cfg: Config, examples: list, tokenizer: Tokenizer) -> TaskRows:
     if d.task == "classification":
         return classification_rows(examples, tokenizer, seq_len=d.seq_len, truncate=d.truncate)
     if d.task == "span_corruption":
-        return span_corruption_rows(
-            examples,
-            tokenizer,
-            seq_len=d.seq_len,
-            target_len=d.target_len,
-            density=d.noise_density,
-            mean_span=d.mean_noise_span,
-        )
+        return span_corruption_rows(examples, tokenizer, **span_settings(d))
     return seq2seq_rows(
         examples, tokenizer, seq_len=d.seq_len, target_len=target_length(d), truncate=d.truncate
     )
@@ -230,14 +223,7 @@ def _token_file_data(cfg: Config, log) -> TrainingData:
             )
 
         def rows_of(token_file: TokenFile) -> TaskRows:
-            return span_corruption_stream_rows(
-                token_file.tokens,
-                tokenizer,
-                seq_len=d.seq_len,
-                target_len=d.target_len,
-                density=d.noise_density,
-                mean_span=d.mean_noise_span,
-            )
+            return span_corruption_stream_rows(token_file.tokens, tokenizer, **span_settings(d))
 
         data = _indexed_data(cfg, train, held_out, rows_of, tokenizer, log)
         data.summary = summary

@@ -49,18 +49,18 @@ class SpanLengths:
 
 
 def fit_chunk(
-    source_len: int, target_len: int | None, density: float, mean_span: float
+    seq_len: int, target_len: int | None, density: float, mean_span: float
 ) -> SpanLengths:
-    """The lengths of the longest chunk whose source fits `source_len` tokens and whose target
+    """The lengths of the longest chunk whose source fits `seq_len` tokens and whose target
     fits `target_len` (None = any); for 512 source tokens at T5's settings, 568 and 114."""
 
     def fits(lengths: SpanLengths) -> bool:
-        return lengths.source <= source_len and (target_len is None or lengths.target <= target_len)
+        return lengths.source <= seq_len and (target_len is None or lengths.target <= target_len)
 
     best = SpanLengths.of_chunk(2, density, mean_span)
     if not fits(best):
         raise ConfigError(
-            f"config key 'data.seq_len': rows of {source_len} source and {target_len} target "
+            f"config key 'data.seq_len': rows of {seq_len} source and {target_len} target "
             f"tokens hold no span corruption (a chunk of 2 needs {best.source} and {best.target})"
         )
     # Both lengths grow with the chunk, by at most one token per token.

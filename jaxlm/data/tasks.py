@@ -38,12 +38,21 @@ BATCH_FEATURES = {
 }
 
 
+def span_settings(data) -> dict:
+    """The span-corruption settings of a `DataConfig`, as `fit_chunk` and the rows take them."""
+    return dict(
+        seq_len=data.seq_len,
+        target_len=data.target_len,
+        density=data.noise_density,
+        mean_span=data.mean_noise_span,
+    )
+
+
 def target_length(data) -> int:
     """Tokens per target row of a `DataConfig`: `data.target_len`, else `data.seq_len` for
     seq2seq, or the target of the longest span-corruption chunk that fits a source row."""
     if data.task == "span_corruption":
-        chunk = fit_chunk(data.seq_len, data.target_len, data.noise_density, data.mean_noise_span)
-        return data.target_len or chunk.target
+        return data.target_len or fit_chunk(**span_settings(data)).target
     return data.target_len or data.seq_len
 
 

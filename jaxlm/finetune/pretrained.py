@@ -16,7 +16,7 @@ import numpy as np
 
 from jaxlm.checkpoint import restore_numpy, step_directories
 from jaxlm.config import ModelConfig, load_config
-from jaxlm.data.hf_tokenizer import WORKDIR_SENTENCEPIECE, tokenizer_files, workdir_tokenizer
+from jaxlm.data.hf_tokenizer import WORKDIR_SENTENCEPIECE, run_tokenizer, tokenizer_files
 from jaxlm.errors import ConfigError
 from jaxlm.finetune import lora
 from jaxlm.finetune.patterns import SEP, flat, nested
@@ -50,17 +50,27 @@ def load_pretrained(init_from: str) -> tuple[ModelConfig, dict[str, np.ndarray]]
     if (path / "config.json").is_file():
         cfg, params = from_pretrained(path)
         return cfg, flat(params)
-    if (path / "config.yaml").is_file():
+    workdir = _run_workdir(path)
+    if workdir == path:
         steps = [d for d in step_directories(path / "checkpoints") if d.name.isdigit()]
         if not steps:
             raise ConfigError(f"config key '{KEY}': no complete checkpoint in {path}")
         return _checkpoint(steps[-1], path / "config.yaml")
-    if path.name.isdigit() and (path.parent.parent / "config.yaml").is_file():
-        return _checkpoint(path, path.parent.parent / "config.yaml")
+    if workdir is not None:
+        return _checkpoint(path, workdir / "config.yaml")
     raise ConfigError(
         f"config key '{KEY}': {path} is neither a Hugging Face model directory (config.json), "
         "a jaxlm workdir (config.yaml) nor a checkpoint step directory"
     )
+
+
+def _run_workdir(path: Path) -> Path | None:
+    """The jaxlm workdir `path` is, or whose checkpoint step directory it is; else None."""
+    if (path / "config.yaml").is_file():
+        return path
+    if path.name.isdigit() and (path.parent.parent / "config.yaml").is_file():
+        return path.parent.parent
+    return None
 
 
 def pretrained_tokenizer(init_from: str) -> Path | None:
@@ -70,9 +80,10 @@ def pretrained_tokenizer(init_from: str) -> Path | None:
     if (path / "config.json").is_file():
         has_one = (path / WORKDIR_SENTENCEPIECE).is_file() or tokenizer_files(path)
         return path if has_one else None
-    workdir = path if (path / "config.yaml").is_file() else path.parent.parent
-    configured = load_config(str(workdir / "config.yaml")).data.tokenizer
-    tokenizer = resolve_path(configured, KEY) if configured else workdir_tokenizer(workdir)
+    workdir = _run_workdir(path)
+    if workdir is None:
+        return None
+    tokenizer = run_tokenizer(load_config(str(workdir / "config.yaml")).data.tokenizer, workdir)
     return tokenizer if tokenizer.exists() else None
 
 

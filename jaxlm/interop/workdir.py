@@ -34,7 +34,6 @@ from jaxlm.errors import ConversionError, DataError
 from jaxlm.finetune import lora
 from jaxlm.interop.hf import from_pretrained, save_pretrained
 from jaxlm.parallel import make_mesh
-from jaxlm.resources import resolve_path
 from jaxlm.train.optim import make_optimizer
 from jaxlm.train.state import TrainState, state_shardings
 
@@ -82,7 +81,7 @@ def export_workdir(workdir: str | Path, destination: str | Path, step: int | Non
     flat = restore_numpy(steps[-1].absolute())  # Orbax misreads relative paths
     params = unflatten_dict({tuple(name.split(".")): value for name, value in flat.items()})
     params = lora.merge(params, lora.scaling(cfg.finetune))
-    tokenizer = resolve_path(str(run_tokenizer(cfg.data.tokenizer, workdir)), "data.tokenizer")
+    tokenizer = run_tokenizer(cfg.data.tokenizer, workdir)
     tokenizer = tokenizer if tokenizer.exists() else None
     save_pretrained(destination, cfg.model, params, _token_ids(tokenizer))
     if tokenizer is not None:

@@ -66,9 +66,7 @@ def abstract_batch(cfg: Config, mesh) -> dict[str, jax.ShapeDtypeStruct]:
     if cfg.data.task == "masked_lm" and not cfg.data.next_sentence:
         del features["nsp_labels"], features["nsp_weights"]
     sharding = batch_sharding(mesh)
-    lengths = {"source": (cfg.data.seq_len,), None: ()}
-    if "target" in {length for _, length in features.values()}:
-        lengths["target"] = (target_length(cfg.data),)
+    lengths = {"source": (cfg.data.seq_len,), "target": (target_length(cfg.data),), None: ()}
     return {
         key: jax.ShapeDtypeStruct((cfg.data.batch_size, *lengths[length]), dtype, sharding=sharding)
         for key, (dtype, length) in features.items()
