@@ -19,7 +19,7 @@ from lora_reference import unmerged_logits
 from tiny import TINY_MODEL
 
 from jaxlm.config import MeshConfig, load_config
-from jaxlm.data.hf_tokenizer import HFTokenizer, load_tokenizer
+from jaxlm.data.hf_tokenizer import HFTokenizer, load_tokenizer, run_tokenizer
 from jaxlm.data.loader import TrainingData
 from jaxlm.errors import ConfigError, DataError
 from jaxlm.finetune import lora, prepare
@@ -487,8 +487,17 @@ def test_fine_tuning_takes_the_tokenizer_the_weights_were_trained_with(
     assert (tmp_path / "hf" / "tokenizer.model").read_bytes() == pretrained
     from_export = _config(model, tmp_path / "again", f"finetune.init_from={tmp_path / 'hf'}")
     Trainer(from_export, data=_data("gpt")).fit()  # in-memory batches: no tokenizer needed
-    load_tokenizer(str(tmp_path / "hf" / "tokenizer.model"))
-    (tmp_path / "hf" / "tokenizer.model").unlink()
+    sentencepiece = load_tokenizer(str(tmp_path / "hf" / "tokenizer.model"))
+    (tmp_path / "hf" / "tokenizer.model").unlink()  # the export's tokenizer.json encodes alike
+    hf_only = _config(
+        model, tmp_path / "hf-only", f"finetune.init_from={tmp_path / 'hf'}", *other_text
+    )
+    Trainer(hf_only).fit()
+    adopted = load_tokenizer(str(run_tokenizer("", tmp_path / "hf-only")))
+    line = real_text_files[0].read_text().splitlines()[0]
+    assert adopted.encode(line) == sentencepiece.encode(line) != []
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / "hf" / name).unlink()
     bare = _config(model, tmp_path / "bare", f"finetune.init_from={tmp_path / 'hf'}", *other_text)
     with pytest.raises(ConfigError, match=r"'data.tokenizer': .*hf \(finetune.init_from\) holds"):
         Trainer(bare)

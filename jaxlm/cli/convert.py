@@ -6,7 +6,8 @@ with model.safetensors.index.json) of GPT-2, BERT, Llama, Marian or T5; DST beco
 and SRC's tokenizer (its sentencepiece tokenizer.model, and its Hugging Face tokenizer files in
 DST/tokenizer/) when it has one.
 --to hf: SRC is a jaxlm workdir; DST gets config.json and model.safetensors of its latest
-checkpoint (or --step), which `transformers` loads, and the run's tokenizer files.
+checkpoint (or --step), which `transformers` loads, and the run's tokenizer files (a
+sentencepiece tokenizer.model with the tokenizer.json that encodes as it does).
 """
 
 from __future__ import annotations

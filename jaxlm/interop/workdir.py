@@ -15,6 +15,7 @@ names neither: the workdir finds its own tokenizer (`workdir_tokenizer`) whereve
 from __future__ import annotations
 
 import contextlib
+import warnings
 from pathlib import Path
 
 import jax
@@ -29,9 +30,11 @@ from jaxlm.data.hf_tokenizer import (
     copy_tokenizer,
     load_tokenizer,
     run_tokenizer,
+    tokenizer_files,
 )
 from jaxlm.errors import ConversionError, DataError
 from jaxlm.finetune import lora
+from jaxlm.interop.fast_tokenizer import write_hf_tokenizer
 from jaxlm.interop.hf import from_pretrained, save_pretrained
 from jaxlm.parallel import make_mesh
 from jaxlm.train.optim import make_optimizer
@@ -65,9 +68,9 @@ def import_workdir(source: str | Path, workdir: str | Path) -> Config:
 
 def export_workdir(workdir: str | Path, destination: str | Path, step: int | None = None) -> Path:
     """Write the parameters of a workdir's checkpoint `step` (default: the latest), with any LoRA
-    update merged in, as a Hugging Face model directory, with the run's tokenizer (its
-    `tokenizer.model`, or its Hugging Face tokenizer files) and its special token ids; returns
-    the checkpoint's directory."""
+    update merged in, as a Hugging Face model directory, with the run's tokenizer (its Hugging
+    Face tokenizer files, or its sentencepiece `tokenizer.model` and the `tokenizer.json` that
+    encodes as it does) and its special token ids; returns the checkpoint's directory."""
     workdir, destination = Path(workdir), Path(destination)
     if not (workdir / "config.yaml").is_file():
         raise ConversionError(f"{workdir} is not a jaxlm workdir (no config.yaml)")
@@ -86,7 +89,21 @@ def export_workdir(workdir: str | Path, destination: str | Path, step: int | Non
     save_pretrained(destination, cfg.model, params, _token_ids(tokenizer))
     if tokenizer is not None:
         copy_tokenizer(tokenizer, destination / WORKDIR_SENTENCEPIECE, destination)
+        if not tokenizer_files(destination):
+            _fast_tokenizer(destination, cfg.model)
     return steps[-1]
+
+
+def _fast_tokenizer(destination: Path, model_cfg) -> None:
+    """Adds `tokenizer.json` and `tokenizer_config.json` equivalent to the exported sentencepiece
+    `tokenizer.model` (see `jaxlm.interop.fast_tokenizer`); a model without an exact equivalent
+    is left as it is, with a warning."""
+    try:
+        write_hf_tokenizer(
+            destination / WORKDIR_SENTENCEPIECE, destination, model_cfg.family, model_cfg.max_len
+        )
+    except ConversionError as e:
+        warnings.warn(f"{e}; the export's tokenizer is {WORKDIR_SENTENCEPIECE} alone", stacklevel=3)
 
 
 def _token_ids(tokenizer: Path | None) -> dict[str, int]:
