@@ -898,6 +898,62 @@ def test_llama_without_a_pad_token_imports_and_pads_prompts(tmp_path, monkeypatc
     assert printed == [p + text for p, text in zip(prompts, alone, strict=True)]
 
 
+def test_an_imported_llama_workdir_encodes_as_transformers_does(tmp_path):
+    """A Llama directory holds a sentencepiece tokenizer.model and the tokenizer.json that
+    `transformers` makes of it. The imported workdir reads tokenizer/ as `transformers` does: a
+    text whole, the word after a newline without a `▁` of its own (jaxlm's sentencepiece
+    tokenizer, which encodes every line on its own, gives it one). The export carries both
+    files back."""
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    from jaxlm.data.tokenizer import Tokenizer
+    from jaxlm.inference import load_for_inference
+    from jaxlm.interop.workdir import export_workdir, import_workdir
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(pydoc_lines()),
+        model_writer=model,
+        vocab_size=400,
+        model_type="bpe",
+        byte_fallback=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        minloglevel=2,
+    )
+    original = tmp_path / "original"  # what transformers reads a Llama tokenizer.model as
+    original.mkdir()
+    (original / "tokenizer.model").write_bytes(model.getvalue())
+    settings = {"tokenizer_class": "LlamaTokenizer", "legacy": False}
+    (original / "tokenizer_config.json").write_text(json.dumps(settings))
+    reference = AutoTokenizer.from_pretrained(str(original))
+    reference.save_pretrained(str(tmp_path / "hf"))  # tokenizer.json, tokenizer_config.json
+    (tmp_path / "hf" / "tokenizer.model").write_bytes(model.getvalue())
+    cfg = jaxlm_config("llama", "model.vocab_size=400")
+    save_pretrained(tmp_path / "hf", cfg, random_params(cfg))
+
+    import_workdir(tmp_path / "hf", tmp_path / "run")
+    _, _, tokenizer = load_for_inference(tmp_path / "run")
+    text = "Lists are mutable sequences.\n  They support slicing.\nnext"
+    expected = reference(text, add_special_tokens=False)["input_ids"]
+    sentencepiece = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    assert tokenizer.encode(text) == expected == sentencepiece.encode(text)
+    assert Tokenizer.load(tmp_path / "run" / "tokenizer.model").encode(text) != expected
+    assert tokenizer.decode(expected) == text
+
+    export_workdir(tmp_path / "run", tmp_path / "back")
+    exported = {p.name for p in (tmp_path / "back").iterdir()}
+    assert {"tokenizer.json", "tokenizer.model", "tokenizer_config.json"} <= exported
+    assert (tmp_path / "back" / "tokenizer.model").read_bytes() == model.getvalue()
+    back = AutoTokenizer.from_pretrained(str(tmp_path / "back"))
+    assert back(text, add_special_tokens=False)["input_ids"] == expected
+
+
 @pytest.mark.parametrize(
     "preset, published",
     [

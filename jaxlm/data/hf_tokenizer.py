@@ -10,8 +10,8 @@ built from it) or GPT-2's `vocab.json` and `merges.txt` (a byte-level BPE), or M
 the ones that file names ([PAD], [CLS], [SEP], [MASK] and [UNK] by default); a tokenizer without a
 pad token (GPT-2, Llama) pads with its eos token, as `transformers` does.
 
-A workdir without `data.tokenizer` has its own: a sentencepiece `tokenizer.model`, or the Hugging
-Face files of an imported model in `tokenizer/` (see `workdir_tokenizer`).
+A workdir without `data.tokenizer` has its own: the Hugging Face files of an imported model in
+`tokenizer/`, or a sentencepiece `tokenizer.model` (see `workdir_tokenizer`).
 """
 
 from __future__ import annotations
@@ -141,11 +141,14 @@ def tokenizer_files(directory: Path) -> list[Path]:
 
 
 def workdir_tokenizer(workdir: Path) -> Path:
-    """The tokenizer of a workdir without `data.tokenizer`: its `tokenizer.model`, else the
-    `tokenizer/` folder of an imported model; `tokenizer.model` (where training writes one)
-    when it has neither."""
-    sentencepiece, folder = workdir / WORKDIR_SENTENCEPIECE, workdir / WORKDIR_HF
-    return folder if not sentencepiece.exists() and folder.is_dir() else sentencepiece
+    """The tokenizer of a workdir without `data.tokenizer`: the Hugging Face files of an
+    imported model in `tokenizer/`, as `transformers` reads them (a Llama directory's
+    `tokenizer.json` encodes a text whole, where jaxlm's sentencepiece tokenizer encodes every
+    line on its own), else its `tokenizer.model` (where training writes one)."""
+    folder = workdir / WORKDIR_HF
+    return (
+        folder if folder.is_dir() and tokenizer_files(folder) else workdir / WORKDIR_SENTENCEPIECE
+    )
 
 
 def run_tokenizer(configured: str, workdir: Path) -> Path:

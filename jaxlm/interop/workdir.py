@@ -6,8 +6,9 @@ saves them) and the Hugging Face directory's tokenizer: its sentencepiece `token
 and the files `load_tokenizer` reads (`tokenizer.json`, a BERT `vocab.txt`, GPT-2's
 `vocab.json` and `merges.txt` or Marian's `source.spm`, `target.spm` and `vocab.json`, with
 `tokenizer_config.json`) in `tokenizer/`; T5's decoder start, its padding token, becomes the
-copied tokenizer's BOS. `config.yaml`
-names neither: the workdir finds its own tokenizer (`workdir_tokenizer`) wherever it is moved.
+copied tokenizer's BOS. `config.yaml` names neither: the workdir finds its own tokenizer
+(`workdir_tokenizer`: the files in `tokenizer/` when there are any, as `transformers` reads the
+directory) wherever it is moved.
 `jaxlm generate` and `jaxlm eval` load it like any trained workdir, and `jaxlm train` on its
 `config.yaml` fine-tunes from the imported weights.
 """
@@ -15,6 +16,7 @@ names neither: the workdir finds its own tokenizer (`workdir_tokenizer`) whereve
 from __future__ import annotations
 
 import contextlib
+import shutil
 import warnings
 from pathlib import Path
 
@@ -88,20 +90,25 @@ def export_workdir(workdir: str | Path, destination: str | Path, step: int | Non
     tokenizer = tokenizer if tokenizer.exists() else None
     save_pretrained(destination, cfg.model, params, _token_ids(tokenizer))
     if tokenizer is not None:
-        copy_tokenizer(tokenizer, destination / WORKDIR_SENTENCEPIECE, destination)
-        if not tokenizer_files(destination):
-            _fast_tokenizer(destination, cfg.model)
+        _export_tokenizer(tokenizer, workdir, cfg, destination)
     return steps[-1]
 
 
-def _fast_tokenizer(destination: Path, model_cfg) -> None:
-    """Adds `tokenizer.json` and `tokenizer_config.json` equivalent to the exported sentencepiece
-    `tokenizer.model` (see `jaxlm.interop.fast_tokenizer`); a model without an exact equivalent
-    is left as it is, with a warning."""
+def _export_tokenizer(tokenizer: Path, workdir: Path, cfg: Config, destination: Path) -> None:
+    """Copies the run's tokenizer into `destination`: Hugging Face files (with the workdir's
+    `tokenizer.model` of an imported model beside them), or a sentencepiece `tokenizer.model`
+    with the `tokenizer.json` and `tokenizer_config.json` that encode as it does (see
+    `jaxlm.interop.fast_tokenizer`; a model without an exact equivalent goes alone, with a
+    warning)."""
+    sentencepiece = destination / WORKDIR_SENTENCEPIECE
+    copy_tokenizer(tokenizer, sentencepiece, destination)
+    own = workdir / WORKDIR_SENTENCEPIECE
+    if not cfg.data.tokenizer and own.is_file() and not sentencepiece.exists():
+        shutil.copyfile(own, sentencepiece)
+    if tokenizer_files(destination):
+        return
     try:
-        write_hf_tokenizer(
-            destination / WORKDIR_SENTENCEPIECE, destination, model_cfg.family, model_cfg.max_len
-        )
+        write_hf_tokenizer(sentencepiece, destination, cfg.model.family, cfg.model.max_len)
     except ConversionError as e:
         warnings.warn(f"{e}; the export's tokenizer is {WORKDIR_SENTENCEPIECE} alone", stacklevel=3)
 
