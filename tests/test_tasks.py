@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jaxlm.config import load_config
+from jaxlm.config import DataConfig, load_config
 from jaxlm.data.batching import IndexedBatches, prefetch
 from jaxlm.data.tasks import (
     BATCH_FEATURES,
@@ -13,6 +13,7 @@ from jaxlm.data.tasks import (
     seq2seq_rows,
     seq2seq_sources,
     span_corruption_rows,
+    tokens_per_row,
 )
 from jaxlm.errors import DataError, JaxlmError
 from jaxlm.translation_eval import translation_bleu
@@ -166,6 +167,20 @@ def test_seq2seq_targets_have_a_length_of_their_own():
     assert kept.count == 1 and kept.skipped == {"too long": 1}
     with pytest.raises(DataError, match=r"longer than data.seq_len=8 \(sources\) or 2"):
         seq2seq_rows(pairs[1:], tokenizer, seq_len=8, target_len=2, truncate=False)
+
+
+@pytest.mark.parametrize(
+    "task, target_len, expected",
+    [
+        ("causal_lm", None, 512),
+        ("seq2seq", None, 512 + 512),
+        ("seq2seq", 96, 512 + 96),
+        ("span_corruption", None, 512 + 114),  # T5's: 568-token chunks leave 114 targets
+    ],
+)
+def test_tokens_per_second_count_an_encoder_decoders_targets_too(task, target_len, expected):
+    data = DataConfig(task=task, seq_len=512, target_len=target_len)
+    assert tokens_per_row(data) == expected
 
 
 @pytest.mark.parametrize("truncate", [True, False])

@@ -56,6 +56,14 @@ def target_length(data) -> int:
     return data.target_len or data.seq_len
 
 
+def tokens_per_row(data) -> int:
+    """Token positions of one training row of `data.task`: its inputs, and an encoder-decoder's
+    targets too (what training's tokens/s counts)."""
+    if data.task in ("seq2seq", "span_corruption"):
+        return data.seq_len + target_length(data)
+    return data.seq_len
+
+
 @dataclass
 class TaskRows:
     """What `IndexedBatches` needs for one task, and how many examples were cut or dropped."""

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from jaxlm.checkpoint import Checkpointer, has_checkpoints
 from jaxlm.config import Config, check_task
 from jaxlm.data.loader import TrainingData, training_data
+from jaxlm.data.tasks import tokens_per_row
 from jaxlm.distributed import initialize, on_process_zero, require_shared_workdir
 from jaxlm.errors import ConfigError, JaxlmError
 from jaxlm.finetune import prepare as prepare_finetuning
@@ -238,7 +239,7 @@ class Trainer:
             disable=not cfg.train.progress_bar or jax.process_index() != 0,
             dynamic_ncols=True,
         )
-        meter = Throughput(cfg.data.batch_size * cfg.data.seq_len, self.start)
+        meter = Throughput(cfg.data.batch_size * tokens_per_row(cfg.data), self.start)
         self._callbacks("on_train_start")
         with contextlib.ExitStack() as cleanup:  # pending saves finish however the loop ends
             preemption = cleanup.enter_context(Preemption())
