@@ -23,13 +23,14 @@ from jaxlm.train.evaluation import compile_eval_step, evaluate
 from jaxlm.translation_eval import translation_bleu
 
 
-def load_for_inference(workdir: Path) -> tuple[Config, dict, Tokenizer]:
+def load_for_inference(workdir: str | Path) -> tuple[Config, dict, Tokenizer]:
     """(config, parameters of the latest checkpoint, tokenizer) of a training workdir.
 
     Only the parameters are read, those of any `finetune.mode`: LoRA updates come merged into
     their kernels (the plain model runs at full speed); a soft prompt or prefix stays in the
     parameters, and the model applies it (in decoding too).
     """
+    workdir = Path(workdir)
     if not (workdir / "config.yaml").is_file():
         raise JaxlmError(f"{workdir} is not a training workdir (no config.yaml)")
     cfg = load_config(str(workdir / "config.yaml"))

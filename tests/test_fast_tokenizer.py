@@ -1,6 +1,6 @@
 """jaxlm's sentencepiece tokenizers as Hugging Face fast tokenizers: the same ids and text on real
 documents, the framing of each model family in `transformers`, and exported runs that
-`transformers` continues, classifies and translates as jaxlm does."""
+`transformers` continues, classifies, translates and fills spans with as jaxlm does."""
 
 import json
 import warnings
@@ -142,15 +142,26 @@ def test_models_without_an_exact_equivalent_are_refused(real_text_files, tmp_pat
 # --- exported runs in transformers --------------------------------------------------------
 
 
-PRESETS = {"gpt": "demo", "bert": "vader-sentiment", "seq2seq": "gettext-en-de"}
+# A run of each family: its preset, and what the small run changes besides its size.
+RUNS = {
+    "gpt": ["demo"],
+    "bert": ["vader-sentiment"],
+    "seq2seq": ["gettext-en-de", "model.num_decoder_layers=2", "model.sinusoidal_layout=halves"]
+    + ["model.output_bias=true"],  # as Marian has them
+    "t5": ["t5-small", "model.num_decoder_layers=2", "model.num_heads=4", "model.head_dim=16"]
+    + ["optim.optimizer=adamw", "optim.schedule=cosine"],  # span corruption, as T5 pretrained
+}
 
 
-def _run(family: str, workdir: Path, files: list[Path]) -> Path:
-    """A small run of the family's preset, trained briefly on real text: a GPT (BPE tokenizer),
-    a classifier and an encoder-decoder (unigram tokenizers)."""
+def _run(name: str, workdir: Path, files: list[Path]) -> Path:
+    """A small run of `RUNS[name]`, trained briefly on real text: a GPT (BPE tokenizer), a
+    classifier, a Marian-style translator and a T5 (unigram tokenizers, the T5's with
+    sentinels)."""
+    preset, *changes = RUNS[name]
     argv = [
         "train",
-        PRESETS[family],
+        preset,
+        *changes,
         "model.num_layers=2",
         "model.embed_dim=64",
         "model.mlp_dim=128",
@@ -166,13 +177,10 @@ def _run(family: str, workdir: Path, files: list[Path]) -> Path:
         "train.progress_bar=false",
         "sample.prompts=[]",
     ]
-    if family == "gpt":
+    if name in ("gpt", "t5"):
         argv.append(f"data.train_files=[{','.join(map(str, files))}]")
     else:
-        argv += _jsonl(family, workdir.parent / f"{family}.jsonl", files)
-    if family == "seq2seq":
-        argv += ["model.num_decoder_layers=2", "model.sinusoidal_layout=halves"]
-        argv.append("model.output_bias=true")  # as Marian has them
+        argv += _jsonl(name, workdir.parent / f"{name}.jsonl", files)
     assert cli.main(argv) == 0
     return workdir
 
@@ -194,13 +202,13 @@ def _jsonl(family: str, path: Path, files: list[Path]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def exported(real_text_files, tmp_path_factory):
-    """family -> (workdir, its export) for a GPT, a classifier and an encoder-decoder."""
+    """name -> (workdir, its export) for each of `RUNS`."""
     runs = {}
-    for family in ("gpt", "bert", "seq2seq"):
-        root = tmp_path_factory.mktemp(family)
-        workdir = _run(family, root / "run", real_text_files[:20])
+    for name in RUNS:
+        root = tmp_path_factory.mktemp(name)
+        workdir = _run(name, root / "run", real_text_files[:20])
         assert cli.main(["convert", str(workdir), str(root / "hf"), "--to", "hf"]) == 0
-        runs[family] = (workdir, root / "hf")
+        runs[name] = (workdir, root / "hf")
     return runs
 
 
@@ -257,15 +265,30 @@ def test_transformers_classifies_with_an_exported_classifier_as_jaxlm_does(expor
     np.testing.assert_allclose(probabilities.max(-1), [p for _, p in expected], atol=1e-5)
 
 
-def test_transformers_translates_with_an_exported_encoder_decoder_as_jaxlm_does(exported):
+# Sources for the Marian-style translator (it learned to copy lines), and for the T5 (it learned
+# to fill sentinel spans).
+SOURCES = {
+    "seq2seq": [line for line in pydoc_documents()[50].splitlines()[:4] if line],
+    "t5": [
+        "A list is a <extra_id_0> sequence of <extra_id_1> items.",
+        "The for statement is used to <extra_id_0> over the elements of a sequence",
+    ],
+}
+
+
+CLASSES = {"seq2seq": "MarianMTModel", "t5": "T5ForConditionalGeneration"}
+
+
+@pytest.mark.parametrize("name", sorted(SOURCES))
+def test_transformers_runs_an_exported_encoder_decoder_as_jaxlm_does(name, exported):
     import torch
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     import jaxlm
 
-    workdir, hf_dir = exported["seq2seq"]
-    sources = [line for line in pydoc_documents()[50].splitlines()[:4] if line]
+    workdir, hf_dir = exported[name]
     cfg, params, tokenizer = jaxlm.load_for_inference(workdir)
+    sources = SOURCES[name]
     sample = jaxlm.SampleConfig(temperature=0.0, max_new_tokens=8)
     expected = jaxlm.generate_text(cfg.model, params, tokenizer, sources, sample)
 
@@ -273,7 +296,10 @@ def test_transformers_translates_with_an_exported_encoder_decoder_as_jaxlm_does(
     inputs = hf_tokenizer(sources, return_tensors="pt", padding=True)
     source_rows = [[*ids, tokenizer.eos_id] for ids in tokenizer.encode_batch(sources)]
     assert _unpadded(inputs) == source_rows
+    if name == "t5":
+        assert tokenizer.token_id("<extra_id_1>") in source_rows[0]
     model = AutoModelForSeq2SeqLM.from_pretrained(str(hf_dir)).eval()
+    assert type(model).__name__ == CLASSES[name]
     with torch.no_grad():  # Marian's config forces EOS at the length limit; jaxlm does not
         out = model.generate(**inputs, max_new_tokens=8, do_sample=False, forced_eos_token_id=None)
     assert hf_tokenizer.batch_decode(out, skip_special_tokens=True) == expected

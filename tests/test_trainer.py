@@ -76,6 +76,19 @@ def test_outputs_are_written(trained):
     assert {r["split"] for r in _records(workdir)} == {"train", "eval"}
 
 
+def test_the_python_api_takes_paths_as_strings(trained, tmp_path):
+    """What a notebook types: workdirs and files as plain strings."""
+    import jaxlm
+
+    workdir, _, _ = trained
+    records = jaxlm.read_metrics(str(workdir / "metrics.jsonl"))
+    assert records == _records(workdir)
+    png = jaxlm.plot_loss(records, str(tmp_path / "loss.png"))
+    assert png == tmp_path / "loss.png" and png.read_bytes().startswith(b"\x89PNG")
+    cfg, params, tokenizer = jaxlm.load_for_inference(str(workdir))
+    assert cfg.model.vocab_size == VOCAB == tokenizer.vocab_size and "token_embed" in params
+
+
 def test_loss_curves_draw_the_likelihood_not_a_regularised_loss():
     records = [
         {"split": "train", "step": 10, "loss": 5.5, "nll": 5.0},

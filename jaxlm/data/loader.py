@@ -249,9 +249,10 @@ def _token_file_data(cfg: Config, log) -> TrainingData:
     )
 
 
-def training_data(cfg: Config, workdir: Path, log=print, splits=None) -> TrainingData:
+def training_data(cfg: Config, workdir: str | Path, log=print, splits=None) -> TrainingData:
     """This process's training and evaluation batches for `cfg.data` (see the module doc), or
     for the examples of `splits` (a `jaxlm.data.sources.Splits`) when given."""
+    workdir = Path(workdir)
     if splits is not None:
         return _batches_of(cfg, splits, workdir, log)
     if cfg.data.source == "tokens":

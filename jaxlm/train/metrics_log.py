@@ -33,8 +33,9 @@ class MetricsLog:
             self.writer.close()
 
 
-def read_metrics(path: Path) -> list[dict]:
+def read_metrics(path: str | Path) -> list[dict]:
     """All records of a `metrics.jsonl` file, oldest first."""
+    path = Path(path)
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

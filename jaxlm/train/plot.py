@@ -23,11 +23,12 @@ def loss_curves(records: list[dict]) -> dict[str, tuple[list[int], list[float]]]
     return curves
 
 
-def plot_loss(records: list[dict], path: Path, title: str = "") -> Path:
+def plot_loss(records: list[dict], path: str | Path, title: str = "") -> Path:
     """Draw the `loss_curves` of metrics records (see `MetricsLog`) into `path`.
 
     The figure is drawn off-screen without touching matplotlib's global backend, so inline
     plots in notebooks keep working."""
+    path = Path(path)
     fig = Figure(figsize=(7, 4), dpi=120)
     ax = fig.subplots()
     curves = loss_curves(records)
