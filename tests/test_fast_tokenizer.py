@@ -122,6 +122,8 @@ def test_transformers_frames_inputs_as_the_family_does(family, models, tmp_path)
     assert hf.decode(single["input_ids"], skip_special_tokens=True) == SENTENCE
     assert (hf.pad_token_id, hf.eos_token_id, hf.model_max_length) == (tok.pad_id, tok.eos_id, 64)
     assert hf.padding_side == ("left" if family == "gpt" else "right")
+    for text in EDGES[6:]:  # transformers keeps [MASK] and the sentinels where jaxlm finds them
+        assert hf(text, add_special_tokens=False)["input_ids"] == tok.encode(text)
 
 
 def test_models_without_an_exact_equivalent_are_refused(real_text_files, tmp_path):
