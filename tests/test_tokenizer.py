@@ -6,6 +6,7 @@ import sentencepiece as spm
 from jaxlm.cli import main
 from jaxlm.data.tokenizer import Tokenizer, train_tokenizer, train_tokenizer_on_texts
 from jaxlm.errors import DataError
+from jaxlm.interop.fast_tokenizer import write_hf_tokenizer
 
 MULTILINGUAL = (
     "Grüße aus Köln — «naïve» café\n"
@@ -104,10 +105,11 @@ def test_cli_train_and_encode(real_text_files, tmp_path, capsys):
     tokenizer = Tokenizer.load(model)
     ids = tokenizer.encode(text)
     pieces = [tokenizer.sp.id_to_piece(i) for i in ids]
-    assert capsys.readouterr().out.splitlines() == [
-        "ids: " + " ".join(map(str, ids)),
-        "pieces: " + " ".join(pieces),
-    ]
+    printed = ["ids: " + " ".join(map(str, ids)), "pieces: " + " ".join(pieces)]
+    assert capsys.readouterr().out.splitlines() == printed
+    write_hf_tokenizer(model, tmp_path / "hf", "gpt", max_len=64)  # any tokenizer jaxlm reads
+    assert main(["tokenizer", "encode", str(tmp_path / "hf"), text]) == 0
+    assert capsys.readouterr().out.splitlines() == printed
     assert main(["tokenizer", "encode", str(tmp_path / "missing.model"), "x"]) == 2
     assert (
         capsys.readouterr().err

@@ -1,5 +1,5 @@
 """`jaxlm tokenizer train --files GLOB... --output PATH.model --vocab-size N [--type T] ...`,
-`jaxlm tokenizer encode MODEL TEXT`."""
+`jaxlm tokenizer encode TOKENIZER TEXT` (any tokenizer `data.tokenizer` may name)."""
 
 from __future__ import annotations
 
@@ -29,12 +29,12 @@ def train(args) -> None:
 
 
 def encode(args) -> None:
-    from jaxlm.data.tokenizer import Tokenizer
+    from jaxlm.data.hf_tokenizer import load_tokenizer
 
-    tokenizer = Tokenizer.load(args.model)
+    tokenizer = load_tokenizer(args.model)
     ids = tokenizer.encode(args.text)
     print("ids:", *ids)
-    print("pieces:", *(tokenizer.sp.id_to_piece(i) for i in ids))
+    print("pieces:", *(tokenizer.piece(i) for i in ids))
 
 
 def register(commands) -> None:
@@ -69,6 +69,10 @@ def register(commands) -> None:
     )
     training.set_defaults(run=train)
     encoding = actions.add_parser("encode", help="print the ids and pieces of a text")
-    encoding.add_argument("model", help="a sentencepiece .model file")
+    encoding.add_argument(
+        "model",
+        help="a sentencepiece .model file, a Hugging Face tokenizer.json or model directory, "
+        "or package:<package>/<path>",
+    )
     encoding.add_argument("text")
     encoding.set_defaults(run=encode)

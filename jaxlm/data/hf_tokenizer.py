@@ -83,6 +83,10 @@ class HFTokenizer:
         """The id of `token`, or None when the vocabulary has no such token."""
         return self.tokenizer.token_to_id(token)
 
+    def piece(self, token_id: int) -> str:
+        """The vocabulary's text of `token_id`."""
+        return self.tokenizer.id_to_token(token_id)
+
     def _id(self, name: str) -> int:
         token = self.special[name]
         token_id = None if token is None else self.token_id(token)

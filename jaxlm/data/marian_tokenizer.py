@@ -109,6 +109,10 @@ class MarianTokenizer:
         """The id of `token`, or None when the vocabulary has no such token."""
         return self.vocab.get(token)
 
+    def piece(self, token_id: int) -> str:
+        """The vocabulary's text of `token_id`."""
+        return self.pieces[token_id]
+
     def decode(self, ids: Sequence[int]) -> str:
         """The target text of `ids`; special tokens decode to nothing."""
         special = set(self.special_ids.values())

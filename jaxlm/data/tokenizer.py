@@ -84,6 +84,10 @@ class Tokenizer:
         piece_id = self.sp.piece_to_id(piece)
         return None if self.sp.is_unknown(piece_id) else piece_id
 
+    def piece(self, token_id: int) -> str:
+        """The model's piece `token_id`."""
+        return self.sp.id_to_piece(token_id)
+
     def _user_defined(self, piece: str) -> int:
         """The id of a special piece; a model without it raises `DataError`."""
         piece_id = self.token_id(piece)
