@@ -146,10 +146,9 @@ class _FakeTokenizer:
 
     def __init__(self, vocab_size):
         self.vocab_size = vocab_size
-        self.sp = self
 
-    def serialized_model_proto(self):
-        return b"fake"
+    def fingerprint(self):
+        return "fake"
 
     def encode_batch(self, texts):
         return [[ord(c) for c in text] for text in texts]
@@ -253,3 +252,36 @@ def test_cli_tokenize(tokenizer_path, tokenizer, real_text_files, tmp_path, caps
     lines = read_documents(real_text_files[:3], "line")  # every line: eval_fraction is ignored
     expected = [t for doc in lines for t in (2, *tokenizer.encode(doc), 3)]
     np.testing.assert_array_equal(TokenFile.open(output).tokens, expected)
+
+
+def test_a_workdirs_hugging_face_tokenizer_writes_and_checks_token_files(
+    tokenizer_path, tokenizer, real_text_files, tmp_path, capsys
+):
+    """An imported workdir's tokenizer/ (here the fast tokenizer of the sentencepiece model: the
+    same ids from other files) is what `jaxlm data tokenize CONFIG` writes with and what a run on
+    the token file checks it against; a workdir with another tokenizer is refused."""
+    from jaxlm.config import load_config
+    from jaxlm.data.hf_tokenizer import HFTokenizer
+    from jaxlm.data.loader import training_data
+    from jaxlm.interop.fast_tokenizer import write_hf_tokenizer
+
+    workdir = tmp_path / "run"
+    write_hf_tokenizer(tokenizer_path, workdir / "tokenizer", "gpt", max_len=128)
+    files = [str(f) for f in real_text_files[:3]]
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data:\n  train_files: {files}\ntrain:\n  workdir: {workdir}\n")
+    output = tmp_path / "hf.tokens"
+    assert main(["data", "tokenize", str(config), "--output", str(output)]) == 0
+    documents = read_documents(real_text_files[:3], "file")
+    expected = [t for doc in documents for t in (2, *tokenizer.encode(doc), 3)]
+    np.testing.assert_array_equal(TokenFile.open(output).tokens, expected)
+
+    on_tokens = [f"data.train_files=[{output}]", "data.source=tokens", "data.eval_fraction=0"]
+    data = training_data(load_config(str(config), on_tokens), workdir, log=lambda line: None)
+    assert isinstance(data.tokenizer, HFTokenizer)
+    with pytest.raises(DataError, match="written with another tokenizer"):
+        TokenFile.open(output).check_tokenizer(tokenizer)  # the same ids, another definition
+    other = tmp_path / "other"
+    train_tokenizer(real_text_files[3:6], other / "tokenizer.model", 400, sample_lines=500)
+    with pytest.raises(DataError, match="written with another tokenizer"):
+        training_data(load_config(str(config), [*on_tokens, f"train.workdir={other}"]), other)

@@ -20,10 +20,9 @@ def _is_config(name: str) -> bool:
 def tokenize(args) -> None:
     from jaxlm.config import load_config
     from jaxlm.data.documents import read_documents, resolve_files
-    from jaxlm.data.hf_tokenizer import WORKDIR_SENTENCEPIECE
+    from jaxlm.data.hf_tokenizer import load_tokenizer, run_tokenizer
     from jaxlm.data.sources import load_splits
     from jaxlm.data.token_file import write_token_file
-    from jaxlm.data.tokenizer import Tokenizer
     from jaxlm.errors import DataError
 
     model = args.tokenizer
@@ -31,8 +30,8 @@ def tokenize(args) -> None:
         cfg = load_config(args.inputs[0], args.inputs[1:])
         splits = load_splits(dataclasses.replace(cfg.data, eval_fraction=0))
         documents, skipped = list(splits.texts()), splits.skipped
-        default_model = Path(cfg.train.workdir) / WORKDIR_SENTENCEPIECE  # token files need one
-        model = model or cfg.data.tokenizer or (default_model if default_model.is_file() else "")
+        run = run_tokenizer(cfg.data.tokenizer, Path(cfg.train.workdir))  # token files need one
+        model = model or cfg.data.tokenizer or (str(run) if run.exists() else "")
     else:
         skipped = {}
         documents = read_documents(resolve_files(args.inputs), args.unit, skipped)
@@ -40,7 +39,7 @@ def tokenize(args) -> None:
         raise DataError(
             "no tokenizer: pass --tokenizer MODEL (train one with `jaxlm tokenizer train`)"
         )
-    token_file = write_token_file(documents, Tokenizer.load(model), args.output)
+    token_file = write_token_file(documents, load_tokenizer(model), args.output)
     skips = "".join(f", skipped {n} {what}" for what, n in skipped.items())
     print(
         f"wrote {args.output}: {len(documents)} documents, {len(token_file.tokens)} tokens "
@@ -123,7 +122,8 @@ def register(commands) -> None:
     )
     tokenizing.add_argument("--output", required=True, help="the token file to write")
     tokenizing.add_argument(
-        "--tokenizer", help="sentencepiece model (default: the config's, or its workdir's)"
+        "--tokenizer",
+        help="any tokenizer data.tokenizer may name (default: the config's, or its workdir's)",
     )
     tokenizing.add_argument(
         "--unit",

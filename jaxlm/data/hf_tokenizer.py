@@ -16,6 +16,7 @@ A workdir without `data.tokenizer` has its own: the Hugging Face files of an imp
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Sequence
@@ -86,6 +87,11 @@ class HFTokenizer:
     def piece(self, token_id: int) -> str:
         """The vocabulary's text of `token_id`."""
         return self.tokenizer.id_to_token(token_id)
+
+    def fingerprint(self) -> str:
+        """The sha256 of the tokenizer's definition and its special tokens."""
+        definition = json.dumps([self.tokenizer.to_str(), self.special], sort_keys=True)
+        return hashlib.sha256(definition.encode()).hexdigest()
 
     def _id(self, name: str) -> int:
         token = self.special[name]

@@ -211,15 +211,17 @@ def _token_file_data(cfg: Config, log) -> TrainingData:
         )
     tokens = TokenFile.open(Path(d.train_files[0]))
     train, held_out = tokens.split(d.eval_fraction)
-    tokenizer = Tokenizer.load(Path(d.tokenizer)) if d.tokenizer else None
-    if tokenizer is not None:
+    tokenizer_path = run_tokenizer(d.tokenizer, Path(cfg.train.workdir))
+    tokenizer = None
+    if d.tokenizer or tokenizer_path.exists():  # the run's: data.tokenizer, or the workdir's
+        tokenizer = load_tokenizer(str(tokenizer_path))
         tokens.check_tokenizer(tokenizer)
     summary = f"token file {d.train_files[0]}: {len(tokens):,} tokens"
     if d.task == "span_corruption":
         if tokenizer is None:
             raise ConfigError(
                 "config key 'data.tokenizer': span corruption of a token file needs the "
-                "tokenizer it was written with, for its sentinel tokens"
+                "tokenizer it was written with, for its sentinel tokens (or the workdir's own)"
             )
 
         def rows_of(token_file: TokenFile) -> TaskRows:

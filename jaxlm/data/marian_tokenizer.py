@@ -11,6 +11,7 @@ from the padding token, which `bos_id` therefore names. Texts are not punctuatio
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -112,6 +113,14 @@ class MarianTokenizer:
     def piece(self, token_id: int) -> str:
         """The vocabulary's text of `token_id`."""
         return self.pieces[token_id]
+
+    def fingerprint(self) -> str:
+        """The sha256 of both sentencepiece models, the vocabulary and the special tokens."""
+        digest = hashlib.sha256()
+        for sp in (self.source, self.target):
+            digest.update(sp.serialized_model_proto())
+        digest.update(json.dumps([self.vocab, self.special_ids], sort_keys=True).encode())
+        return digest.hexdigest()
 
     def decode(self, ids: Sequence[int]) -> str:
         """The target text of `ids`; special tokens decode to nothing."""

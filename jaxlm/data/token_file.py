@@ -6,8 +6,9 @@
 
 A token file holds its documents as `[bos] ids [eos]`, one after another, as uint16 (vocabulary
 up to 65,536) or uint32; the sidecar `PATH.json` records the dtype, token and document counts,
-vocabulary size, special ids and the tokenizer's sha256. Reading needs neither TensorFlow nor
-the tokenizer.
+vocabulary size, special ids and the tokenizer's fingerprint (`fingerprint()`: a sha256 of
+what decides its ids). Any tokenizer jaxlm reads writes them. Reading needs neither TensorFlow
+nor the tokenizer.
 
 Batches have the format of `jaxlm.data.pipeline.lm_dataset`. Rows are the file's consecutive
 windows of seq_len + 1 tokens, visited epoch after epoch in a seeded random order, so batch k is
@@ -18,7 +19,6 @@ reads its own contiguous block of rows of every global batch (the block
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 from collections.abc import Iterable, Iterator, Sequence
@@ -36,10 +36,6 @@ CHUNK_DOCUMENTS = 1024  # documents tokenized per call while writing
 
 def sidecar_path(path: str | Path) -> Path:
     return Path(f"{path}.json")
-
-
-def tokenizer_sha256(tokenizer: Tokenizer) -> str:
-    return hashlib.sha256(tokenizer.sp.serialized_model_proto()).hexdigest()
 
 
 def write_token_file(
@@ -84,7 +80,7 @@ def write_token_file(
         "vocab_size": vocab_size,
         "bos_id": bos,
         "eos_id": eos,
-        "tokenizer_sha256": tokenizer_sha256(tokenizer),
+        "tokenizer_sha256": tokenizer.fingerprint(),
     }
     with atomic_write(sidecar_path(path)) as f:
         f.write(json.dumps(meta, indent=2).encode())
@@ -136,7 +132,7 @@ class TokenFile:
 
     def check_tokenizer(self, tokenizer: Tokenizer) -> None:
         """Raises `DataError` unless `tokenizer` is the one the file was written with."""
-        if tokenizer_sha256(tokenizer) != self.tokenizer_sha256:
+        if tokenizer.fingerprint() != self.tokenizer_sha256:
             raise DataError(f"{self.path} was written with another tokenizer than the given one")
 
     def __len__(self) -> int:

@@ -11,6 +11,7 @@ fallback have no such piece: they encode with plain sentencepiece, and newlines 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import re
@@ -87,6 +88,10 @@ class Tokenizer:
     def piece(self, token_id: int) -> str:
         """The model's piece `token_id`."""
         return self.sp.id_to_piece(token_id)
+
+    def fingerprint(self) -> str:
+        """The sha256 of the model, which decides every id (token files record it)."""
+        return hashlib.sha256(self.sp.serialized_model_proto()).hexdigest()
 
     def _user_defined(self, piece: str) -> int:
         """The id of a special piece; a model without it raises `DataError`."""
