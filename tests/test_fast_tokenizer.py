@@ -126,6 +126,26 @@ def test_transformers_frames_inputs_as_the_family_does(family, models, tmp_path)
         assert hf(text, add_special_tokens=False)["input_ids"] == tok.encode(text)
 
 
+def test_a_framing_token_the_model_lacks_is_left_out(real_text_files, tmp_path):
+    """A sentencepiece model without BOS (as Llama's has no pad) frames GPT inputs with none."""
+    from transformers import AutoTokenizer
+
+    spm.SentencePieceTrainer.train(
+        input=[str(f) for f in real_text_files[:5]],
+        model_prefix=str(tmp_path / "no-bos"),
+        vocab_size=400,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        byte_fallback=True,
+        bos_id=-1,
+        minloglevel=2,
+    )
+    write_hf_tokenizer(tmp_path / "no-bos.model", tmp_path / "hf", "gpt", max_len=64)
+    hf = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    assert hf.bos_token is None and hf.eos_token == "</s>"
+    assert hf(SENTENCE)["input_ids"] == Tokenizer.load(tmp_path / "no-bos.model").encode(SENTENCE)
+
+
 def test_models_without_an_exact_equivalent_are_refused(real_text_files, tmp_path):
     model = tmp_path / "nfkc.model"
     spm.SentencePieceTrainer.train(

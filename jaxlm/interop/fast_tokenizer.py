@@ -176,13 +176,7 @@ def write_hf_tokenizer(model_file: Path, directory: Path, family: str, max_len: 
     proto = read_model(model_file)
     tokenizer = _tokenizer(proto)
     special = special_tokens(proto)
-    single, pair = TEMPLATES[family]
-    used = {word for word in f"{single} {pair}".replace(":1", "").split() if word in special}
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single=" ".join(_template_word(word, special) for word in single.split()),
-        pair=" ".join(_template_word(word, special) for word in pair.split()),
-        special_tokens=[(special[name], tokenizer.token_to_id(special[name])) for name in used],
-    )
+    tokenizer.post_processor = _framing(tokenizer, family, special)
     settings = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": max_len,
@@ -197,7 +191,22 @@ def write_hf_tokenizer(model_file: Path, directory: Path, family: str, max_len: 
     (directory / TOKENIZER_CONFIG).write_text(json.dumps(settings, indent=2) + "\n")
 
 
-def _template_word(word: str, special: dict[str, str]) -> str:
-    """A template word with the special token's text in place of its name ("sep:1" -> "[SEP]:1")."""
-    name, _, type_id = word.partition(":")
-    return special.get(name, name) + (f":{type_id}" if type_id else "")
+def _framing(tokenizer: Tokenizer, family: str, special: dict[str, str]):
+    """The family's `TEMPLATES` as a post-processor, without the special tokens the model lacks
+    (a GPT whose tokenizer has no BOS gets none)."""
+    names = set()
+
+    def filled(template: str) -> str:
+        words = []
+        for word in template.split():
+            name, _, type_id = word.partition(":")
+            if name in special:
+                names.add(name)
+                words.append(special[name] + (f":{type_id}" if type_id else ""))
+            elif name.startswith("$"):
+                words.append(word)
+        return " ".join(words)
+
+    single, pair = (filled(template) for template in TEMPLATES[family])
+    used = [(special[name], tokenizer.token_to_id(special[name])) for name in sorted(names)]
+    return processors.TemplateProcessing(single=single, pair=pair, special_tokens=used)
