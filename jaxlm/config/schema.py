@@ -198,6 +198,8 @@ class TrainConfig:
     microbatch_unroll: int = 1  # microbatches per iteration of the accumulation loop; 0 = all
     label_smoothing: float = 0.0  # targets get this share of probability spread over the classes
     z_loss: float = 0.0  # adds z_loss * log(softmax normaliser)^2 per token (PaLM: 1e-4)
+    profile_steps: int = 0  # trace this many steps with the JAX profiler into <workdir>/profile
+    profile_start: int = 3  # steps of the run before the trace starts (compilation is the first)
 
 
 @dataclass

@@ -115,7 +115,7 @@ def validate(config: Config) -> None:
         f"{t.workdir!r} is a URL; give a folder (mount a bucket with gcsfuse to write there)",
     )
     _check(t.log_every > 0, "train.log_every", "must be positive")
-    for key in ("eval_every", "eval_batches", "checkpoint_every", "keep_best"):
+    for key in ("eval_every", "eval_batches", "checkpoint_every", "keep_best", "profile_steps"):
         _check(getattr(t, key) >= 0, f"train.{key}", "must be >= 0")
     _check(t.keep_checkpoints > 0, "train.keep_checkpoints", "must be positive")
     _check(
@@ -126,6 +126,7 @@ def validate(config: Config) -> None:
     _check(t.eval_bleu_beams > 0, "train.eval_bleu_beams", "must be positive (1 = greedy)")
     _check(t.microbatches > 0, "train.microbatches", "must be positive")
     _check(t.microbatch_unroll >= 0, "train.microbatch_unroll", "must be >= 0 (0 = all)")
+    _check(t.profile_start >= 0, "train.profile_start", "must be >= 0")
     _check(
         d.batch_size % t.microbatches == 0,
         "train.microbatches",

@@ -46,6 +46,7 @@ from jaxlm.train.monitoring import NonFiniteGuard, Throughput, log
 from jaxlm.train.optim import make_optimizer
 from jaxlm.train.plot import plot_loss
 from jaxlm.train.preemption import Preempted, Preemption
+from jaxlm.train.profiling import PROFILE_DIR, StepProfiler
 from jaxlm.train.state import init_state, state_from_params, state_shardings
 from jaxlm.train.step import compile_train_step
 from jaxlm.translation_eval import translation_bleu
@@ -248,9 +249,18 @@ class Trainer:
             cleanup.enter_context(activate(self.mesh))
             if self.start == 0 and cfg.train.eval_every:  # the untrained model starts the curve
                 self._evaluate_and_log(0)
+            profiler = StepProfiler(
+                self.workdir / PROFILE_DIR,
+                self.start + 1 + cfg.train.profile_start,
+                cfg.train.profile_steps,
+            )
+            cleanup.callback(profiler.close)
             meter.restart(self.start)
             for step in range(self.start + 1, cfg.train.steps + 1):
-                self.state, metrics = self.train_step(self.state, next(batches))
+                profiler.before(step)
+                with jax.profiler.StepTraceAnnotation("train", step_num=step):
+                    self.state, metrics = self.train_step(self.state, next(batches))
+                profiler.after(step, (self.state, metrics))
                 self.guard.push(step, metrics.pop("finite"))
                 progress.update()
                 if step == self.start + 1:  # compilation is not training throughput
