@@ -51,6 +51,7 @@ SETTLED_FAULTS = 1_000  # page faults (4 MiB) per step under which the heap has 
 EXTRA_WARMUP = 10  # the most warm-up steps added while it grows
 CEILING = dict(size=2048, repeats=10)  # the CPU matmul ceiling: best of 10 2048^3 dots
 TORCH_DTYPES = ("float32", "bfloat16")  # bfloat16: the reference runs under torch.autocast
+PROFILED_STEPS = 3  # jaxlm steps traced after the timing, with --profile
 
 
 def random_batch(cfg: Config, seed: int = 0) -> dict[str, np.ndarray]:
@@ -221,9 +222,11 @@ def run_benchmark(
     warmup: int = 3,
     reference: str = "none",
     config_name: str = "",
+    profile: str = "",
     log: Callable[[str], None] = lambda _: None,
 ) -> dict:
-    """Benchmark the config's train step (and the reference); returns a JSON-ready report."""
+    """Benchmark the config's train step (and the reference); returns a JSON-ready report.
+    `profile`: a folder for a JAX profiler trace of `PROFILED_STEPS` more jaxlm steps."""
     if cfg.model.family != "gpt":
         raise ConfigError(
             f"config key 'model.family': bench times the causal-LM step of 'gpt', "
@@ -264,6 +267,12 @@ def run_benchmark(
     finally:
         for runner in runners[1:]:
             runner.close()
+    if profile:
+        log(f"tracing {PROFILED_STEPS} more jaxlm steps into {profile}")
+        with jax.profiler.trace(profile):
+            for step in range(PROFILED_STEPS):
+                with jax.profiler.StepTraceAnnotation("train", step_num=step):
+                    runners[0].step()
 
     flops = model_flops(cfg.model, cfg.data.seq_len)
     tokens = cfg.data.batch_size * cfg.data.seq_len

@@ -59,6 +59,7 @@ def run(args) -> None:
             warmup=args.warmup,
             reference=args.reference,
             config_name=" ".join([args.config, *args.overrides]),
+            profile=args.profile or "",
             log=log,
         )
         print(format_report(report))
@@ -79,6 +80,12 @@ def register(commands) -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per framework")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling")
     parser.add_argument("--json", metavar="PATH", help="also write the full report as JSON")
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="afterwards, trace 3 more jaxlm train steps with the JAX profiler into DIR "
+        "(TensorBoard's profile plugin or Perfetto reads it)",
+    )
     parser.add_argument(
         "--reference",
         choices=("torch", "none"),
