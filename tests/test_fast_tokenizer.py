@@ -168,6 +168,8 @@ def test_models_without_an_exact_equivalent_are_refused(real_text_files, tmp_pat
 RUNS = {
     "gpt": ["demo"],
     "bert": ["vader-sentiment"],
+    "mlm": ["bert-base", "model.heads=[mlm]", "model.num_heads=4", "data.task=masked_lm"]
+    + ["data.next_sentence=false"],
     "seq2seq": ["gettext-en-de", "model.num_decoder_layers=2", "model.sinusoidal_layout=halves"]
     + ["model.output_bias=true"],  # as Marian has them
     "t5": ["t5-small", "model.num_decoder_layers=2", "model.num_heads=4", "model.head_dim=16"]
@@ -177,8 +179,8 @@ RUNS = {
 
 def _run(name: str, workdir: Path, files: list[Path]) -> Path:
     """A small run of `RUNS[name]`, trained briefly on real text: a GPT (BPE tokenizer), a
-    classifier, a Marian-style translator and a T5 (unigram tokenizers, the T5's with
-    sentinels)."""
+    classifier, a masked LM, a Marian-style translator and a T5 (unigram tokenizers, the T5's
+    with sentinels)."""
     preset, *changes = RUNS[name]
     argv = [
         "train",
@@ -194,12 +196,12 @@ def _run(name: str, workdir: Path, files: list[Path]) -> Path:
         f"train.workdir={workdir}",
         "optim.learning_rate=3e-3",
         "optim.warmup_steps=10",
-        "train.steps=150",
-        "train.eval_every=150",
+        "train.steps=60",
+        "train.eval_every=60",
         "train.progress_bar=false",
         "sample.prompts=[]",
     ]
-    if name in ("gpt", "t5"):
+    if name in ("gpt", "mlm", "t5"):
         argv.append(f"data.train_files=[{','.join(map(str, files))}]")
     else:
         argv += _jsonl(name, workdir.parent / f"{name}.jsonl", files)
@@ -285,6 +287,29 @@ def test_transformers_classifies_with_an_exported_classifier_as_jaxlm_does(expor
     probabilities = torch.softmax(logits, dim=-1).numpy()
     assert [labels[i] for i in probabilities.argmax(-1)] == [label for label, _ in expected]
     np.testing.assert_allclose(probabilities.max(-1), [p for _, p in expected], atol=1e-5)
+
+
+def test_transformers_fills_masks_with_an_exported_masked_lm_as_jaxlm_does(exported):
+    from transformers import pipeline
+
+    import jaxlm
+    from jaxlm.decoding.fill_mask import fill_mask
+
+    workdir, hf_dir = exported["mlm"]
+    texts = ["The [MASK] statement is used to loop.", "A list [MASK] mutable, [MASK] tuple not."]
+    cfg, params, tokenizer = jaxlm.load_for_inference(workdir)
+    fill = pipeline("fill-mask", model=str(hf_dir), top_k=3)
+    for text in texts:
+        tokens = [[tokenizer.cls_id, *tokenizer.encode(text), tokenizer.sep_id]]
+        expected = [best for _, best in fill_mask(cfg.model, params, tokens, tokenizer.mask_id)[0]]
+        got = fill(text)
+        got = [got] if isinstance(got[0], dict) else got  # one mask: one list of guesses
+        assert len(got) == text.count("[MASK]") == len(expected)
+        for guesses, best in zip(got, expected, strict=True):
+            assert [g["token"] for g in guesses] == [token for token, _ in best[:3]]
+            np.testing.assert_allclose(
+                [g["score"] for g in guesses], [p for _, p in best[:3]], atol=1e-5
+            )
 
 
 # Sources for the Marian-style translator (it learned to copy lines), and for the T5 (it learned
