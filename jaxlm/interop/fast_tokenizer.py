@@ -12,8 +12,12 @@
 - user-defined pieces ([MASK], [CLS], [SEP], `<extra_id_N>`) are found in the text as
   sentencepiece finds them, and decode to their text; pad, BOS and EOS are special tokens.
 
-Only what jaxlm trains converts exactly: models with sentencepiece's `identity` normalization
-that keep extra whitespace. Others raise `ConversionError`.
+Three differences remain: text that spells a special token (`<s>`) reads as that token, as in
+every `transformers` tokenizer; a text that is only a user-defined piece gets no `▁` before
+it; and Unigram segmentations of equal score may split in another order (sentencepiece's
+float32 sums decide between them). Only what jaxlm trains converts: models with
+sentencepiece's `identity` normalization that keep extra whitespace. Others raise
+`ConversionError`.
 
 `write_hf_tokenizer` saves one with a `tokenizer_config.json` that `transformers`'
 `AutoTokenizer` loads, and that frames inputs as the model family's rows do: `<s> text` (GPT),
@@ -38,11 +42,11 @@ from tokenizers import (
     processors,
 )
 
-from jaxlm.data.tokenizer import NEWLINE_PIECE
+from jaxlm.data.hf_tokenizer import TOKENIZER_JSON
+from jaxlm.data.tokenizer import CLS_PIECE, MASK_PIECE, NEWLINE_PIECE, SEP_PIECE
 from jaxlm.data.tokenizer_config import TOKENIZER_CONFIG
 from jaxlm.errors import ConversionError
 
-TOKENIZER_JSON = "tokenizer.json"
 SPACE = "\u2581"  # sentencepiece's whitespace
 Piece = sentencepiece_model_pb2.ModelProto.SentencePiece
 UNIGRAM, BPE = 1, 2  # sentencepiece's TrainerSpec.ModelType
@@ -155,7 +159,7 @@ TEMPLATES = {
     "seq2seq": ("$A eos", "$A eos $B:1 eos:1"),
 }
 SPECIAL_IDS = ("pad", "unk", "bos", "eos")  # sentencepiece's fixed ones, by TrainerSpec field
-USER_SPECIAL = {"mask": "[MASK]", "cls": "[CLS]", "sep": "[SEP]"}
+USER_SPECIAL = {"mask": MASK_PIECE, "cls": CLS_PIECE, "sep": SEP_PIECE}
 
 
 def special_tokens(proto) -> dict[str, str]:
