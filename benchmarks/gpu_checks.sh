@@ -98,13 +98,19 @@ echo "== tests (cuDNN attention)"
 status=0
 "$python" -m pytest -q -p no:cacheprovider tests/test_gpu.py -rs 2>&1 | tee "$out/tests.txt" || status=1
 
+# The first size's steps are also traced; its report lists the costliest operations (the trace
+# itself stays in a scratch folder: it is large, and nested too deep to travel back).
+traces="$(mktemp -d)"
+trap 'rm -rf "$traces"' EXIT
+profile=(--profile "$traces/$first")
 remat=none
 for config in $sizes; do
   echo "== train step: $config (remat $remat)"
   "$python" -m jaxlm bench "$config" model.dtype=bfloat16 model.attention_backend=auto \
     "model.remat_policy=$remat" "data.seq_len=$seq_len" "data.batch_size=$batch" \
-    --steps "$steps" --json "$out/train-$config.json" || status=1
+    --steps "$steps" --json "$out/train-$config.json" "${profile[@]}" || status=1
   remat="$sweep_remat"
+  profile=()
 done
 
 echo "== decoding: $first"

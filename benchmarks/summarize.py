@@ -56,6 +56,23 @@ def decode_table(report: dict) -> list[str]:
     return lines
 
 
+def operations_table(report: dict) -> list[str]:
+    """The costliest XLA operations of a report's traced steps (`jaxlm bench --profile`)."""
+    profile = report["profile"]
+    lines = [
+        f"Operations of {report['config'].split()[0]} by time, over {profile['steps']} traced "
+        "steps:",
+        "",
+        "| operation | ms/step | share | runs/step |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for op in profile["top_operations"]:
+        lines.append(
+            f"| `{op['op']}` | {op['ms_per_step']:.2f} | {100 * op['share']:.1f}% | {op['count']} |"
+        )
+    return lines
+
+
 def plot_sizes(reports: list[dict], path: Path) -> None:
     """Tokens/s and MFU against N, one line per framework."""
     figure = Figure(figsize=(9, 3.6), layout="constrained")
@@ -100,6 +117,9 @@ def main(out: Path) -> None:
             *train_table(train),
             "",
         ]
+        for report in train:
+            if "profile" in report:
+                lines += [*operations_table(report), ""]
         plot_sizes(train, out / "sizes.png")
     decode = out / "decode.json"
     if decode.exists():

@@ -85,6 +85,10 @@ def test_a_cpu_run_writes_every_report_and_the_summary(tmp_path):
     assert f"| {tokens_per_second:,.0f} |" in summary
     for row in decode["results"]:
         assert f"| {row['batch']} | {1e3 * row['latency_s']:.3f} |" in summary
+    top = train["profile"]["top_operations"]  # the first size's steps were traced
+    assert train["profile"]["steps"] == 3 and 0 < top[0]["share"] <= 1
+    assert "Operations of demo by time, over 3 traced steps:" in summary
+    assert f"| `{top[0]['op']}` | {top[0]['ms_per_step']:.2f} |" in summary
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")

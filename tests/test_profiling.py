@@ -1,6 +1,7 @@
 """`train.profile_steps`: the JAX profiler traces the chosen steps of a run into its workdir;
 `jaxlm bench --profile DIR` traces more steps after its timing."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -60,5 +61,36 @@ def test_bench_traces_steps_after_its_timing(tmp_path, capsys):
 
     tiny = [*TINY_MODEL, "model.vocab_size=256", "data.batch_size=8"]
     argv = ["bench", "demo", *tiny, "--steps", "1", "--warmup", "0"]
-    assert cli.main([*argv, "--profile", str(tmp_path / "trace")]) == 0
+    argv += ["--profile", str(tmp_path / "trace"), "--json", str(tmp_path / "bench.json")]
+    assert cli.main(argv) == 0
     assert _traced_steps(tmp_path / "trace") == [0, 1, 2]
+    profile = json.loads((tmp_path / "bench.json").read_text())["profile"]
+    top = profile["top_operations"]
+    assert profile["steps"] == 3 and len(top) == 15 and top[0]["share"] >= top[-1]["share"]
+    printed = capsys.readouterr().out
+    assert f"operations taking the most time ({tmp_path / 'trace'}):" in printed
+    assert f"ms/step {100 * top[0]['share']:>5.1f}%  {top[0]['op']}" in printed
+
+
+def test_the_costliest_operation_of_a_trace_is_the_one_that_takes_the_time(tmp_path):
+    """A jitted 1024^3 matrix product and a cheap elementwise tail, traced four times: the
+    product's operation takes most of the operations' time, about the measured wall time."""
+    import time
+
+    import jax
+    import jax.numpy as jnp
+
+    from jaxlm.bench.trace_summary import top_operations
+
+    product = jax.jit(lambda a, b: jnp.tanh(a @ b) + 1.0)
+    a = jnp.ones((1024, 1024))
+    product(a, a).block_until_ready()
+    with jax.profiler.trace(str(tmp_path)):
+        start = time.perf_counter()
+        for _ in range(4):
+            product(a, a).block_until_ready()
+        wall = (time.perf_counter() - start) / 4
+    top = top_operations(tmp_path, steps=4)
+    assert top[0]["share"] > 0.8 and top[0]["count"] == 1
+    assert 0.3 * wall < top[0]["ms_per_step"] / 1e3 < 1.5 * wall
+    assert "train" not in {op["op"] for op in top}  # annotations are not operations

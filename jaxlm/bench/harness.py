@@ -39,6 +39,7 @@ from jaxlm.bench.flops import model_flops
 from jaxlm.bench.measure import measure_steps, threads
 from jaxlm.bench.peaks import matmul_ceiling, peak_flops
 from jaxlm.bench.torch_process import TorchProcess
+from jaxlm.bench.trace_summary import top_operations
 from jaxlm.config import Config
 from jaxlm.errors import ConfigError, JaxlmError
 from jaxlm.parallel import activate, check_batch_size, make_mesh, shard_batch
@@ -226,7 +227,8 @@ def run_benchmark(
     log: Callable[[str], None] = lambda _: None,
 ) -> dict:
     """Benchmark the config's train step (and the reference); returns a JSON-ready report.
-    `profile`: a folder for a JAX profiler trace of `PROFILED_STEPS` more jaxlm steps."""
+    `profile`: a folder for a JAX profiler trace of `PROFILED_STEPS` more jaxlm steps, whose
+    costliest operations the report lists."""
     if cfg.model.family != "gpt":
         raise ConfigError(
             f"config key 'model.family': bench times the causal-LM step of 'gpt', "
@@ -338,6 +340,12 @@ def run_benchmark(
         report["speedup_fastest_steps"] = (
             results[1]["step_seconds_min"] / results[0]["step_seconds_min"]
         )
+    if profile:
+        report["profile"] = {
+            "folder": profile,
+            "steps": PROFILED_STEPS,
+            "top_operations": top_operations(profile, PROFILED_STEPS),
+        }
     return report
 
 
@@ -400,4 +408,11 @@ def format_report(report: dict) -> str:
     lines.append(f"loss over the first {shown} steps (same initial weights, same batch):")
     for r in report["results"]:
         lines.append(f"  {r['name']:<8}" + " ".join(f"{x:.4f}" for x in r["losses"][:shown]))
+    if "profile" in report:
+        profile = report["profile"]
+        lines += ["", f"operations taking the most time ({profile['folder']}):"]
+        lines += [
+            f"  {op['ms_per_step']:>9.2f} ms/step {100 * op['share']:>5.1f}%  {op['op']}"
+            for op in profile["top_operations"]
+        ]
     return "\n".join(lines)
