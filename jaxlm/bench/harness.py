@@ -39,7 +39,7 @@ from jaxlm.bench.flops import model_flops
 from jaxlm.bench.measure import measure_steps, threads
 from jaxlm.bench.peaks import matmul_ceiling, peak_flops
 from jaxlm.bench.torch_process import TorchProcess
-from jaxlm.bench.trace_summary import top_operations
+from jaxlm.bench.trace_summary import operation_line, top_operations
 from jaxlm.config import Config
 from jaxlm.errors import ConfigError, JaxlmError
 from jaxlm.parallel import activate, check_batch_size, make_mesh, shard_batch
@@ -411,8 +411,5 @@ def format_report(report: dict) -> str:
     if "profile" in report:
         profile = report["profile"]
         lines += ["", f"operations taking the most time ({profile['folder']}):"]
-        lines += [
-            f"  {op['ms_per_step']:>9.2f} ms/step {100 * op['share']:>5.1f}%  {op['op']}"
-            for op in profile["top_operations"]
-        ]
+        lines += [f"  {operation_line(op)}" for op in profile["top_operations"]]
     return "\n".join(lines)

@@ -75,3 +75,8 @@ def top_operations(folder: str | Path, steps: int, count: int = 15) -> list[dict
         }
         for name, spent in seconds.most_common(count)
     ]
+
+
+def operation_line(op: dict) -> str:
+    """One row of `top_operations` as a line of text."""
+    return f"{op['ms_per_step']:>9.2f} ms/step {100 * op['share']:>5.1f}%  {op['op']}"

@@ -4,7 +4,8 @@ The trace covers `train.profile_steps` consecutive steps, starting `train.profil
 into the run (past the compiling first step), and goes to `<workdir>/profile/`: open it with
 TensorBoard's profile plugin (`tensorboard --logdir <workdir>/profile`) or Perfetto. Every step
 is marked with a `StepTraceAnnotation`, so the profile's step-time view splits the trace by step.
-Each process of a multi-process run writes its own host's trace into the same folder.
+Each process of a multi-process run writes its own host's trace into the same folder; the log
+lists the costliest XLA operations of the traced steps (`jaxlm.bench.trace_summary`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from pathlib import Path
 
 import jax
 
+from jaxlm.bench.trace_summary import operation_line, top_operations
 from jaxlm.train.monitoring import log
 
 PROFILE_DIR = "profile"
+SHOWN_OPERATIONS = 5  # the costliest operations of the traced steps, logged
 
 
 class StepProfiler:
@@ -32,11 +35,16 @@ class StepProfiler:
             self.tracing = True
 
     def after(self, step: int, outputs) -> None:
-        """`outputs`: the step's results, waited for so that the trace holds all its work."""
+        """`outputs`: the step's results, waited for so that the trace holds all its work.
+        Process 0 then logs the costliest operations of the traced steps."""
         if self.tracing and step == self.last:
             jax.block_until_ready(outputs)
             self.close()
             log(f"step {step:>6} | profiled steps {self.first}-{step} into {self.directory}")
+            if jax.process_index() == 0:
+                steps = step - self.first + 1
+                for op in top_operations(self.directory, steps, count=SHOWN_OPERATIONS):
+                    log(f"  {operation_line(op)}")
 
     def close(self) -> None:
         if self.tracing:
