@@ -1,4 +1,4 @@
-"""Evaluation metrics: language-model totals, classification scores and corpus BLEU.
+"""Evaluation metrics: language-model totals, classification scores, corpus BLEU and chrF.
 
 Small pure functions over NumPy arrays and Python lists; JAX arrays are accepted (converted with
 `np.asarray`). Nothing here needs a device.
@@ -149,6 +149,28 @@ def corpus_bleu(
     """
     import sacrebleu
 
+    hypotheses, streams = _reference_streams(hypotheses, references)
+    return float(
+        sacrebleu.corpus_bleu(hypotheses, streams, tokenize=tokenize, lowercase=lowercase).score
+    )
+
+
+def corpus_chrf(
+    hypotheses: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]]
+) -> float:
+    """Corpus-level chrF (0-100; Popovic 2015) from `sacrebleu.corpus_chrf` with its default
+    settings: character n-grams up to 6, whitespace ignored, recall weighted by beta = 2.
+    `references` as for `corpus_bleu`."""
+    import sacrebleu
+
+    hypotheses, streams = _reference_streams(hypotheses, references)
+    return float(sacrebleu.corpus_chrf(hypotheses, streams).score)
+
+
+def _reference_streams(
+    hypotheses: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]]
+) -> tuple[list[str], list[list[str]]]:
+    """The hypotheses and sacrebleu's reference streams (see `corpus_bleu`), checked."""
     hypotheses = list(hypotheses)
     if not hypotheses:
         raise ValueError("no hypotheses to score")
@@ -165,6 +187,4 @@ def corpus_bleu(
             raise ValueError(
                 f"{len(hypotheses)} hypotheses but reference stream {k} has {len(stream)} entries"
             )
-    return float(
-        sacrebleu.corpus_bleu(hypotheses, streams, tokenize=tokenize, lowercase=lowercase).score
-    )
+    return hypotheses, streams

@@ -1,4 +1,5 @@
-"""BLEU of an encoder-decoder on (source, reference) text pairs, such as a run's held-out split.
+"""BLEU and chrF of an encoder-decoder on (source, reference) text pairs, such as a run's held-out
+split.
 
 Sources are encoded and cut as training encodes them and translated greedily (or by beam
 search) in batches of one shape, `data.batch_size` x `data.seq_len`, so one compiled decoding
@@ -15,7 +16,7 @@ from jaxlm.config import Config, SampleConfig
 from jaxlm.data.tasks import seq2seq_sources, target_length
 from jaxlm.errors import JaxlmError
 from jaxlm.generate import translate
-from jaxlm.metrics import corpus_bleu
+from jaxlm.metrics import corpus_bleu, corpus_chrf
 
 
 def translate_sources(
@@ -59,9 +60,9 @@ def translate_sources(
 def translation_bleu(
     cfg: Config, params: dict, tokenizer, pairs: Sequence[tuple[str, str]], num_beams: int = 1
 ) -> tuple[dict[str, float], list[dict[str, str]]]:
-    """({"bleu": corpus BLEU 0-100 (sacreBLEU), "bleu_examples": pairs scored}, one record of
-    source, reference and translation per scored pair). Pairs whose source training would skip
-    are left out."""
+    """({"bleu": corpus BLEU, "chrf": corpus chrF (0-100, sacreBLEU's), "bleu_examples": pairs
+    scored}, one record of source, reference and translation per scored pair). Pairs whose
+    source training would skip are left out."""
     if not pairs:
         raise JaxlmError("BLEU needs held-out (source, reference) pairs; there are none")
     translations = translate_sources(cfg, params, tokenizer, [s for s, _ in pairs], num_beams)
@@ -75,5 +76,10 @@ def translation_bleu(
             f"none of the {len(pairs)} pairs fits data.seq_len={cfg.data.seq_len} "
             "(set data.truncate=true to cut them)"
         )
-    bleu = corpus_bleu([r["translation"] for r in records], [r["reference"] for r in records])
-    return {"bleu": bleu, "bleu_examples": len(records)}, records
+    hypotheses, references = ([r[key] for r in records] for key in ("translation", "reference"))
+    scores = {
+        "bleu": corpus_bleu(hypotheses, references),
+        "chrf": corpus_chrf(hypotheses, references),
+        "bleu_examples": len(records),
+    }
+    return scores, records

@@ -1,12 +1,20 @@
 """Evaluation metrics against independent references: float64 NumPy cross-entropy, a loop-based
-confusion matrix, hand-worked examples and sacrebleu itself."""
+confusion matrix, hand-worked examples, sacrebleu itself and chrF counted by its definition."""
+
+from collections import Counter
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import sacrebleu
 
-from jaxlm.metrics import TokenTotals, classification_metrics, corpus_bleu, language_model_metrics
+from jaxlm.metrics import (
+    TokenTotals,
+    classification_metrics,
+    corpus_bleu,
+    corpus_chrf,
+    language_model_metrics,
+)
 from jaxlm.train.losses import token_statistics
 
 VOCAB = 37
@@ -231,6 +239,36 @@ def test_bleu_known_cases():
     assert corpus_bleu(REFERENCES, REFERENCES) == pytest.approx(100.0)
     disjoint = ["Der Hund bellt laut", "Katzen schlafen viel"]  # no shared token, no punctuation
     assert corpus_bleu(disjoint, ["Wir essen Äpfel und Birnen", "Es regnet heute"]) == 0.0
+
+
+def _chrf_by_definition(hypotheses, references, order=6, beta=2.0) -> float:
+    """Corpus chrF as Popovic (2015) and sacreBLEU define it, counted naively: character n-grams
+    (n = 1..6) of the texts without whitespace, matches summed over the corpus per n; precision
+    and recall averaged over the n both texts have, then their F-beta."""
+    totals = [[0, 0, 0] for _ in range(order)]  # hypothesis n-grams, reference n-grams, matches
+    for hypothesis, reference in zip(hypotheses, references, strict=True):
+        hypothesis, reference = "".join(hypothesis.split()), "".join(reference.split())
+        for n in range(1, order + 1):
+            grams = [
+                Counter(text[i : i + n] for i in range(len(text) - n + 1))
+                for text in (hypothesis, reference)
+            ]
+            totals[n - 1][0] += sum(grams[0].values())
+            totals[n - 1][1] += sum(grams[1].values())
+            totals[n - 1][2] += sum((grams[0] & grams[1]).values())
+    kept = [(match / hyp, match / ref) for hyp, ref, match in totals if hyp and ref]
+    precision = sum(p for p, _ in kept) / len(kept)
+    recall = sum(r for _, r in kept) / len(kept)
+    return 100 * (1 + beta**2) * precision * recall / (beta**2 * precision + recall)
+
+
+def test_chrf_matches_its_definition_on_real_sentences():
+    score = corpus_chrf(HYPOTHESES, REFERENCES)
+    assert score == pytest.approx(_chrf_by_definition(HYPOTHESES, REFERENCES), abs=1e-9)
+    assert corpus_bleu(HYPOTHESES, REFERENCES) < score < 100  # partial words still count
+    assert corpus_chrf(REFERENCES, REFERENCES) == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="6 hypotheses but reference stream 0 has 5"):
+        corpus_chrf(HYPOTHESES, REFERENCES[:5])
 
 
 def test_bleu_rejects_length_mismatch():

@@ -158,12 +158,12 @@ def test_seq2seq_resumes_exactly_and_translates(reversed_pairs, tmp_path, capsys
 
 
 def test_eval_scores_held_out_translations_with_bleu(real_text_files, tmp_path, capsys):
-    """Training with `train.eval_bleu` reports BLEU at every evaluation and keeps the best
-    checkpoint by a higher-is-better metric. `jaxlm eval` then scores the held-out sources,
-    each translated as `translate` translates it alone (unpadded, greedy, cut as in training),
-    with sacreBLEU. The task is copying; after 400 steps the model copies some words of the
-    held-out sources (BLEU above 1) and translates many sources differently, so a padding or
-    batching mistake would change some translation."""
+    """Training with `train.eval_bleu` reports BLEU and chrF at every evaluation and keeps the
+    best checkpoint by a higher-is-better metric. `jaxlm eval` then scores the held-out
+    sources, each translated as `translate` translates it alone (unpadded, greedy, cut as in
+    training), with sacreBLEU. The task is copying; after 400 steps the model copies some words
+    of the held-out sources (BLEU above 1) and translates many sources differently, so a padding
+    or batching mistake would change some translation."""
     import sacrebleu
 
     from jaxlm.config import SampleConfig
@@ -208,6 +208,8 @@ def test_eval_scores_held_out_translations_with_bleu(real_text_files, tmp_path, 
     references = [r["reference"] for r in records]
     assert len(set(hypotheses)) > len(hypotheses) // 4
     assert metrics["bleu"] == sacrebleu.corpus_bleu(hypotheses, [references]).score
+    assert metrics["chrf"] == sacrebleu.corpus_chrf(hypotheses, [references]).score
+    assert metrics["chrf"] == evaluations[400]["chrf"] > metrics["bleu"]
     cfg, params, tokenizer = load_for_inference(workdir)
     greedy = SampleConfig(max_new_tokens=cfg.data.seq_len, temperature=0.0)
     cut = 0
@@ -221,7 +223,7 @@ def test_eval_scores_held_out_translations_with_bleu(real_text_files, tmp_path, 
         assert tokenizer.decode(alone) == record["translation"]
     assert 0 < cut < len(records[::3])
     assert cli.main(["eval", str(workdir), "--batches", "1", "--no-bleu"]) == 0
-    assert "bleu" not in json.loads(capsys.readouterr().out)
+    assert not {"bleu", "chrf"} & set(json.loads(capsys.readouterr().out))
 
 
 def test_span_corruption_pretrains_an_encoder_decoder(real_text_files, tmp_path, capsys):

@@ -1,5 +1,5 @@
-"""`jaxlm eval WORKDIR [--files ...] [--batches N] [--output FILE]`; BLEU for translation runs
-(`--num-beams N`, `--no-bleu`, `--translations FILE`)."""
+"""`jaxlm eval WORKDIR [--files ...] [--batches N] [--output FILE]`; BLEU and chrF for
+translation runs (`--num-beams N`, `--no-bleu`, `--translations FILE`)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,9 @@ def register(commands) -> None:
     )
     parser.add_argument("--batches", type=at_least(0), default=0, help="0 = the whole dataset")
     parser.add_argument("--output", help="metrics JSON (default: WORKDIR/eval.json)")
-    bleu = parser.add_argument_group("encoder-decoder runs: BLEU of the held-out translations")
+    bleu = parser.add_argument_group(
+        "encoder-decoder runs: BLEU and chrF of the held-out translations"
+    )
     bleu.add_argument(
         "--no-bleu", dest="bleu", action="store_false", help="skip translating the held-out split"
     )

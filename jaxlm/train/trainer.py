@@ -212,7 +212,7 @@ class Trainer:
                     f"it reports {', '.join(sorted(results))}"
                 )
             self.metrics_log.write(step, "eval", {k[5:]: v for k, v in results.items()})
-            names = ("perplexity", "accuracy", "macro_f1", "bleu")
+            names = ("perplexity", "accuracy", "macro_f1", "bleu", "chrf")
             shown = [k for k in names if f"eval_{k}" in results]
             log(
                 f"step {step:>6} | eval loss {results['eval_loss']:.4f}"
