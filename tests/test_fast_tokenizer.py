@@ -200,6 +200,8 @@ def _run(name: str, workdir: Path, files: list[Path]) -> Path:
         "train.eval_every=60",
         "train.progress_bar=false",
         "sample.prompts=[]",
+        "sample.temperature=0",  # the export's generation_config.json: greedy, 8 new tokens
+        "sample.max_new_tokens=8",
     ]
     if name in ("gpt", "mlm", "t5"):
         argv.append(f"data.train_files=[{','.join(map(str, files))}]")
@@ -253,16 +255,15 @@ def test_transformers_continues_an_exported_gpt_as_jaxlm_does(exported):
 
     workdir, hf_dir = exported["gpt"]
     cfg, params, tokenizer = jaxlm.load_for_inference(workdir)
-    sample = jaxlm.SampleConfig(temperature=0.0, max_new_tokens=10)
-    expected = jaxlm.generate_text(cfg.model, params, tokenizer, PROMPTS, sample)
+    expected = jaxlm.generate_text(cfg.model, params, tokenizer, PROMPTS, cfg.sample)
 
     hf_tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
     inputs = hf_tokenizer(PROMPTS, return_tensors="pt", padding=True)  # left-padded
     prompt_rows = [[tokenizer.bos_id, *ids] for ids in tokenizer.encode_batch(PROMPTS)]
     assert _unpadded(inputs) == prompt_rows
     model = AutoModelForCausalLM.from_pretrained(str(hf_dir)).eval()
-    with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=10, do_sample=False)
+    with torch.no_grad():  # as the run's sample settings say: greedy, 8 new tokens
+        out = model.generate(**inputs)
     texts = hf_tokenizer.batch_decode(out, skip_special_tokens=True)
     assert [text[len(prompt) :] for text, prompt in zip(texts, PROMPTS, strict=True)] == expected
     assert all(text.startswith(prompt) for text, prompt in zip(texts, PROMPTS, strict=True))
@@ -336,8 +337,7 @@ def test_transformers_runs_an_exported_encoder_decoder_as_jaxlm_does(name, expor
     workdir, hf_dir = exported[name]
     cfg, params, tokenizer = jaxlm.load_for_inference(workdir)
     sources = SOURCES[name]
-    sample = jaxlm.SampleConfig(temperature=0.0, max_new_tokens=8)
-    expected = jaxlm.generate_text(cfg.model, params, tokenizer, sources, sample)
+    expected = jaxlm.generate_text(cfg.model, params, tokenizer, sources, cfg.sample)
 
     hf_tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
     inputs = hf_tokenizer(sources, return_tensors="pt", padding=True)
@@ -347,8 +347,8 @@ def test_transformers_runs_an_exported_encoder_decoder_as_jaxlm_does(name, expor
         assert tokenizer.token_id("<extra_id_1>") in source_rows[0]
     model = AutoModelForSeq2SeqLM.from_pretrained(str(hf_dir)).eval()
     assert type(model).__name__ == CLASSES[name]
-    with torch.no_grad():  # Marian's config forces EOS at the length limit; jaxlm does not
-        out = model.generate(**inputs, max_new_tokens=8, do_sample=False, forced_eos_token_id=None)
+    with torch.no_grad():  # the export's generation settings: no EOS forced, as in jaxlm
+        out = model.generate(**inputs)
     assert hf_tokenizer.batch_decode(out, skip_special_tokens=True) == expected
 
 
@@ -371,6 +371,27 @@ def test_an_export_keeps_a_tokenizer_it_cannot_convert(exported, tmp_path):
     assert "tokenizer is tokenizer.model alone" in str(caught[-1].message)
     assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == [
         "config.json",
+        "generation_config.json",
         "model.safetensors",
         "tokenizer.model",
     ]
+
+
+def test_the_exports_generation_settings_are_the_runs():
+    """Sampling and beam-search settings carry over as transformers names them (greedy ones are
+    checked by the generation tests above, which call `generate` without arguments)."""
+    from transformers import GenerationConfig
+
+    import jaxlm
+    from jaxlm.interop.generation import generation_config
+
+    ids = {"bos_token_id": 2, "eos_token_id": 3, "pad_token_id": 0, "forced_eos_token_id": 3}
+    sampling = jaxlm.SampleConfig(temperature=0.7, top_k=40, top_p=0.9, repetition_penalty=1.3)
+    read = GenerationConfig(**generation_config(sampling, ids))
+    assert (read.do_sample, read.temperature, read.top_k, read.top_p) == (True, 0.7, 40, 0.9)
+    assert (read.repetition_penalty, read.max_new_tokens, read.eos_token_id) == (1.3, 100, 3)
+    assert read.forced_eos_token_id is None  # jaxlm forces no EOS at the length limit
+    beams = jaxlm.SampleConfig(num_beams=4, length_penalty=0.6, early_stopping=False)
+    read = GenerationConfig(**generation_config(beams, ids))
+    assert (read.do_sample, read.num_beams, read.length_penalty) == (False, 4, 0.6)
+    assert read.early_stopping is False

@@ -16,6 +16,7 @@ directory) wherever it is moved.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import warnings
 from pathlib import Path
@@ -37,7 +38,8 @@ from jaxlm.data.hf_tokenizer import (
 from jaxlm.errors import ConversionError, DataError
 from jaxlm.finetune import lora
 from jaxlm.interop.fast_tokenizer import write_hf_tokenizer
-from jaxlm.interop.hf import from_pretrained, save_pretrained
+from jaxlm.interop.generation import GENERATION_CONFIG, generation_config
+from jaxlm.interop.hf import from_pretrained, read_hf_config, save_pretrained
 from jaxlm.parallel import make_mesh
 from jaxlm.train.optim import make_optimizer
 from jaxlm.train.state import TrainState, state_shardings
@@ -72,7 +74,8 @@ def export_workdir(workdir: str | Path, destination: str | Path, step: int | Non
     """Write the parameters of a workdir's checkpoint `step` (default: the latest), with any LoRA
     update merged in, as a Hugging Face model directory, with the run's tokenizer (its Hugging
     Face tokenizer files, or its sentencepiece `tokenizer.model` and the `tokenizer.json` that
-    encodes as it does) and its special token ids; returns the checkpoint's directory."""
+    encodes as it does), its special token ids and (GPT, encoder-decoder) its `sample` settings
+    as `generation_config.json`; returns the checkpoint's directory."""
     workdir, destination = Path(workdir), Path(destination)
     if not (workdir / "config.yaml").is_file():
         raise ConversionError(f"{workdir} is not a jaxlm workdir (no config.yaml)")
@@ -89,6 +92,9 @@ def export_workdir(workdir: str | Path, destination: str | Path, step: int | Non
     tokenizer = run_tokenizer(cfg.data.tokenizer, workdir)
     tokenizer = tokenizer if tokenizer.exists() else None
     save_pretrained(destination, cfg.model, params, _token_ids(tokenizer))
+    if cfg.model.family in ("gpt", "seq2seq"):
+        settings = generation_config(cfg.sample, read_hf_config(destination))
+        (destination / GENERATION_CONFIG).write_text(json.dumps(settings, indent=2) + "\n")
     if tokenizer is not None:
         _export_tokenizer(tokenizer, workdir, cfg, destination)
     return steps[-1]
