@@ -82,7 +82,7 @@ def test_the_costliest_operation_of_a_trace_is_the_one_that_takes_the_time(tmp_p
     import jax
     import jax.numpy as jnp
 
-    from jaxlm.bench.trace_summary import top_operations
+    from jaxlm.bench.trace_summary import top_operations, trace_file
 
     product = jax.jit(lambda a, b: jnp.tanh(a @ b) + 1.0)
     a = jnp.ones((1024, 1024))
@@ -94,5 +94,12 @@ def test_the_costliest_operation_of_a_trace_is_the_one_that_takes_the_time(tmp_p
         wall = (time.perf_counter() - start) / 4
     top = top_operations(tmp_path, steps=4)
     assert top[0]["share"] > 0.8 and top[0]["count"] == 1
+    (trace,) = tmp_path.glob("plugins/profile/*/*.xplane.pb")
+    other_host = tmp_path / "plugins" / "profile" / "9999_later" / "other-host.xplane.pb"
+    other_host.parent.mkdir()
+    other_host.write_bytes(b"")  # a later trace of another host of a multi-host run
+    assert trace_file(tmp_path) == trace  # this host's own
+    trace.unlink()
+    assert trace_file(tmp_path) == other_host
     assert 0.3 * wall < top[0]["ms_per_step"] / 1e3 < 1.5 * wall
     assert "train" not in {op["op"] for op in top}  # annotations are not operations

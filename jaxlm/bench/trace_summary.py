@@ -12,6 +12,7 @@ several threads run operations at once, so their times can add up to more than t
 from __future__ import annotations
 
 import re
+import socket
 from collections import Counter
 from pathlib import Path
 
@@ -23,11 +24,14 @@ PYTHON_LINE = "python"  # the host's Python thread: annotations and dispatch, no
 
 
 def trace_file(folder: str | Path) -> Path:
-    """The newest trace (`*.xplane.pb`) that `jax.profiler.trace(folder)` wrote."""
+    """The newest trace that `jax.profiler.trace(folder)` wrote on this host
+    (`plugins/profile/<time>/<host>.xplane.pb`; the newest of any host when none is this
+    one's: hosts of a multi-host run write into one folder)."""
     traces = sorted(Path(folder).glob("plugins/profile/*/*.xplane.pb"))
     if not traces:
         raise JaxlmError(f"{folder} holds no JAX profiler trace (plugins/profile/*/*.xplane.pb)")
-    return traces[-1]
+    mine = [path for path in traces if path.name == f"{socket.gethostname()}.xplane.pb"]
+    return (mine or traces)[-1]
 
 
 def operation_seconds(path: str | Path) -> tuple[Counter, Counter]:
