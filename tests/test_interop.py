@@ -571,6 +571,25 @@ def write_bert_tokenizer(directory: Path):
     return BertWordPieceTokenizer(str(directory / "vocab.txt"), lowercase=True)
 
 
+def llama_sentencepiece(**options) -> bytes:
+    """A sentencepiece model of the Python documentation's lines with Llama's special ids
+    (unk 0, bos 1, eos 2, no pad) and `options`."""
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(pydoc_lines()),
+        model_writer=model,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        minloglevel=2,
+        **options,
+    )
+    return model.getvalue()
+
+
 # name: (jaxlm variant, tokenizer writer, the files the workdir's tokenizer/ gets)
 HF_TOKENIZERS = {
     "gpt2": (
@@ -857,28 +876,13 @@ def test_llama_without_a_pad_token_imports_and_pads_prompts(tmp_path, monkeypatc
     """Llama has no pad token: config.json's pad_token_id is -1 or null, its sentencepiece model
     has pad_id -1. jaxlm's config has no pad id (the importer reads none), and prompts that
     `jaxlm generate` left-pads with -1 continue as each does alone (padding is masked)."""
-    import io
-
-    import sentencepiece as spm
-
     from jaxlm.generate import generate_text
     from jaxlm.inference import load_for_inference
 
     monkeypatch.chdir(tmp_path)
     cfg = jaxlm_config("llama")
     save_pretrained("hf", cfg, random_params(cfg))
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(pydoc_lines()),
-        model_writer=model,
-        vocab_size=VOCAB,
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
-        minloglevel=2,
-    )
-    Path("hf/tokenizer.model").write_bytes(model.getvalue())
+    Path("hf/tokenizer.model").write_bytes(llama_sentencepiece(vocab_size=VOCAB))
     edit_config(Path("hf"), pad_token_id=None, bos_token_id=1, eos_token_id=2)
     without = from_pretrained("hf")[0]
     edit_config(Path("hf"), pad_token_id=-1)
@@ -912,29 +916,21 @@ def test_an_imported_llama_workdir_encodes_as_transformers_does(tmp_path):
     from jaxlm.inference import load_for_inference
     from jaxlm.interop.workdir import export_workdir, import_workdir
 
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(pydoc_lines()),
-        model_writer=model,
+    model = llama_sentencepiece(
         vocab_size=400,
         model_type="bpe",
         byte_fallback=True,
         normalization_rule_name="identity",
         remove_extra_whitespaces=False,
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
-        minloglevel=2,
     )
     original = tmp_path / "original"  # what transformers reads a Llama tokenizer.model as
     original.mkdir()
-    (original / "tokenizer.model").write_bytes(model.getvalue())
+    (original / "tokenizer.model").write_bytes(model)
     settings = {"tokenizer_class": "LlamaTokenizer", "legacy": False}
     (original / "tokenizer_config.json").write_text(json.dumps(settings))
     reference = AutoTokenizer.from_pretrained(str(original))
     reference.save_pretrained(str(tmp_path / "hf"))  # tokenizer.json, tokenizer_config.json
-    (tmp_path / "hf" / "tokenizer.model").write_bytes(model.getvalue())
+    (tmp_path / "hf" / "tokenizer.model").write_bytes(model)
     cfg = jaxlm_config("llama", "model.vocab_size=400")
     save_pretrained(tmp_path / "hf", cfg, random_params(cfg))
 
@@ -942,7 +938,7 @@ def test_an_imported_llama_workdir_encodes_as_transformers_does(tmp_path):
     _, _, tokenizer = load_for_inference(tmp_path / "run")
     text = "Lists are mutable sequences.\n  They support slicing.\nnext"
     expected = reference(text, add_special_tokens=False)["input_ids"]
-    sentencepiece = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    sentencepiece = spm.SentencePieceProcessor(model_proto=model)
     assert tokenizer.encode(text) == expected == sentencepiece.encode(text)
     assert Tokenizer.load(tmp_path / "run" / "tokenizer.model").encode(text) != expected
     assert tokenizer.decode(expected) == text
@@ -950,7 +946,7 @@ def test_an_imported_llama_workdir_encodes_as_transformers_does(tmp_path):
     export_workdir(tmp_path / "run", tmp_path / "back")
     exported = {p.name for p in (tmp_path / "back").iterdir()}
     assert {"tokenizer.json", "tokenizer.model", "tokenizer_config.json"} <= exported
-    assert (tmp_path / "back" / "tokenizer.model").read_bytes() == model.getvalue()
+    assert (tmp_path / "back" / "tokenizer.model").read_bytes() == model
     back = AutoTokenizer.from_pretrained(str(tmp_path / "back"))
     assert back(text, add_special_tokens=False)["input_ids"] == expected
 

@@ -2,8 +2,9 @@
 optional side-by-side PyTorch reference (`jaxlm.bench.torch_gpt`, which needs torch)."""
 
 from jaxlm.bench.flops import ModelFlops, model_flops
-from jaxlm.bench.harness import format_report, run_benchmark
+from jaxlm.bench.harness import run_benchmark
 from jaxlm.bench.peaks import PEAK_BF16_FLOPS, matmul_ceiling, peak_flops
+from jaxlm.bench.report_text import format_report
 
 __all__ = [
     "PEAK_BF16_FLOPS",

@@ -51,7 +51,8 @@ def run(args) -> None:
         )
         print(format_decode_report(report))
     else:
-        from jaxlm.bench.harness import format_report, run_benchmark
+        from jaxlm.bench.harness import run_benchmark
+        from jaxlm.bench.report_text import format_report
 
         report = run_benchmark(
             cfg,

@@ -20,7 +20,7 @@ def _is_config(name: str) -> bool:
 def tokenize(args) -> None:
     from jaxlm.config import load_config
     from jaxlm.data.documents import read_documents, resolve_files
-    from jaxlm.data.hf_tokenizer import load_tokenizer, run_tokenizer
+    from jaxlm.data.hf_tokenizer import configured_or_existing, load_tokenizer
     from jaxlm.data.sources import load_splits
     from jaxlm.data.token_file import write_token_file
     from jaxlm.errors import DataError
@@ -30,8 +30,8 @@ def tokenize(args) -> None:
         cfg = load_config(args.inputs[0], args.inputs[1:])
         splits = load_splits(dataclasses.replace(cfg.data, eval_fraction=0))
         documents, skipped = list(splits.texts()), splits.skipped
-        run = run_tokenizer(cfg.data.tokenizer, Path(cfg.train.workdir))  # token files need one
-        model = model or cfg.data.tokenizer or (str(run) if run.exists() else "")
+        run = configured_or_existing(cfg.data.tokenizer, Path(cfg.train.workdir))
+        model = model or (str(run) if run else "")  # token files need one
     else:
         skipped = {}
         documents = read_documents(resolve_files(args.inputs), args.unit, skipped)

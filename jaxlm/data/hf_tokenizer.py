@@ -167,6 +167,13 @@ def run_tokenizer(configured: str, workdir: Path) -> Path:
     return resolve_path(configured, "data.tokenizer") if configured else workdir_tokenizer(workdir)
 
 
+def configured_or_existing(configured: str, workdir: Path) -> Path | None:
+    """`run_tokenizer`, or None when `data.tokenizer` is unset and the workdir has no tokenizer
+    yet (a run on token files, which need none to train)."""
+    path = run_tokenizer(configured, workdir)
+    return path if configured or path.exists() else None
+
+
 def copy_tokenizer(tokenizer: Path, sentencepiece_file: Path, files_folder: Path) -> None:
     """Copies a sentencepiece model, or a directory's `tokenizer.model`, to `sentencepiece_file`,
     and the files `HFTokenizer.load` reads of a directory, or a `.json` file and its

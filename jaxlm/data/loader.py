@@ -23,6 +23,7 @@ from jaxlm.config import Config
 from jaxlm.data.batching import IndexedBatches, prefetch
 from jaxlm.data.hf_tokenizer import (
     adopt_tokenizer,
+    configured_or_existing,
     load_tokenizer,
     run_tokenizer,
     workdir_tokenizer,
@@ -211,10 +212,9 @@ def _token_file_data(cfg: Config, log) -> TrainingData:
         )
     tokens = TokenFile.open(Path(d.train_files[0]))
     train, held_out = tokens.split(d.eval_fraction)
-    tokenizer_path = run_tokenizer(d.tokenizer, Path(cfg.train.workdir))
-    tokenizer = None
-    if d.tokenizer or tokenizer_path.exists():  # the run's: data.tokenizer, or the workdir's
-        tokenizer = load_tokenizer(str(tokenizer_path))
+    tokenizer_path = configured_or_existing(d.tokenizer, Path(cfg.train.workdir))
+    tokenizer = None if tokenizer_path is None else load_tokenizer(str(tokenizer_path))
+    if tokenizer is not None:
         tokens.check_tokenizer(tokenizer)
     summary = f"token file {d.train_files[0]}: {len(tokens):,} tokens"
     if d.task == "span_corruption":
