@@ -520,6 +520,12 @@ def test_convert_cli_round_trip_through_a_workdir(tmp_path, monkeypatch, capsys,
     assert main(["convert", "hf", "back", "--to", "jaxlm"]) == 2
     assert "not an empty folder" in capsys.readouterr().err
 
+    config = Path("run/config.yaml")  # a configured tokenizer that has gone: one line, no export
+    config.write_text(config.read_text().replace("tokenizer: ''", "tokenizer: gone.model"))
+    assert main(["convert", "run", "again", "--to", "hf"]) == 2
+    assert "data.tokenizer gone.model of run/config.yaml does not exist" in capsys.readouterr().err
+    assert not Path("again").exists()
+
 
 # --- tokenizers of imported workdirs -------------------------------------------------------
 

@@ -30,9 +30,9 @@ from jaxlm.config import Config, DataConfig, TrainConfig, load_config, to_yaml, 
 from jaxlm.data.hf_tokenizer import (
     WORKDIR_SENTENCEPIECE,
     adopt_tokenizer,
+    configured_or_existing,
     copy_tokenizer,
     load_tokenizer,
-    run_tokenizer,
     tokenizer_files,
 )
 from jaxlm.errors import ConversionError, DataError
@@ -80,6 +80,12 @@ def export_workdir(workdir: str | Path, destination: str | Path, step: int | Non
     if not (workdir / "config.yaml").is_file():
         raise ConversionError(f"{workdir} is not a jaxlm workdir (no config.yaml)")
     cfg = load_config(str(workdir / "config.yaml"))
+    tokenizer = configured_or_existing(cfg.data.tokenizer, workdir)
+    if tokenizer is not None and not tokenizer.exists():
+        raise ConversionError(
+            f"data.tokenizer {tokenizer} of {workdir / 'config.yaml'} does not exist: restore "
+            "it, or point data.tokenizer at the run's tokenizer"
+        )
     steps = [d for d in step_directories(workdir / "checkpoints") if d.name.isdigit()]
     if step is not None:
         steps = [d for d in steps if int(d.name) == step]
@@ -89,8 +95,6 @@ def export_workdir(workdir: str | Path, destination: str | Path, step: int | Non
     flat = restore_numpy(steps[-1].absolute())  # Orbax misreads relative paths
     params = unflatten_dict({tuple(name.split(".")): value for name, value in flat.items()})
     params = lora.merge(params, lora.scaling(cfg.finetune))
-    tokenizer = run_tokenizer(cfg.data.tokenizer, workdir)
-    tokenizer = tokenizer if tokenizer.exists() else None
     save_pretrained(destination, cfg.model, params, _token_ids(tokenizer))
     if cfg.model.family in ("gpt", "seq2seq"):
         settings = generation_config(cfg.sample, read_hf_config(destination))
