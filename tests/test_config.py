@@ -154,6 +154,7 @@ def assert_one_line_error(match: str, name_or_path, overrides=()):
         ("train.z_loss=-1e-4", "train.z_loss"),
         ("sample.top_p=1.5", "sample.top_p"),
         ("model.num_layers", "model.num_layers"),
+        ("finetune.trainable=[decoder/layers[8:]]", "finetune.trainable=[decoder/layers[8:]]"),
     ],
 )
 def test_bad_override_raises_one_line_error_naming_the_key(override, key):

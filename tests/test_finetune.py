@@ -23,7 +23,7 @@ from jaxlm.data.hf_tokenizer import HFTokenizer, load_tokenizer, run_tokenizer
 from jaxlm.data.loader import TrainingData
 from jaxlm.errors import ConfigError, DataError
 from jaxlm.finetune import lora, prepare
-from jaxlm.finetune.patterns import flat, nested
+from jaxlm.finetune.patterns import flat, nested, select_layers
 from jaxlm.interop import from_pretrained, save_pretrained
 from jaxlm.interop.workdir import export_workdir
 from jaxlm.layers.attention import MultiHeadAttention
@@ -218,6 +218,100 @@ def test_full_finetuning_starts_from_the_pretrained_weights(tmp_path):
     assert leaves["classifier/kernel"].shape == (384, 3)
 
 
+ENC, DEC = "encoder/layers/mlp/wi", "decoder/layers/mlp/wi"
+STACKS = {ENC: 6, DEC: 4, "decoder/final_norm": None}
+
+
+@pytest.mark.parametrize(
+    "patterns, layers",
+    [
+        (["decoder/layers[2:]"], {DEC: "0011"}),
+        (["*/layers[-1:]"], {ENC: "000001", DEC: "0001"}),
+        (["*/layers[:1]", "decoder/layers[3:4]"], {ENC: "100000", DEC: "1001"}),
+        (["decoder/layers[1:]/mlp", "decoder/layers/mlp/wi"], {DEC: "1111"}),  # all, after all
+        (["encoder/layers[0:99]", "decoder/final_norm"], {ENC: "111111", "decoder/final_norm": ""}),
+    ],
+)
+def test_a_layer_range_selects_layers_as_a_python_slice_does(patterns, layers):
+    """`layers` maps each path selected to the layers it trains ("" outside a stack)."""
+    selected, trained = select_layers(STACKS, patterns, "finetune.trainable")
+    assert selected == set(layers)
+    partial = {path: rows for path, rows in layers.items() if "0" in rows}
+    assert trained == {path: tuple(c == "1" for c in rows) for path, rows in partial.items()}
+
+
+def test_a_layer_range_outside_a_stack_is_an_error():
+    stacks = {**STACKS, "head/layers/bias": None}  # under a module named layers, not stacked
+    with pytest.raises(ConfigError, match="takes layers of head/layers/bias, which is not in"):
+        select_layers(stacks, ["head/layers[1:]"], "finetune.trainable")
+
+
+def _rows_trained(mask_tree):
+    """A transformation that multiplies each update by 1 where `mask_tree` trains, else 0."""
+
+    def update(updates, state, params=None):
+        return jax.tree.map(lambda u, m: u * m, updates, mask_tree), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def test_a_range_of_layers_trains_like_a_full_run_with_the_rest_masked(tmp_path):
+    """`decoder/layers[2:]` of 4 layers, and the final norm: the other layers' rows of the stack
+    and every other parameter stay bitwise as they were, the rest takes the steps of a full run
+    whose gradients and updates are multiplied by 0 outside them."""
+    trainable = "finetune.trainable=['decoder/layers[2:]',decoder/final_norm]"
+    cfg = _config(GPT, tmp_path, "model.num_layers=4", "finetune.mode=partial", trainable)
+    finetuning, params = prepare(cfg, log=lambda _: None)
+    params = nn.unbox(params)
+    leaves = flat(params)
+    stacked = {path for path in leaves if path.startswith("decoder/layers/")}
+    assert set(finetuning.trained_layers) == stacked
+    assert all(finetuning.trained_layers[p] == (False, False, True, True) for p in stacked)
+    stack_size = sum(leaves[path].size for path in stacked)
+    assert finetuning.counts(params)[0] == stack_size // 2 + 2 * EMBED
+
+    mesh = make_mesh(MeshConfig(data=1), jax.devices()[:1])
+    masks = {
+        path: np.array(finetuning.trained_layers[path], np.float32).reshape(
+            (-1,) + (1,) * (leaf.ndim - 1)
+        )
+        if path in stacked
+        else np.float32(path in finetuning.trainable)
+        for path, leaf in leaves.items()
+    }
+    masked = nested(masks)
+    start = nested(  # frozen zeros (biases) as -0.0, which adding +0.0 would change
+        {
+            path: np.where((masks[path] == 0) & (np.asarray(leaf) == 0), np.float32(-0.0), leaf)
+            for path, leaf in leaves.items()
+        }
+    )
+    optimizer = make_optimizer(cfg.optim, cfg.train.steps)[0]
+    runs = {
+        "jaxlm": (finetuning.optimizer(optimizer), finetuning.loss(LOSSES["gpt"])),
+        "masked": (
+            optax.chain(_rows_trained(masked), optimizer, _rows_trained(masked)),
+            LOSSES["gpt"],
+        ),
+    }
+    trained = {}
+    for name, (tx, loss) in runs.items():
+        state, shardings = state_from_params(finetuning.cfg.model, tx, mesh, start)
+        train_step = compile_train_step(finetuning.cfg, tx, None, shardings, mesh, loss)
+        with activate(mesh):
+            for batch in itertools.islice(_batches("gpt"), 3):
+                state, _ = train_step(state, batch)
+        trained[name] = flat(jax.device_get(state.params))
+    before = flat(start)
+    for path, leaf in trained["jaxlm"].items():
+        if not path.endswith("key/bias"):  # its gradient is rounding error, which Adam scales up
+            np.testing.assert_allclose(leaf, trained["masked"][path], rtol=1e-5, atol=1e-7)
+        kept = np.broadcast_to(masks[path] == 0, leaf.shape)
+        bits = [np.asarray(tree[path]).view(np.uint32) for tree in (before, trained["jaxlm"])]
+        np.testing.assert_array_equal(bits[0][kept], bits[1][kept], err_msg=path)
+        assert kept.all() or not np.array_equal(bits[0], bits[1]), path
+
+
 def _trained(params):
     """LoRA parameters as after some training: every B random instead of zero."""
     factors = flat(params["lora"])
@@ -362,6 +456,14 @@ def test_a_lora_workdir_exports_and_initialises_another_run_with_the_update_merg
         (["finetune.mode=partial", "finetune.trainable=['re:(']"], "finetune.trainable': 're:('"),
         (["finetune.mode=partial", "finetune.trainable=[nothing/*]"], "matches no parameter"),
         (["finetune.mode=lora", "finetune.lora_targets=[token_embed]"], "targets': 'token_embed'"),
+        (
+            ["finetune.mode=partial", "finetune.trainable=['encoder/layers[5:]']"],
+            "selects none of the 2 layers of encoder/layers/",
+        ),
+        (
+            ["finetune.mode=lora", "finetune.lora_targets=['encoder/layers[1:]/*/query']"],
+            "a range of layers selects only what trains (finetune.trainable)",
+        ),
         pytest.param(
             [f"finetune.init_from={MINILM}", "model.num_layers=4"],
             "model.num_layers': 4, but",

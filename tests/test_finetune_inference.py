@@ -33,7 +33,7 @@ MODES = {  # (family, overrides)
     "prompt": ("gpt", ["finetune.prompt_length=3", "model.position_embedding=rotary"]),
     "prefix": ("gpt", ["finetune.prefix_length=3"]),
     "lora": ("gpt", ["finetune.lora_rank=2", "finetune.lora_targets=['*/query','*/value','*/wi']"]),
-    "partial": ("gpt", ["finetune.trainable=[decoder/layers/mlp/*]"]),
+    "partial": ("gpt", ["finetune.trainable=['decoder/layers[1:]/mlp']"]),
     "bert-prompt": ("bert", ["finetune.prompt_length=3", "finetune.trainable=[classifier]"]),
 }
 GPT_MODES = [mode for mode, (family, _) in MODES.items() if family == "gpt"]
@@ -244,3 +244,10 @@ def test_a_prompt_tuned_gpt_samples_its_prompts_after_training(tokenizer_model, 
     (expected,) = generate_text(loaded_cfg.model, params, loaded_tokenizer, ["The"], sample)
     assert expected.strip()
     assert f"--- sample ---\nThe{expected}\n" in capsys.readouterr().out
+
+
+def test_a_prefix_run_does_not_export_to_hugging_face(runs, capsys, tmp_path):
+    workdir, _, _ = runs("prefix")
+    err = _error_line(capsys, ["convert", str(workdir), str(tmp_path / "hf"), "--to", "hf"])
+    assert "finetune.mode=prefix run, whose prefix has no counterpart in transformers" in err
+    assert not (tmp_path / "hf").exists()

@@ -59,7 +59,14 @@ def load_config(name_or_path: str | None = None, overrides: list[str] = ()) -> C
         for override in overrides:
             if "=" not in override:
                 raise ConfigError(f"override {override!r} is not of the form section.key=value")
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([override]))
+            try:
+                merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([override]))
+            except yaml.YAMLError as e:
+                problem = " ".join(str(e).split("\n")[:3:2])  # "while scanning ... found ..."
+                raise ConfigError(
+                    f"override {override!r} is not valid YAML ({problem}): quote items "
+                    "that hold brackets or colons, as in key=['a[1:]']"
+                ) from None
         config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         raise ConfigError(_one_line(e)) from None

@@ -9,7 +9,9 @@ mode's adapter), which of them train, and the parameters the model is applied to
 | prefix  | `<stack>/layers/prefix_{key,value}`    | the prefixes, and what `trainable` matches |
 | lora    | `lora/<kernel's module>/{a,b}`         | the factors, and what `trainable` matches  |
 
-Frozen parameters get no gradient, no optimizer state and no update (`freezing`).
+Frozen parameters get no gradient, no optimizer state and no update (`freezing`); a pattern
+with a range of layers (`decoder/layers[8:]`) trains those layers of a stack and freezes the
+others, whose rows of the stack's arrays get no gradient and no update.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import optax
 from jaxlm.config import Config, validate
 from jaxlm.finetune import lora
 from jaxlm.finetune.freezing import frozen_loss, only_trainable
-from jaxlm.finetune.patterns import SEP, flat, nested, select
+from jaxlm.finetune.patterns import SEP, flat, layer_counts, nested, select, select_layers
 from jaxlm.finetune.prefix import init_prefix
 from jaxlm.finetune.pretrained import fill, load_pretrained, resolve_model
 from jaxlm.finetune.prompt import PROMPT, init_prompt
@@ -39,6 +41,8 @@ class Finetuning:
 
     cfg: Config  # the run's config, its model section resolved against `finetune.init_from`
     trainable: frozenset[str]  # paths of the parameters that train
+    # of those, the ones that train in some layers of their stack only: which layers
+    trained_layers: dict[str, tuple[bool, ...]] = dataclasses.field(default_factory=dict)
 
     def model_params(self, params: dict) -> dict:
         """The parameters as the model takes them: LoRA updates merged into their kernels."""
@@ -51,16 +55,20 @@ class Finetuning:
 
     def optimizer(self, tx: optax.GradientTransformation) -> optax.GradientTransformation:
         """`tx` over the trainable parameters alone."""
-        return only_trainable(tx, self.trainable)
+        return only_trainable(tx, self.trainable, self.trained_layers)
 
     def loss(self, loss_fn: Callable) -> Callable:
         """`loss_fn` on `model_params`, its gradient reaching only the trainable parameters."""
-        return frozen_loss(loss_fn, self.trainable, self.model_params)
+        return frozen_loss(loss_fn, self.trainable, self.model_params, self.trained_layers)
 
     def counts(self, params: dict) -> tuple[int, int]:
         """(trainable, all) counts of the elements of `params`."""
         sizes = {path: math.prod(leaf.shape) for path, leaf in flat(params).items()}
-        return sum(sizes[path] for path in self.trainable), sum(sizes.values())
+        trained = {
+            path: sizes[path] * sum(layers) // len(layers)
+            for path, layers in self.trained_layers.items()
+        }
+        return sum(trained.get(path, sizes[path]) for path in self.trainable), sum(sizes.values())
 
 
 def model_params(cfg: Config, params: dict) -> dict:
@@ -115,8 +123,9 @@ def prepare(cfg: Config, log=print) -> tuple[Finetuning, dict] | None:
         pretrained_model, pretrained = load_pretrained(f.init_from)
         cfg = dataclasses.replace(cfg, model=resolve_model(cfg.model, pretrained_model))
         validate(cfg)
-    model_paths = set(flat(abstract_params(cfg.model)))  # checked before anything is allocated
-    chosen = select(model_paths, f.trainable, "finetune.trainable")
+    stacks = layer_counts(abstract_params(cfg.model))  # checked before anything is allocated
+    model_paths = set(stacks)
+    chosen, trained_layers = select_layers(stacks, f.trainable, "finetune.trainable")
     lora_targets = _lora_targets(cfg, model_paths)
     boxed = init_params(cfg.model, rng)
     if f.init_from:
@@ -124,7 +133,7 @@ def prepare(cfg: Config, log=print) -> tuple[Finetuning, dict] | None:
     adapter = flat(_adapter(cfg, boxed, lora_targets, jax.random.fold_in(rng, 1)))
     params = nested(flat(boxed) | adapter)
     trainable = model_paths if f.mode == "full" else chosen | set(adapter)
-    finetuning = Finetuning(cfg, frozenset(trainable))
+    finetuning = Finetuning(cfg, frozenset(trainable), trained_layers)
     count, total = finetuning.counts(nn.unbox(params))
     log(f"finetune {f.mode}: {count:,} of {total:,} parameters train ({count / total:.2%})")
     return finetuning, params

@@ -80,6 +80,11 @@ def export_workdir(workdir: str | Path, destination: str | Path, step: int | Non
     if not (workdir / "config.yaml").is_file():
         raise ConversionError(f"{workdir} is not a jaxlm workdir (no config.yaml)")
     cfg = load_config(str(workdir / "config.yaml"))
+    if cfg.finetune.mode in ("prompt", "prefix"):
+        raise ConversionError(
+            f"{workdir} is a finetune.mode={cfg.finetune.mode} run, whose {cfg.finetune.mode} has "
+            "no counterpart in transformers' models: full, partial and LoRA runs export"
+        )
     tokenizer = configured_or_existing(cfg.data.tokenizer, workdir)
     if tokenizer is not None and not tokenizer.exists():
         raise ConversionError(
