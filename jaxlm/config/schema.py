@@ -223,7 +223,7 @@ class FinetuneConfig:
 
     Parameter patterns are globs over paths such as `encoder/layers/mlp/wi/kernel` (`*` also
     crosses `/`), or regular expressions after `re:`; a pattern naming a module selects all of it.
-    In `trainable`, a glob may take a range of a stack's layers: `'decoder/layers[8:]'`.
+    A glob may take a range of a stack's layers: `'decoder/layers[8:]'`.
     """
 
     mode: str = "full"  # full | partial | prompt | prefix | lora

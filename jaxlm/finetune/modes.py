@@ -27,7 +27,7 @@ import optax
 from jaxlm.config import Config, validate
 from jaxlm.finetune import lora
 from jaxlm.finetune.freezing import frozen_loss, only_trainable
-from jaxlm.finetune.patterns import SEP, flat, layer_counts, nested, select, select_layers
+from jaxlm.finetune.patterns import SEP, flat, layer_counts, nested, select_layers
 from jaxlm.finetune.prefix import init_prefix
 from jaxlm.finetune.pretrained import fill, load_pretrained, resolve_model
 from jaxlm.finetune.prompt import PROMPT, init_prompt
@@ -77,12 +77,22 @@ def model_params(cfg: Config, params: dict) -> dict:
     return lora.merge(params, lora.scaling(cfg.finetune))
 
 
-def _lora_targets(cfg: Config, model_paths: set[str]) -> set[str]:
-    """The kernels that get LoRA factors (none outside mode lora)."""
+def _lora_targets(
+    cfg: Config, stacks: dict[str, int | None]
+) -> tuple[set[str], dict[str, tuple[bool, ...]]]:
+    """(the kernels that get LoRA factors, none outside mode lora; the layers that train of the
+    factors of a stacked kernel that `finetune.lora_targets` takes some layers of). The factors
+    of its other layers stay as initialised: B zero, no update."""
     if cfg.finetune.mode != "lora":
-        return set()
-    kernels = [path for path in model_paths if path.endswith(f"{SEP}kernel")]
-    return select(kernels, cfg.finetune.lora_targets, "finetune.lora_targets")
+        return set(), {}
+    kernels = {path: count for path, count in stacks.items() if path.endswith(f"{SEP}kernel")}
+    targets, layers = select_layers(kernels, cfg.finetune.lora_targets, "finetune.lora_targets")
+    factors = {
+        f"{lora.LORA}{SEP}{kernel.rsplit(SEP, 1)[0]}{SEP}{factor}": rows
+        for kernel, rows in layers.items()
+        for factor in ("a", "b")
+    }
+    return targets, factors
 
 
 def _adapter(cfg: Config, boxed: dict, lora_targets: set[str], rng: jax.Array) -> dict:
@@ -102,7 +112,7 @@ def _adapter(cfg: Config, boxed: dict, lora_targets: set[str], rng: jax.Array) -
 def checkpointed_params(cfg: Config) -> dict:
     """Shapes, dtypes and logical axes of the parameters a run of `cfg` trains and checkpoints
     (its model's, and the adapter of its mode), computed without allocating or reading any."""
-    lora_targets = _lora_targets(cfg, set(flat(abstract_params(cfg.model))))
+    lora_targets, _ = _lora_targets(cfg, layer_counts(abstract_params(cfg.model)))
     rng = jax.random.key(cfg.train.seed)
 
     def boxed():
@@ -126,14 +136,14 @@ def prepare(cfg: Config, log=print) -> tuple[Finetuning, dict] | None:
     stacks = layer_counts(abstract_params(cfg.model))  # checked before anything is allocated
     model_paths = set(stacks)
     chosen, trained_layers = select_layers(stacks, f.trainable, "finetune.trainable")
-    lora_targets = _lora_targets(cfg, model_paths)
+    lora_targets, lora_layers = _lora_targets(cfg, stacks)
     boxed = init_params(cfg.model, rng)
     if f.init_from:
         boxed = fill(boxed, pretrained, log)
     adapter = flat(_adapter(cfg, boxed, lora_targets, jax.random.fold_in(rng, 1)))
     params = nested(flat(boxed) | adapter)
     trainable = model_paths if f.mode == "full" else chosen | set(adapter)
-    finetuning = Finetuning(cfg, frozenset(trainable), trained_layers)
+    finetuning = Finetuning(cfg, frozenset(trainable), trained_layers | lora_layers)
     count, total = finetuning.counts(nn.unbox(params))
     log(f"finetune {f.mode}: {count:,} of {total:,} parameters train ({count / total:.2%})")
     return finetuning, params

@@ -45,11 +45,6 @@ def select(paths: Iterable[str], patterns: Iterable[str], key: str) -> set[str]:
     paths = list(paths)
     selected = set()
     for pattern in patterns:
-        if LAYER_RANGE.search(pattern):
-            raise ConfigError(
-                f"config key '{key}': {pattern!r}: a range of layers selects only what trains "
-                "(finetune.trainable)"
-            )
         found = {path for path in paths if matches(pattern, path)}
         if not found:
             raise ConfigError(
