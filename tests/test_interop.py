@@ -1,4 +1,5 @@
-"""Hugging Face checkpoints: imported GPT-2, BERT (real MiniLM weights), Llama, Marian and T5 give
+"""Hugging Face checkpoints: imported GPT-2, BERT (real MiniLM weights), Llama (with Llama 3.1's
+rotary scaling), Qwen2, Mistral, Marian and T5 give
 the outputs of `transformers` on PyTorch; exported jaxlm models load in `transformers` with the same
 outputs and import back bit for bit; sharded checkpoints, `jaxlm convert` (imported workdirs keep
 their GPT-2, BERT or Llama tokenizer wherever they are moved), and one-line errors for
@@ -61,6 +62,28 @@ JAXLM_VARIANTS = {
         "model.activation=silu",
         "model.tie_embeddings=false",
         "model.use_bias=false",
+    ],
+    "llama3-rope": [
+        "model.family=gpt",
+        "model.position_embedding=rotary",
+        "model.rope_scaling=llama3",
+        "model.rope_original_max_len=8",
+        "model.norm=rmsnorm",
+        "model.mlp_type=gated",
+        "model.activation=silu",
+        "model.use_bias=false",
+    ],
+    "qwen2": [
+        "model.family=gpt",
+        "model.position_embedding=rotary",
+        "model.rope_base=1e6",
+        "model.num_kv_heads=2",
+        "model.norm=rmsnorm",
+        "model.mlp_type=gated",
+        "model.activation=silu",
+        "model.tie_embeddings=false",
+        "model.use_bias=false",
+        "model.qkv_bias=true",
     ],
     "bert": ["model.family=bert", "model.norm_position=post", "model.activation=gelu_exact"],
     "bert-mlm": ["model.family=bert", "model.norm_position=post", "model.heads=[mlm]"],
@@ -224,7 +247,8 @@ def _hf_gpt2(tied: bool):
     return transformers.GPT2LMHeadModel(config)
 
 
-def _hf_llama(**overrides):
+def _hf_llama(family: str = "Llama", **overrides):
+    """A model of Llama's architecture: `family` Llama, Mistral or Qwen2."""
     settings = dict(
         num_hidden_layers=2,
         hidden_size=64,
@@ -235,7 +259,21 @@ def _hf_llama(**overrides):
         max_position_embeddings=64,
         initializer_range=0.1,
     )
-    return transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**settings, **overrides}))
+    config = getattr(transformers, f"{family}Config")(**{**settings, **overrides})
+    return getattr(transformers, f"{family}ForCausalLM")(config)
+
+
+# Rotary scalings on 16-wide heads, whose 8 frequencies have wavelengths from 6.3 to 19,869
+# positions: Llama 3.1's keeps the first (below 16 / 4), divides the last six (above 16 / 1) and
+# blends the second.
+LLAMA3_ROPE = dict(
+    rope_type="llama3",
+    rope_theta=10_000.0,
+    factor=8.0,
+    low_freq_factor=1.0,
+    high_freq_factor=4.0,
+    original_max_position_embeddings=16,
+)
 
 
 def _hf_bert(cls: str, **overrides):
@@ -323,6 +361,17 @@ HF_MODELS = {
         mlp_bias=True,
         tie_word_embeddings=True,
     ),
+    "llama3-rope": lambda: _hf_llama(rope_parameters=LLAMA3_ROPE),
+    "llama-linear-rope": lambda: _hf_llama(
+        rope_parameters={"rope_type": "linear", "rope_theta": 10_000.0, "factor": 4.0}
+    ),
+    "qwen2-tied": lambda: _hf_llama(
+        "Qwen2",
+        tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+    ),
+    # a window above the inputs' length (they attend to every token before them, as in jaxlm)
+    "mistral-window": lambda: _hf_llama("Mistral", sliding_window=16),
     "bert-mlm-without-pooler": lambda: _hf_bert("BertForMaskedLM"),
     "bert-classifier": lambda: _hf_bert("BertForSequenceClassification", num_labels=3),
     "marian": _hf_marian,
@@ -351,9 +400,10 @@ def test_imported_logits_match_transformers(name, tmp_path):
 
 
 @needs_transformers
-def test_llama_greedy_decoding_matches_transformers(tmp_path):
+@pytest.mark.parametrize("name", ["llama-gqa", "llama3-rope", "qwen2-tied"])
+def test_llama_greedy_decoding_matches_transformers(name, tmp_path):
     """Cached decoding with rotary positions continues prompts as `transformers` does."""
-    model, cfg, params = _imported("llama-gqa", 1, tmp_path)
+    model, cfg, params = _imported(name, 1, tmp_path)
     prompts = np.random.default_rng(3).integers(0, VOCAB, (2, 5))
     with torch.inference_mode():
         expected = model.generate(
@@ -367,6 +417,13 @@ def test_llama_greedy_decoding_matches_transformers(tmp_path):
     sample = SampleConfig(max_new_tokens=8, temperature=0.0)
     got = generate(cfg, params, prompts.tolist(), sample, eos_id=-1)
     assert got == expected.tolist()
+
+
+@needs_transformers
+def test_a_sliding_window_shorter_than_the_positions_becomes_max_len(tmp_path):
+    with pytest.warns(UserWarning, match="sliding_window=16 is below max_position_embeddings=64"):
+        _, cfg, _ = _imported("mistral-window", 0, tmp_path)
+    assert cfg.max_len == 16
 
 
 def _greedy_translations(name, seed, directory, sources, pad, new_tokens, beams=1, **options):
@@ -962,6 +1019,8 @@ def test_an_imported_llama_workdir_encodes_as_transformers_does(tmp_path):
     [
         ("tinyllama-1.1b", 1_100_048_384),
         ("llama2-7b", 6_738_415_616),
+        ("llama3.2-1b", 1_235_814_400),
+        ("qwen2.5-0.5b", 494_032_768),
         ("t5-small", 60_506_624),
         ("flan-t5-base", 247_577_856),  # its own output head: 24,674,304 more than T5-base's
     ],
@@ -1008,15 +1067,20 @@ def test_unsupported_architectures_are_named(gpt2_dir):
     edit_config(gpt2_dir, architectures=["GPT2ForSequenceClassification"])
     assert "unsupported architecture 'GPT2ForSequenceClassification'" in conversion_error(gpt2_dir)
     edit_config(gpt2_dir, model_type="bart")
-    expected = "unsupported model_type 'bart' (supported: bert, gpt2, llama, marian, t5)"
+    supported = "bert, gpt2, llama, marian, mistral, qwen2, t5"
+    expected = f"unsupported model_type 'bart' (supported: {supported})"
     assert expected in conversion_error(gpt2_dir)
 
 
 def test_unsupported_settings_are_named(tmp_path):
     cfg = jaxlm_config("llama")
     save_pretrained(tmp_path, cfg, random_params(cfg))
+    edit_config(tmp_path, rope_parameters={"rope_type": "yarn", "factor": 8.0})
+    assert "rope_type 'yarn' is not supported (default, linear, llama3)" in conversion_error(
+        tmp_path
+    )
     edit_config(tmp_path, rope_parameters={"rope_type": "llama3", "factor": 8.0})
-    assert "rope_type 'llama3' is not supported" in conversion_error(tmp_path)
+    assert "rope_type 'llama3' without 'low_freq_factor'" in conversion_error(tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,10 @@
 """`jaxlm convert SRC DST --to jaxlm|hf [--step N]`: Hugging Face <-> jaxlm.
 
 --to jaxlm: SRC is a Hugging Face model directory (config.json + model.safetensors, or shards
-with model.safetensors.index.json) of GPT-2, BERT, Llama, Marian or T5; DST becomes a workdir for
-`jaxlm generate`, `jaxlm eval` and `jaxlm train DST/config.yaml`: config.yaml, checkpoints/0
-and SRC's tokenizer (its sentencepiece tokenizer.model, and its Hugging Face tokenizer files in
-DST/tokenizer/) when it has one.
+with model.safetensors.index.json) of GPT-2, BERT, Llama, Qwen2, Mistral, Marian or T5; DST
+becomes a workdir for `jaxlm generate`, `jaxlm eval` and `jaxlm train DST/config.yaml`:
+config.yaml, checkpoints/0 and SRC's tokenizer (its sentencepiece tokenizer.model, and its
+Hugging Face tokenizer files in DST/tokenizer/) when it has one.
 --to hf: SRC is a jaxlm workdir; DST gets config.json and model.safetensors of its latest
 checkpoint (or --step), which `transformers` loads, and the run's tokenizer files (a
 sentencepiece tokenizer.model with the tokenizer.json that encodes as it does).

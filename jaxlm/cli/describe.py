@@ -21,9 +21,16 @@ def run(args) -> None:
         + (f" (kv heads {m.num_kv_heads})" if m.num_kv_heads else "")
         + f", mlp {m.mlp_dim} ({m.activation}), {m.norm_position}-{m.norm}"
     )
+    positions = m.position_embedding
+    if positions == "rotary":
+        positions += f" (base {m.rope_base:g}" + (
+            f", {m.rope_scaling} scaling x{m.rope_scaling_factor:g})"
+            if m.rope_scaling != "none"
+            else ")"
+        )
     print(
         f"  vocab {m.vocab_size} (padded to {m.padded_vocab_size}), max length {m.max_len}, "
-        f"{m.position_embedding} positions, tied embeddings: {m.tie_embeddings}"
+        f"{positions} positions, tied embeddings: {m.tie_embeddings}"
         + (f", heads: {', '.join(m.heads) or 'none'}" if m.family == "bert" else "")
     )
     print(f"  compute {m.dtype}, params {m.param_dtype}, remat {m.remat_policy}")

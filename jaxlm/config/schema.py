@@ -42,6 +42,14 @@ class ModelConfig:
     # learned | sinusoidal | rotary | relative (seq2seq: T5's bucketed relative position bias)
     position_embedding: str = "learned"
     rope_base: float = 10_000.0
+    # rotary: none | linear (every frequency divided by rope_scaling_factor) | llama3 (Llama 3.1:
+    # frequencies with wavelengths beyond rope_original_max_len / rope_low_freq_factor divided by
+    # the factor, those below rope_original_max_len / rope_high_freq_factor kept, a blend between)
+    rope_scaling: str = "none"
+    rope_scaling_factor: float = 8.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_len: int = 8192
     relative_buckets: int = 32  # relative: buckets of key - query distances (per direction: half)
     relative_max_distance: int = 128  # relative: distances from here on share the last bucket
     # sinusoidal: interleaved (sin, cos, sin, ... as in the paper) | halves (all the sines, then
@@ -51,6 +59,7 @@ class ModelConfig:
     tie_embeddings: bool = True  # output logits use the token embedding table
     output_bias: bool = False  # gpt, seq2seq: a learned bias added to the logits
     use_bias: bool = True
+    qkv_bias: bool = False  # biases on the query, key and value projections alone (Qwen2)
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0  # only the 'reference' attention backend supports it
     init_std: float = 0.02

@@ -21,6 +21,7 @@ CHOICES = {
     "model.param_dtype": tuple(DTYPES),
     "model.remat_policy": ("none", "full", "dots", "dots_no_batch"),
     "model.sinusoidal_layout": ("interleaved", "halves"),
+    "model.rope_scaling": ("none", "linear", "llama3"),
     "data.source": ("text", "jsonl", "tfds", "tokens", "vader", "gettext"),
     "data.task": ("causal_lm", "masked_lm", "classification", "seq2seq", "span_corruption"),
     "data.document_unit": ("file", "paragraph", "line"),
@@ -66,6 +67,18 @@ def validate(config: Config) -> None:
         "model.position_embedding",
         f"relative position bias is built for the seq2seq family, not {m.family}",
     )
+    _check(
+        m.rope_scaling == "none" or m.position_embedding == "rotary",
+        "model.rope_scaling",
+        f"scales rotary positions, not {m.position_embedding} ones",
+    )
+    _check(m.rope_scaling_factor > 0, "model.rope_scaling_factor", "must be positive")
+    _check(
+        0 < m.rope_low_freq_factor < m.rope_high_freq_factor,
+        "model.rope_high_freq_factor",
+        "must exceed model.rope_low_freq_factor, which must be positive",
+    )
+    _check(m.rope_original_max_len > 0, "model.rope_original_max_len", "must be positive")
     _check(
         m.relative_buckets >= 4 and m.relative_buckets % 2 == 0,
         "model.relative_buckets",

@@ -8,6 +8,7 @@ weights convert with transposes and head reshapes only.
 from __future__ import annotations
 
 import re
+import warnings
 
 from jaxlm.config import ModelConfig
 from jaxlm.data.tokenizer import BOS_ID, EOS_ID
@@ -27,18 +28,68 @@ NEEDS = {
     "mlp_type": "gated",
     "scale_embeddings": False,
     "output_bias": False,
+    "qkv_bias": False,
 }
 
 
-def _rope_theta(hf: dict) -> float:
-    """The rotary base; only unscaled ("default") rotary embeddings are supported."""
+ROPE_TYPES = {"default": "none", "linear": "linear", "llama3": "llama3"}  # HF -> rope_scaling
+
+
+def rope_from_hf(hf: dict) -> dict:
+    """The rotary settings of `config.json` (`rope_parameters`, or the older `rope_scaling` with
+    a top-level `rope_theta`) as ModelConfig fields; unscaled, linear and Llama 3.1 scaling."""
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type != "default":
+    if rope_type not in ROPE_TYPES:
         raise ConversionError(
-            f"config.json: rope_type {rope_type!r} is not supported (only 'default' rotary)"
+            f"config.json: rope_type {rope_type!r} is not supported ({', '.join(ROPE_TYPES)})"
         )
-    return float(rope.get("rope_theta", hf.get("rope_theta", 10_000.0)))
+    fields = {
+        "rope_base": float(rope.get("rope_theta", hf.get("rope_theta", 10_000.0))),
+        "rope_scaling": ROPE_TYPES[rope_type],
+    }
+    try:
+        if rope_type != "default":
+            fields["rope_scaling_factor"] = float(rope["factor"])
+        if rope_type == "llama3":
+            fields |= {
+                "rope_low_freq_factor": float(rope["low_freq_factor"]),
+                "rope_high_freq_factor": float(rope["high_freq_factor"]),
+                "rope_original_max_len": int(rope["original_max_position_embeddings"]),
+            }
+    except KeyError as e:
+        raise ConversionError(f"config.json: rope_type {rope_type!r} without {e}") from None
+    return fields
+
+
+def rope_to_hf(cfg: ModelConfig) -> dict:
+    """`rope_parameters` of `config.json` for the rotary settings of `cfg`."""
+    rope_type = {value: key for key, value in ROPE_TYPES.items()}[cfg.rope_scaling]
+    rope = {"rope_type": rope_type, "rope_theta": cfg.rope_base}
+    if cfg.rope_scaling != "none":
+        rope["factor"] = cfg.rope_scaling_factor
+    if cfg.rope_scaling == "llama3":
+        rope |= {
+            "low_freq_factor": cfg.rope_low_freq_factor,
+            "high_freq_factor": cfg.rope_high_freq_factor,
+            "original_max_position_embeddings": cfg.rope_original_max_len,
+        }
+    return rope
+
+
+def window_length(hf: dict, window: int | None) -> int:
+    """The longest sequence jaxlm imports a model as: its max_position_embeddings, or a shorter
+    sliding attention window (full causal attention over at most the window's length is the
+    model's windowed attention exactly)."""
+    length = hf.get("max_position_embeddings", 2048)
+    if window and window < length:
+        warnings.warn(
+            f"config.json: sliding_window={window} is below max_position_embeddings={length}; "
+            f"the model imports with model.max_len={window}, where full attention is the same",
+            stacklevel=3,
+        )
+        return window
+    return length
 
 
 def config_from_hf(hf: dict, names: set[str]) -> ModelConfig:
@@ -66,7 +117,7 @@ def config_from_hf(hf: dict, names: set[str]) -> ModelConfig:
         norm_eps=hf.get("rms_norm_eps", 1e-6),
         norm_position="pre",
         position_embedding="rotary",
-        rope_base=_rope_theta(hf),
+        **rope_from_hf(hf),
         tie_embeddings=hf.get("tie_word_embeddings", False),
         use_bias=bias,
         dropout_rate=0.0,
@@ -94,7 +145,7 @@ def config_to_hf(cfg: ModelConfig) -> dict:
         "hidden_act": TO_HF_ACTIVATION[cfg.activation],
         "rms_norm_eps": cfg.norm_eps,
         "rope_theta": cfg.rope_base,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_base},
+        "rope_parameters": rope_to_hf(cfg),
         "tie_word_embeddings": cfg.tie_embeddings,
         "attention_bias": cfg.use_bias,
         "mlp_bias": cfg.use_bias,
@@ -111,6 +162,7 @@ def rules(cfg: ModelConfig, names: set[str] | None = None, hf: dict | None = Non
     block, stack = "model.layers.{i}.", "decoder/layers/"
     attention, mlp = f"{stack}self_attention/", f"{stack}mlp/"
     per_layer = dict(bias=cfg.use_bias, layers=layers)
+    projection = dict(bias=cfg.use_bias or cfg.qkv_bias, layers=layers)
     result = [
         tensor(
             "model.embed_tokens.weight",
@@ -119,13 +171,17 @@ def rules(cfg: ModelConfig, names: set[str] | None = None, hf: dict | None = Non
         ),
         *norm(f"{block}input_layernorm", f"{stack}self_attention_norm", bias=False, layers=layers),
         *linear(
-            f"{block}self_attn.q_proj", f"{attention}query", (d,), (heads, head_dim), **per_layer
+            f"{block}self_attn.q_proj", f"{attention}query", (d,), (heads, head_dim), **projection
         ),
         *linear(
-            f"{block}self_attn.k_proj", f"{attention}key", (d,), (kv_heads, head_dim), **per_layer
+            f"{block}self_attn.k_proj", f"{attention}key", (d,), (kv_heads, head_dim), **projection
         ),
         *linear(
-            f"{block}self_attn.v_proj", f"{attention}value", (d,), (kv_heads, head_dim), **per_layer
+            f"{block}self_attn.v_proj",
+            f"{attention}value",
+            (d,),
+            (kv_heads, head_dim),
+            **projection,
         ),
         *linear(
             f"{block}self_attn.o_proj", f"{attention}out", (heads, head_dim), (d,), **per_layer

@@ -44,6 +44,7 @@ NEEDS = {
     "norm": "rmsnorm",
     "norm_position": "pre",
     "use_bias": False,
+    "qkv_bias": False,
     "output_bias": False,
     "scale_embeddings": False,
 }

@@ -242,6 +242,7 @@ class MultiHeadAttention(nn.Module):
     head_dim: int
     num_kv_heads: int | None = None
     use_bias: bool = True
+    qkv_bias: bool = False  # biases on the query, key and value projections even without use_bias
     dropout_rate: float = 0.0
     backend: str = "auto"
     kernel_init: nn.initializers.Initializer = nn.initializers.normal(0.02)
@@ -270,7 +271,7 @@ class MultiHeadAttention(nn.Module):
         projection = functools.partial(
             DenseGeneral,
             kernel_axes=("embed", "heads", "kv"),
-            use_bias=self.use_bias,
+            use_bias=self.use_bias or self.qkv_bias,
             kernel_init=self.kernel_init,
             dtype=self.dtype,
             param_dtype=self.param_dtype,

@@ -100,14 +100,53 @@ class TokenEmbedding(nn.Module):
         return einsum("bld,vd->blv", x, table, preferred_element_type=jnp.float32)
 
 
-def apply_rotary(x: jax.Array, positions: jax.Array, base: float = 10_000.0) -> jax.Array:
-    """Rotary position embedding (Su et al. 2021), rotating pairs (i, i + d/2) of each head.
+def rotary_frequencies(
+    head_dim: int,
+    base: float = 10_000.0,
+    scaling: str = "none",
+    factor: float = 8.0,
+    low_freq_factor: float = 1.0,
+    high_freq_factor: float = 4.0,
+    original_max_len: int = 8192,
+) -> np.ndarray:
+    """The head_dim / 2 rotation frequencies of rotary embedding, float32 computed in float64:
+    base^(-2i / head_dim), optionally rescaled for longer contexts.
+
+    'linear' divides them all by `factor`. 'llama3' (Llama 3.1) divides those whose wavelength
+    2π / frequency exceeds original_max_len / low_freq_factor, keeps those below original_max_len
+    / high_freq_factor, and blends the two between, in proportion to original_max_len /
+    wavelength going from low_freq_factor to high_freq_factor."""
+    half = head_dim // 2
+    frequencies = base ** (-np.arange(half, dtype=np.float64) / half)
+    if scaling == "linear":
+        frequencies = frequencies / factor
+    elif scaling == "llama3":
+        wavelengths = 2 * np.pi / frequencies
+        share = (original_max_len / wavelengths - low_freq_factor) / (
+            high_freq_factor - low_freq_factor
+        )
+        kept = np.clip(share, 0.0, 1.0)  # 1 for short wavelengths, 0 for long ones
+        frequencies = kept * frequencies + (1 - kept) * frequencies / factor
+    elif scaling != "none":
+        raise ValueError(f"unknown rotary scaling {scaling!r}")
+    return frequencies.astype(np.float32)
+
+
+def apply_rotary(
+    x: jax.Array,
+    positions: jax.Array,
+    base: float = 10_000.0,
+    frequencies: np.ndarray | None = None,
+) -> jax.Array:
+    """Rotary position embedding (Su et al. 2021), rotating pairs (i, i + d/2) of each head by
+    position times frequency i (`frequencies`, default `rotary_frequencies(d, base)`).
 
     x: [batch, length, heads, head_dim]; positions: [batch, length].
     """
     half = x.shape[-1] // 2
-    inv_freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
-    angles = positions[..., None].astype(jnp.float32) * inv_freq  # [batch, length, half]
+    if frequencies is None:
+        frequencies = rotary_frequencies(x.shape[-1], base)
+    angles = positions[..., None].astype(jnp.float32) * frequencies  # [batch, length, half]
     sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
     x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
     rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)

@@ -11,7 +11,7 @@ import jax
 from jaxlm.config import ModelConfig
 from jaxlm.layers.activations import ACTIVATIONS
 from jaxlm.layers.attention import MultiHeadAttention
-from jaxlm.layers.embeddings import apply_rotary
+from jaxlm.layers.embeddings import apply_rotary, rotary_frequencies
 from jaxlm.layers.linear import DenseGeneral
 from jaxlm.layers.matmul import BATCHED_PRODUCT, PRODUCT
 from jaxlm.layers.norms import LayerNorm
@@ -40,6 +40,19 @@ def make_norm(cfg: ModelConfig, name: str) -> nn.Module:
         return nn.RMSNorm(scale_init=scale_init, **common)
     bias_init = nn.with_logical_partitioning(nn.initializers.zeros, ("norm",))
     return LayerNorm(scale_init=scale_init, bias_init=bias_init, **common)
+
+
+def rotary_frequencies_of(cfg: ModelConfig):
+    """The rotary frequencies of `cfg`'s heads, with its scaling (`rotary_frequencies`)."""
+    return rotary_frequencies(
+        cfg.resolved_head_dim,
+        cfg.rope_base,
+        cfg.rope_scaling,
+        cfg.rope_scaling_factor,
+        cfg.rope_low_freq_factor,
+        cfg.rope_high_freq_factor,
+        cfg.rope_original_max_len,
+    )
 
 
 def output_init(cfg: ModelConfig) -> nn.initializers.Initializer:
@@ -139,6 +152,7 @@ class TransformerBlock(nn.Module):
             num_heads=cfg.num_heads,
             head_dim=cfg.resolved_head_dim,
             use_bias=cfg.use_bias,
+            qkv_bias=cfg.qkv_bias,
             dropout_rate=cfg.attention_dropout_rate,
             backend=cfg.attention_backend,
             kernel_init=nn.initializers.normal(cfg.init_std),
@@ -148,7 +162,7 @@ class TransformerBlock(nn.Module):
         )
         rotary = None
         if cfg.position_embedding == "rotary":
-            rotary = functools.partial(apply_rotary, base=cfg.rope_base)
+            rotary = functools.partial(apply_rotary, frequencies=rotary_frequencies_of(cfg))
 
         prefix = None
         if self.has_variable("params", "prefix_key"):

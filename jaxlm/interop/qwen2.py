@@ -1,0 +1,53 @@
+"""Qwen2 and Qwen2.5 (`Qwen2ForCausalLM`) <-> jaxlm's GPT as Llama's (see `llama.py`), with
+biases on the query, key and value projections alone (`model.qkv_bias`).
+
+Layers with sliding-window attention import with `model.max_len` cut to the window, where
+full attention is the same (see `llama.window_length`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from jaxlm.config import ModelConfig
+from jaxlm.interop import llama
+from jaxlm.interop.hf_config import mismatches
+
+MODEL_TYPE = "qwen2"
+ARCHITECTURES = ("Qwen2ForCausalLM",)
+IGNORED = llama.IGNORED
+NEEDS = {**llama.NEEDS, "use_bias": False, "qkv_bias": True}
+
+
+def _window(hf: dict) -> int | None:
+    """The sliding window, where some layer uses one."""
+    layer_types = hf.get("layer_types") or []
+    sliding = "sliding_attention" in layer_types or (
+        not layer_types and hf.get("use_sliding_window", False)
+    )
+    return hf.get("sliding_window") if sliding else None
+
+
+def config_from_hf(hf: dict, names: set[str]) -> ModelConfig:
+    cfg = llama.config_from_hf(hf, names)  # Llama's, without biases
+    return dataclasses.replace(cfg, qkv_bias=True, max_len=llama.window_length(hf, _window(hf)))
+
+
+def incompatibilities(cfg: ModelConfig) -> list[str]:
+    return mismatches(cfg, NEEDS)
+
+
+def config_to_hf(cfg: ModelConfig) -> dict:
+    hf = llama.config_to_hf(cfg)
+    for key in ("attention_bias", "mlp_bias"):  # not Qwen2's: its biases are fixed
+        del hf[key]
+    return {
+        **hf,
+        "architectures": list(ARCHITECTURES),
+        "model_type": MODEL_TYPE,
+        "use_sliding_window": False,
+        "sliding_window": None,
+    }
+
+
+rules = llama.rules
