@@ -19,6 +19,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jaxlm.config import ModelConfig, SampleConfig, validate_sample
+from jaxlm.data.tokenizer import document_start
 from jaxlm.decoding.beam import beam_search
 from jaxlm.decoding.cache import encode, unstack_layers
 from jaxlm.decoding.loop import sample_tokens
@@ -158,7 +159,7 @@ def generate_text(
             pad_id=tokenizer.pad_id,
         )
         return [tokenizer.decode(ids) for ids in targets]
-    encoded = [[tokenizer.bos_id, *tokenizer.encode(p)] for p in prompts]
+    encoded = [[*document_start(tokenizer), *tokenizer.encode(p)] for p in prompts]
     new = generate(
         cfg,
         params,

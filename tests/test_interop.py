@@ -827,6 +827,54 @@ def test_imported_marian_workdir_translates_as_transformers(tmp_path, monkeypatc
     assert rows.make_row(0, None)["targets"][: len(target)].tolist() == target
 
 
+@needs_transformers
+def test_an_imported_qwen2_without_bos_generates_and_trains_as_transformers_has_it(
+    tmp_path, monkeypatch, capsys
+):
+    """Qwen2's tokenizer has no BOS token: prompts are the prompt's tokens alone, greedy
+    continuations are transformers', and training documents are their tokens and EOS."""
+    from jaxlm.data.pipeline import lm_dataset
+    from jaxlm.data.token_file import write_token_file
+    from jaxlm.generate import generate_text
+    from jaxlm.inference import load_for_inference
+
+    monkeypatch.chdir(tmp_path)
+    Path("hf").mkdir()
+    write_gpt2_tokenizer(Path("hf"), legacy=False)
+    settings = {"bos_token": None, "eos_token": ENDOFTEXT, "pad_token": ENDOFTEXT}
+    Path("hf/tokenizer_config.json").write_text(json.dumps(settings))
+    torch.manual_seed(5)
+    model = _hf_llama("Qwen2", vocab_size=320, tie_word_embeddings=True).eval()
+    model.save_pretrained("hf")
+    assert main(["convert", "hf", "run", "--to", "jaxlm"]) == 0
+    reference = transformers.AutoTokenizer.from_pretrained("hf")
+    prompt = "The value of"
+    inputs = reference([prompt], return_tensors="pt")
+    with torch.inference_mode():
+        ids = model.generate(**inputs, max_new_tokens=6, do_sample=False, eos_token_id=None)
+    expected = reference.decode(ids[0, inputs["input_ids"].shape[1] :])
+    cfg, params, tokenizer = load_for_inference(Path("run"))
+    greedy = SampleConfig(max_new_tokens=6, temperature=0.0)
+    assert generate_text(cfg.model, params, tokenizer, [prompt], greedy) == [expected]
+    capsys.readouterr()
+    assert main(["generate", "run", "--prompt", prompt, *GREEDY[1:], "--max-new-tokens=6"]) == 0
+    assert capsys.readouterr().out == f"{prompt}{expected}\n"
+
+    documents = ["first document", "and the second"]
+    encoded = [[*tokenizer.encode(d), tokenizer.eos_id] for d in documents]
+    tokens = write_token_file(documents, tokenizer, "docs.tokens")
+    assert tokens.bos_id is None and tokens.tokens.tolist() == encoded[0] + encoded[1]
+    held_out = tokens.split(len(encoded[1]) / len(tokens))[1]  # from a document start on
+    assert held_out.tokens.tolist() == encoded[1]
+    length = len(encoded[0]) + len(encoded[1]) - 1
+    (row,) = lm_dataset(
+        documents, tokenizer, seq_len=length, batch_size=1, seed=0, shuffle=False
+    ).take(1)
+    expected_segments = [1] * len(encoded[0]) + [2] * (len(encoded[1]) - 1)
+    assert row["inputs"].numpy()[0].tolist() == (encoded[0] + encoded[1])[:-1]
+    assert row["segment_ids"].numpy()[0].tolist() == expected_segments
+
+
 def write_t5_tokenizer(directory: Path) -> None:
     """A T5 tokenizer as transformers saves one (tokenizer.json, tokenizer_config.json): a
     sentencepiece model of 92 pieces numbered as T5's (pad 0, eos 1, unk 2, no bos) and 8

@@ -29,7 +29,10 @@ class _Printer:
 
     def __init__(self, tokenizer, prompt: str):
         self.tokenizer, self.prompt, self.printed = tokenizer, prompt, ""
-        self.prompt_ids, self.ids = [tokenizer.bos_id, *tokenizer.encode(prompt)], []
+        from jaxlm.data.tokenizer import document_start
+
+        self.prompt_ids = [*document_start(tokenizer), *tokenizer.encode(prompt)]
+        self.ids = []
 
     def __call__(self, step, tokens) -> None:
         from jaxlm.generate import continuation

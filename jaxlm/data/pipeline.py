@@ -1,8 +1,9 @@
 """Packed causal-LM batches with tf.data (the only module that imports TensorFlow).
 
-Each document becomes `[bos] + tokens + [eos]`; documents follow each other in one continuous
-token stream, cut into rows of seq_len + 1 tokens. A row holds parts of several documents, told
-apart by `segment_ids`; targets from another document than their input get weight 0.
+Each document becomes `[bos] + tokens + [eos]` (no bos for a tokenizer without one); documents
+follow each other in one continuous token stream, cut into rows of seq_len + 1 tokens. A row
+holds parts of several documents, told apart by `segment_ids`; targets from another document
+than their input get weight 0.
 
 All documents are tokenized once, up front; the tf.data graph then slices them out of one flat
 token array, so no Python runs per element (and iterators never block interpreter exit).
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from jaxlm.data.tokenizer import Tokenizer
+from jaxlm.data.tokenizer import Tokenizer, document_start
 from jaxlm.errors import DataError
 
 
@@ -52,8 +53,8 @@ def lm_dataset(
     # Tokenize every document once, up front and in one batched call: the pipeline then runs
     # no Python per element, and documents are sliced out of one flat token array.
     encoded = tokenizer.encode_batch(list(documents))
-    lengths = np.array([len(ids) + 2 for ids in encoded], np.int64)  # + bos, eos
-    bos, eos = [tokenizer.bos_id], [tokenizer.eos_id]
+    bos, eos = document_start(tokenizer), [tokenizer.eos_id]
+    lengths = np.array([len(bos) + len(ids) + 1 for ids in encoded], np.int64)
     flat = tf.constant(
         np.fromiter(
             (t for ids in encoded for t in (*bos, *ids, *eos)), np.int32, count=int(lengths.sum())

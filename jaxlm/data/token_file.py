@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxlm.data.tokenizer import Tokenizer, atomic_write
+from jaxlm.data.tokenizer import Tokenizer, atomic_write, document_start
 from jaxlm.errors import DataError
 
 FORMAT = "jaxlm-tokens-1"
@@ -50,7 +50,7 @@ def write_token_file(
     sidecar_path(path).unlink(missing_ok=True)
     vocab_size = tokenizer.vocab_size
     dtype = np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
-    bos, eos = tokenizer.bos_id, tokenizer.eos_id
+    start, eos = document_start(tokenizer), tokenizer.eos_id
     count = num_documents = 0
     iterator = iter(documents)
     with atomic_write(path) as f:
@@ -65,10 +65,10 @@ def write_token_file(
                 ids = np.asarray(ids, np.int64)
                 if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
                     raise DataError(f"document {number} has token ids outside [0, {vocab_size})")
-                if np.isin(ids, (bos, eos)).any():
+                if np.isin(ids, (*start, eos)).any():
                     raise DataError(f"document {number} holds the bos or eos id inside its text")
-                f.write(np.concatenate([[bos], ids, [eos]]).astype(dtype).tobytes())
-                count += ids.size + 2
+                f.write(np.concatenate([start, ids, [eos]]).astype(dtype).tobytes())
+                count += len(start) + ids.size + 1
             num_documents += len(chunk)
         if not num_documents:
             raise DataError(f"no documents to write to {path}")
@@ -78,7 +78,7 @@ def write_token_file(
         "tokens": count,
         "documents": num_documents,
         "vocab_size": vocab_size,
-        "bos_id": bos,
+        "bos_id": start[0] if start else None,
         "eos_id": eos,
         "tokenizer_sha256": tokenizer.fingerprint(),
     }
@@ -94,7 +94,7 @@ class TokenFile:
     path: Path
     tokens: np.ndarray  # [count] uint16 | uint32
     vocab_size: int
-    bos_id: int
+    bos_id: int | None  # None: documents start after an eos
     eos_id: int
     tokenizer_sha256: str
     _order_cache: tuple = field(default=(None, None), init=False, repr=False)
@@ -144,8 +144,11 @@ class TokenFile:
         if eval_fraction == 0:
             return self, None
         cut = int(len(self.tokens) * (1 - eval_fraction))
-        tail = self.tokens[cut:]
-        starts = np.flatnonzero(tail == self.bos_id)
+        if self.bos_id is not None:
+            starts = np.flatnonzero(self.tokens[cut:] == self.bos_id)
+        else:  # a document starts after each eos
+            after_eos = self.tokens[cut - 1 : -1] == self.eos_id if cut else np.zeros(0, bool)
+            starts = np.flatnonzero(after_eos)
         if not starts.size:
             raise DataError(
                 f"data.eval_fraction={eval_fraction} holds out no whole document of {self.path}"
@@ -229,13 +232,16 @@ class TokenFile:
         return self._order_cache[1]
 
 
-def packed_features(tokens: np.ndarray, bos_id: int, eos_id: int) -> dict[str, np.ndarray]:
+def packed_features(tokens: np.ndarray, bos_id: int | None, eos_id: int) -> dict[str, np.ndarray]:
     """Model inputs of packed rows of token ids, [batch, seq_len + 1].
 
-    A document ends after an eos and starts at a bos: inputs there get a new segment id and
-    position 0, and a target from another document than its input gets weight 0.
+    A document ends after an eos and starts at a bos (or after the eos, without bos): inputs
+    there get a new segment id and position 0, and a target from another document than its
+    input gets weight 0.
     """
-    boundary = (tokens[:, :-1] == eos_id) | (tokens[:, 1:] == bos_id)  # [batch, seq_len]
+    boundary = tokens[:, :-1] == eos_id  # [batch, seq_len]
+    if bos_id is not None:
+        boundary |= tokens[:, 1:] == bos_id
     inputs = tokens[:, :-1]
     new_segment = np.concatenate(
         [np.zeros_like(boundary[:, :1]), boundary[:, :-1]], axis=1

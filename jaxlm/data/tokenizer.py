@@ -30,6 +30,16 @@ MASK_PIECE, CLS_PIECE, SEP_PIECE = "[MASK]", "[CLS]", "[SEP]"
 NEWLINE_PIECE = "<0x0A>"
 
 
+def document_start(tokenizer) -> list[int]:
+    """What a GPT's documents and prompts start with: [bos] for a tokenizer that has a BOS
+    token, [] for one without (Qwen2's, a sentencepiece model with bos_id -1)."""
+    try:
+        bos = tokenizer.bos_id
+    except DataError:  # a Hugging Face tokenizer without one
+        return []
+    return [bos] if bos >= 0 else []
+
+
 class Tokenizer:
     """A sentencepiece model with newline-preserving `encode` and `decode`."""
 
