@@ -1,5 +1,5 @@
 """Hugging Face checkpoints: imported GPT-2, BERT (real MiniLM weights), Llama (with Llama 3.1's
-rotary scaling), Qwen2, Mistral, Marian and T5 give
+rotary scaling), Qwen2, Qwen3, Mistral, Marian and T5 give
 the outputs of `transformers` on PyTorch; exported jaxlm models load in `transformers` with the same
 outputs and import back bit for bit; sharded checkpoints, `jaxlm convert` (imported workdirs keep
 their GPT-2, BERT or Llama tokenizer wherever they are moved), and one-line errors for
@@ -71,6 +71,7 @@ JAXLM_VARIANTS = {
         "model.num_kv_heads=2",
         "model.tie_embeddings=false",
     ],
+    "qwen3": [*LLAMA, "model.qk_norm=true", "model.head_dim=16", "model.num_kv_heads=2"],
     "bert": ["model.family=bert", "model.norm_position=post", "model.activation=gelu_exact"],
     "bert-mlm": ["model.family=bert", "model.norm_position=post", "model.heads=[mlm]"],
     "bert-pretraining": ["model.family=bert", "model.norm_position=post", "model.heads=[mlm,nsp]"],
@@ -356,6 +357,8 @@ HF_MODELS = {
         tie_word_embeddings=True,
         rope_parameters={"rope_type": "default", "rope_theta": 1e6},
     ),
+    # head_dim 32 != 64 / 4, as Qwen3's 128 != 1024 / 16
+    "qwen3": lambda: _hf_llama("Qwen3", head_dim=32, tie_word_embeddings=True),
     # a window above the inputs' length (they attend to every token before them, as in jaxlm)
     "mistral-window": lambda: _hf_llama("Mistral", sliding_window=16),
     "bert-mlm-without-pooler": lambda: _hf_bert("BertForMaskedLM"),
@@ -386,7 +389,7 @@ def test_imported_logits_match_transformers(name, tmp_path):
 
 
 @needs_transformers
-@pytest.mark.parametrize("name", ["llama-gqa", "llama3-rope", "qwen2-tied"])
+@pytest.mark.parametrize("name", ["llama-gqa", "llama3-rope", "qwen2-tied", "qwen3"])
 def test_llama_greedy_decoding_matches_transformers(name, tmp_path):
     """Cached decoding with rotary positions continues prompts as `transformers` does."""
     model, cfg, params = _imported(name, 1, tmp_path)
@@ -1101,7 +1104,7 @@ def test_unsupported_architectures_are_named(gpt2_dir):
     edit_config(gpt2_dir, architectures=["GPT2ForSequenceClassification"])
     assert "unsupported architecture 'GPT2ForSequenceClassification'" in conversion_error(gpt2_dir)
     edit_config(gpt2_dir, model_type="bart")
-    supported = "bert, gpt2, llama, marian, mistral, qwen2, t5"
+    supported = "bert, gpt2, llama, marian, mistral, qwen2, qwen3, t5"
     expected = f"unsupported model_type 'bart' (supported: {supported})"
     assert expected in conversion_error(gpt2_dir)
 

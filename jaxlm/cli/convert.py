@@ -1,7 +1,7 @@
 """`jaxlm convert SRC DST --to jaxlm|hf [--step N]`: Hugging Face <-> jaxlm.
 
 --to jaxlm: SRC is a Hugging Face model directory (config.json + model.safetensors, or shards
-with model.safetensors.index.json) of GPT-2, BERT, Llama, Qwen2, Mistral, Marian or T5; DST
+with model.safetensors.index.json) of GPT-2, BERT, Llama, Qwen2, Qwen3, Mistral, Marian or T5; DST
 becomes a workdir for `jaxlm generate`, `jaxlm eval` and `jaxlm train DST/config.yaml`:
 config.yaml, checkpoints/0 and SRC's tokenizer (its sentencepiece tokenizer.model, and its
 Hugging Face tokenizer files in DST/tokenizer/) when it has one.

@@ -44,6 +44,7 @@ NEEDS = {
     "norm_position": "post",
     "mlp_type": "plain",
     "use_bias": True,
+    "qk_norm": False,
     "scale_embeddings": False,
 }
 

@@ -32,6 +32,7 @@ NEEDS = {
     "norm_position": "pre",
     "mlp_type": "plain",
     "use_bias": True,
+    "qk_norm": False,
     "scale_embeddings": False,
     "output_bias": False,
 }

@@ -2,8 +2,9 @@
 
 A directory holds `config.json` and either `model.safetensors` or the shards listed in
 `model.safetensors.index.json`. Tensors are read with safetensors, never unpickled, and nothing
-is downloaded. GPT-2, BERT, Llama, Qwen2, Marian and T5 convert both ways, and Mistral is
-imported (see `gpt2.py`, `bert.py`, `llama.py`, `qwen2.py`, `mistral.py`, `marian.py`, `t5.py`):
+is downloaded. GPT-2, BERT, Llama, Qwen2, Qwen3, Marian and T5 convert both ways, and Mistral
+is imported (see `gpt2.py`, `bert.py`, `llama.py`, `qwen2.py`, `qwen3.py`, `mistral.py`,
+`marian.py`, `t5.py`):
 each of those modules maps `config.json` to a `ModelConfig` (and back) and gives the tensor
 `rules(cfg, names, hf)` (the checkpoint's tensor names and `config.json` on import, neither on
 export).
@@ -23,12 +24,14 @@ from safetensors.numpy import save_file
 
 from jaxlm.config import Config, DataConfig, ModelConfig, validate
 from jaxlm.errors import ConfigError, ConversionError
-from jaxlm.interop import bert, gpt2, llama, marian, mistral, qwen2, t5
+from jaxlm.interop import bert, gpt2, llama, marian, mistral, qwen2, qwen3, t5
 from jaxlm.interop.mapping import short_list, to_hf, to_jaxlm
 from jaxlm.models.summary import abstract_params
 
 CONFIG, WEIGHTS, INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
-MAPPINGS = {module.MODEL_TYPE: module for module in (gpt2, bert, llama, mistral, qwen2, marian, t5)}
+MAPPINGS = {
+    module.MODEL_TYPE: module for module in (gpt2, bert, llama, mistral, qwen2, qwen3, marian, t5)
+}
 # config.json's special token ids, and the token each names.
 TOKEN_ID_KEYS = {
     "pad_token_id": "pad",
@@ -159,7 +162,11 @@ def from_pretrained(
 
 
 def _mapping_to_export(cfg: ModelConfig):
-    candidates = {"gpt": (gpt2, llama, qwen2), "bert": (bert,), "seq2seq": (marian, t5)}[cfg.family]
+    candidates = {
+        "gpt": (gpt2, llama, qwen2, qwen3),
+        "bert": (bert,),
+        "seq2seq": (marian, t5),
+    }[cfg.family]
     for mapping in candidates:
         if not mapping.incompatibilities(cfg):
             return mapping
@@ -184,12 +191,11 @@ def save_pretrained(
     token_ids: dict[str, int] | None = None,
 ) -> None:
     """Write `config.json` and `model.safetensors` that `transformers` loads (GPT2LMHeadModel,
-    LlamaForCausalLM, Qwen2ForCausalLM, MarianMTModel, T5ForConditionalGeneration, or the BERT
-    class holding the model's heads). The special token ids the config names (GPT-2, Llama and
-    Qwen2: bos, eos;
-    encoder-decoders: pad, eos and the decoder start, bos) are those of jaxlm's sentencepiece
-    tokenizers unless `token_ids` ({"pad": ..., "bos": ..., "eos": ...}, the model's tokenizer's)
-    says otherwise."""
+    LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, MarianMTModel,
+    T5ForConditionalGeneration, or the BERT class holding the model's heads). The special token
+    ids the config names (GPT-2, Llama and Qwen: bos, eos; encoder-decoders: pad, eos and the
+    decoder start, bos) are those of jaxlm's sentencepiece tokenizers unless `token_ids`
+    ({"pad": ..., "bos": ..., "eos": ...}, the model's tokenizer's) says otherwise."""
     mapping = _mapping_to_export(model_cfg)
     flat = {path: np.asarray(v) for path, v in flatten_dict(nn.unbox(params), sep="/").items()}
     shapes = _parameter_shapes(model_cfg)

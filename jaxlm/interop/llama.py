@@ -29,6 +29,7 @@ NEEDS = {
     "scale_embeddings": False,
     "output_bias": False,
     "qkv_bias": False,
+    "qk_norm": False,
 }
 
 
@@ -192,6 +193,10 @@ def rules(cfg: ModelConfig, names: set[str] | None = None, hf: dict | None = Non
         *linear(f"{block}mlp.down_proj", f"{mlp}wo", (cfg.mlp_dim,), (d,), **per_layer),
         *norm("model.norm", "decoder/final_norm", bias=False),
     ]
+    if cfg.qk_norm:  # Qwen3's per-head norms of queries and keys
+        for hf_name, name in (("q_norm", "query"), ("k_norm", "key")):
+            hf_norm = f"{block}self_attn.{hf_name}"
+            result += norm(hf_norm, f"{attention}{name}_norm", bias=False, layers=layers)
     if not cfg.tie_embeddings:
         head = chain(TRANSPOSE, pad_vocab(cfg.vocab_size, cfg.padded_vocab_size, axis=1))
         result.append(tensor("lm_head.weight", "lm_head/kernel", head))

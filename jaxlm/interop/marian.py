@@ -38,6 +38,7 @@ NEEDS = {
     "norm_position": "post",
     "mlp_type": "plain",
     "use_bias": True,
+    "qk_norm": False,
     "tie_embeddings": True,
     "output_bias": True,
 }

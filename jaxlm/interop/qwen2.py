@@ -19,7 +19,7 @@ IGNORED = llama.IGNORED
 NEEDS = {**llama.NEEDS, "use_bias": False, "qkv_bias": True}
 
 
-def _window(hf: dict) -> int | None:
+def sliding_window(hf: dict) -> int | None:
     """The sliding window, where some layer uses one."""
     layer_types = hf.get("layer_types") or []
     sliding = "sliding_attention" in layer_types or (
@@ -30,7 +30,9 @@ def _window(hf: dict) -> int | None:
 
 def config_from_hf(hf: dict, names: set[str]) -> ModelConfig:
     cfg = llama.config_from_hf(hf, names)  # Llama's, without biases
-    return dataclasses.replace(cfg, qkv_bias=True, max_len=llama.window_length(hf, _window(hf)))
+    return dataclasses.replace(
+        cfg, qkv_bias=True, max_len=llama.window_length(hf, sliding_window(hf))
+    )
 
 
 def incompatibilities(cfg: ModelConfig) -> list[str]:

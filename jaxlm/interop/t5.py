@@ -45,6 +45,7 @@ NEEDS = {
     "norm_position": "pre",
     "use_bias": False,
     "qkv_bias": False,
+    "qk_norm": False,
     "output_bias": False,
     "scale_embeddings": False,
 }

@@ -243,6 +243,7 @@ class MultiHeadAttention(nn.Module):
     num_kv_heads: int | None = None
     use_bias: bool = True
     qkv_bias: bool = False  # biases on the query, key and value projections even without use_bias
+    qk_norm_eps: float | None = None  # set: RMSNorm each head's queries and keys (learned scales)
     dropout_rate: float = 0.0
     backend: str = "auto"
     kernel_init: nn.initializers.Initializer = nn.initializers.normal(0.02)
@@ -279,6 +280,17 @@ class MultiHeadAttention(nn.Module):
         query = projection((self.num_heads, self.head_dim), name="query")(inputs_q)
         key = projection((kv_heads, self.head_dim), name="key")(inputs_kv)
         value = projection((kv_heads, self.head_dim), name="value")(inputs_kv)
+        if self.qk_norm_eps is not None:
+            query, key = (
+                nn.RMSNorm(
+                    epsilon=self.qk_norm_eps,
+                    dtype=self.dtype,
+                    param_dtype=self.param_dtype,
+                    scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("kv",)),
+                    name=f"{name}_norm",
+                )(t)
+                for name, t in (("query", query), ("key", key))
+            )
         if rotary is not None:
             query, key = rotary(query, q_positions), rotary(key, kv_positions)
         head_axes = ("activation_batch", "activation_length", "activation_heads", "activation_kv")

@@ -153,6 +153,7 @@ class TransformerBlock(nn.Module):
             head_dim=cfg.resolved_head_dim,
             use_bias=cfg.use_bias,
             qkv_bias=cfg.qkv_bias,
+            qk_norm_eps=cfg.norm_eps if cfg.qk_norm else None,
             dropout_rate=cfg.attention_dropout_rate,
             backend=cfg.attention_backend,
             kernel_init=nn.initializers.normal(cfg.init_std),
