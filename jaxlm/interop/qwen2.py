@@ -39,17 +39,23 @@ def incompatibilities(cfg: ModelConfig) -> list[str]:
     return mismatches(cfg, NEEDS)
 
 
-def config_to_hf(cfg: ModelConfig) -> dict:
-    hf = llama.config_to_hf(cfg)
-    for key in ("attention_bias", "mlp_bias"):  # not Qwen2's: its biases are fixed
-        del hf[key]
+def qwen_config_to_hf(
+    cfg: ModelConfig, model_type: str, architectures: tuple[str, ...], dropped: tuple[str, ...]
+) -> dict:
+    """Llama's `config.json` for `cfg` as a Qwen model's: without the Llama keys `dropped`, and
+    without a sliding window."""
+    hf = {key: value for key, value in llama.config_to_hf(cfg).items() if key not in dropped}
     return {
         **hf,
-        "architectures": list(ARCHITECTURES),
-        "model_type": MODEL_TYPE,
+        "architectures": list(architectures),
+        "model_type": model_type,
         "use_sliding_window": False,
         "sliding_window": None,
     }
+
+
+def config_to_hf(cfg: ModelConfig) -> dict:
+    return qwen_config_to_hf(cfg, MODEL_TYPE, ARCHITECTURES, ("attention_bias", "mlp_bias"))
 
 
 rules = llama.rules

@@ -32,15 +32,7 @@ def incompatibilities(cfg: ModelConfig) -> list[str]:
 
 
 def config_to_hf(cfg: ModelConfig) -> dict:
-    hf = llama.config_to_hf(cfg)
-    del hf["mlp_bias"]
-    return {
-        **hf,
-        "architectures": list(ARCHITECTURES),
-        "model_type": MODEL_TYPE,
-        "use_sliding_window": False,
-        "sliding_window": None,
-    }
+    return qwen2.qwen_config_to_hf(cfg, MODEL_TYPE, ARCHITECTURES, ("mlp_bias",))
 
 
 rules = llama.rules
