@@ -1,4 +1,5 @@
-"""Task rows (masked LM + next sentence, classification, seq2seq) and random-access batching."""
+"""Task rows (completions, masked LM + next sentence, classification, seq2seq) and random-access
+batching."""
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ from jaxlm.data.batching import IndexedBatches, prefetch
 from jaxlm.data.tasks import (
     BATCH_FEATURES,
     classification_rows,
+    completion_rows,
     mask_tokens,
     masked_lm_rows,
     seq2seq_rows,
@@ -41,6 +43,46 @@ def _documents(num_docs=40, lines=12, words=6):
         "\n".join(" ".join(f"d{d}l{i}w{w}" for w in range(words)) for i in range(lines))
         for d in range(num_docs)
     ]
+
+
+# Completion
+
+
+def _completion_reference(head: list[int], tail: list[int], seq_len: int) -> dict[str, list]:
+    """The row of tokens `head + tail`, position by position: each input predicts the next
+    token, counted where that token is in `tail`."""
+    tokens = head + tail
+    row = {"inputs": [], "targets": [], "weights": [], "segment_ids": []}
+    for j in range(seq_len):
+        real = j + 1 < len(tokens)
+        row["inputs"].append(tokens[j] if real else 0)
+        row["targets"].append(tokens[j + 1] if real else 0)
+        row["weights"].append(float(real and j + 1 >= len(head)))
+        row["segment_ids"].append(int(real))
+    return row
+
+
+@pytest.mark.parametrize("truncate", [True, False])
+def test_completion_rows_train_on_the_completion_and_its_eos(truncate):
+    tokenizer = WordTokenizer()
+    pairs = [("q1 q2", "a1 a2 a3"), ("q1 q2 q3 q4 q5", "a1 a2 a3 a4"), ("q1 " * 8, "a1")]
+    rows = completion_rows(pairs, tokenizer, seq_len=7, truncate=truncate)
+    ids = tokenizer.encode_batch([text for pair in pairs for text in pair])
+    bos, eos = tokenizer.bos_id, tokenizer.eos_id
+    expected = [_completion_reference([bos, *ids[0]], [*ids[1], eos], 7)]
+    if truncate:  # 6 prompt tokens leave room for 2 of the 5 completion tokens
+        expected.append(_completion_reference([bos, *ids[2]], ids[3][:2], 7))
+    assert (rows.count, rows.truncated, rows.skipped) == (
+        len(expected),
+        int(truncate),
+        {"too long": 3 - len(expected)},  # the 9-token prompt leaves no room
+    )
+    for example, want in enumerate(expected):
+        row = rows.make_row(example, None)
+        assert {key: row[key].tolist() for key in want} == want
+        assert row["positions"].tolist() == list(range(7))
+    with pytest.raises(DataError, match="all 1 prompts and completions are longer"):
+        completion_rows(pairs[2:], tokenizer, seq_len=7, truncate=True)
 
 
 # Masked LM
@@ -298,6 +340,7 @@ def test_batch_features_describe_the_rows_of_every_task():
             _documents(4), tokenizer, seq_len=16, probability=0.15, next_sentence=True
         ),
         "classification": classification_rows([("a b", 1)], tokenizer, seq_len=16, truncate=True),
+        "completion": completion_rows([("a b", "c")], tokenizer, seq_len=16, truncate=True),
         "seq2seq": seq2seq_rows([("a b", "c")], tokenizer, seq_len=16, target_len=6, truncate=True),
         "span_corruption": span_corruption_rows(
             _documents(4), tokenizer, seq_len=16, target_len=6, density=0.15, mean_span=3.0

@@ -134,12 +134,14 @@ class DataConfig:
     sentencepiece tokenizer, and batch shapes."""
 
     source: str = "text"  # text | jsonl | tfds | tokens | vader | gettext (see jaxlm.data.sources)
-    task: str = "causal_lm"  # causal_lm | masked_lm | classification | seq2seq | span_corruption
+    # causal_lm | completion (a GPT trained on the completions of prompts) | masked_lm |
+    # classification | seq2seq | span_corruption
+    task: str = "causal_lm"
     train_files: list[str] = field(default_factory=list)  # paths or globs the source reads
     document_unit: str = "file"  # text source: one document is a file | paragraph | line
-    text_field: str = "text"  # jsonl / tfds: the text (classification) or source (seq2seq) field
+    text_field: str = "text"  # jsonl / tfds: the text, source (seq2seq) or prompt (completion)
     label_field: str = "label"  # jsonl / tfds: the class label field (classification)
-    target_field: str = "target"  # jsonl / tfds: the target text field (seq2seq)
+    target_field: str = "target"  # jsonl / tfds: the target (seq2seq) or completion field
     labels: list[str] = field(default_factory=list)  # class names; [] = the labels found, sorted
     tfds_name: str = ""  # tfds source: a dataset name (with optional :version)
     tfds_data_dir: str = ""  # tfds source: where prepared datasets live ("" = TFDS default)

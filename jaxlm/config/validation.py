@@ -23,7 +23,14 @@ CHOICES = {
     "model.sinusoidal_layout": ("interleaved", "halves"),
     "model.rope_scaling": ("none", "linear", "llama3"),
     "data.source": ("text", "jsonl", "tfds", "tokens", "vader", "gettext"),
-    "data.task": ("causal_lm", "masked_lm", "classification", "seq2seq", "span_corruption"),
+    "data.task": (
+        "causal_lm",
+        "completion",
+        "masked_lm",
+        "classification",
+        "seq2seq",
+        "span_corruption",
+    ),
     "data.document_unit": ("file", "paragraph", "line"),
     "data.tokenizer_type": ("unigram", "bpe"),
     "train.best_mode": ("min", "max"),
@@ -34,6 +41,7 @@ CHOICES = {
 BERT_HEADS = ("mlm", "nsp", "classifier")
 TASK_MODELS = {  # task: (model family, bert heads it trains)
     "causal_lm": ("gpt", ()),
+    "completion": ("gpt", ()),
     "masked_lm": ("bert", ("mlm", "nsp")),
     "classification": ("bert", ("classifier",)),
     "seq2seq": ("seq2seq", ()),

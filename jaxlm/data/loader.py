@@ -32,6 +32,7 @@ from jaxlm.data.span_corruption import TRAINED_SENTINELS, fit_chunk
 from jaxlm.data.tasks import (
     TaskRows,
     classification_rows,
+    completion_rows,
     masked_lm_rows,
     seq2seq_rows,
     span_corruption_rows,
@@ -126,6 +127,8 @@ def _task_rows(cfg: Config, examples: list, tokenizer: Tokenizer) -> TaskRows:
         )
     if d.task == "classification":
         return classification_rows(examples, tokenizer, seq_len=d.seq_len, truncate=d.truncate)
+    if d.task == "completion":
+        return completion_rows(examples, tokenizer, seq_len=d.seq_len, truncate=d.truncate)
     if d.task == "span_corruption":
         return span_corruption_rows(examples, tokenizer, **span_settings(d))
     return seq2seq_rows(
@@ -282,9 +285,9 @@ def data_from_examples(
     cfg: Config, train: list, eval: list = (), labels: list[str] = (), log=print
 ) -> TrainingData:
     """Batches of in-memory examples for `cfg.data.task`: texts (causal or masked LM, span
-    corruption), `(text, label index)` pairs with class names `labels` (classification) or
-    `(source, target)` pairs (seq2seq). The tokenizer is `cfg.data.tokenizer`, or trained into
-    `cfg.train.workdir`."""
+    corruption), `(text, label index)` pairs with class names `labels` (classification),
+    `(source, target)` pairs (seq2seq) or `(prompt, completion)` pairs. The tokenizer is
+    `cfg.data.tokenizer`, or trained into `cfg.train.workdir`."""
     from jaxlm.data.sources import Splits
 
     workdir = Path(cfg.train.workdir)

@@ -10,6 +10,10 @@ import numpy as np
 # task: (name, token key, key > 0 where a token counts, decode token by token) of each line
 SHOWN = {
     "causal_lm": (("text", "inputs", "segment_ids", False),),
+    "completion": (
+        ("text", "inputs", "segment_ids", False),
+        ("trained on", "targets", "weights", False),
+    ),
     "masked_lm": (
         ("inputs", "inputs", "segment_ids", False),
         ("predicts", "mlm_targets", "mlm_weights", True),

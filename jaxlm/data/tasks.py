@@ -1,5 +1,5 @@
-"""Rows for the encoder tasks: masked LM (with next-sentence pairs), classification, seq2seq and
-span corruption.
+"""Rows for the tasks of one example a row: completions of prompts (a GPT), masked LM (with
+next-sentence pairs), classification, seq2seq and span corruption.
 
 Each `*_rows` function tokenizes its examples once and returns `(count, make_row, weight_keys)`
 for `IndexedBatches`; `make_row(example, rng)` builds one fixed-length row of NumPy arrays.
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from jaxlm.data.span_corruption import corrupt, fit_chunk, noise_mask, sentinel_ids
+from jaxlm.data.tokenizer import document_start
 from jaxlm.errors import DataError
 
 RowMaker = Callable[[int, np.random.Generator], dict[str, np.ndarray]]
@@ -26,9 +27,10 @@ _TARGET_TOKENS, _TARGET_WEIGHTS = (np.int32, "target"), (np.float32, "target")
 _SEQ2SEQ = dict.fromkeys(("source", "source_segments"), _TOKENS) | dict.fromkeys(
     ("target_inputs", "target_segments", "targets"), _TARGET_TOKENS
 )
+_CAUSAL = dict.fromkeys(("inputs", "targets", "positions", "segment_ids"), _TOKENS)
 BATCH_FEATURES = {
-    "causal_lm": dict.fromkeys(("inputs", "targets", "positions", "segment_ids"), _TOKENS)
-    | {"weights": _TOKEN_WEIGHTS},
+    "causal_lm": _CAUSAL | {"weights": _TOKEN_WEIGHTS},
+    "completion": _CAUSAL | {"weights": _TOKEN_WEIGHTS},
     "masked_lm": dict.fromkeys(("inputs", "type_ids", "segment_ids", "mlm_targets"), _TOKENS)
     | {"mlm_weights": _TOKEN_WEIGHTS, "nsp_labels": _LABEL, "nsp_weights": _LABEL_WEIGHT},
     "classification": dict.fromkeys(("inputs", "type_ids", "segment_ids"), _TOKENS)
@@ -86,6 +88,51 @@ def _fit(ids: list[int], room: int, truncate: bool) -> list[int] | None:
     if len(ids) <= room:
         return ids
     return ids[:room] if truncate else None
+
+
+# Completion
+
+
+def completion_rows(
+    pairs: Sequence[tuple[str, str]], tokenizer, *, seq_len: int, truncate: bool
+) -> TaskRows:
+    """GPT rows of `(prompt, completion)` pairs: the tokens `[bos] prompt completion [eos]` (no
+    bos for a tokenizer without one), trained on the completion and its EOS alone. Keys inputs,
+    targets (the inputs shifted by one), weights (1 where the target is in the completion),
+    positions and segment_ids (1 on tokens, 0 on padding, which is id 0), `seq_len` long.
+    The prompt and the completion are encoded apart, so the completion starts a new token.
+    A pair whose tokens exceed seq_len + 1 loses the end of its completion (`truncate`) or is
+    skipped, as is a prompt that leaves no room for one completion token."""
+    start, eos = document_start(tokenizer), tokenizer.eos_id
+    prompts = tokenizer.encode_batch([prompt for prompt, _ in pairs])
+    completions = tokenizer.encode_batch([completion for _, completion in pairs])
+    rows, truncated, skipped = [], 0, 0
+    for prompt, completion in zip(prompts, completions, strict=True):
+        head = [*start, *prompt]
+        room = seq_len + 1 - len(head)
+        tail = _fit([*completion, eos], room, truncate) if room > 0 else None
+        if not tail:
+            skipped += 1
+            continue
+        truncated += len(tail) < len(completion) + 1
+        rows.append((head, tail))
+    if not rows:
+        raise DataError(f"all {len(pairs)} prompts and completions are longer than data.seq_len")
+
+    def make_row(example: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        head, tail = rows[example]
+        tokens = [*head, *tail]
+        weights = np.zeros(seq_len, np.float32)
+        weights[len(head) - 1 : len(tokens) - 1] = 1
+        return {
+            "inputs": _pad(tokens[:-1], seq_len, 0),
+            "targets": _pad(tokens[1:], seq_len, 0),
+            "weights": weights,
+            "positions": np.arange(seq_len, dtype=np.int32),
+            "segment_ids": _pad(np.ones(len(tokens) - 1), seq_len, 0),
+        }
+
+    return TaskRows(len(rows), make_row, ("weights",), truncated, {"too long": skipped})
 
 
 # Masked LM

@@ -9,6 +9,8 @@ from jaxlm.errors import DataError
 # A record is (example, where): the example with a raw label (a class name or an index) for
 # classification, and where it was found, e.g. ("file.jsonl", 3), for error messages.
 Record = tuple[object, tuple]
+# Tasks whose examples are (text, target) pairs: data.text_field and data.target_field.
+PAIR_TASKS = ("seq2seq", "completion")
 
 
 def _where(where: tuple) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from jaxlm.config import DataConfig
 from jaxlm.data.documents import split_documents
 from jaxlm.data.sources.corpora import _gettext_records, _vader_records
-from jaxlm.data.sources.records import Record, _Labels
+from jaxlm.data.sources.records import PAIR_TASKS, Record, _Labels
 from jaxlm.data.sources.text import _jsonl_records, _text_records
 from jaxlm.data.sources.tfds import _tfds_records
 from jaxlm.errors import ConfigError, DataError
@@ -19,8 +19,8 @@ from jaxlm.errors import ConfigError, DataError
 LM_TASKS = ("causal_lm", "masked_lm", "span_corruption")  # tasks that read documents
 TASKS_OF_SOURCE = {
     "text": LM_TASKS,
-    "jsonl": (*LM_TASKS, "classification", "seq2seq"),
-    "tfds": (*LM_TASKS, "classification", "seq2seq"),
+    "jsonl": (*LM_TASKS, "classification", *PAIR_TASKS),
+    "tfds": (*LM_TASKS, "classification", *PAIR_TASKS),
     "vader": ("classification",),
     "gettext": ("seq2seq",),
 }

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from jaxlm.config import DataConfig
 from jaxlm.data.documents import read_documents, read_text, resolve_files
-from jaxlm.data.sources.records import Record, _Labels, _where
+from jaxlm.data.sources.records import PAIR_TASKS, Record, _Labels, _where
 from jaxlm.errors import DataError
 
 # Text files
@@ -44,7 +44,7 @@ def _jsonl_records(data: DataConfig, labels: _Labels, skipped: Counter) -> Itera
         if not isinstance(record, dict):
             raise DataError(f"{_where(where)}: a line must hold a JSON object, not {line[:40]!r}")
         texts = [_text_field(record, data.text_field, where)]
-        if data.task == "seq2seq":
+        if data.task in PAIR_TASKS:
             texts.append(_text_field(record, data.target_field, where))
         if not all(text.strip() for text in texts):
             skipped["empty texts"] += 1

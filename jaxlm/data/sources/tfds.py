@@ -6,7 +6,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from jaxlm.config import DataConfig
-from jaxlm.data.sources.records import Record, _Labels, _where
+from jaxlm.data.sources.records import PAIR_TASKS, Record, _Labels, _where
 from jaxlm.errors import DataError
 
 
@@ -32,7 +32,7 @@ def _tfds_records(data: DataConfig, split: str, labels: _Labels) -> Iterator[Rec
     fields = [data.text_field]
     if data.task == "classification":
         fields.append(data.label_field)
-    elif data.task == "seq2seq":
+    elif data.task in PAIR_TASKS:
         fields.append(data.target_field)
     for key in fields:
         if key not in info.features:
