@@ -848,6 +848,9 @@ def test_an_imported_qwen2_without_bos_generates_and_trains_as_transformers_has_
     capsys.readouterr()
     assert main(["generate", "run", "--prompt", prompt, *GREEDY[1:], "--max-new-tokens=6"]) == 0
     assert capsys.readouterr().out == f"{prompt}{expected}\n"
+    assert main(["convert", "run", "back", "--to", "hf"]) == 0  # no bos id, not jaxlm's
+    exported = json.loads(Path("back/config.json").read_text())
+    assert exported["bos_token_id"] is None and exported["eos_token_id"] == tokenizer.eos_id
 
     documents = ["first document", "and the second"]
     encoded = [[*tokenizer.encode(d), tokenizer.eos_id] for d in documents]

@@ -176,8 +176,9 @@ def _mapping_to_export(cfg: ModelConfig):
     raise ConversionError(f"no Hugging Face architecture fits this model: {reasons}")
 
 
-def _with_token_ids(hf: dict, token_ids: dict[str, int]) -> dict:
-    """`hf` with the special token ids it has replaced by those `token_ids` gives."""
+def _with_token_ids(hf: dict, token_ids: dict[str, int | None]) -> dict:
+    """`hf` with the special token ids it has replaced by those `token_ids` gives (None: the
+    tokenizer has no such token)."""
     return {
         key: token_ids.get(TOKEN_ID_KEYS[key], value) if key in TOKEN_ID_KEYS else value
         for key, value in hf.items()
@@ -188,14 +189,15 @@ def save_pretrained(
     directory: str | Path,
     model_cfg: ModelConfig,
     params: dict,
-    token_ids: dict[str, int] | None = None,
+    token_ids: dict[str, int | None] | None = None,
 ) -> None:
     """Write `config.json` and `model.safetensors` that `transformers` loads (GPT2LMHeadModel,
     LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, MarianMTModel,
     T5ForConditionalGeneration, or the BERT class holding the model's heads). The special token
     ids the config names (GPT-2, Llama and Qwen: bos, eos; encoder-decoders: pad, eos and the
     decoder start, bos) are those of jaxlm's sentencepiece tokenizers unless `token_ids`
-    ({"pad": ..., "bos": ..., "eos": ...}, the model's tokenizer's) says otherwise."""
+    ({"pad": ..., "bos": ..., "eos": ...}, the model's tokenizer's; None for a token it lacks)
+    says otherwise."""
     mapping = _mapping_to_export(model_cfg)
     flat = {path: np.asarray(v) for path, v in flatten_dict(nn.unbox(params), sep="/").items()}
     shapes = _parameter_shapes(model_cfg)

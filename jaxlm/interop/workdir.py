@@ -128,13 +128,15 @@ def _export_tokenizer(tokenizer: Path, workdir: Path, cfg: Config, destination: 
         warnings.warn(f"{e}; the export's tokenizer is {WORKDIR_SENTENCEPIECE} alone", stacklevel=3)
 
 
-def _token_ids(tokenizer: Path | None) -> dict[str, int]:
-    """The pad, bos and eos ids of a tokenizer, those it has ({} without one)."""
+def _token_ids(tokenizer: Path | None) -> dict[str, int | None]:
+    """The pad, bos and eos ids of a tokenizer, None for one it lacks (Qwen2's bos); {} without
+    a tokenizer."""
     if tokenizer is None:
         return {}
     loaded = load_tokenizer(str(tokenizer))
     ids = {}
     for name in ("pad", "bos", "eos"):
+        ids[name] = None
         with contextlib.suppress(DataError):  # a Hugging Face tokenizer may lack one
             ids[name] = getattr(loaded, f"{name}_id")
     return ids
