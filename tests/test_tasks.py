@@ -48,30 +48,31 @@ def _documents(num_docs=40, lines=12, words=6):
 # Completion
 
 
-def _completion_reference(head: list[int], tail: list[int], seq_len: int) -> dict[str, list]:
-    """The row of tokens `head + tail`, position by position: each input predicts the next
-    token, counted where that token is in `tail`."""
-    tokens = head + tail
-    row = {"inputs": [], "targets": [], "weights": [], "segment_ids": []}
-    for j in range(seq_len):
-        real = j + 1 < len(tokens)
-        row["inputs"].append(tokens[j] if real else 0)
-        row["targets"].append(tokens[j + 1] if real else 0)
-        row["weights"].append(float(real and j + 1 >= len(head)))
-        row["segment_ids"].append(int(real))
-    return row
+def _completion_reference(pairs: list[tuple[list[int], list[int]]], seq_len: int) -> dict:
+    """The row of the token pairs (head, tail), position by position: each input of a pair
+    predicts the pair's next token, counted where that token is in the tail."""
+    row = {key: [] for key in ("inputs", "targets", "weights", "positions", "segment_ids")}
+    for segment, (head, tail) in enumerate(pairs, 1):
+        tokens = head + tail
+        for j in range(len(tokens) - 1):
+            row["inputs"].append(tokens[j])
+            row["targets"].append(tokens[j + 1])
+            row["weights"].append(float(j + 1 >= len(head)))
+            row["positions"].append(j)
+            row["segment_ids"].append(segment)
+    return {key: values + [0] * (seq_len - len(values)) for key, values in row.items()}
 
 
 @pytest.mark.parametrize("truncate", [True, False])
 def test_completion_rows_train_on_the_completion_and_its_eos(truncate):
     tokenizer = WordTokenizer()
     pairs = [("q1 q2", "a1 a2 a3"), ("q1 q2 q3 q4 q5", "a1 a2 a3 a4"), ("q1 " * 8, "a1")]
-    rows = completion_rows(pairs, tokenizer, seq_len=7, truncate=truncate)
+    rows = completion_rows(pairs, tokenizer, seq_len=7, truncate=truncate, pack=False)
     ids = tokenizer.encode_batch([text for pair in pairs for text in pair])
     bos, eos = tokenizer.bos_id, tokenizer.eos_id
-    expected = [_completion_reference([bos, *ids[0]], [*ids[1], eos], 7)]
+    expected = [_completion_reference([([bos, *ids[0]], [*ids[1], eos])], 7)]
     if truncate:  # 6 prompt tokens leave room for 2 of the 5 completion tokens
-        expected.append(_completion_reference([bos, *ids[2]], ids[3][:2], 7))
+        expected.append(_completion_reference([([bos, *ids[2]], ids[3][:2])], 7))
     assert (rows.count, rows.truncated, rows.skipped) == (
         len(expected),
         int(truncate),
@@ -80,9 +81,54 @@ def test_completion_rows_train_on_the_completion_and_its_eos(truncate):
     for example, want in enumerate(expected):
         row = rows.make_row(example, None)
         assert {key: row[key].tolist() for key in want} == want
-        assert row["positions"].tolist() == list(range(7))
     with pytest.raises(DataError, match="all 1 prompts and completions are longer"):
-        completion_rows(pairs[2:], tokenizer, seq_len=7, truncate=True)
+        completion_rows(pairs[2:], tokenizer, seq_len=7, truncate=True, pack=False)
+
+
+def test_packed_completions_share_rows_while_they_fit():
+    """Pairs of 6, 4, 5 and 9 tokens (5, 3, 4 and 8 input positions) in rows of 10: the first
+    two share one, the others take one each."""
+    tokenizer = WordTokenizer()
+    pairs = [("q1 q2", "a1 a2"), ("q3", "a3"), ("q4", "a4 a5"), ("q5 q6 q7", "a6 a7 a8 a9")]
+    rows = completion_rows(pairs, tokenizer, seq_len=10, truncate=False, pack=True)
+    bos, eos = tokenizer.bos_id, tokenizer.eos_id
+    ids = tokenizer.encode_batch([text for pair in pairs for text in pair])
+    tokens = [([bos, *ids[2 * i]], [*ids[2 * i + 1], eos]) for i in range(len(pairs))]
+    expected = [tokens[:2], tokens[2:3], tokens[3:]]
+    assert rows.count == len(expected)
+    for example, packed in enumerate(expected):
+        row = rows.make_row(example, None)
+        want = _completion_reference(packed, 10)
+        assert {key: row[key].tolist() for key in want} == want
+
+
+def test_packed_completions_have_the_loss_of_one_pair_a_row():
+    """The summed loss of a tiny GPT over packed rows equals its loss over a row per pair:
+    each pair attends within itself, from position 0."""
+    import flax.linen as nn
+    import jax
+
+    from jaxlm.models import build_model, init_params
+    from jaxlm.train.losses import causal_lm_loss
+
+    overrides = ["model.num_layers=2", "model.embed_dim=32", "model.num_heads=4"]
+    cfg = load_config(
+        None, [*overrides, "model.vocab_size=100", "model.max_len=32", "data.seq_len=24"]
+    ).model
+    model, params = build_model(cfg), nn.unbox(init_params(cfg, jax.random.key(0)))
+    pairs = [(f"q{i} " * (1 + i % 4), f"a{i} " * (1 + i % 3)) for i in range(12)]
+    tokenizer = WordTokenizer(vocab_size=100)
+    totals = {}
+    for pack in (False, True):
+        rows = completion_rows(pairs, tokenizer, seq_len=24, truncate=False, pack=pack)
+        batch = {
+            key: np.stack([rows.make_row(i, None)[key] for i in range(rows.count)])
+            for key in BATCH_FEATURES["completion"]
+        }
+        _, stats = causal_lm_loss(model, params, batch, None, True)
+        totals[pack] = rows.count, float(stats["nll"])
+    assert totals[True][0] < totals[False][0] == len(pairs)
+    assert totals[True][1] == pytest.approx(totals[False][1], rel=1e-5)
 
 
 # Masked LM
@@ -340,7 +386,9 @@ def test_batch_features_describe_the_rows_of_every_task():
             _documents(4), tokenizer, seq_len=16, probability=0.15, next_sentence=True
         ),
         "classification": classification_rows([("a b", 1)], tokenizer, seq_len=16, truncate=True),
-        "completion": completion_rows([("a b", "c")], tokenizer, seq_len=16, truncate=True),
+        "completion": completion_rows(
+            [("a b", "c")], tokenizer, seq_len=16, truncate=True, pack=False
+        ),
         "seq2seq": seq2seq_rows([("a b", "c")], tokenizer, seq_len=16, target_len=6, truncate=True),
         "span_corruption": span_corruption_rows(
             _documents(4), tokenizer, seq_len=16, target_len=6, density=0.15, mean_span=3.0

@@ -273,7 +273,8 @@ def test_span_corruption_pretrains_an_encoder_decoder(real_text_files, tmp_path,
     assert json.loads(capsys.readouterr().out) == held_out
 
 
-def test_completion_trains_a_gpt_on_the_completions_alone(reversed_pairs, tmp_path):
+@pytest.mark.parametrize("pack", [False, True])
+def test_completion_trains_a_gpt_on_the_completions_alone(pack, reversed_pairs, tmp_path):
     """A GPT fine-tuned on (line, its words reversed): the held-out loss is the mean NLL of the
     completions' tokens and EOS, computed here from the model's logits over whole sequences,
     and it falls as training goes on."""
@@ -291,6 +292,7 @@ def test_completion_trains_a_gpt_on_the_completions_alone(reversed_pairs, tmp_pa
         "data.eval_fraction=0.1",
         "data.seq_len=40",
         "data.truncate=false",
+        f"data.pack_completions={pack}",
         "train.steps=30",
         "train.eval_every=30",
         f"train.workdir={tmp_path}",

@@ -167,6 +167,7 @@ class DataConfig:
     noise_density: float = 0.15  # span_corruption: share of the tokens hidden from the encoder
     mean_noise_span: float = 3.0  # span_corruption: mean length of a hidden span, in tokens
     truncate: bool = True  # examples longer than a row: truncate (True) or skip (False); counted
+    pack_completions: bool = False  # completion: pairs that follow each other share a row
 
 
 @dataclass

@@ -128,7 +128,9 @@ def _task_rows(cfg: Config, examples: list, tokenizer: Tokenizer) -> TaskRows:
     if d.task == "classification":
         return classification_rows(examples, tokenizer, seq_len=d.seq_len, truncate=d.truncate)
     if d.task == "completion":
-        return completion_rows(examples, tokenizer, seq_len=d.seq_len, truncate=d.truncate)
+        return completion_rows(
+            examples, tokenizer, seq_len=d.seq_len, truncate=d.truncate, pack=d.pack_completions
+        )
     if d.task == "span_corruption":
         return span_corruption_rows(examples, tokenizer, **span_settings(d))
     return seq2seq_rows(

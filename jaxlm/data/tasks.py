@@ -94,19 +94,21 @@ def _fit(ids: list[int], room: int, truncate: bool) -> list[int] | None:
 
 
 def completion_rows(
-    pairs: Sequence[tuple[str, str]], tokenizer, *, seq_len: int, truncate: bool
+    pairs: Sequence[tuple[str, str]], tokenizer, *, seq_len: int, truncate: bool, pack: bool
 ) -> TaskRows:
     """GPT rows of `(prompt, completion)` pairs: the tokens `[bos] prompt completion [eos]` (no
     bos for a tokenizer without one), trained on the completion and its EOS alone. Keys inputs,
     targets (the inputs shifted by one), weights (1 where the target is in the completion),
-    positions and segment_ids (1 on tokens, 0 on padding, which is id 0), `seq_len` long.
-    The prompt and the completion are encoded apart, so the completion starts a new token.
-    A pair whose tokens exceed seq_len + 1 loses the end of its completion (`truncate`) or is
-    skipped, as is a prompt that leaves no room for one completion token."""
+    positions (from 0 in each pair) and segment_ids (1, 2, ... for the pairs of a row, 0 on
+    padding, which is id 0), `seq_len` long. With `pack`, a row holds the pairs that follow each
+    other while they fit, else one. The prompt and the completion are encoded apart, so the
+    completion starts a new token. A pair whose tokens exceed seq_len + 1 loses the end of its
+    completion (`truncate`) or is skipped, as is a prompt that leaves no room for one
+    completion token."""
     start, eos = document_start(tokenizer), tokenizer.eos_id
     prompts = tokenizer.encode_batch([prompt for prompt, _ in pairs])
     completions = tokenizer.encode_batch([completion for _, completion in pairs])
-    rows, truncated, skipped = [], 0, 0
+    fitted, truncated, skipped = [], 0, 0
     for prompt, completion in zip(prompts, completions, strict=True):
         head = [*start, *prompt]
         room = seq_len + 1 - len(head)
@@ -115,22 +117,32 @@ def completion_rows(
             skipped += 1
             continue
         truncated += len(tail) < len(completion) + 1
-        rows.append((head, tail))
-    if not rows:
+        fitted.append((head, tail))
+    if not fitted:
         raise DataError(f"all {len(pairs)} prompts and completions are longer than data.seq_len")
+    rows = [[pair] for pair in fitted]
+    if pack:  # each pair takes its tokens less one input positions
+        rows, used = [], seq_len
+        for head, tail in fitted:
+            width = len(head) + len(tail) - 1
+            if used + width > seq_len:
+                rows.append([])
+                used = 0
+            rows[-1].append((head, tail))
+            used += width
 
     def make_row(example: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        head, tail = rows[example]
-        tokens = [*head, *tail]
-        weights = np.zeros(seq_len, np.float32)
-        weights[len(head) - 1 : len(tokens) - 1] = 1
-        return {
-            "inputs": _pad(tokens[:-1], seq_len, 0),
-            "targets": _pad(tokens[1:], seq_len, 0),
-            "weights": weights,
-            "positions": np.arange(seq_len, dtype=np.int32),
-            "segment_ids": _pad(np.ones(len(tokens) - 1), seq_len, 0),
-        }
+        parts = {key: [] for key in ("inputs", "targets", "weights", "positions", "segment_ids")}
+        for segment, (head, tail) in enumerate(rows[example], 1):
+            tokens = [*head, *tail]
+            width = len(tokens) - 1
+            parts["inputs"] += tokens[:-1]
+            parts["targets"] += tokens[1:]
+            parts["weights"] += [0] * (len(head) - 1) + [1] * len(tail)
+            parts["positions"] += range(width)
+            parts["segment_ids"] += [segment] * width
+        row = {key: _pad(values, seq_len, 0) for key, values in parts.items()}
+        return row | {"weights": row["weights"].astype(np.float32)}
 
     return TaskRows(len(rows), make_row, ("weights",), truncated, {"too long": skipped})
 
