@@ -266,3 +266,34 @@ def test_seeds(tokenizer, paragraphs):
 def test_no_documents(tokenizer):
     with pytest.raises(DataError, match="no documents"):
         lm_dataset([], tokenizer, seq_len=8, batch_size=2, seed=0)
+
+
+def _stderr_of(code: str) -> str:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    return done.stderr
+
+
+def test_tensorflow_imports_without_its_start_up_notices():
+    """TensorFlow's C++ notices (oneDNN, CPU instruction sets) do not reach standard error."""
+    plain = _stderr_of("import tensorflow")
+    if not plain.strip():
+        pytest.skip("this TensorFlow prints nothing when imported")
+    assert _stderr_of("import jaxlm.data.pipeline") == ""
+
+
+def test_what_a_failing_import_wrote_to_stderr_is_shown():
+    block = (
+        "import os\n"
+        "from jaxlm.data.quiet_tensorflow import _stderr_kept_unless_failing as quiet\n"
+        "with quiet():\n"
+        "    os.write(2, b'kept back\\n')\n"
+        "with quiet():\n"
+        "    os.write(2, b'the reason\\n')\n"
+        "    raise ImportError('broken')\n"
+    )
+    err = _stderr_of(block)
+    assert "kept back" not in err
+    assert err.index("the reason") < err.index("ImportError: broken")

@@ -1,4 +1,4 @@
-"""Packed causal-LM batches with tf.data (the only module that imports TensorFlow).
+"""Packed causal-LM batches with tf.data.
 
 Each document becomes `[bos] + tokens + [eos]` (no bos for a tokenizer without one); documents
 follow each other in one continuous token stream, cut into rows of seq_len + 1 tokens. A row
@@ -14,10 +14,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import tensorflow as tf
 
+from jaxlm.data.quiet_tensorflow import tensorflow
 from jaxlm.data.tokenizer import Tokenizer, document_start
 from jaxlm.errors import DataError
+
+tf = tensorflow()
 
 
 def lm_dataset(

@@ -6,11 +6,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from jaxlm.config import DataConfig
+from jaxlm.data.quiet_tensorflow import tensorflow
 from jaxlm.data.sources.records import PAIR_TASKS, Record, _Labels, _where
 from jaxlm.errors import DataError
 
 
 def _tfds_records(data: DataConfig, split: str, labels: _Labels) -> Iterator[Record]:
+    tensorflow()  # quietly, before TensorFlow Datasets imports it
     import tensorflow_datasets as tfds
 
     name, data_dir = data.tfds_name, data.tfds_data_dir or None
@@ -83,6 +85,8 @@ def build_tfds_dataset(
     Example order is kept. Returns the dataset's folder.
     """
     import numpy as np
+
+    tensorflow()  # quietly, before TensorFlow Datasets imports it
     import tensorflow_datasets as tfds
 
     first = next((examples[0] for examples in splits.values() if examples), None)
