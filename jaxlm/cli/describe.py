@@ -19,6 +19,8 @@ def run(args) -> None:
         + (f" + {m.decoder_layers} decoder" if m.family == "seq2seq" else "")
         + f", embed {m.embed_dim}, heads {m.num_heads} x {m.resolved_head_dim}"
         + (f" (kv heads {m.num_kv_heads})" if m.num_kv_heads else "")
+        + (", query/key/value biases" if m.qkv_bias and not m.use_bias else "")
+        + (", query/key norms" if m.qk_norm else "")
         + f", mlp {m.mlp_dim} ({m.activation}), {m.norm_position}-{m.norm}"
     )
     positions = m.position_embedding
