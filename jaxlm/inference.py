@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from jaxlm.config import Config, MeshConfig, load_config
 from jaxlm.data.documents import read_documents, resolve_files
 from jaxlm.data.hf_tokenizer import load_tokenizer, run_tokenizer
 from jaxlm.data.loader import training_data
-from jaxlm.data.sources.splits import LM_TASKS, Splits
+from jaxlm.data.sources.records import PAIR_TASKS
+from jaxlm.data.sources.splits import LM_TASKS, Splits, load_splits
 from jaxlm.data.tokenizer import Tokenizer
 from jaxlm.errors import JaxlmError
 from jaxlm.finetune import checkpointed_params, model_params
@@ -55,9 +57,10 @@ def evaluate_workdir(
     num_beams: int = 1,
     translations: Path | None = None,
 ) -> dict:
-    """Metrics of the latest checkpoint on the run's held-out split, or on text `files` made
-    into rows as the run makes its held-out documents (causal LM, masked LM, span corruption),
-    over all of it or its first `batches` batches.
+    """Metrics of the latest checkpoint on the run's held-out split, or on `files` made into
+    rows as the run makes its held-out examples (text files of documents for causal LM, masked
+    LM and span corruption; JSONL pairs for seq2seq and completion), over all of it or its
+    first `batches` batches.
 
     For an encoder-decoder run with `bleu`, the held-out sources are also translated (greedily,
     or by beam search with `num_beams`) and scored against their references (`bleu`,
@@ -66,13 +69,7 @@ def evaluate_workdir(
     mesh = make_mesh(MeshConfig())
     eval_step = compile_eval_step(cfg, jax.tree.map(lambda x: x.sharding, params), mesh)
     if files:
-        if cfg.data.task not in LM_TASKS:
-            raise JaxlmError(
-                f"--files evaluates runs on documents ({', '.join(LM_TASKS)}); this run is "
-                f"{cfg.data.task}"
-            )
-        documents = read_documents(resolve_files(files), cfg.data.document_unit)
-        splits = Splits(train=[], eval=documents)  # held out, as the run holds out its own
+        splits = _held_out_files(cfg, files)
         data = training_data(cfg, workdir, log=lambda message: None, splits=splits)
     else:
         data = training_data(cfg, workdir, log=lambda message: None)
@@ -82,7 +79,7 @@ def evaluate_workdir(
     if not metrics:
         shape = f"{cfg.data.batch_size} x {cfg.data.seq_len}"
         raise JaxlmError(f"the evaluation data holds less than one batch of {shape} tokens")
-    if bleu and cfg.data.task == "seq2seq" and not files:
+    if bleu and cfg.data.task == "seq2seq":
         pairs = data.eval_examples[: batches * cfg.data.batch_size or None]
         scores, records = translation_bleu(cfg, params, tokenizer, pairs, num_beams)
         metrics |= scores
@@ -91,6 +88,22 @@ def evaluate_workdir(
                 "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
             )
     return metrics
+
+
+def _held_out_files(cfg: Config, files: list[str]) -> Splits:
+    """`files` as held-out examples of the run's task: documents (causal or masked LM, span
+    corruption), or the pairs of JSONL files with the run's `data.text_field` and
+    `data.target_field` (seq2seq, completion)."""
+    if cfg.data.task in LM_TASKS:
+        return Splits(train=[], eval=read_documents(resolve_files(files), cfg.data.document_unit))
+    if cfg.data.task not in PAIR_TASKS:
+        raise JaxlmError(
+            f"--files evaluates runs on documents ({', '.join(LM_TASKS)}) or on JSONL pairs "
+            f"({', '.join(PAIR_TASKS)}); this run is {cfg.data.task}"
+        )
+    every_pair = dict(source="jsonl", eval_fraction=0.0, eval_examples=0, max_examples=0)
+    pairs = load_splits(dataclasses.replace(cfg.data, train_files=list(files), **every_pair))
+    return Splits(train=[], eval=pairs.train)
 
 
 def classify_texts(

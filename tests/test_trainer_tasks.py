@@ -201,6 +201,11 @@ def test_eval_scores_held_out_translations_with_bleu(real_text_files, tmp_path, 
     assert metrics["bleu_examples"] == 2 * 16  # the first two held-out batches' pairs
     assert metrics["bleu"] == bleu_at[400]  # as training's last evaluation scored them
     assert json.loads((workdir / "eval.json").read_text()) == metrics
+    held_out = tmp_path / "held-out.jsonl"  # the same pairs, from a file
+    held_out.write_text("".join(json.dumps(pair) + "\n" for pair in pairs[9::10]))
+    argv = ["eval", str(workdir), "--batches", "2", "--files", str(held_out)]
+    assert cli.main([*argv, "--output", str(tmp_path / "files.json")]) == 0
+    assert json.loads(capsys.readouterr().out) == metrics
     records = [json.loads(line) for line in out.read_text().splitlines()]
     targets = {pair["text"]: pair["target"] for pair in pairs}
     assert all(targets[r["source"]] == r["reference"] for r in records)
@@ -319,3 +324,9 @@ def test_completion_trains_a_gpt_on_the_completions_alone(pack, reversed_pairs, 
             count += 1
     assert last["eval_tokens"] == count
     assert last["eval_loss"] == pytest.approx(total / count, rel=1e-4)
+    held_out = tmp_path / "held-out.jsonl"  # the held-out pairs, from a file
+    held_out.write_text("".join(json.dumps(pair) + "\n" for pair in pairs[9::10]))
+    assert cli.main(["eval", str(tmp_path), "--files", str(held_out)]) == 0
+    metrics = json.loads((tmp_path / "eval.json").read_text())
+    assert metrics["tokens"] == count
+    assert metrics["loss"] == pytest.approx(last["eval_loss"], rel=1e-6)
