@@ -26,8 +26,15 @@ def tensorflow():
 def _stderr_kept_unless_failing():
     """File descriptor 2 (C++ and Python writes alike) goes to a temporary file within the
     block; the file's text is written to standard error if the block raises."""
+    if sys.stderr is None:  # started without standard error: nothing to keep clean
+        yield
+        return
     sys.stderr.flush()
-    saved = os.dup(2)
+    try:
+        saved = os.dup(2)
+    except OSError:  # file descriptor 2 closed
+        yield
+        return
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
         try:
