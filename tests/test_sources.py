@@ -115,13 +115,13 @@ def test_jsonl_lm_and_seq2seq(tmp_path):
         {"en": "Line one\nline two", "de": "Zeile eins\nZeile zwei"},
     ]
     files = [write_jsonl(tmp_path / "pairs.jsonl", records)]
-    pairs = splits_of(
-        source="jsonl", task="seq2seq", train_files=files, text_field="en", target_field="de"
-    )
+    fields = dict(train_files=files, text_field="en", target_field="de")
+    pairs = splits_of(source="jsonl", task="seq2seq", **fields)
     assert pairs.train == [
         ("Open file", "Datei öffnen"),
         ("Line one\nline two", "Zeile eins\nZeile zwei"),
     ]
+    assert splits_of(source="jsonl", task="completion", **fields).train == pairs.train
     assert pairs.skipped == {"empty texts": 1}
     assert list(pairs.texts()) == [text for pair in pairs.train for text in pair]
     documents = splits_of(source="jsonl", train_files=files, text_field="de")
@@ -324,9 +324,10 @@ def test_tfds_classification(tfds_dir):
     assert (held.train, held.eval) == (expected[0::2], expected[1::2])
 
 
-def test_tfds_seq2seq_and_lm(tfds_dir):
+@pytest.mark.parametrize("task", ["seq2seq", "completion"])
+def test_tfds_pairs_and_lm(task, tfds_dir):
     data = dict(source="tfds", tfds_name="pairs", tfds_data_dir=tfds_dir, text_field="en")
-    pairs = splits_of(**data, task="seq2seq", target_field="de")
+    pairs = splits_of(**data, task=task, target_field="de")
     assert pairs.train == [("Open", "Öffnen"), ("Save", "Speichern")]
     assert splits_of(**data).train == ["Open", "Save"]
 
