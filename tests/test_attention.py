@@ -188,6 +188,30 @@ def test_attention_causal_and_segment_masks(backend):
 
 
 @pytest.mark.parametrize("backend", ["reference", "jax"])
+@pytest.mark.parametrize("segmented", [False, True])
+def test_a_sliding_window_keeps_the_last_keys_of_each_query(backend, segmented):
+    """Window 3 over 130 tokens (past the CPU path's first query block), with or without two
+    packed documents: each query sees itself and the two keys before it in its document, as
+    a naive loop has it, and attention matches float64 NumPy under that mask."""
+    rng = np.random.default_rng(7)
+    length, window = 130, 3
+    query, key, value = random_qkv(rng, batch=1, q_len=length, k_len=length, kv_heads=2)
+    segments = np.ones((1, length), np.int32)
+    if segmented:
+        segments[0, 70:] = 2
+        mask = SegmentMask(jnp.asarray(segments), jnp.asarray(segments), causal=True, window=3)
+    else:
+        mask = one_document_per_row(length, window)
+    naive = np.zeros((1, 1, length, length), bool)
+    for q in range(length):
+        for k in range(length):
+            naive[0, 0, q, k] = 0 <= q - k < window and segments[0, q] == segments[0, k]
+    np.testing.assert_array_equal(mask.dense(), naive)
+    out = attend(query, key, value, mask, backend=backend)
+    np.testing.assert_allclose(out, np_attention(query, key, value, naive), **TOL)
+
+
+@pytest.mark.parametrize("backend", ["reference", "jax"])
 def test_one_document_per_row_is_the_causal_mask(backend):
     """Without segment ids the mask is the lower triangle and attention matches float64 NumPy
     under it."""

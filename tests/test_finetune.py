@@ -457,6 +457,11 @@ def test_a_lora_workdir_exports_and_initialises_another_run_with_the_update_merg
         (["finetune.mode=prefix", "model.family=seq2seq"], "supports model.family gpt and bert"),
         (["finetune.mode=partial", "finetune.trainable=['re:(']"], "finetune.trainable': 're:('"),
         (["finetune.mode=partial", "finetune.trainable=[nothing/*]"], "matches no parameter"),
+        (["model.sliding_window=4"], "model.sliding_window': a positive number of tokens, for"),
+        (
+            ["finetune.mode=prompt", "model.family=gpt", "model.sliding_window=4"],
+            "soft prompt is seen by every token",
+        ),
         (["finetune.mode=lora", "finetune.lora_targets=[token_embed]"], "targets': 'token_embed'"),
         (
             ["finetune.mode=partial", "finetune.trainable=['encoder/layers[5:]']"],

@@ -72,6 +72,7 @@ JAXLM_VARIANTS = {
         "model.tie_embeddings=false",
     ],
     "qwen3": [*LLAMA, "model.qk_norm=true", "model.head_dim=16", "model.num_kv_heads=2"],
+    "mistral": [*LLAMA, "model.sliding_window=5", "model.num_kv_heads=2"],
     "bert": ["model.family=bert", "model.norm_position=post", "model.activation=gelu_exact"],
     "bert-mlm": ["model.family=bert", "model.norm_position=post", "model.heads=[mlm]"],
     "bert-pretraining": ["model.family=bert", "model.norm_position=post", "model.heads=[mlm,nsp]"],
@@ -359,8 +360,8 @@ HF_MODELS = {
     ),
     # head_dim 32 != 64 / 4, as Qwen3's 128 != 1024 / 16
     "qwen3": lambda: _hf_llama("Qwen3", head_dim=32, tie_word_embeddings=True),
-    # a window above the inputs' length (they attend to every token before them, as in jaxlm)
-    "mistral-window": lambda: _hf_llama("Mistral", sliding_window=16),
+    # a window of 5 tokens over inputs of 12
+    "mistral-window": lambda: _hf_llama("Mistral", sliding_window=5),
     "bert-mlm-without-pooler": lambda: _hf_bert("BertForMaskedLM"),
     "bert-classifier": lambda: _hf_bert("BertForSequenceClassification", num_labels=3),
     "marian": _hf_marian,
@@ -389,7 +390,9 @@ def test_imported_logits_match_transformers(name, tmp_path):
 
 
 @needs_transformers
-@pytest.mark.parametrize("name", ["llama-gqa", "llama3-rope", "qwen2-tied", "qwen3"])
+@pytest.mark.parametrize(
+    "name", ["llama-gqa", "llama3-rope", "qwen2-tied", "qwen3", "mistral-window"]
+)
 def test_llama_greedy_decoding_matches_transformers(name, tmp_path):
     """Cached decoding with rotary positions continues prompts as `transformers` does."""
     model, cfg, params = _imported(name, 1, tmp_path)
@@ -406,13 +409,6 @@ def test_llama_greedy_decoding_matches_transformers(name, tmp_path):
     sample = SampleConfig(max_new_tokens=8, temperature=0.0)
     got = generate(cfg, params, prompts.tolist(), sample, eos_id=-1)
     assert got == expected.tolist()
-
-
-@needs_transformers
-def test_a_sliding_window_shorter_than_the_positions_becomes_max_len(tmp_path):
-    with pytest.warns(UserWarning, match="sliding_window=16 is below max_position_embeddings=64"):
-        _, cfg, _ = _imported("mistral-window", 0, tmp_path)
-    assert cfg.max_len == 16
 
 
 def _greedy_translations(name, seed, directory, sources, pad, new_tokens, beams=1, **options):
@@ -1061,6 +1057,7 @@ def test_an_imported_llama_workdir_encodes_as_transformers_does(tmp_path):
         ("llama2-7b", 6_738_415_616),
         ("llama3.2-1b", 1_235_814_400),
         ("qwen2.5-0.5b", 494_032_768),
+        ("mistral-7b", 7_241_732_096),
         ("t5-small", 60_506_624),
         ("flan-t5-base", 247_577_856),  # its own output head: 24,674,304 more than T5-base's
     ],

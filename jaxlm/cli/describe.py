@@ -21,6 +21,7 @@ def run(args) -> None:
         + (f" (kv heads {m.num_kv_heads})" if m.num_kv_heads else "")
         + (", query/key/value biases" if m.qkv_bias and not m.use_bias else "")
         + (", query/key norms" if m.qk_norm else "")
+        + (f", sliding window {m.sliding_window}" if m.sliding_window else "")
         + f", mlp {m.mlp_dim} ({m.activation}), {m.norm_position}-{m.norm}"
     )
     positions = m.position_embedding

@@ -61,6 +61,7 @@ class ModelConfig:
     use_bias: bool = True
     qkv_bias: bool = False  # biases on the query, key and value projections alone (Qwen2)
     qk_norm: bool = False  # RMSNorm of each head's queries and keys before rotary (Qwen3)
+    sliding_window: int | None = None  # gpt: each token attends to the last N, itself included
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0  # only the 'reference' attention backend supports it
     init_std: float = 0.02

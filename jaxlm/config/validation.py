@@ -82,6 +82,16 @@ def validate(config: Config) -> None:
     )
     _check(m.rope_scaling_factor > 0, "model.rope_scaling_factor", "must be positive")
     _check(
+        m.sliding_window is None or (m.sliding_window > 0 and m.family == "gpt"),
+        "model.sliding_window",
+        "a positive number of tokens, for the gpt family",
+    )
+    _check(
+        m.sliding_window is None or config.finetune.mode != "prompt",
+        "model.sliding_window",
+        "prompt tuning's soft prompt is seen by every token, beyond any window",
+    )
+    _check(
         0 < m.rope_low_freq_factor < m.rope_high_freq_factor,
         "model.rope_high_freq_factor",
         "must exceed model.rope_low_freq_factor, which must be positive",

@@ -1,5 +1,5 @@
 """Hugging Face checkpoint import and export (safetensors): GPT-2, BERT, Llama,
-Qwen2, Qwen3, Mistral (import), Marian, T5."""
+Mistral, Qwen2, Qwen3, Marian, T5."""
 
 from jaxlm.interop.hf import from_pretrained, save_pretrained
 

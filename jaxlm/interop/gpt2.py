@@ -33,6 +33,7 @@ NEEDS = {
     "mlp_type": "plain",
     "use_bias": True,
     "qk_norm": False,
+    "sliding_window": None,
     "scale_embeddings": False,
     "output_bias": False,
 }

@@ -2,9 +2,8 @@
 
 A directory holds `config.json` and either `model.safetensors` or the shards listed in
 `model.safetensors.index.json`. Tensors are read with safetensors, never unpickled, and nothing
-is downloaded. GPT-2, BERT, Llama, Qwen2, Qwen3, Marian and T5 convert both ways, and Mistral
-is imported (see `gpt2.py`, `bert.py`, `llama.py`, `qwen2.py`, `qwen3.py`, `mistral.py`,
-`marian.py`, `t5.py`):
+is downloaded. GPT-2, BERT, Llama, Mistral, Qwen2, Qwen3, Marian and T5 convert both ways (see
+`gpt2.py`, `bert.py`, `llama.py`, `mistral.py`, `qwen2.py`, `qwen3.py`, `marian.py`, `t5.py`):
 each of those modules maps `config.json` to a `ModelConfig` (and back) and gives the tensor
 `rules(cfg, names, hf)` (the checkpoint's tensor names and `config.json` on import, neither on
 export).
@@ -163,7 +162,7 @@ def from_pretrained(
 
 def _mapping_to_export(cfg: ModelConfig):
     candidates = {
-        "gpt": (gpt2, llama, qwen2, qwen3),
+        "gpt": (gpt2, llama, mistral, qwen2, qwen3),
         "bert": (bert,),
         "seq2seq": (marian, t5),
     }[cfg.family]
@@ -192,7 +191,7 @@ def save_pretrained(
     token_ids: dict[str, int | None] | None = None,
 ) -> None:
     """Write `config.json` and `model.safetensors` that `transformers` loads (GPT2LMHeadModel,
-    LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, MarianMTModel,
+    LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, MarianMTModel,
     T5ForConditionalGeneration, or the BERT class holding the model's heads). The special token
     ids the config names (GPT-2, Llama and Qwen: bos, eos; encoder-decoders: pad, eos and the
     decoder start, bos) are those of jaxlm's sentencepiece tokenizers unless `token_ids`

@@ -30,6 +30,7 @@ NEEDS = {
     "output_bias": False,
     "qkv_bias": False,
     "qk_norm": False,
+    "sliding_window": None,
 }
 
 

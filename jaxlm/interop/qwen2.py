@@ -1,8 +1,9 @@
 """Qwen2 and Qwen2.5 (`Qwen2ForCausalLM`) <-> jaxlm's GPT as Llama's (see `llama.py`), with
 biases on the query, key and value projections alone (`model.qkv_bias`).
 
-Layers with sliding-window attention import with `model.max_len` cut to the window, where
-full attention is the same (see `llama.window_length`).
+Qwen2 uses its sliding window from `max_window_layers` on, and jaxlm's window is the same in
+every layer: a model with such layers imports with `model.max_len` cut to the window, where full
+attention is the same (see `llama.window_length`).
 """
 
 from __future__ import annotations

@@ -169,9 +169,10 @@ def jax_attention(
 ) -> jax.Array:
     """`jax.nn.dot_product_attention`: XLA's version ('jax') or cuDNN flash attention ('cudnn').
 
-    A causal `SegmentMask` is passed as `is_causal`, so that cuDNN skips the blocks above the
-    diagonal instead of reading a [q, k] bias there; only the segment and padding part of the
-    mask stays dense, and there is none without segment ids.
+    A causal `SegmentMask` is passed as `is_causal` (and its sliding window as
+    `local_window_size`), so that cuDNN skips the blocks above the diagonal instead of reading a
+    [q, k] bias there; only the segment and padding part of the mask stays dense, and there is
+    none without segment ids.
     """
     if dropout_rate > 0.0:
         raise ValueError(
@@ -181,9 +182,9 @@ def jax_attention(
         raise ValueError(
             f"unknown attention backend {backend!r}; choose one of {ATTENTION_BACKENDS}"
         )
-    is_causal = False
+    is_causal, window = False, None
     if isinstance(mask, SegmentMask):
-        is_causal = mask.causal
+        is_causal, window = mask.causal, mask.window
         segments = mask.query_segments, mask.key_segments
         mask = None if segments[0] is None else attention_mask(*segments, causal=False)
     return jax.nn.dot_product_attention(
@@ -193,6 +194,7 @@ def jax_attention(
         bias=None if bias is None else bias.astype(query.dtype),
         mask=mask,
         is_causal=is_causal,
+        local_window_size=None if window is None else (window - 1, 0),
         implementation="cudnn" if backend == "cudnn" else None,
     )
 

@@ -7,10 +7,17 @@ import jax.numpy as jnp
 from flax import struct
 
 
-def causal_mask(length: int) -> jax.Array:
-    """Position q may attend to key positions k <= q. Shape [1, 1, length, length]."""
+def causal_mask(length: int, window: int | None = None) -> jax.Array:
+    """Position q may attend to key positions k <= q, and with a sliding `window` only to the
+    last `window` of them (q - k < window). Shape [1, 1, length, length]."""
     idx = jnp.arange(length)
-    return (idx[:, None] >= idx[None, :])[None, None]
+    return within_window(idx[:, None], idx[None, :], window)[None, None]
+
+
+def within_window(query_index: jax.Array, key_index: jax.Array, window: int | None) -> jax.Array:
+    """Causal, and within the sliding window when there is one: k <= q (and q - k < window)."""
+    allowed = key_index <= query_index
+    return allowed if window is None else allowed & (query_index - key_index < window)
 
 
 def padding_mask(query_valid: jax.Array, key_valid: jax.Array) -> jax.Array:
@@ -24,13 +31,18 @@ def segment_mask(query_segments: jax.Array, key_segments: jax.Array) -> jax.Arra
 
 
 def attention_mask(
-    query_segments: jax.Array, key_segments: jax.Array, *, causal: bool
+    query_segments: jax.Array,
+    key_segments: jax.Array,
+    *,
+    causal: bool,
+    window: int | None = None,
 ) -> jax.Array:
-    """The full mask for segment ids where 0 marks padding: same segment, no padding, causal."""
+    """The full mask for segment ids where 0 marks padding: same segment, no padding, causal
+    (within a sliding `window`, when given)."""
     mask = segment_mask(query_segments, key_segments)
     mask &= padding_mask(query_segments != 0, key_segments != 0)
     if causal:
-        mask &= causal_mask(query_segments.shape[1])
+        mask &= causal_mask(query_segments.shape[1], window)
     return mask
 
 
@@ -46,13 +58,16 @@ class SegmentMask:
     key_segments: jax.Array | None
     causal: bool = struct.field(pytree_node=False, default=False)
     length: int | None = struct.field(pytree_node=False, default=None)  # without segment ids
+    window: int | None = struct.field(pytree_node=False, default=None)  # causal: sliding window
 
     def dense(self) -> jax.Array:
         if self.query_segments is None:
-            return causal_mask(self.length)
-        return attention_mask(self.query_segments, self.key_segments, causal=self.causal)
+            return causal_mask(self.length, self.window)
+        return attention_mask(
+            self.query_segments, self.key_segments, causal=self.causal, window=self.window
+        )
 
 
-def one_document_per_row(length: int) -> SegmentMask:
+def one_document_per_row(length: int, window: int | None = None) -> SegmentMask:
     """The causal mask of rows of `length` tokens that are each one document, unpadded."""
-    return SegmentMask(None, None, causal=True, length=length)
+    return SegmentMask(None, None, causal=True, length=length, window=window)

@@ -18,9 +18,10 @@ def pallas_block(length: int) -> int | None:
 
 
 def pallas_fits(query: jax.Array, key: jax.Array, mask) -> bool:
-    """The splash kernel takes no dense mask and tiles both lengths by multiples of 128."""
+    """The splash kernel takes no dense mask (nor a sliding window) and tiles both lengths by
+    multiples of 128."""
     lengths = (query.shape[1], key.shape[1])
-    segments = mask is None or isinstance(mask, SegmentMask)
+    segments = mask is None or (isinstance(mask, SegmentMask) and mask.window is None)
     return segments and all(pallas_block(length) is not None for length in lengths)
 
 

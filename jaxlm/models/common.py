@@ -11,7 +11,13 @@ import jax.numpy as jnp
 from jaxlm.config import ModelConfig
 from jaxlm.layers.embeddings import LearnedPositions, SinusoidalPositions, TokenEmbedding
 from jaxlm.layers.linear import DenseGeneral
-from jaxlm.layers.masks import SegmentMask, causal_mask, one_document_per_row, padding_mask
+from jaxlm.layers.masks import (
+    SegmentMask,
+    causal_mask,
+    one_document_per_row,
+    padding_mask,
+    within_window,
+)
 from jaxlm.layers.transformer import ACTIVATION_AXES
 
 
@@ -183,34 +189,41 @@ def empty_cache(cfg: ModelConfig, num_layers: int, batch: int, length: int) -> d
     }
 
 
-def cached_self_attention_mask(cache: dict, segment_ids: jax.Array):
+def cached_self_attention_mask(cache: dict, segment_ids: jax.Array, window: int | None = None):
     """Append new tokens' segment_ids [batch, length] to the cache's slots.
 
-    Returns the causal mask of the new tokens over the cache [batch, 1, length, cache_length],
-    the slot where they go, and the cache with its segments and next free slot updated.
+    Returns the causal mask (within a sliding `window`, when given: a row's tokens fill
+    consecutive slots) of the new tokens over the cache [batch, 1, length, cache_length], the
+    slot where they go, and the cache with its segments and next free slot updated.
     """
     start = cache["index"]
     filled = jax.lax.dynamic_update_slice(
         cache["segments"], segment_ids.astype(jnp.int32), (0, start)
     )
     query_slots = start + jnp.arange(segment_ids.shape[1])
-    causal = query_slots[:, None] >= jnp.arange(filled.shape[1])[None, :]
+    causal = within_window(query_slots[:, None], jnp.arange(filled.shape[1])[None, :], window)
     mask = causal[None, None] & padding_mask(segment_ids != 0, filled != 0)
     return mask, start, {**cache, "segments": filled, "index": start + segment_ids.shape[1]}
 
 
-def causal_self_attention(tokens: jax.Array, segment_ids: jax.Array | None, cache: dict | None):
+def causal_self_attention(
+    tokens: jax.Array,
+    segment_ids: jax.Array | None,
+    cache: dict | None,
+    window: int | None = None,
+):
     """What a causal decoder stack needs: (mask, extra stack arguments, updated cache).
 
     Without a cache the mask covers the inputs (rows of one document each when `segment_ids`
     is None); with one (and segment ids), the new tokens attend over the cache and the stack
-    gets the cache and the slot to write at.
+    gets the cache and the slot to write at. A sliding `window` limits each token to the last
+    `window` tokens, itself included.
     """
     if cache is None:
         if segment_ids is None:
-            return one_document_per_row(tokens.shape[1]), {}, None
-        return SegmentMask(segment_ids, segment_ids, causal=True), {}, None
-    mask, start, cache = cached_self_attention_mask(cache, segment_ids)
+            return one_document_per_row(tokens.shape[1], window), {}, None
+        return SegmentMask(segment_ids, segment_ids, causal=True, window=window), {}, None
+    mask, start, cache = cached_self_attention_mask(cache, segment_ids, window)
     return mask, {"kv_cache": (cache["key"], cache["value"]), "decode_index": start}, cache
 
 

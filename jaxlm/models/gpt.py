@@ -62,7 +62,9 @@ class GPT(nn.Module):
             x = prepend_prompt(x, prompt)
             if cache is not None:
                 positions, segment_ids = prompt_in_cache(positions, segment_ids, prompt.shape[0])
-        mask, stack_cache, cache = causal_self_attention(tokens, segment_ids, cache)
+        mask, stack_cache, cache = causal_self_attention(
+            tokens, segment_ids, cache, cfg.sliding_window
+        )
         if prompt is not None and cache is None:
             mask, positions = prompt_attention(
                 mask, positions, segment_ids, prompt.shape[0], causal=True
