@@ -60,6 +60,22 @@ def test_cudnn_attention_without_segment_ids_matches_float64():
     assert relative_error(out, np_attention(query, key, value, np.asarray(mask.dense()))) < 1e-2
 
 
+@pytest.mark.parametrize("segmented", [False, True])
+def test_cudnn_sliding_window_attention_matches_float64(segmented):
+    """A sliding window of 32 (`local_window_size`), with or without packed rows: within bf16
+    rounding of float64 under the windowed mask."""
+    query, key, value = qkv(4)
+    segments = packed_rows()
+    if segmented:
+        mask = SegmentMask(segments, segments, causal=True, window=32)
+    else:
+        mask = one_document_per_row(LENGTH, window=32)
+    out = jax.jit(lambda *a: dot_product_attention(*a, mask, backend="cudnn"))(query, key, value)
+    expected = np_attention(query, key, value, np.asarray(mask.dense()))
+    real = np.asarray(segments) != 0 if segmented else np.ones(segments.shape, bool)
+    assert relative_error(np.asarray(out)[real], expected[real]) < 1e-2
+
+
 def test_cudnn_attention_gradients_match_reference():
     """Gradients through cuDNN's backward kernel against the reference computed in float32."""
     query, key, value = qkv(1)
