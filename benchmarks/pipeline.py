@@ -34,8 +34,8 @@ import jax  # noqa: E402
 from jaxlm.config import load_config  # noqa: E402
 from jaxlm.data.batching import IndexedBatches  # noqa: E402
 from jaxlm.data.loader import training_data  # noqa: E402
+from jaxlm.data.masked_lm import masked_lm_rows  # noqa: E402
 from jaxlm.data.sources import load_splits  # noqa: E402
-from jaxlm.data.tasks import masked_lm_rows  # noqa: E402
 from jaxlm.data.token_file import TokenFile, write_token_file  # noqa: E402
 from jaxlm.parallel import activate, make_mesh, shard_batch  # noqa: E402
 from jaxlm.train.optim import make_optimizer  # noqa: E402

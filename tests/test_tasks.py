@@ -6,12 +6,11 @@ import pytest
 
 from jaxlm.config import DataConfig, load_config
 from jaxlm.data.batching import IndexedBatches, prefetch
+from jaxlm.data.masked_lm import mask_tokens, masked_lm_rows
 from jaxlm.data.tasks import (
     BATCH_FEATURES,
     classification_rows,
     completion_rows,
-    mask_tokens,
-    masked_lm_rows,
     seq2seq_rows,
     seq2seq_sources,
     span_corruption_rows,

@@ -28,12 +28,12 @@ from jaxlm.data.hf_tokenizer import (
     run_tokenizer,
     workdir_tokenizer,
 )
+from jaxlm.data.masked_lm import masked_lm_rows
 from jaxlm.data.span_corruption import TRAINED_SENTINELS, fit_chunk
 from jaxlm.data.tasks import (
     TaskRows,
     classification_rows,
     completion_rows,
-    masked_lm_rows,
     seq2seq_rows,
     span_corruption_rows,
     span_corruption_stream_rows,

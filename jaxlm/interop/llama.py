@@ -8,7 +8,6 @@ weights convert with transposes and head reshapes only.
 from __future__ import annotations
 
 import re
-import warnings
 
 from jaxlm.config import ModelConfig
 from jaxlm.data.tokenizer import BOS_ID, EOS_ID
@@ -77,21 +76,6 @@ def rope_to_hf(cfg: ModelConfig) -> dict:
             "original_max_position_embeddings": cfg.rope_original_max_len,
         }
     return rope
-
-
-def window_length(hf: dict, window: int | None) -> int:
-    """The longest sequence jaxlm imports a model as: its max_position_embeddings, or a shorter
-    sliding attention window (full causal attention over at most the window's length is the
-    model's windowed attention exactly)."""
-    length = hf.get("max_position_embeddings", 2048)
-    if window and window < length:
-        warnings.warn(
-            f"config.json: sliding_window={window} is below max_position_embeddings={length}; "
-            f"the model imports with model.max_len={window}, where full attention is the same",
-            stacklevel=3,
-        )
-        return window
-    return length
 
 
 def config_from_hf(hf: dict, names: set[str]) -> ModelConfig:

@@ -13,8 +13,10 @@ from jaxlm.interop.hf_config import mismatches
 MODEL_TYPE = "mistral"
 ARCHITECTURES = ("MistralForCausalLM",)
 IGNORED = llama.IGNORED
-NEEDS = {key: value for key, value in llama.NEEDS.items() if key != "sliding_window"}
-NEEDS["use_bias"] = False
+NEEDS = {
+    **{key: value for key, value in llama.NEEDS.items() if key != "sliding_window"},
+    "use_bias": False,
+}
 
 
 def config_from_hf(hf: dict, names: set[str]) -> ModelConfig:

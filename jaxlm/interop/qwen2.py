@@ -3,12 +3,13 @@ biases on the query, key and value projections alone (`model.qkv_bias`).
 
 Qwen2 uses its sliding window from `max_window_layers` on, and jaxlm's window is the same in
 every layer: a model with such layers imports with `model.max_len` cut to the window, where full
-attention is the same (see `llama.window_length`).
+attention is the same (see `window_length`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 from jaxlm.config import ModelConfig
 from jaxlm.interop import llama
@@ -29,11 +30,24 @@ def sliding_window(hf: dict) -> int | None:
     return hf.get("sliding_window") if sliding else None
 
 
+def window_length(hf: dict, window: int | None) -> int:
+    """The longest sequence jaxlm imports a model as: its max_position_embeddings, or a shorter
+    sliding attention window (full causal attention over at most the window's length is the
+    model's windowed attention exactly)."""
+    length = hf.get("max_position_embeddings", 2048)
+    if window and window < length:
+        warnings.warn(
+            f"config.json: sliding_window={window} is below max_position_embeddings={length}; "
+            f"the model imports with model.max_len={window}, where full attention is the same",
+            stacklevel=3,
+        )
+        return window
+    return length
+
+
 def config_from_hf(hf: dict, names: set[str]) -> ModelConfig:
     cfg = llama.config_from_hf(hf, names)  # Llama's, without biases
-    return dataclasses.replace(
-        cfg, qkv_bias=True, max_len=llama.window_length(hf, sliding_window(hf))
-    )
+    return dataclasses.replace(cfg, qkv_bias=True, max_len=window_length(hf, sliding_window(hf)))
 
 
 def incompatibilities(cfg: ModelConfig) -> list[str]:

@@ -23,7 +23,7 @@ def config_from_hf(hf: dict, names: set[str]) -> ModelConfig:
     require(hf, "attention_bias", False, False)  # the released models have none
     cfg = llama.config_from_hf(hf, names)
     return dataclasses.replace(
-        cfg, qk_norm=True, max_len=llama.window_length(hf, qwen2.sliding_window(hf))
+        cfg, qk_norm=True, max_len=qwen2.window_length(hf, qwen2.sliding_window(hf))
     )
 
 
