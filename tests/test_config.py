@@ -135,6 +135,7 @@ def assert_one_line_error(match: str, name_or_path, overrides=()):
         ("model.rope_high_freq_factor=0.5", "model.rope_high_freq_factor"),
         ("model.rope_scaling_factor=0", "model.rope_scaling_factor"),
         ("model.sliding_window=0", "model.sliding_window"),
+        ("model.norm_unit_offset=true", "model.norm_unit_offset"),  # gpt2-small's are layernorms
         ("model.relative_max_distance=4", "model.relative_max_distance"),
         ("data.seq_len=4096", "data.seq_len"),
         ("optim.learning_rate=-1", "optim.learning_rate"),

@@ -1,5 +1,5 @@
 """Hugging Face checkpoints: imported GPT-2, BERT (real MiniLM weights), Llama (with Llama 3.1's
-rotary scaling), Qwen2, Qwen3, Mistral, Marian and T5 give
+rotary scaling), Qwen2, Qwen3, Mistral, Gemma, Marian and T5 give
 the outputs of `transformers` on PyTorch; exported jaxlm models load in `transformers` with the same
 outputs and import back bit for bit; sharded checkpoints, `jaxlm convert` (imported workdirs keep
 their GPT-2, BERT or Llama tokenizer wherever they are moved), and one-line errors for
@@ -73,6 +73,14 @@ JAXLM_VARIANTS = {
     ],
     "qwen3": [*LLAMA, "model.qk_norm=true", "model.head_dim=16", "model.num_kv_heads=2"],
     "mistral": [*LLAMA, "model.sliding_window=5", "model.num_kv_heads=2"],
+    "gemma": [
+        *LLAMA,
+        "model.activation=gelu",
+        "model.scale_embeddings=true",  # by sqrt(64) = 8: exact
+        "model.norm_unit_offset=true",
+        "model.head_dim=32",
+        "model.num_kv_heads=1",
+    ],
     "bert": ["model.family=bert", "model.norm_position=post", "model.activation=gelu_exact"],
     "bert-mlm": ["model.family=bert", "model.norm_position=post", "model.heads=[mlm]"],
     "bert-pretraining": ["model.family=bert", "model.norm_position=post", "model.heads=[mlm,nsp]"],
@@ -236,7 +244,7 @@ def _hf_gpt2(tied: bool):
 
 
 def _hf_llama(family: str = "Llama", **overrides):
-    """A model of Llama's architecture: `family` Llama, Mistral or Qwen2."""
+    """A model of Llama's architecture: `family` Llama, Mistral, Qwen2, Qwen3 or Gemma."""
     settings = dict(
         num_hidden_layers=2,
         hidden_size=64,
@@ -362,6 +370,8 @@ HF_MODELS = {
     "qwen3": lambda: _hf_llama("Qwen3", head_dim=32, tie_word_embeddings=True),
     # a window of 5 tokens over inputs of 12
     "mistral-window": lambda: _hf_llama("Mistral", sliding_window=5),
+    # one KV head of 32 (Gemma 2B's: one of 256), embeddings scaled by sqrt(64) = 8, tied head
+    "gemma": lambda: _hf_llama("Gemma", num_key_value_heads=1, head_dim=32),
     "bert-mlm-without-pooler": lambda: _hf_bert("BertForMaskedLM"),
     "bert-classifier": lambda: _hf_bert("BertForSequenceClassification", num_labels=3),
     "marian": _hf_marian,
@@ -391,7 +401,7 @@ def test_imported_logits_match_transformers(name, tmp_path):
 
 @needs_transformers
 @pytest.mark.parametrize(
-    "name", ["llama-gqa", "llama3-rope", "qwen2-tied", "qwen3", "mistral-window"]
+    "name", ["llama-gqa", "llama3-rope", "qwen2-tied", "qwen3", "mistral-window", "gemma"]
 )
 def test_llama_greedy_decoding_matches_transformers(name, tmp_path):
     """Cached decoding with rotary positions continues prompts as `transformers` does."""
@@ -1058,6 +1068,7 @@ def test_an_imported_llama_workdir_encodes_as_transformers_does(tmp_path):
         ("llama3.2-1b", 1_235_814_400),
         ("qwen2.5-0.5b", 494_032_768),
         ("mistral-7b", 7_241_732_096),
+        ("gemma-2b", 2_506_172_416),
         ("t5-small", 60_506_624),
         ("flan-t5-base", 247_577_856),  # its own output head: 24,674,304 more than T5-base's
     ],
@@ -1104,7 +1115,7 @@ def test_unsupported_architectures_are_named(gpt2_dir):
     edit_config(gpt2_dir, architectures=["GPT2ForSequenceClassification"])
     assert "unsupported architecture 'GPT2ForSequenceClassification'" in conversion_error(gpt2_dir)
     edit_config(gpt2_dir, model_type="bart")
-    supported = "bert, gpt2, llama, marian, mistral, qwen2, qwen3, t5"
+    supported = "bert, gemma, gpt2, llama, marian, mistral, qwen2, qwen3, t5"
     expected = f"unsupported model_type 'bart' (supported: {supported})"
     assert expected in conversion_error(gpt2_dir)
 
@@ -1118,6 +1129,19 @@ def test_unsupported_settings_are_named(tmp_path):
     )
     edit_config(tmp_path, rope_parameters={"rope_type": "llama3", "factor": 8.0})
     assert "rope_type 'llama3' without 'low_freq_factor'" in conversion_error(tmp_path)
+
+
+def test_gemma_configs_read_gelu_as_transformers_does(tmp_path):
+    """Gemma's legacy `gelu` is the tanh approximation (a warning in transformers); other
+    activations and bidirectional attention are refused."""
+    cfg = jaxlm_config("gemma")
+    save_pretrained(tmp_path, cfg, random_params(cfg))
+    edit_config(tmp_path, hidden_act="gelu")
+    assert from_pretrained(tmp_path)[0].activation == "gelu"
+    edit_config(tmp_path, hidden_act="silu")
+    assert "activation 'silu' is not supported (Gemma's GELU" in conversion_error(tmp_path)
+    edit_config(tmp_path, hidden_act="gelu", use_bidirectional_attention=True)
+    assert "use_bidirectional_attention=True is not supported" in conversion_error(tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
-"""jaxlm.layers.norms.LayerNorm: values and gradients against float64 NumPy, and the same
-parameters and outputs as flax.linen.LayerNorm."""
+"""jaxlm.layers.norms: LayerNorm's values and gradients against float64 NumPy, and the same
+parameters and outputs as flax.linen.LayerNorm; RMSNorm, with and without Gemma's unit offset,
+against float64 NumPy."""
 
 import flax.linen as nn
 import jax
@@ -7,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlm.layers.norms import LayerNorm, layer_norm
+from jaxlm.layers.norms import LayerNorm, RMSNorm, layer_norm, rms_scale
 
 EPS = 1e-5
 
@@ -81,3 +82,38 @@ def test_same_parameters_outputs_and_gradients_as_flax(dtype):
         np.testing.assert_allclose(
             np.asarray(a, np.float32), np.asarray(b, np.float32), atol=tol["atol"] * scale
         )
+
+
+def _rms_norm64(x, weight, offset):
+    return x / np.sqrt(np.mean(x**2, axis=-1, keepdims=True) + EPS) * (offset + weight)
+
+
+@pytest.mark.parametrize("unit_offset", [False, True])
+def test_rms_norm_values_and_gradients_match_float64(unit_offset):
+    x, weight, _, (x32, weight32, _) = _inputs()
+    offset = 1.0 if unit_offset else 0.0
+    norm = RMSNorm(epsilon=EPS, **rms_scale(unit_offset, "norm"))
+    initial = nn.unbox(norm.init(jax.random.key(0), x32))["params"]["scale"]
+    np.testing.assert_array_equal(initial, np.full(16, 0.0 if unit_offset else 1.0))
+    params = {"params": {"scale": weight32}}
+    np.testing.assert_allclose(
+        norm.apply(params, x32), _rms_norm64(x, weight, offset), rtol=1e-5, atol=1e-5
+    )
+    weights = np.random.default_rng(1).normal(size=x.shape)
+    grads = jax.grad(
+        lambda p, x: jnp.sum(norm.apply({"params": {"scale": p}}, x) * weights), argnums=(0, 1)
+    )(weight32, x32)
+    loss64 = lambda weight, x: np.sum(_rms_norm64(x, weight, offset) * weights)  # noqa: E731
+    for index, grad in enumerate(grads):
+        expected = _numeric_gradient(loss64, [weight, x], index)
+        np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_rms_norm_in_bfloat16_computes_in_float32():
+    """A bfloat16 input comes out in bfloat16, within one rounding of the float64 value."""
+    x, weight, _, _ = _inputs()
+    norm = RMSNorm(epsilon=EPS, dtype=jnp.bfloat16, scale_offset=1.0)
+    out = norm.apply({"params": {"scale": jnp.asarray(weight)}}, jnp.asarray(x, jnp.bfloat16))
+    assert out.dtype == jnp.bfloat16
+    expected = _rms_norm64(np.asarray(jnp.asarray(x, jnp.bfloat16), np.float64), weight, 1.0)
+    np.testing.assert_allclose(np.asarray(out, np.float64), expected, rtol=2**-8, atol=1e-6)

@@ -23,6 +23,7 @@ def run(args) -> None:
         + (", query/key norms" if m.qk_norm else "")
         + (f", sliding window {m.sliding_window}" if m.sliding_window else "")
         + f", mlp {m.mlp_dim} ({m.activation}), {m.norm_position}-{m.norm}"
+        + (" (scales 1 + weight)" if m.norm_unit_offset else "")
     )
     positions = m.position_embedding
     if positions == "rotary":

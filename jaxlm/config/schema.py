@@ -38,6 +38,7 @@ class ModelConfig:
     mlp_type: str = "plain"  # plain: act(x Wi) Wo | gated (SwiGLU with silu): (act(x Wg) * x Wi) Wo
     norm: str = "layernorm"  # layernorm | rmsnorm
     norm_eps: float = 1e-5
+    norm_unit_offset: bool = False  # rmsnorm: scales by 1 + weight, weights from 0 (Gemma)
     norm_position: str = "pre"  # pre (GPT-2) | post (BERT, original Transformer)
     # learned | sinusoidal | rotary | relative (seq2seq: T5's bucketed relative position bias)
     position_embedding: str = "learned"

@@ -76,6 +76,11 @@ def validate(config: Config) -> None:
         f"relative position bias is built for the seq2seq family, not {m.family}",
     )
     _check(
+        not m.norm_unit_offset or m.norm == "rmsnorm",
+        "model.norm_unit_offset",
+        f"offsets the scales of rmsnorm, not {m.norm}",
+    )
+    _check(
         m.rope_scaling == "none" or m.position_embedding == "rotary",
         "model.rope_scaling",
         f"scales rotary positions, not {m.position_embedding} ones",

@@ -30,6 +30,7 @@ NEEDS = {
     "qkv_bias": False,
     "qk_norm": False,
     "sliding_window": None,
+    "norm_unit_offset": False,
 }
 
 

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from jaxlm.layers.linear import DenseGeneral
 from jaxlm.layers.masks import SegmentMask, attention_mask
 from jaxlm.layers.matmul import einsum, low_precision_on_cpu, on_cpu
+from jaxlm.layers.norms import RMSNorm, rms_scale
 from jaxlm.layers.pallas_attention import pallas_attention, pallas_fits
 from jaxlm.layers.platform import target_platform
 from jaxlm.layers.recomputing_attention import recomputing_causal_attention
@@ -246,6 +247,7 @@ class MultiHeadAttention(nn.Module):
     use_bias: bool = True
     qkv_bias: bool = False  # biases on the query, key and value projections even without use_bias
     qk_norm_eps: float | None = None  # set: RMSNorm each head's queries and keys (learned scales)
+    qk_norm_unit_offset: bool = False  # those norms scale by 1 + scale (Gemma's)
     dropout_rate: float = 0.0
     backend: str = "auto"
     kernel_init: nn.initializers.Initializer = nn.initializers.normal(0.02)
@@ -284,11 +286,11 @@ class MultiHeadAttention(nn.Module):
         value = projection((kv_heads, self.head_dim), name="value")(inputs_kv)
         if self.qk_norm_eps is not None:
             query, key = (
-                nn.RMSNorm(
+                RMSNorm(
                     epsilon=self.qk_norm_eps,
                     dtype=self.dtype,
                     param_dtype=self.param_dtype,
-                    scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("kv",)),
+                    **rms_scale(self.qk_norm_unit_offset, "kv"),
                     name=f"{name}_norm",
                 )(t)
                 for name, t in (("query", query), ("key", key))

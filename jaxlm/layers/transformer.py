@@ -14,7 +14,7 @@ from jaxlm.layers.attention import MultiHeadAttention
 from jaxlm.layers.embeddings import apply_rotary, rotary_frequencies
 from jaxlm.layers.linear import DenseGeneral
 from jaxlm.layers.matmul import BATCHED_PRODUCT, PRODUCT
-from jaxlm.layers.norms import LayerNorm
+from jaxlm.layers.norms import LayerNorm, RMSNorm, rms_scale
 
 _policies = jax.checkpoint_policies
 REMAT_POLICIES = {  # the matmul names: jaxlm.layers.matmul's products (bfloat16 on the CPU)
@@ -31,13 +31,14 @@ ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_embed")
 
 
 def make_norm(cfg: ModelConfig, name: str) -> nn.Module:
-    """LayerNorm or RMSNorm with logically named parameters."""
-    scale_init = nn.with_logical_partitioning(nn.initializers.ones, ("norm",))
+    """LayerNorm or RMSNorm (scaling by 1 + scale with `norm_unit_offset`) with logically named
+    parameters."""
     common = dict(
         epsilon=cfg.norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, name=name
     )
     if cfg.norm == "rmsnorm":
-        return nn.RMSNorm(scale_init=scale_init, **common)
+        return RMSNorm(**rms_scale(cfg.norm_unit_offset, "norm"), **common)
+    scale_init = nn.with_logical_partitioning(nn.initializers.ones, ("norm",))
     bias_init = nn.with_logical_partitioning(nn.initializers.zeros, ("norm",))
     return LayerNorm(scale_init=scale_init, bias_init=bias_init, **common)
 
@@ -154,6 +155,7 @@ class TransformerBlock(nn.Module):
             use_bias=cfg.use_bias,
             qkv_bias=cfg.qkv_bias,
             qk_norm_eps=cfg.norm_eps if cfg.qk_norm else None,
+            qk_norm_unit_offset=cfg.norm_unit_offset,
             dropout_rate=cfg.attention_dropout_rate,
             backend=cfg.attention_backend,
             kernel_init=nn.initializers.normal(cfg.init_std),
