@@ -1,5 +1,5 @@
 """Hugging Face checkpoints: imported GPT-2, BERT (real MiniLM weights), Llama (with Llama 3.1's
-rotary scaling), Qwen2, Qwen3, Mistral, Gemma, Marian and T5 give
+rotary scaling), Qwen2, Qwen3, Mistral, Gemma, Phi-3, Marian and T5 give
 the outputs of `transformers` on PyTorch; exported jaxlm models load in `transformers` with the same
 outputs and import back bit for bit; sharded checkpoints, `jaxlm convert` (imported workdirs keep
 their GPT-2, BERT or Llama tokenizer wherever they are moved), and one-line errors for
@@ -244,7 +244,7 @@ def _hf_gpt2(tied: bool):
 
 
 def _hf_llama(family: str = "Llama", **overrides):
-    """A model of Llama's architecture: `family` Llama, Mistral, Qwen2, Qwen3 or Gemma."""
+    """A model of Llama's architecture: `family` Llama, Mistral, Qwen2, Qwen3, Gemma or Phi3."""
     settings = dict(
         num_hidden_layers=2,
         hidden_size=64,
@@ -372,6 +372,8 @@ HF_MODELS = {
     "mistral-window": lambda: _hf_llama("Mistral", sliding_window=5),
     # one KV head of 32 (Gemma 2B's: one of 256), embeddings scaled by sqrt(64) = 8, tied head
     "gemma": lambda: _hf_llama("Gemma", num_key_value_heads=1, head_dim=32),
+    # fused query/key/value and gate/up projections, a window of 5 (Phi-3 mini's: 2,047 of 4,096)
+    "phi3-window": lambda: _hf_llama("Phi3", sliding_window=5, pad_token_id=0),
     "bert-mlm-without-pooler": lambda: _hf_bert("BertForMaskedLM"),
     "bert-classifier": lambda: _hf_bert("BertForSequenceClassification", num_labels=3),
     "marian": _hf_marian,
@@ -401,7 +403,8 @@ def test_imported_logits_match_transformers(name, tmp_path):
 
 @needs_transformers
 @pytest.mark.parametrize(
-    "name", ["llama-gqa", "llama3-rope", "qwen2-tied", "qwen3", "mistral-window", "gemma"]
+    "name",
+    ["llama-gqa", "llama3-rope", "qwen2-tied", "qwen3", "mistral-window", "gemma", "phi3-window"],
 )
 def test_llama_greedy_decoding_matches_transformers(name, tmp_path):
     """Cached decoding with rotary positions continues prompts as `transformers` does."""
@@ -478,6 +481,20 @@ def test_t5_beam_search_matches_transformers(tmp_path):
     )
     assert got == expected
     assert len({token for row in got for token in row}) > 8  # not one token over and over
+
+
+@needs_transformers
+def test_an_imported_phi3_exports_as_mistral_with_its_logits(tmp_path):
+    """Phi-3's fused projections split on import and stay split on export, as Mistral's."""
+    model, cfg, params = _imported("phi3-window", 0, tmp_path / "phi3")
+    save_pretrained(tmp_path / "export", cfg, params)
+    exported, info = load_in_transformers(tmp_path / "export")
+    assert type(exported).__name__ == "MistralForCausalLM" and not info["missing_keys"]
+    assert exported.config.sliding_window == 5
+    tokens, types, mask = inputs()
+    expected = torch_outputs(model, tokens, types, mask, "gpt")
+    assert_outputs_match(expected, torch_outputs(exported, tokens, types, mask, "gpt"), mask)
+    assert_same_tree(from_pretrained(tmp_path / "export")[1], params)
 
 
 # --- exported jaxlm models -----------------------------------------------------------------
@@ -1069,6 +1086,7 @@ def test_an_imported_llama_workdir_encodes_as_transformers_does(tmp_path):
         ("qwen2.5-0.5b", 494_032_768),
         ("mistral-7b", 7_241_732_096),
         ("gemma-2b", 2_506_172_416),
+        ("phi3-mini", 3_821_079_552),
         ("t5-small", 60_506_624),
         ("flan-t5-base", 247_577_856),  # its own output head: 24,674,304 more than T5-base's
     ],
@@ -1115,7 +1133,7 @@ def test_unsupported_architectures_are_named(gpt2_dir):
     edit_config(gpt2_dir, architectures=["GPT2ForSequenceClassification"])
     assert "unsupported architecture 'GPT2ForSequenceClassification'" in conversion_error(gpt2_dir)
     edit_config(gpt2_dir, model_type="bart")
-    supported = "bert, gemma, gpt2, llama, marian, mistral, qwen2, qwen3, t5"
+    supported = "bert, gemma, gpt2, llama, marian, mistral, phi3, qwen2, qwen3, t5"
     expected = f"unsupported model_type 'bart' (supported: {supported})"
     assert expected in conversion_error(gpt2_dir)
 
@@ -1188,6 +1206,18 @@ def test_tensors_of_the_wrong_shape_are_named(gpt2_dir, key, value, tensor, para
     edit_config(gpt2_dir, **{key: value})
     message = conversion_error(gpt2_dir)
     assert f"tensor {tensor} does not fit" in message and parameter in message
+
+
+@needs_transformers
+def test_fused_phi3_projections_of_the_wrong_shape_are_named(tmp_path):
+    _imported("phi3-window", 0, tmp_path)
+    edit_config(tmp_path, num_key_value_heads=4)
+    message = conversion_error(tmp_path)
+    assert "tensor model.layers.0.self_attn.qkv_proj.weight of shape (128, 64)" in message
+    assert "self_attention/key/kernel (64, 4, 16)" in message
+    rope = {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.75}
+    edit_config(tmp_path, num_key_value_heads=2, rope_parameters=rope)
+    assert "partial_rotary_factor=0.75 is not supported" in conversion_error(tmp_path)
 
 
 def test_directories_without_safetensors_are_refused(gpt2_dir):

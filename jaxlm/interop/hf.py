@@ -4,9 +4,9 @@ A directory holds `config.json` and either `model.safetensors` or the shards lis
 `model.safetensors.index.json`. Tensors are read with safetensors, never unpickled, and nothing
 is downloaded. GPT-2, BERT, Llama, Mistral, Qwen2, Qwen3, Gemma, Marian and T5 convert both ways
 (see `gpt2.py`, `bert.py`, `llama.py`, `mistral.py`, `qwen2.py`, `qwen3.py`, `gemma.py`,
-`marian.py`, `t5.py`): each of those modules maps `config.json` to a `ModelConfig` (and back) and
-gives the tensor `rules(cfg, names, hf)` (the checkpoint's tensor names and `config.json` on
-import, neither on export).
+`marian.py`, `t5.py`) and Phi-3 imports (`phi3.py`): each of those modules maps `config.json` to a
+`ModelConfig` (and back, but Phi-3's) and gives the tensor `rules(cfg, names, hf)` (the
+checkpoint's tensor names and `config.json` on import, neither on export).
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ from safetensors.numpy import save_file
 
 from jaxlm.config import Config, DataConfig, ModelConfig, validate
 from jaxlm.errors import ConfigError, ConversionError
-from jaxlm.interop import bert, gemma, gpt2, llama, marian, mistral, qwen2, qwen3, t5
+from jaxlm.interop import bert, gemma, gpt2, llama, marian, mistral, phi3, qwen2, qwen3, t5
 from jaxlm.interop.mapping import short_list, to_hf, to_jaxlm
 from jaxlm.models.summary import abstract_params
 
 CONFIG, WEIGHTS, INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
 MAPPINGS = {
     module.MODEL_TYPE: module
-    for module in (gpt2, bert, llama, mistral, qwen2, qwen3, gemma, marian, t5)
+    for module in (gpt2, bert, llama, mistral, qwen2, qwen3, gemma, phi3, marian, t5)
 }
 # config.json's special token ids, and the token each names.
 TOKEN_ID_KEYS = {

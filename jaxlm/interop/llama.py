@@ -143,46 +143,61 @@ def config_to_hf(cfg: ModelConfig) -> dict:
     }
 
 
-def rules(cfg: ModelConfig, names: set[str] | None = None, hf: dict | None = None) -> list[Rule]:
+BLOCK, STACK = "model.layers.{i}.", "decoder/layers/"
+ATTENTION, MLP = f"{STACK}self_attention/", f"{STACK}mlp/"
+
+
+def input_projections(cfg: ModelConfig) -> list[Rule]:
+    """The query, key, value, gate and up projections, one HF tensor each."""
     d, head_dim, layers = cfg.embed_dim, cfg.resolved_head_dim, cfg.num_layers
     heads, kv_heads = cfg.num_heads, cfg.num_kv_heads or cfg.num_heads
-    block, stack = "model.layers.{i}.", "decoder/layers/"
-    attention, mlp = f"{stack}self_attention/", f"{stack}mlp/"
-    per_layer = dict(bias=cfg.use_bias, layers=layers)
     projection = dict(bias=cfg.use_bias or cfg.qkv_bias, layers=layers)
+    per_layer = dict(bias=cfg.use_bias, layers=layers)
+    attention = [
+        linear(f"{BLOCK}self_attn.{name}_proj", f"{ATTENTION}{path}", (d,), shape, **projection)
+        for name, path, shape in (
+            ("q", "query", (heads, head_dim)),
+            ("k", "key", (kv_heads, head_dim)),
+            ("v", "value", (kv_heads, head_dim)),
+        )
+    ]
+    mlp = [
+        linear(f"{BLOCK}mlp.{name}_proj", f"{MLP}{path}", (d,), (cfg.mlp_dim,), **per_layer)
+        for name, path in (("gate", "wi_gate"), ("up", "wi"))
+    ]
+    return [rule for rules in attention + mlp for rule in rules]
+
+
+def rules(
+    cfg: ModelConfig, names: set[str] | None = None, hf: dict | None = None, projections=None
+) -> list[Rule]:
+    """The tensors of Llama's layout; `projections(cfg)` gives the rules of the query, key,
+    value, gate and up projections (default `input_projections`)."""
+    d, head_dim, layers = cfg.embed_dim, cfg.resolved_head_dim, cfg.num_layers
+    per_layer = dict(bias=cfg.use_bias, layers=layers)
     result = [
         tensor(
             "model.embed_tokens.weight",
             "token_embed/embedding",
             pad_vocab(cfg.vocab_size, cfg.padded_vocab_size),
         ),
-        *norm(f"{block}input_layernorm", f"{stack}self_attention_norm", bias=False, layers=layers),
+        *norm(f"{BLOCK}input_layernorm", f"{STACK}self_attention_norm", bias=False, layers=layers),
+        *(projections or input_projections)(cfg),
         *linear(
-            f"{block}self_attn.q_proj", f"{attention}query", (d,), (heads, head_dim), **projection
-        ),
-        *linear(
-            f"{block}self_attn.k_proj", f"{attention}key", (d,), (kv_heads, head_dim), **projection
-        ),
-        *linear(
-            f"{block}self_attn.v_proj",
-            f"{attention}value",
+            f"{BLOCK}self_attn.o_proj",
+            f"{ATTENTION}out",
+            (cfg.num_heads, head_dim),
             (d,),
-            (kv_heads, head_dim),
-            **projection,
+            **per_layer,
         ),
-        *linear(
-            f"{block}self_attn.o_proj", f"{attention}out", (heads, head_dim), (d,), **per_layer
-        ),
-        *norm(f"{block}post_attention_layernorm", f"{stack}mlp_norm", bias=False, layers=layers),
-        *linear(f"{block}mlp.gate_proj", f"{mlp}wi_gate", (d,), (cfg.mlp_dim,), **per_layer),
-        *linear(f"{block}mlp.up_proj", f"{mlp}wi", (d,), (cfg.mlp_dim,), **per_layer),
-        *linear(f"{block}mlp.down_proj", f"{mlp}wo", (cfg.mlp_dim,), (d,), **per_layer),
+        *norm(f"{BLOCK}post_attention_layernorm", f"{STACK}mlp_norm", bias=False, layers=layers),
+        *linear(f"{BLOCK}mlp.down_proj", f"{MLP}wo", (cfg.mlp_dim,), (d,), **per_layer),
         *norm("model.norm", "decoder/final_norm", bias=False),
     ]
     if cfg.qk_norm:  # Qwen3's per-head norms of queries and keys
         for hf_name, name in (("q_norm", "query"), ("k_norm", "key")):
-            hf_norm = f"{block}self_attn.{hf_name}"
-            result += norm(hf_norm, f"{attention}{name}_norm", bias=False, layers=layers)
+            hf_norm = f"{BLOCK}self_attn.{hf_name}"
+            result += norm(hf_norm, f"{ATTENTION}{name}_norm", bias=False, layers=layers)
     if not cfg.tie_embeddings:
         head = chain(TRANSPOSE, pad_vocab(cfg.vocab_size, cfg.padded_vocab_size, axis=1))
         result.append(tensor("lm_head.weight", "lm_head/kernel", head))

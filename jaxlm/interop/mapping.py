@@ -133,6 +133,30 @@ def linear(
     return rules
 
 
+def fused_linear(
+    hf: str, parts: list[tuple[str, tuple[int, ...]]], in_shape: tuple[int, ...], *, layers: int = 0
+) -> Rule:
+    """A torch `nn.Linear` without bias whose output features are those of several jaxlm dense
+    layers in a row (Phi-3's `qkv_proj`, `gate_up_proj`): `{hf}.weight` [sum of outputs, in] <->
+    `{path}/kernel` [*in_shape, *out_shape] for each (path, out_shape) of `parts`, in order."""
+    n_in, sizes = math.prod(in_shape), [math.prod(shape) for _, shape in parts]
+
+    def forward(weight: np.ndarray) -> tuple[np.ndarray, ...]:
+        if weight.shape != (sum(sizes), n_in):
+            raise ValueError(f"shape {weight.shape}, not {(sum(sizes), n_in)}")
+        pieces = np.split(weight, np.cumsum(sizes)[:-1])
+        return tuple(
+            piece.T.reshape(in_shape + shape)
+            for piece, (_, shape) in zip(pieces, parts, strict=True)
+        )
+
+    def backward(*kernels: np.ndarray) -> tuple[np.ndarray]:
+        return (np.concatenate([kernel.reshape(n_in, -1).T for kernel in kernels]),)
+
+    paths = tuple(f"{path}/kernel" for path, _ in parts)
+    return Rule((f"{hf}.weight",), paths, forward, backward, layers)
+
+
 def norm(hf: str, path: str, *, bias: bool = True, layers: int = 0) -> list[Rule]:
     """A LayerNorm (`weight`, `bias`) or RMSNorm (`weight`) <-> jaxlm's (`scale`, `bias`)."""
     rules = [tensor(f"{hf}.weight", f"{path}/scale", layers=layers)]
