@@ -24,13 +24,16 @@ from jaxlm.layers.recomputing_attention import recomputing_causal_attention
 TOL = dict(rtol=1e-5, atol=1e-5)
 
 
-def np_attention(query, key, value, mask=None, bias=None):
-    """softmax(q k^T / sqrt(d) + bias) v in float64, kv heads repeated for grouped-query
-    attention."""
+def np_attention(query, key, value, mask=None, bias=None, scale=None, softcap=None):
+    """softmax(cap(q k^T * scale) + bias) v in float64 (scale 1 / sqrt(d) by default, cap(s) =
+    softcap tanh(s / softcap)), kv heads repeated for grouped-query attention."""
     query, key, value = (np.asarray(t, np.float64) for t in (query, key, value))
     group = query.shape[2] // key.shape[2]
     key, value = np.repeat(key, group, axis=2), np.repeat(value, group, axis=2)
-    logits = np.einsum("bqhd,bkhd->bhqk", query, key) / np.sqrt(query.shape[-1])
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+    logits = np.einsum("bqhd,bkhd->bhqk", query, key) * scale
+    if softcap is not None:
+        logits = softcap * np.tanh(logits / softcap)
     if bias is not None:
         logits = logits + np.asarray(bias, np.float64)
     if mask is not None:
@@ -302,6 +305,45 @@ def test_causal_blocks_have_the_gradients_of_one_block():
         np.testing.assert_allclose(got, want, **TOL)
 
 
+@pytest.mark.parametrize("length", [40, 300])  # the blocks' path, and the recomputing one's
+@pytest.mark.parametrize("scale, softcap", [(0.1, None), (None, 2.0), (0.6, 1.5)])
+def test_scaled_and_capped_causal_attention_matches_float64(length, scale, softcap, monkeypatch):
+    """Gemma 2's score factor (query_pre_attn_scalar^-0.5) and tanh cap of the scores, on the
+    CPU's causal paths (the recomputing one takes no cap: a capped input takes the blocks') and
+    on the dense reference, against float64; gradients as autodiff of the dense reference."""
+    monkeypatch.setattr(attention_module, "RECOMPUTE_FROM_LENGTH", 256)
+    query, key, value = random_qkv(
+        np.random.default_rng(21), q_len=length, k_len=length, kv_heads=2
+    )
+    query = query * 3  # scores well beyond the caps
+    options = dict(scale=scale, softcap=softcap)
+    expected = np_attention(query, key, value, np.asarray(causal_mask(length)), **options)
+    mask = one_document_per_row(length)
+    causal = functools.partial(dot_product_attention, mask=mask, backend="reference", **options)
+    dense = functools.partial(reference_attention, mask=causal_mask(length), **options)
+    for attention in (causal, dense):
+        np.testing.assert_allclose(attention(query, key, value), expected, rtol=2e-5, atol=2e-5)
+    cotangent = np.random.default_rng(22).normal(size=query.shape).astype(np.float32)
+
+    def grads(attention):
+        loss = lambda *qkv: jnp.sum(attention(*qkv) * cotangent)  # noqa: E731
+        return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(query, key, value)
+
+    for got, want in zip(grads(causal), grads(dense), strict=True):
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4 * float(np.abs(want).max()))
+
+
+def test_capped_scores_on_auto_take_the_reference_and_jax_refuses_them(monkeypatch):
+    """`jax.nn.dot_product_attention` (and cuDNN) cannot cap scores: 'auto' on a GPU then takes
+    the reference, and naming 'jax' is an error."""
+    monkeypatch.setattr(attention_module, "target_platform", lambda: "gpu")
+    assert attention_module.resolve_backend("auto", jnp.bfloat16) == "cudnn"
+    assert attention_module.resolve_backend("auto", jnp.bfloat16, softcap=50.0) == "reference"
+    query, key, value = random_qkv(np.random.default_rng(3))
+    with pytest.raises(ValueError, match="capped attention scores are not supported by the 'jax'"):
+        dot_product_attention(query, key, value, backend="jax", softcap=5.0)
+
+
 def packed_padded_causal_mask(batch: int, length: int) -> tuple[np.ndarray, SegmentMask]:
     """Segment ids of two documents in row 0 (then padding), one in the others, and their mask."""
     segments = np.ones((batch, length), np.int32)
@@ -359,9 +401,9 @@ def test_long_causal_attention_recomputes_on_the_cpu(monkeypatch):
     seen = spy_on_key_lengths(monkeypatch)
     blocks, real = [], attention_module.recomputing_causal_attention
 
-    def spy(query, key, value, mask, block):
+    def spy(query, key, value, mask, block, scale):
         blocks.append(block)
-        return real(query, key, value, mask, block)
+        return real(query, key, value, mask, block, scale)
 
     monkeypatch.setattr(attention_module, "recomputing_causal_attention", spy)
     monkeypatch.setattr(attention_module, "RECOMPUTE_FROM_LENGTH", 256)

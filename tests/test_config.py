@@ -136,6 +136,10 @@ def assert_one_line_error(match: str, name_or_path, overrides=()):
         ("model.rope_scaling_factor=0", "model.rope_scaling_factor"),
         ("model.sliding_window=0", "model.sliding_window"),
         ("model.norm_unit_offset=true", "model.norm_unit_offset"),  # gpt2-small's are layernorms
+        ("model.global_attention_every=2", "model.global_attention_every"),  # without a window
+        ("model.attention_softcap=0", "model.attention_softcap"),
+        ("model.logit_softcap=-30", "model.logit_softcap"),
+        ("model.attention_scale=0", "model.attention_scale"),
         ("model.relative_max_distance=4", "model.relative_max_distance"),
         ("data.seq_len=4096", "data.seq_len"),
         ("optim.learning_rate=-1", "optim.learning_rate"),
@@ -165,6 +169,13 @@ def assert_one_line_error(match: str, name_or_path, overrides=()):
 )
 def test_bad_override_raises_one_line_error_naming_the_key(override, key):
     assert_one_line_error(key, "gpt2-small", [override])
+
+
+def test_capped_scores_on_a_backend_that_cannot_cap_them_are_refused():
+    message = assert_one_line_error(
+        "model.attention_softcap", "gemma2-2b", ["model.attention_backend=cudnn"]
+    )
+    assert "auto, reference, pallas" in message
 
 
 def test_url_workdir_is_refused_not_made_a_local_folder():

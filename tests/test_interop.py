@@ -1,5 +1,5 @@
 """Hugging Face checkpoints: imported GPT-2, BERT (real MiniLM weights), Llama (with Llama 3.1's
-rotary scaling), Qwen2, Qwen3, Mistral, Gemma, Phi-3, Marian and T5 give
+rotary scaling), Qwen2, Qwen3, Mistral, Gemma, Gemma 2, Phi-3, Marian and T5 give
 the outputs of `transformers` on PyTorch; exported jaxlm models load in `transformers` with the same
 outputs and import back bit for bit; sharded checkpoints, `jaxlm convert` (imported workdirs keep
 their GPT-2, BERT or Llama tokenizer wherever they are moved), and one-line errors for
@@ -58,6 +58,14 @@ LLAMA = [
     "model.activation=silu",
     "model.use_bias=false",
 ]
+GEMMA = [
+    *LLAMA,
+    "model.activation=gelu",
+    "model.scale_embeddings=true",  # by sqrt(64) = 8: exact
+    "model.norm_unit_offset=true",
+    "model.head_dim=32",
+    "model.num_kv_heads=1",
+]
 # jaxlm models that export to each Hugging Face class.
 JAXLM_VARIANTS = {
     "gpt2": ["model.family=gpt"],
@@ -73,13 +81,15 @@ JAXLM_VARIANTS = {
     ],
     "qwen3": [*LLAMA, "model.qk_norm=true", "model.head_dim=16", "model.num_kv_heads=2"],
     "mistral": [*LLAMA, "model.sliding_window=5", "model.num_kv_heads=2"],
-    "gemma": [
-        *LLAMA,
-        "model.activation=gelu",
-        "model.scale_embeddings=true",  # by sqrt(64) = 8: exact
-        "model.norm_unit_offset=true",
-        "model.head_dim=32",
-        "model.num_kv_heads=1",
+    "gemma": GEMMA,
+    "gemma2": [
+        *GEMMA,
+        "model.norm_position=sandwich",
+        "model.sliding_window=5",
+        "model.global_attention_every=2",
+        "model.attention_scale=0.25",  # query_pre_attn_scalar 16, not head_dim 32
+        "model.attention_softcap=1.5",
+        "model.logit_softcap=3.0",
     ],
     "bert": ["model.family=bert", "model.norm_position=post", "model.activation=gelu_exact"],
     "bert-mlm": ["model.family=bert", "model.norm_position=post", "model.heads=[mlm]"],
@@ -244,7 +254,8 @@ def _hf_gpt2(tied: bool):
 
 
 def _hf_llama(family: str = "Llama", **overrides):
-    """A model of Llama's architecture: `family` Llama, Mistral, Qwen2, Qwen3, Gemma or Phi3."""
+    """A model of Llama's architecture: `family` Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma2 or
+    Phi3."""
     settings = dict(
         num_hidden_layers=2,
         hidden_size=64,
@@ -372,6 +383,16 @@ HF_MODELS = {
     "mistral-window": lambda: _hf_llama("Mistral", sliding_window=5),
     # one KV head of 32 (Gemma 2B's: one of 256), embeddings scaled by sqrt(64) = 8, tied head
     "gemma": lambda: _hf_llama("Gemma", num_key_value_heads=1, head_dim=32),
+    # sandwich norms, scores scaled by 24^-0.5 (not head_dim 32's), scores and logits capped
+    # where they matter, sliding (5 tokens) and full attention alternating
+    "gemma2": lambda: _hf_llama("Gemma2", head_dim=32, **GEMMA2_SETTINGS),
+    # three layers: two sliding, then one full
+    "gemma2-every-3": lambda: _hf_llama(
+        "Gemma2",
+        num_hidden_layers=3,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        **GEMMA2_SETTINGS,
+    ),
     # fused query/key/value and gate/up projections, a window of 5 (Phi-3 mini's: 2,047 of 4,096)
     "phi3-window": lambda: _hf_llama("Phi3", sliding_window=5, pad_token_id=0),
     "bert-mlm-without-pooler": lambda: _hf_bert("BertForMaskedLM"),
@@ -380,6 +401,14 @@ HF_MODELS = {
     "t5": lambda: _hf_t5(),
     "flan-t5": _hf_flan_t5,
 }
+
+
+GEMMA2_SETTINGS = dict(
+    sliding_window=5,
+    query_pre_attn_scalar=24,
+    attn_logit_softcapping=1.0,
+    final_logit_softcapping=2.0,
+)
 
 
 def _imported(name: str, seed: int, directory: Path):
@@ -404,7 +433,16 @@ def test_imported_logits_match_transformers(name, tmp_path):
 @needs_transformers
 @pytest.mark.parametrize(
     "name",
-    ["llama-gqa", "llama3-rope", "qwen2-tied", "qwen3", "mistral-window", "gemma", "phi3-window"],
+    [
+        "llama-gqa",
+        "llama3-rope",
+        "qwen2-tied",
+        "qwen3",
+        "mistral-window",
+        "gemma",
+        "gemma2",
+        "phi3-window",
+    ],
 )
 def test_llama_greedy_decoding_matches_transformers(name, tmp_path):
     """Cached decoding with rotary positions continues prompts as `transformers` does."""
@@ -1086,6 +1124,7 @@ def test_an_imported_llama_workdir_encodes_as_transformers_does(tmp_path):
         ("qwen2.5-0.5b", 494_032_768),
         ("mistral-7b", 7_241_732_096),
         ("gemma-2b", 2_506_172_416),
+        ("gemma2-2b", 2_614_341_888),
         ("phi3-mini", 3_821_079_552),
         ("t5-small", 60_506_624),
         ("flan-t5-base", 247_577_856),  # its own output head: 24,674,304 more than T5-base's
@@ -1133,7 +1172,7 @@ def test_unsupported_architectures_are_named(gpt2_dir):
     edit_config(gpt2_dir, architectures=["GPT2ForSequenceClassification"])
     assert "unsupported architecture 'GPT2ForSequenceClassification'" in conversion_error(gpt2_dir)
     edit_config(gpt2_dir, model_type="bart")
-    supported = "bert, gemma, gpt2, llama, marian, mistral, phi3, qwen2, qwen3, t5"
+    supported = "bert, gemma, gemma2, gpt2, llama, marian, mistral, phi3, qwen2, qwen3, t5"
     expected = f"unsupported model_type 'bart' (supported: {supported})"
     assert expected in conversion_error(gpt2_dir)
 

@@ -12,6 +12,7 @@ import pytest
 from tiny import TINY_MODEL
 
 from jaxlm.config import ModelConfig, load_config
+from jaxlm.decoding.cache import init_cache, step_fn
 from jaxlm.models import build_model
 from jaxlm.models.summary import abstract_params, count_parameters
 
@@ -281,6 +282,34 @@ def test_remat_gives_the_same_logits_and_gradients():
     loss_remat, grads_remat = loss_and_grads(apply_remat, params, inputs)
     np.testing.assert_allclose(loss_remat, loss, rtol=1e-6)
     chex.assert_trees_all_close(grads_remat, grads, rtol=1e-5, atol=1e-7)
+
+
+def test_alternating_window_layers_agree_scanned_unrolled_rematerialized_and_cached():
+    """With a window in layer 0 and full attention in layer 1 (picked inside the scan by
+    `lax.cond`): the same logits and gradients unrolled and with remat; the same logits step by
+    step over a cache (where each layer's mask is picked in Python); and other logits than a
+    window in both layers or in neither."""
+    alternating = ("model.sliding_window=3", "model.global_attention_every=2")
+    cfg, params, apply = tiny_model("gpt", *alternating)
+    inputs = tokens(2, LENGTH, seed=5)
+    expected = apply(params, inputs)
+    loss, grads = loss_and_grads(apply, params, inputs)
+    for overrides in (["model.scan_unroll=0"], ["model.remat_policy=full"]):
+        _, _, other = tiny_model("gpt", *alternating, *overrides)
+        np.testing.assert_allclose(other(params, inputs), expected, rtol=1e-5, atol=1e-5)
+        other_loss, other_grads = loss_and_grads(other, params, inputs)
+        np.testing.assert_allclose(other_loss, loss, rtol=1e-6)
+        chex.assert_trees_all_close(other_grads, grads, rtol=1e-5, atol=1e-6)
+    step, cache, steps = jax.jit(step_fn(cfg)), init_cache(cfg, 2, LENGTH), []
+    positions, segments = jnp.broadcast_to(jnp.arange(LENGTH), inputs.shape), jnp.ones_like(inputs)
+    for i in range(LENGTH):
+        at = slice(i, i + 1)
+        logits, cache = step(params, cache, inputs[:, at], positions[:, at], segments[:, at], None)
+        steps.append(logits)
+    np.testing.assert_allclose(jnp.concatenate(steps, axis=1), expected, rtol=1e-5, atol=1e-5)
+    for overrides in (["model.sliding_window=3"], []):
+        _, _, other = tiny_model("gpt", *overrides)
+        assert np.abs(other(params, inputs) - expected).max() > 1e-2
 
 
 def test_remat_with_cross_attention_gives_the_same_logits():

@@ -56,6 +56,26 @@ def test_pallas_matches_reference_causal_packed_padded():
         np.testing.assert_allclose(got, want, **TOL)
 
 
+def test_pallas_caps_and_scales_scores_as_the_reference():
+    """Gemma 2's score factor and tanh cap go into the kernel: outputs and gradients as the
+    reference's."""
+    query, key, value = qkv(seed=3)
+    query = query * 3  # scores well beyond the cap
+    options = dict(scale=0.2, softcap=2.0)
+    mask = one_document_per_row(256)
+
+    def loss(attention, q, k, v):
+        return jnp.sum(attention(q, k, v) * q)
+
+    pallas = jax.jit(lambda q, k, v: pallas_attention(q, k, v, mask, **options))
+    reference = lambda q, k, v: reference_attention(q, k, v, causal_mask(256), **options)  # noqa: E731
+    np.testing.assert_allclose(pallas(query, key, value), reference(query, key, value), **TOL)
+    got = jax.jit(jax.grad(lambda *a: loss(pallas, *a), argnums=(0, 1, 2)))(query, key, value)
+    want = jax.grad(lambda *a: loss(reference, *a), argnums=(0, 1, 2))(query, key, value)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
 def test_pallas_without_mask_and_cross_lengths():
     """No mask (full attention), 128 queries over 256 keys: one block by two."""
     query, key, value = qkv(length=256)

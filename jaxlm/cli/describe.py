@@ -22,6 +22,13 @@ def run(args) -> None:
         + (", query/key/value biases" if m.qkv_bias and not m.use_bias else "")
         + (", query/key norms" if m.qk_norm else "")
         + (f", sliding window {m.sliding_window}" if m.sliding_window else "")
+        + (
+            f" (full attention every {m.global_attention_every} layers)"
+            if m.global_attention_every
+            else ""
+        )
+        + (f", scores x{m.attention_scale:g}" if m.attention_scale else "")
+        + (f", scores capped at {m.attention_softcap:g}" if m.attention_softcap else "")
         + f", mlp {m.mlp_dim} ({m.activation}), {m.norm_position}-{m.norm}"
         + (" (scales 1 + weight)" if m.norm_unit_offset else "")
     )
@@ -36,6 +43,7 @@ def run(args) -> None:
         f"  vocab {m.vocab_size} (padded to {m.padded_vocab_size}), max length {m.max_len}, "
         f"{positions} positions, tied embeddings: {m.tie_embeddings}"
         + (f", heads: {', '.join(m.heads) or 'none'}" if m.family == "bert" else "")
+        + (f", logits capped at {m.logit_softcap:g}" if m.logit_softcap else "")
     )
     print(f"  compute {m.dtype}, params {m.param_dtype}, remat {m.remat_policy}")
     boxed = abstract_params(m)

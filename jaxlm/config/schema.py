@@ -39,7 +39,9 @@ class ModelConfig:
     norm: str = "layernorm"  # layernorm | rmsnorm
     norm_eps: float = 1e-5
     norm_unit_offset: bool = False  # rmsnorm: scales by 1 + weight, weights from 0 (Gemma)
-    norm_position: str = "pre"  # pre (GPT-2) | post (BERT, original Transformer)
+    # pre (GPT-2) | post (BERT, original Transformer) | sandwich (pre, and each sublayer's output
+    # normalized again before the residual sum: Gemma 2)
+    norm_position: str = "pre"
     # learned | sinusoidal | rotary | relative (seq2seq: T5's bucketed relative position bias)
     position_embedding: str = "learned"
     rope_base: float = 10_000.0
@@ -63,6 +65,12 @@ class ModelConfig:
     qkv_bias: bool = False  # biases on the query, key and value projections alone (Qwen2)
     qk_norm: bool = False  # RMSNorm of each head's queries and keys before rotary (Qwen3)
     sliding_window: int | None = None  # gpt: each token attends to the last N, itself included
+    # with sliding_window: every Nth layer (the Nth, 2Nth, ...) attends to all earlier tokens
+    # (Gemma 2: 2); 0 = every layer has the window
+    global_attention_every: int = 0
+    attention_scale: float | None = None  # attention scores' factor; None = 1 / sqrt(head_dim)
+    attention_softcap: float | None = None  # scores s capped to c tanh(s / c) (Gemma 2: 50)
+    logit_softcap: float | None = None  # output logits capped likewise (Gemma 2: 30)
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0  # only the 'reference' attention backend supports it
     init_std: float = 0.02

@@ -14,7 +14,7 @@ CHOICES = {
     "model.activation": ("gelu", "gelu_exact", "relu", "silu"),
     "model.mlp_type": ("plain", "gated"),
     "model.norm": ("layernorm", "rmsnorm"),
-    "model.norm_position": ("pre", "post"),
+    "model.norm_position": ("pre", "post", "sandwich"),
     "model.position_embedding": ("learned", "sinusoidal", "rotary", "relative"),
     "model.attention_backend": ("auto", "reference", "jax", "cudnn", "pallas"),
     "model.dtype": tuple(DTYPES),
@@ -95,6 +95,20 @@ def validate(config: Config) -> None:
         m.sliding_window is None or config.finetune.mode != "prompt",
         "model.sliding_window",
         "prompt tuning's soft prompt is seen by every token, beyond any window",
+    )
+    _check(
+        m.global_attention_every == 0 or (m.global_attention_every > 0 and m.sliding_window),
+        "model.global_attention_every",
+        "a positive number of layers, with model.sliding_window set (0 = none)",
+    )
+    for key in ("attention_scale", "attention_softcap", "logit_softcap"):
+        value = getattr(m, key)
+        _check(value is None or value > 0, f"model.{key}", "must be positive (or null)")
+    _check(
+        m.attention_softcap is None or m.attention_backend not in ("jax", "cudnn"),
+        "model.attention_softcap",
+        f"the {m.attention_backend} attention backend does not cap scores (auto, reference, "
+        "pallas do)",
     )
     _check(
         0 < m.rope_low_freq_factor < m.rope_high_freq_factor,

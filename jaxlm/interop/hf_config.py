@@ -35,11 +35,24 @@ def require(hf: dict, key: str, default: Any, supported: Any) -> None:
         )
 
 
-def mismatches(cfg: ModelConfig, needs: dict[str, Any]) -> list[str]:
-    """'model.key=value' for every key of `cfg` whose value differs from what `needs` says."""
+# Settings that only the architectures naming them in their NEEDS have (Gemma's), at the values
+# every other architecture needs.
+RARE_SETTINGS = {
+    "norm_unit_offset": False,
+    "global_attention_every": 0,
+    "attention_scale": None,
+    "attention_softcap": None,
+    "logit_softcap": None,
+}
+
+
+def mismatches(cfg: ModelConfig, needs: dict[str, Any], free: tuple[str, ...] = ()) -> list[str]:
+    """'model.key=value' for every key of `cfg` whose value differs from what `needs` says (and
+    `RARE_SETTINGS`, where `needs` is silent and the key is not `free`)."""
+    rare = {key: value for key, value in RARE_SETTINGS.items() if key not in free}
     return [
         f"model.{key}={getattr(cfg, key)!r}"
-        for key, value in needs.items()
+        for key, value in {**rare, **needs}.items()
         if getattr(cfg, key) != value
     ]
 

@@ -30,7 +30,6 @@ NEEDS = {
     "qkv_bias": False,
     "qk_norm": False,
     "sliding_window": None,
-    "norm_unit_offset": False,
 }
 
 
@@ -168,11 +167,20 @@ def input_projections(cfg: ModelConfig) -> list[Rule]:
     return [rule for rules in attention + mlp for rule in rules]
 
 
+# HF block norm -> jaxlm block norm: before attention, before the MLP.
+BLOCK_NORMS = {"input_layernorm": "self_attention_norm", "post_attention_layernorm": "mlp_norm"}
+
+
 def rules(
-    cfg: ModelConfig, names: set[str] | None = None, hf: dict | None = None, projections=None
+    cfg: ModelConfig,
+    names: set[str] | None = None,
+    hf: dict | None = None,
+    projections=None,
+    block_norms: dict[str, str] = BLOCK_NORMS,
 ) -> list[Rule]:
     """The tensors of Llama's layout; `projections(cfg)` gives the rules of the query, key,
-    value, gate and up projections (default `input_projections`)."""
+    value, gate and up projections (default `input_projections`), `block_norms` the names of
+    each block's norms."""
     d, head_dim, layers = cfg.embed_dim, cfg.resolved_head_dim, cfg.num_layers
     per_layer = dict(bias=cfg.use_bias, layers=layers)
     result = [
@@ -181,7 +189,11 @@ def rules(
             "token_embed/embedding",
             pad_vocab(cfg.vocab_size, cfg.padded_vocab_size),
         ),
-        *norm(f"{BLOCK}input_layernorm", f"{STACK}self_attention_norm", bias=False, layers=layers),
+        *(
+            rule
+            for hf_norm, name in block_norms.items()
+            for rule in norm(f"{BLOCK}{hf_norm}", f"{STACK}{name}", bias=False, layers=layers)
+        ),
         *(projections or input_projections)(cfg),
         *linear(
             f"{BLOCK}self_attn.o_proj",
@@ -190,7 +202,6 @@ def rules(
             (d,),
             **per_layer,
         ),
-        *norm(f"{BLOCK}post_attention_layernorm", f"{STACK}mlp_norm", bias=False, layers=layers),
         *linear(f"{BLOCK}mlp.down_proj", f"{MLP}wo", (cfg.mlp_dim,), (d,), **per_layer),
         *norm("model.norm", "decoder/final_norm", bias=False),
     ]

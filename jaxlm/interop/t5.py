@@ -48,7 +48,6 @@ NEEDS = {
     "qk_norm": False,
     "output_bias": False,
     "scale_embeddings": False,
-    "norm_unit_offset": False,
 }
 
 

@@ -30,10 +30,14 @@ def reference_attention(
     mask: jax.Array | None = None,
     *,
     bias: jax.Array | None = None,
+    scale: float | None = None,
+    softcap: float | None = None,
     dropout_rate: float = 0.0,
     dropout_rng: jax.Array | None = None,
 ) -> jax.Array:
-    """softmax(q k^T / sqrt(d) + bias) v in plain XLA ops; logits and softmax in float32.
+    """softmax(cap(q k^T * scale) + bias) v in plain XLA ops; logits and softmax in float32.
+    The scale is 1 / sqrt(head_dim) unless given; with a `softcap` c, cap(s) = c tanh(s / c)
+    (Gemma 2), otherwise the scores themselves.
 
     query: [batch, q, heads, head_dim]; key, value: [batch, k, kv_heads, head_dim] where
     heads is a multiple of kv_heads (grouped-query attention); bias: [batch | 1, heads, q, k].
@@ -46,7 +50,9 @@ def reference_attention(
     group = heads // kv_heads
     q = query.reshape(batch, q_len, kv_heads, group, head_dim)
     logits = einsum("bqhgd,bkhd->bhgqk", q, key, preferred_element_type=jnp.float32)
-    logits = logits.reshape(batch, kv_heads, group * q_len, k_len) * head_dim**-0.5
+    logits = logits.reshape(batch, kv_heads, group * q_len, k_len) * score_scale(head_dim, scale)
+    if softcap is not None:
+        logits = jnp.tanh(logits / softcap) * softcap
     if bias is not None:
         logits = logits + bias.reshape(bias.shape[0], kv_heads, group * q_len, k_len)
     if mask is not None:
@@ -66,6 +72,11 @@ def reference_attention(
     return out.reshape(batch, q_len, heads, head_dim)
 
 
+def score_scale(head_dim: int, scale: float | None) -> float:
+    """The factor of the attention scores: `scale`, by default 1 / sqrt(head_dim)."""
+    return head_dim**-0.5 if scale is None else scale
+
+
 def causal_query_block(length: int) -> int:
     """Queries per block of causal self-attention over `length` tokens (see
     `causal_blocks_attention`): 64 below 256 tokens, then 128, and an eighth beyond 1,024."""
@@ -78,17 +89,21 @@ def causal_blocks_attention(
     value: jax.Array,
     mask: SegmentMask,
     bias: jax.Array | None = None,
+    scale: float | None = None,
+    softcap: float | None = None,
 ) -> jax.Array:
     """The reference attention of causal self-attention, one block of queries at a time, each
     against the keys up to its last query: the key blocks above the diagonal, which the mask
     hides entirely, are never computed (up to half the work of long sequences). The reference
     backend takes this path on the CPU, where it was measured faster from 128 to 2,048 tokens;
-    from `RECOMPUTE_FROM_LENGTH` tokens (without a `bias`) the blocks' backward pass
-    recomputes the probabilities."""
+    from `RECOMPUTE_FROM_LENGTH` tokens (without a `bias` or a `softcap`) the blocks' backward
+    pass recomputes the probabilities."""
     length, block = query.shape[1], causal_query_block(query.shape[1])
     dense = mask.dense()
-    if length >= RECOMPUTE_FROM_LENGTH and bias is None:
-        return recomputing_causal_attention(query, key, value, dense, block)
+    if length >= RECOMPUTE_FROM_LENGTH and bias is None and softcap is None:
+        return recomputing_causal_attention(
+            query, key, value, dense, block, score_scale(query.shape[-1], scale)
+        )
     return jnp.concatenate(
         [
             reference_attention(
@@ -97,6 +112,8 @@ def causal_blocks_attention(
                 value[:, : start + block],
                 dense[:, :, start : start + block, : start + block],
                 bias=None if bias is None else bias[:, :, start : start + block, : start + block],
+                scale=scale,
+                softcap=softcap,
             )
             for start in range(0, length, block)
         ],
@@ -105,11 +122,16 @@ def causal_blocks_attention(
 
 
 def resolve_backend(
-    backend: str, dtype: jnp.dtype, dropout_rate: float = 0.0, fits_pallas: bool = False
+    backend: str,
+    dtype: jnp.dtype,
+    dropout_rate: float = 0.0,
+    fits_pallas: bool = False,
+    softcap: float | None = None,
 ) -> str:
     """'auto' picks the Pallas splash kernel on TPUs where the inputs fit it, cuDNN flash
-    attention on NVIDIA GPUs in 16-bit, the reference elsewhere and with attention dropout.
-    'pallas' on inputs that do not fit the kernel (decoding, short sequences) is the reference."""
+    attention on NVIDIA GPUs in 16-bit, the reference elsewhere and with attention dropout or
+    capped scores (which `jax.nn.dot_product_attention` lacks). 'pallas' on inputs that do not
+    fit the kernel (decoding, short sequences) is the reference."""
     if backend == "pallas" and not fits_pallas:
         return "reference"
     if backend != "auto":
@@ -120,7 +142,7 @@ def resolve_backend(
     if platform == "tpu" and fits_pallas:
         return "pallas"
     half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-    return "cudnn" if platform == "gpu" and half else "reference"
+    return "cudnn" if platform == "gpu" and half and softcap is None else "reference"
 
 
 def dot_product_attention(
@@ -130,6 +152,8 @@ def dot_product_attention(
     mask: jax.Array | SegmentMask | None = None,
     *,
     bias: jax.Array | None = None,
+    scale: float | None = None,
+    softcap: float | None = None,
     backend: str = "auto",
     dropout_rate: float = 0.0,
     dropout_rng: jax.Array | None = None,
@@ -137,24 +161,35 @@ def dot_product_attention(
     """Scaled dot-product attention through the selected backend (shapes as in the reference).
 
     `mask` is a boolean [batch | 1, heads | 1, q, k] array or a `SegmentMask`; `bias` (float32
-    [batch | 1, heads, q, k], added to the scores) rules out the Pallas kernel.
+    [batch | 1, heads, q, k], added to the scores) rules out the Pallas kernel. `scale` and
+    `softcap` are the reference's; 'jax' and 'cudnn' take no `softcap`.
     """
     fits_pallas = bias is None and pallas_fits(query, key, mask)
-    backend = resolve_backend(backend, query.dtype, dropout_rate, fits_pallas=fits_pallas)
+    backend = resolve_backend(backend, query.dtype, dropout_rate, fits_pallas, softcap)
     if backend == "pallas":
         if dropout_rate > 0.0:
             raise ValueError("attention dropout is only supported by the 'reference' backend")
-        return pallas_attention(query, key, value, mask)
+        return pallas_attention(query, key, value, mask, scale=scale, softcap=softcap)
     if backend == "reference":
         if isinstance(mask, SegmentMask) and mask.causal and dropout_rate == 0.0 and on_cpu():
-            return causal_blocks_attention(query, key, value, mask, bias)
+            return causal_blocks_attention(query, key, value, mask, bias, scale, softcap)
         if isinstance(mask, SegmentMask):
             mask = mask.dense()
         return reference_attention(
-            query, key, value, mask, bias=bias, dropout_rate=dropout_rate, dropout_rng=dropout_rng
+            query,
+            key,
+            value,
+            mask,
+            bias=bias,
+            scale=scale,
+            softcap=softcap,
+            dropout_rate=dropout_rate,
+            dropout_rng=dropout_rng,
         )
+    if softcap is not None:
+        raise ValueError(f"capped attention scores are not supported by the {backend!r} backend")
     return jax_attention(
-        query, key, value, mask, bias=bias, backend=backend, dropout_rate=dropout_rate
+        query, key, value, mask, bias=bias, scale=scale, backend=backend, dropout_rate=dropout_rate
     )
 
 
@@ -165,6 +200,7 @@ def jax_attention(
     mask: jax.Array | SegmentMask | None,
     *,
     bias: jax.Array | None = None,
+    scale: float | None = None,
     backend: str,
     dropout_rate: float = 0.0,
 ) -> jax.Array:
@@ -194,6 +230,7 @@ def jax_attention(
         value,
         bias=None if bias is None else bias.astype(query.dtype),
         mask=mask,
+        scale=scale,
         is_causal=is_causal,
         local_window_size=None if window is None else (window - 1, 0),
         implementation="cudnn" if backend == "cudnn" else None,
@@ -238,7 +275,12 @@ class MultiHeadAttention(nn.Module):
     `prefix` = (keys, values), each [prefix_length, kv_heads, head_dim], are keys and values that
     every query may attend to besides the inputs' (prefix tuning; see `prepend_prefix`).
 
-    `bias` [batch | 1, heads, q, k] is added to the scores (T5's relative position bias).
+    `bias` [batch | 1, heads, q, k] is added to the scores (T5's relative position bias);
+    `scale` and `softcap` are `reference_attention`'s.
+
+    With `full_attention` (a boolean scalar, traced in a scanned layer stack) true, the queries
+    attend under `full_mask` instead of `mask` (a model whose layers alternate sliding-window
+    and full attention); each branch keeps its backend's fast path.
     """
 
     num_heads: int
@@ -249,6 +291,8 @@ class MultiHeadAttention(nn.Module):
     qk_norm_eps: float | None = None  # set: RMSNorm each head's queries and keys (learned scales)
     qk_norm_unit_offset: bool = False  # those norms scale by 1 + scale (Gemma's)
     dropout_rate: float = 0.0
+    scale: float | None = None
+    softcap: float | None = None
     backend: str = "auto"
     kernel_init: nn.initializers.Initializer = nn.initializers.normal(0.02)
     out_kernel_init: nn.initializers.Initializer = nn.initializers.normal(0.02)
@@ -270,6 +314,8 @@ class MultiHeadAttention(nn.Module):
         decode_index: jax.Array | None = None,
         prefix: tuple[jax.Array, jax.Array] | None = None,
         bias: jax.Array | None = None,
+        full_mask=None,
+        full_attention: jax.Array | None = None,
     ):
         # inputs_q: [batch, q, embed]; inputs_kv: [batch, k, embed]
         kv_heads = self.num_kv_heads or self.num_heads
@@ -313,21 +359,30 @@ class MultiHeadAttention(nn.Module):
                 # XLA:CPU lays out products over the cache for a kernel with no bf16 x bf16 ->
                 # f32 form (it fails at run time); float32 products of 16-bit values are exact.
                 query, key, value = (t.astype(jnp.float32) for t in (query, key, value))
-        if prefix is not None:
-            key, value, mask, bias = prepend_prefix(prefix, key, value, mask, bias)
-
         dropout_rate = 0.0 if deterministic else self.dropout_rate
         dropout_rng = self.make_rng("dropout") if dropout_rate > 0.0 else None
-        out = dot_product_attention(
-            query,
-            key,
-            value,
-            mask,
-            bias=bias,
-            backend=self.backend,
-            dropout_rate=dropout_rate,
-            dropout_rng=dropout_rng,
-        )
+
+        def attend(mask):
+            keys, values, bias_ = key, value, bias
+            if prefix is not None:
+                keys, values, mask, bias_ = prepend_prefix(prefix, keys, values, mask, bias_)
+            return dot_product_attention(
+                query,
+                keys,
+                values,
+                mask,
+                bias=bias_,
+                scale=self.scale,
+                softcap=self.softcap,
+                backend=self.backend,
+                dropout_rate=dropout_rate,
+                dropout_rng=dropout_rng,
+            )
+
+        if full_attention is None:
+            out = attend(mask)
+        else:
+            out = jax.lax.cond(full_attention, lambda: attend(full_mask), lambda: attend(mask))
         out = nn.with_logical_constraint(out.astype(self.dtype), head_axes)
         out = DenseGeneral(
             features=(inputs_q.shape[-1],),

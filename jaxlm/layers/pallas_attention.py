@@ -25,8 +25,11 @@ def pallas_fits(query: jax.Array, key: jax.Array, mask) -> bool:
     return segments and all(pallas_block(length) is not None for length in lengths)
 
 
-def _splash_kernel(group: int, q_len: int, kv_len: int, causal: bool, block: int | None):
-    """A splash-attention kernel over `group` query heads sharing one key/value head."""
+def _splash_kernel(
+    group: int, q_len: int, kv_len: int, causal: bool, block: int | None, softcap: float | None
+):
+    """A splash-attention kernel over `group` query heads sharing one key/value head, its scores
+    capped by `softcap` (c tanh(s / c)) when given."""
     from jax.experimental.pallas.ops.tpu import splash_attention as splash
 
     block_q, block_kv = (block, block) if block else (pallas_block(q_len), pallas_block(kv_len))
@@ -44,6 +47,7 @@ def _splash_kernel(group: int, q_len: int, kv_len: int, causal: bool, block: int
     return splash.make_splash_mqa_single_device(
         splash.MultiHeadMask([make((q_len, kv_len)) for _ in range(group)]),
         block_sizes=blocks,
+        attn_logits_soft_cap=softcap,
         interpret=target_platform() != "tpu",
     )
 
@@ -55,8 +59,11 @@ def pallas_attention(
     mask: SegmentMask | None = None,
     *,
     block: int | None = None,
+    scale: float | None = None,
+    softcap: float | None = None,
 ) -> jax.Array:
-    """Attention through the Pallas splash kernel (shapes as in the reference).
+    """Attention through the Pallas splash kernel (shapes, `scale` and `softcap` as in the
+    reference).
 
     Query and key lengths must be multiples of 128; each is tiled by the largest of 512, 256,
     128 that divides it (or by `block`). The mask is causal and/or by segment ids; padding
@@ -69,9 +76,9 @@ def pallas_attention(
 
     causal = mask is not None and mask.causal
     kernel = _splash_kernel(
-        query.shape[2] // key.shape[2], query.shape[1], key.shape[1], causal, block
+        query.shape[2] // key.shape[2], query.shape[1], key.shape[1], causal, block, softcap
     )
-    scale = query.shape[-1] ** -0.5
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
 
     def attend(query, key, value, query_segments, key_segments):
         batch, q_len, heads, head_dim = query.shape

@@ -24,18 +24,24 @@ NEGATIVE = jnp.finfo(F32).min
 
 
 def recomputing_causal_attention(
-    query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array, block: int
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    mask: jax.Array,
+    block: int,
+    scale: float | None = None,
 ) -> jax.Array:
-    """softmax(q k^T / sqrt(d)) v under `mask` ([batch | 1, 1, q, k] boolean, causal), in blocks
-    of `block` queries. Shapes as `reference_attention`: query [batch, length, heads, head_dim],
-    key and value [batch, length, kv_heads, head_dim]; heads a multiple of kv_heads."""
+    """softmax(q k^T * scale) v under `mask` ([batch | 1, 1, q, k] boolean, causal), in blocks
+    of `block` queries; the scale is 1 / sqrt(head_dim) unless given. Shapes as
+    `reference_attention`: query [batch, length, heads, head_dim], key and value [batch, length,
+    kv_heads, head_dim]; heads a multiple of kv_heads."""
     batch, length, heads, head_dim = query.shape
     kv_heads = key.shape[2]
     group = heads // kv_heads
     # [batch, kv_heads, group, length, head_dim] and [batch, kv_heads, length, head_dim]
     q = query.reshape(batch, length, kv_heads, group, head_dim).transpose(0, 2, 3, 1, 4)
     k, v = (t.transpose(0, 2, 1, 3) for t in (key, value))
-    out = _attention(block, q, k, v, mask)
+    out = _attention(block, head_dim**-0.5 if scale is None else scale, q, k, v, mask)
     return out.transpose(0, 3, 1, 2, 4).reshape(batch, length, heads, head_dim)
 
 
@@ -57,20 +63,20 @@ def _rows(x: jax.Array, start: int, end: int) -> jax.Array:
     return _grouped(x[:, :, :, start:end])
 
 
-def _scores(rows, k, mask, start, end):
+def _scores(rows, k, mask, start, end, scale):
     """Masked scaled scores of query rows [start, end) (`_rows`) against keys [0, end):
     [b, h, g, q, k], and the mask's part that they see."""
-    batch, kv_heads, grouped_rows, head_dim = rows.shape
-    scores = _product("bhqd,bhkd->bhqk", rows, k[:, :, :end]) * head_dim**-0.5
+    batch, kv_heads, grouped_rows, _ = rows.shape
+    scores = _product("bhqd,bhkd->bhqk", rows, k[:, :, :end]) * scale
     scores = scores.reshape(batch, kv_heads, grouped_rows // (end - start), end - start, end)
     visible = mask[:, :, None, start:end, :end]
     return jnp.where(visible, scores, NEGATIVE), visible
 
 
-def _forward_blocks(block, q, k, v, mask):
+def _forward_blocks(block, scale, q, k, v, mask):
     outputs, maxima, log_totals = [], [], []
     for start, end in _blocks(q.shape[3], block):
-        scores, _ = _scores(_rows(q, start, end), k, mask, start, end)
+        scores, _ = _scores(_rows(q, start, end), k, mask, start, end, scale)
         maximum = jnp.max(scores, axis=-1, keepdims=True)
         weights = jnp.exp(scores - maximum)
         total = jnp.sum(weights, axis=-1, keepdims=True)
@@ -81,17 +87,17 @@ def _forward_blocks(block, q, k, v, mask):
     return tuple(jnp.concatenate(t, axis=3) for t in (outputs, maxima, log_totals))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _attention(block, q, k, v, mask):
-    return _forward_blocks(block, q, k, v, mask)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _attention(block, scale, q, k, v, mask):
+    return _forward_blocks(block, scale, q, k, v, mask)[0]
 
 
-def _forward(block, q, k, v, mask):
-    out, maximum, log_total = _forward_blocks(block, q, k, v, mask)
+def _forward(block, scale, q, k, v, mask):
+    out, maximum, log_total = _forward_blocks(block, scale, q, k, v, mask)
     return out, (q, k, v, mask, out, maximum, log_total)
 
 
-def _backward(block, residuals, grad):
+def _backward(block, scale, residuals, grad):
     q, k, v, mask, out, maximum, log_total = residuals
     batch, kv_heads, _, length, head_dim = q.shape
     # d softmax: p * (dp - sum(dp * p)), where sum(dp * p) = sum(grad * out) per query
@@ -101,7 +107,7 @@ def _backward(block, residuals, grad):
     query_grads = []
     for start, end in _blocks(length, block):
         rows, grad_rows = _rows(q, start, end), _rows(grad, start, end)
-        scores, visible = _scores(rows, k, mask, start, end)
+        scores, visible = _scores(rows, k, mask, start, end, scale)
         # (scores - maximum) first: a row with no visible key then gets probabilities 1 / k,
         # as in the forward pass, where maximum + log(total) would round back to the maximum
         rows_at = slice(start, end)
@@ -111,7 +117,7 @@ def _backward(block, residuals, grad):
         )
         probs_grad = _product("bhqd,bhkd->bhqk", grad_rows, v[:, :, :end]).reshape(probs.shape)
         delta = grad_dot_out[:, :, :, rows_at]
-        scores_grad = jnp.where(visible, probs * (probs_grad - delta), 0.0) * head_dim**-0.5
+        scores_grad = jnp.where(visible, probs * (probs_grad - delta), 0.0) * scale
         scores_grad = _grouped(scores_grad.astype(q.dtype))
         query_grad = _product("bhqk,bhkd->bhqd", scores_grad, k[:, :, :end])
         query_grads.append(query_grad.reshape(*probs.shape[:-1], head_dim).astype(q.dtype))

@@ -1,4 +1,5 @@
-"""Transformer blocks (pre-LN or post-LN) and layer stacks scanned over depth with remat."""
+"""Transformer blocks (pre-LN, post-LN or sandwich) and layer stacks scanned over depth with
+remat."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 
 import flax.linen as nn
 import jax
+import numpy as np
 
 from jaxlm.config import ModelConfig
 from jaxlm.layers.activations import ACTIVATIONS
@@ -104,15 +106,18 @@ class Mlp(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Self-attention, optional cross-attention, MLP; each a residual sublayer, pre- or post-LN.
+    """Self-attention, optional cross-attention, MLP; each a residual sublayer, pre-LN, post-LN
+    or sandwiched between two norms (`{name}_norm` before, `{name}_post_norm` after).
 
     A scan body: `((x, kv_cache), mask, positions, encoded, cross_mask, deterministic,
-    decode_index, bias) -> ((x, kv_cache), None)` with x: [batch, length, embed], mask:
+    decode_index, bias, full_mask, full_attention) -> ((x, kv_cache), None)` with x: [batch,
+    length, embed], mask:
     [batch, 1, length, keys] (keys = length, or the cache length when decoding), positions:
     [batch, length], encoded: [batch, source_length, embed], cross_mask:
     [batch, 1, length, source_length], bias: None or [batch, heads, length, keys], added to the
     self-attention scores. `kv_cache` (None unless decoding) is this block's keys and values,
-    which it reads and writes.
+    which it reads and writes. With `full_attention` (a boolean scalar) true, self-attention
+    attends under `full_mask` instead of `mask`.
 
     Parameters `prefix_key` and `prefix_value` [prefix_length, kv_heads, head_dim], when present
     (prefix tuning adds them, `init` never does), are keys and values that self-attention attends
@@ -133,14 +138,18 @@ class TransformerBlock(nn.Module):
         deterministic=True,
         decode_index=None,
         bias=None,
+        full_mask=None,
+        full_attention=None,
     ):
         x, kv_cache = carry
         cfg = self.cfg
 
         def residual(name: str, sublayer):
             nonlocal x
-            if cfg.norm_position == "pre":
+            if cfg.norm_position in ("pre", "sandwich"):
                 y = sublayer(make_norm(cfg, f"{name}_norm")(x))
+                if cfg.norm_position == "sandwich":
+                    y = make_norm(cfg, f"{name}_post_norm")(y)
                 x = x + nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
             else:
                 y = sublayer(x)
@@ -157,6 +166,8 @@ class TransformerBlock(nn.Module):
             qk_norm_eps=cfg.norm_eps if cfg.qk_norm else None,
             qk_norm_unit_offset=cfg.norm_unit_offset,
             dropout_rate=cfg.attention_dropout_rate,
+            scale=cfg.attention_scale,
+            softcap=cfg.attention_softcap,
             backend=cfg.attention_backend,
             kernel_init=nn.initializers.normal(cfg.init_std),
             out_kernel_init=output_init(cfg),
@@ -185,6 +196,8 @@ class TransformerBlock(nn.Module):
                 decode_index=decode_index,
                 prefix=prefix,
                 bias=bias,
+                full_mask=full_mask,
+                full_attention=full_attention,
             )
             if kv_cache is not None:
                 out, kv_cache = out
@@ -204,8 +217,10 @@ class TransformerBlock(nn.Module):
 
 class TransformerStack(nn.Module):
     """`num_layers` blocks stacked with `nn.scan` (parameters get a leading `layers` axis),
-    each wrapped in `nn.remat` with the configured policy; pre-LN stacks end with a norm. Every
-    block adds `bias` (a relative position bias), when given, to its self-attention scores.
+    each wrapped in `nn.remat` with the configured policy; pre-LN and sandwich stacks end with a
+    norm. Every block adds `bias` (a relative position bias), when given, to its self-attention
+    scores. With `full_mask` (`model.global_attention_every` layers), every Nth block attends
+    under it instead of `mask`: the scan gives each block whether it is one.
 
     Decoding (`kv_cache` given: a tuple of keys and a tuple of values, one array per layer)
     runs the blocks one after the other instead, block `i` with the parameters `layers_{i}`
@@ -230,14 +245,20 @@ class TransformerStack(nn.Module):
         kv_cache=None,
         decode_index=None,
         bias=None,
+        full_mask=None,
     ):
         cfg = self.cfg
-        shared = (mask, positions, encoded, cross_mask, deterministic, decode_index, bias)
+        shared = (positions, encoded, cross_mask, deterministic, decode_index, bias)
+        full_layers = None
+        if full_mask is not None:
+            every = cfg.global_attention_every
+            full_layers = np.arange(self.num_layers) % every == every - 1
         if kv_cache is not None:
             caches = []
             for i, layer_cache in enumerate(zip(*kv_cache, strict=True)):
                 block = TransformerBlock(cfg, self.cross_attention, name=f"layers_{i}")
-                (x, layer_cache), _ = block((x, layer_cache), *shared)
+                layer_mask = full_mask if full_layers is not None and full_layers[i] else mask
+                (x, layer_cache), _ = block((x, layer_cache), layer_mask, *shared)
                 caches.append(layer_cache)
             kv_cache = tuple(zip(*caches, strict=True))
         else:
@@ -253,14 +274,14 @@ class TransformerStack(nn.Module):
                 block,
                 variable_axes={"params": 0},
                 split_rngs={"params": True, "dropout": True},
-                in_axes=nn.broadcast,
+                in_axes=(nn.broadcast,) * 8 + (nn.broadcast if full_layers is None else 0,),
                 length=self.num_layers,
                 unroll=cfg.scan_unroll or self.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
             (x, _), _ = stack(cfg, cross_attention=self.cross_attention, name="layers")(
-                (x, None), *shared
+                (x, None), mask, *shared, full_mask, full_layers
             )
-        if cfg.norm_position == "pre":
+        if cfg.norm_position in ("pre", "sandwich"):
             x = make_norm(cfg, "final_norm")(x)
         return x if kv_cache is None else (x, kv_cache)

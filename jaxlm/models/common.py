@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import flax.linen as nn
@@ -138,9 +139,9 @@ def output_logits(
     bias: OutputBias | None = None,
     head: DenseGeneral | None = None,
 ):
-    """Float32 logits over the padded vocabulary (plus `bias`); padding rows can never be
-    predicted. An untied model projects with `head` (`output_head`; built here when None, in
-    a compact module)."""
+    """Float32 logits over the padded vocabulary (plus `bias`, then capped to c tanh(logits / c)
+    by `model.logit_softcap` c); padding rows can never be predicted. An untied model projects
+    with `head` (`output_head`; built here when None, in a compact module)."""
     if cfg.tie_embeddings:
         logits = embed.attend(x)
     else:
@@ -150,6 +151,8 @@ def output_logits(
     )
     if bias is not None:
         logits = bias(logits)
+    if cfg.logit_softcap is not None:
+        logits = jnp.tanh(logits / cfg.logit_softcap) * cfg.logit_softcap
     return mask_vocab_padding(logits, cfg.vocab_size)
 
 
@@ -211,20 +214,28 @@ def causal_self_attention(
     segment_ids: jax.Array | None,
     cache: dict | None,
     window: int | None = None,
+    full_too: bool = False,
 ):
     """What a causal decoder stack needs: (mask, extra stack arguments, updated cache).
 
     Without a cache the mask covers the inputs (rows of one document each when `segment_ids`
     is None); with one (and segment ids), the new tokens attend over the cache and the stack
     gets the cache and the slot to write at. A sliding `window` limits each token to the last
-    `window` tokens, itself included.
+    `window` tokens, itself included; with `full_too` the stack also gets the mask without the
+    window, as `full_mask`, for its layers of full attention.
     """
     if cache is None:
         if segment_ids is None:
-            return one_document_per_row(tokens.shape[1], window), {}, None
-        return SegmentMask(segment_ids, segment_ids, causal=True, window=window), {}, None
-    mask, start, cache = cached_self_attention_mask(cache, segment_ids, window)
-    return mask, {"kv_cache": (cache["key"], cache["value"]), "decode_index": start}, cache
+            mask = one_document_per_row(tokens.shape[1], window)
+        else:
+            mask = SegmentMask(segment_ids, segment_ids, causal=True, window=window)
+        extras = {"full_mask": dataclasses.replace(mask, window=None)} if full_too else {}
+        return mask, extras, None
+    mask, start, updated = cached_self_attention_mask(cache, segment_ids, window)
+    extras = {"kv_cache": (updated["key"], updated["value"]), "decode_index": start}
+    if full_too:
+        extras["full_mask"] = cached_self_attention_mask(cache, segment_ids)[0]
+    return mask, extras, updated
 
 
 def stack_output(out, cache: dict | None):

@@ -63,7 +63,7 @@ class GPT(nn.Module):
             if cache is not None:
                 positions, segment_ids = prompt_in_cache(positions, segment_ids, prompt.shape[0])
         mask, stack_cache, cache = causal_self_attention(
-            tokens, segment_ids, cache, cfg.sliding_window
+            tokens, segment_ids, cache, cfg.sliding_window, full_too=cfg.global_attention_every > 0
         )
         if prompt is not None and cache is None:
             mask, positions = prompt_attention(
