@@ -140,6 +140,7 @@ def assert_one_line_error(match: str, name_or_path, overrides=()):
         ("model.attention_softcap=0", "model.attention_softcap"),
         ("model.logit_softcap=-30", "model.logit_softcap"),
         ("model.attention_scale=0", "model.attention_scale"),
+        ("model.rope_local_base=1e4", "model.rope_local_base"),  # no full-attention layers
         ("model.relative_max_distance=4", "model.relative_max_distance"),
         ("data.seq_len=4096", "data.seq_len"),
         ("optim.learning_rate=-1", "optim.learning_rate"),

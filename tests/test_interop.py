@@ -1,5 +1,5 @@
 """Hugging Face checkpoints: imported GPT-2, BERT (real MiniLM weights), Llama (with Llama 3.1's
-rotary scaling), Qwen2, Qwen3, Mistral, Gemma, Gemma 2, Phi-3, Marian and T5 give
+rotary scaling), Qwen2, Qwen3, Mistral, Gemma 1 to 3, Phi-3, Marian and T5 give
 the outputs of `transformers` on PyTorch; exported jaxlm models load in `transformers` with the same
 outputs and import back bit for bit; sharded checkpoints, `jaxlm convert` (imported workdirs keep
 their GPT-2, BERT or Llama tokenizer wherever they are moved), and one-line errors for
@@ -90,6 +90,17 @@ JAXLM_VARIANTS = {
         "model.attention_scale=0.25",  # query_pre_attn_scalar 16, not head_dim 32
         "model.attention_softcap=1.5",
         "model.logit_softcap=3.0",
+    ],
+    "gemma3": [
+        *GEMMA,
+        "model.norm_position=sandwich",
+        "model.qk_norm=true",
+        "model.sliding_window=5",
+        "model.global_attention_every=2",
+        "model.rope_base=1e5",
+        "model.rope_scaling=linear",
+        "model.rope_scaling_factor=4",
+        "model.rope_local_base=50",
     ],
     "bert": ["model.family=bert", "model.norm_position=post", "model.activation=gelu_exact"],
     "bert-mlm": ["model.family=bert", "model.norm_position=post", "model.heads=[mlm]"],
@@ -253,9 +264,9 @@ def _hf_gpt2(tied: bool):
     return transformers.GPT2LMHeadModel(config)
 
 
-def _hf_llama(family: str = "Llama", **overrides):
+def _hf_llama(family: str = "Llama", model: str | None = None, **overrides):
     """A model of Llama's architecture: `family` Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma2 or
-    Phi3."""
+    Phi3; Gemma3Text's class is `model`."""
     settings = dict(
         num_hidden_layers=2,
         hidden_size=64,
@@ -267,7 +278,7 @@ def _hf_llama(family: str = "Llama", **overrides):
         initializer_range=0.1,
     )
     config = getattr(transformers, f"{family}Config")(**{**settings, **overrides})
-    return getattr(transformers, f"{family}ForCausalLM")(config)
+    return getattr(transformers, model or f"{family}ForCausalLM")(config)
 
 
 # Rotary scalings on 16-wide heads, whose 8 frequencies have wavelengths from 6.3 to 19,869
@@ -393,6 +404,21 @@ HF_MODELS = {
         layer_types=["sliding_attention", "sliding_attention", "full_attention"],
         **GEMMA2_SETTINGS,
     ),
+    # Gemma 2's with query/key norms, no caps, sliding layers rotating by their own base, the
+    # full-attention layer by another, scaled linearly
+    "gemma3": lambda: _hf_llama(
+        "Gemma3Text",
+        "Gemma3ForCausalLM",
+        head_dim=32,
+        num_hidden_layers=3,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        sliding_window=5,
+        query_pre_attn_scalar=24,
+        rope_parameters={
+            "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e5},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 50.0},
+        },
+    ),
     # fused query/key/value and gate/up projections, a window of 5 (Phi-3 mini's: 2,047 of 4,096)
     "phi3-window": lambda: _hf_llama("Phi3", sliding_window=5, pad_token_id=0),
     "bert-mlm-without-pooler": lambda: _hf_bert("BertForMaskedLM"),
@@ -441,6 +467,7 @@ def test_imported_logits_match_transformers(name, tmp_path):
         "mistral-window",
         "gemma",
         "gemma2",
+        "gemma3",
         "phi3-window",
     ],
 )
@@ -1125,6 +1152,7 @@ def test_an_imported_llama_workdir_encodes_as_transformers_does(tmp_path):
         ("mistral-7b", 7_241_732_096),
         ("gemma-2b", 2_506_172_416),
         ("gemma2-2b", 2_614_341_888),
+        ("gemma3-1b", 999_885_952),
         ("phi3-mini", 3_821_079_552),
         ("t5-small", 60_506_624),
         ("flan-t5-base", 247_577_856),  # its own output head: 24,674,304 more than T5-base's
@@ -1172,7 +1200,9 @@ def test_unsupported_architectures_are_named(gpt2_dir):
     edit_config(gpt2_dir, architectures=["GPT2ForSequenceClassification"])
     assert "unsupported architecture 'GPT2ForSequenceClassification'" in conversion_error(gpt2_dir)
     edit_config(gpt2_dir, model_type="bart")
-    supported = "bert, gemma, gemma2, gpt2, llama, marian, mistral, phi3, qwen2, qwen3, t5"
+    supported = (
+        "bert, gemma, gemma2, gemma3_text, gpt2, llama, marian, mistral, phi3, qwen2, qwen3, t5"
+    )
     expected = f"unsupported model_type 'bart' (supported: {supported})"
     assert expected in conversion_error(gpt2_dir)
 
@@ -1199,6 +1229,24 @@ def test_gemma_configs_read_gelu_as_transformers_does(tmp_path):
     assert "activation 'silu' is not supported (Gemma's GELU" in conversion_error(tmp_path)
     edit_config(tmp_path, hidden_act="gelu", use_bidirectional_attention=True)
     assert "use_bidirectional_attention=True is not supported" in conversion_error(tmp_path)
+
+
+def test_older_gemma3_configs_read_as_current_ones(tmp_path):
+    """`rope_theta`, `rope_scaling` and `rope_local_base_freq` in place of per-layer-type
+    `rope_parameters`, and `sliding_window_pattern` in place of `layer_types`."""
+    cfg = jaxlm_config("gemma3", "model.num_layers=6", "model.global_attention_every=3")
+    save_pretrained(tmp_path, cfg, random_params(cfg))
+    path = tmp_path / "config.json"
+    hf = json.loads(path.read_text())
+    del hf["rope_parameters"], hf["layer_types"]
+    hf |= {
+        "rope_theta": 1e5,
+        "rope_scaling": {"rope_type": "linear", "factor": 4.0},
+        "rope_local_base_freq": 50.0,
+        "sliding_window_pattern": 3,
+    }
+    path.write_text(json.dumps(hf))
+    assert from_pretrained(tmp_path)[0] == cfg
 
 
 @pytest.mark.parametrize(

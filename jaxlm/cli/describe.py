@@ -34,10 +34,14 @@ def run(args) -> None:
     )
     positions = m.position_embedding
     if positions == "rotary":
-        positions += f" (base {m.rope_base:g}" + (
-            f", {m.rope_scaling} scaling x{m.rope_scaling_factor:g})"
-            if m.rope_scaling != "none"
-            else ")"
+        positions += (
+            f" (base {m.rope_base:g}"
+            + (f", sliding layers' {m.rope_local_base:g}" if m.rope_local_base else "")
+            + (
+                f", {m.rope_scaling} scaling x{m.rope_scaling_factor:g})"
+                if m.rope_scaling != "none"
+                else ")"
+            )
         )
     print(
         f"  vocab {m.vocab_size} (padded to {m.padded_vocab_size}), max length {m.max_len}, "

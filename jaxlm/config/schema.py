@@ -53,6 +53,9 @@ class ModelConfig:
     rope_low_freq_factor: float = 1.0
     rope_high_freq_factor: float = 4.0
     rope_original_max_len: int = 8192
+    # with global_attention_every: the rotary base of the sliding-window layers, unscaled (Gemma
+    # 3: 10,000, its full-attention layers' rope_base 1,000,000); None = as the others
+    rope_local_base: float | None = None
     relative_buckets: int = 32  # relative: buckets of key - query distances (per direction: half)
     relative_max_distance: int = 128  # relative: distances from here on share the last bucket
     # sinusoidal: interleaved (sin, cos, sin, ... as in the paper) | halves (all the sines, then

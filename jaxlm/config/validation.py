@@ -101,7 +101,13 @@ def validate(config: Config) -> None:
         "model.global_attention_every",
         "a positive number of layers, with model.sliding_window set (0 = none)",
     )
-    for key in ("attention_scale", "attention_softcap", "logit_softcap"):
+    _check(
+        m.rope_local_base is None
+        or (m.global_attention_every > 0 and m.position_embedding == "rotary"),
+        "model.rope_local_base",
+        "the rotary base of sliding-window layers, for models with model.global_attention_every",
+    )
+    for key in ("attention_scale", "attention_softcap", "logit_softcap", "rope_local_base"):
         value = getattr(m, key)
         _check(value is None or value > 0, f"model.{key}", "must be positive (or null)")
     _check(

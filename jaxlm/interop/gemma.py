@@ -30,7 +30,11 @@ GELU_NAMES = ("gelu", "gelu_pytorch_tanh", "gelu_new")
 
 def config_from_hf(hf: dict, names: set[str]) -> ModelConfig:
     require(hf, "attention_bias", False, False)  # the released models have none
-    require(hf, "use_bidirectional_attention", None, None)  # causal attention only
+    if hf.get("use_bidirectional_attention"):
+        raise ConversionError(
+            "config.json: use_bidirectional_attention=True is not supported (jaxlm's decoders "
+            "are causal)"
+        )
     activation = hf.get("hidden_activation") or hf.get("hidden_act", "gelu_pytorch_tanh")
     if activation not in GELU_NAMES:
         raise ConversionError(

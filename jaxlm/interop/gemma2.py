@@ -45,10 +45,11 @@ DEFAULTS = {
 }
 
 
-def layer_pattern(hf: dict, layers: int, max_len: int) -> tuple[int | None, int]:
-    """(sliding_window, global_attention_every) of `layer_types`: sliding layers with every Nth a
-    full-attention one; no window where none is sliding or the window spans every position."""
-    types = hf.get("layer_types") or [LAYER_TYPES[(i + 1) % 2 == 0] for i in range(layers)]
+def layer_pattern(hf: dict, layers: int, period: int = 2) -> tuple[int | None, int]:
+    """(sliding_window, global_attention_every) of `layer_types` (by default every `period`th
+    layer full-attention, the others sliding): sliding layers with every Nth a full-attention
+    one; no window where none is sliding."""
+    types = hf.get("layer_types") or [LAYER_TYPES[(i + 1) % period == 0] for i in range(layers)]
     if len(types) != layers or not set(types) <= set(LAYER_TYPES):
         raise ConversionError(
             f"config.json: layer_types must name {layers} layers, each one of "
@@ -56,7 +57,7 @@ def layer_pattern(hf: dict, layers: int, max_len: int) -> tuple[int | None, int]
         )
     window = hf.get("sliding_window", DEFAULTS["sliding_window"])
     sliding = [kind == "sliding_attention" for kind in types]
-    if not any(sliding) or not window or window >= max_len:
+    if not any(sliding) or not window:
         return None, 0
     if all(sliding):
         return window, 0
@@ -70,17 +71,26 @@ def layer_pattern(hf: dict, layers: int, max_len: int) -> tuple[int | None, int]
 
 
 def config_from_hf(hf: dict, names: set[str]) -> ModelConfig:
+    cfg = sandwich_config(hf, names, DEFAULTS)
+    if cfg.sliding_window and cfg.sliding_window >= cfg.max_len:  # a window over every position
+        cfg = dataclasses.replace(cfg, sliding_window=None, global_attention_every=0)
+    return cfg
+
+
+def sandwich_config(hf: dict, names: set[str], defaults: dict, period: int = 2) -> ModelConfig:
+    """Gemma's config with Gemma 2's sandwich norms, score factor, caps (`defaults` for the
+    keys `config.json` lacks) and layer pattern (`layer_pattern`)."""
     cfg = gemma.config_from_hf(hf, names)
-    window, every = layer_pattern(hf, cfg.num_layers, cfg.max_len)
-    scalar = hf.get("query_pre_attn_scalar", DEFAULTS["query_pre_attn_scalar"])
+    window, every = layer_pattern(hf, cfg.num_layers, period)
+    scalar = hf.get("query_pre_attn_scalar", defaults["query_pre_attn_scalar"])
     return dataclasses.replace(
         cfg,
         norm_position="sandwich",
         sliding_window=window,
         global_attention_every=every,
         attention_scale=None if scalar == cfg.resolved_head_dim else scalar**-0.5,
-        attention_softcap=hf.get("attn_logit_softcapping", DEFAULTS["attn_logit_softcapping"]),
-        logit_softcap=hf.get("final_logit_softcapping", DEFAULTS["final_logit_softcapping"]),
+        attention_softcap=hf.get("attn_logit_softcapping", defaults["attn_logit_softcapping"]),
+        logit_softcap=hf.get("final_logit_softcapping", defaults["final_logit_softcapping"]),
     )
 
 
@@ -93,8 +103,10 @@ def _query_pre_attn_scalar(cfg: ModelConfig) -> int | None:
     return scalar if scalar > 0 and scalar**-0.5 == cfg.attention_scale else None
 
 
-def incompatibilities(cfg: ModelConfig) -> list[str]:
-    problems = mismatches(cfg, NEEDS, free=FREE)
+def incompatibilities(
+    cfg: ModelConfig, needs: dict = NEEDS, free: tuple[str, ...] = FREE
+) -> list[str]:
+    problems = mismatches(cfg, needs, free)
     if _query_pre_attn_scalar(cfg) is None:
         problems.append(f"model.attention_scale={cfg.attention_scale!r} (not 1 / sqrt(integer))")
     return problems

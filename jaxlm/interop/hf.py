@@ -2,12 +2,12 @@
 
 A directory holds `config.json` and either `model.safetensors` or the shards listed in
 `model.safetensors.index.json`. Tensors are read with safetensors, never unpickled, and nothing
-is downloaded. GPT-2, BERT, Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma 2, Marian and T5 convert
-both ways (see `gpt2.py`, `bert.py`, `llama.py`, `mistral.py`, `qwen2.py`, `qwen3.py`, `gemma.py`,
-`gemma2.py`, `marian.py`, `t5.py`) and Phi-3 imports (`phi3.py`): each of those modules maps
-`config.json` to a `ModelConfig` (and back, but Phi-3's) and gives the tensor
-`rules(cfg, names, hf)` (the checkpoint's tensor names and `config.json` on import, neither on
-export).
+is downloaded. GPT-2, BERT, Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma 2, Gemma 3 (text), Marian
+and T5 convert both ways (see `gpt2.py`, `bert.py`, `llama.py`, `mistral.py`, `qwen2.py`,
+`qwen3.py`, `gemma.py`, `gemma2.py`, `gemma3.py`, `marian.py`, `t5.py`) and Phi-3 imports
+(`phi3.py`): each of those modules maps `config.json` to a `ModelConfig` (and back, but Phi-3's)
+and gives the tensor `rules(cfg, names, hf)` (the checkpoint's tensor names and `config.json`
+on import, neither on export).
 """
 
 from __future__ import annotations
@@ -24,14 +24,40 @@ from safetensors.numpy import save_file
 
 from jaxlm.config import Config, DataConfig, ModelConfig, validate
 from jaxlm.errors import ConfigError, ConversionError
-from jaxlm.interop import bert, gemma, gemma2, gpt2, llama, marian, mistral, phi3, qwen2, qwen3, t5
+from jaxlm.interop import (
+    bert,
+    gemma,
+    gemma2,
+    gemma3,
+    gpt2,
+    llama,
+    marian,
+    mistral,
+    phi3,
+    qwen2,
+    qwen3,
+    t5,
+)
 from jaxlm.interop.mapping import short_list, to_hf, to_jaxlm
 from jaxlm.models.summary import abstract_params
 
 CONFIG, WEIGHTS, INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
 MAPPINGS = {
     module.MODEL_TYPE: module
-    for module in (gpt2, bert, llama, mistral, qwen2, qwen3, gemma, gemma2, phi3, marian, t5)
+    for module in (
+        gpt2,
+        bert,
+        llama,
+        mistral,
+        qwen2,
+        qwen3,
+        gemma,
+        gemma2,
+        gemma3,
+        phi3,
+        marian,
+        t5,
+    )
 }
 # config.json's special token ids, and the token each names.
 TOKEN_ID_KEYS = {
@@ -164,7 +190,7 @@ def from_pretrained(
 
 def _mapping_to_export(cfg: ModelConfig):
     candidates = {
-        "gpt": (gpt2, llama, mistral, qwen2, qwen3, gemma, gemma2),
+        "gpt": (gpt2, llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3),
         "bert": (bert,),
         "seq2seq": (marian, t5),
     }[cfg.family]
@@ -194,11 +220,11 @@ def save_pretrained(
 ) -> None:
     """Write `config.json` and `model.safetensors` that `transformers` loads (GPT2LMHeadModel,
     LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, GemmaForCausalLM,
-    Gemma2ForCausalLM, MarianMTModel, T5ForConditionalGeneration, or the BERT class holding the
-    model's heads). The special token ids the config names (decoders: bos, eos; encoder-decoders:
-    pad, eos and the decoder start, bos) are those of jaxlm's sentencepiece tokenizers unless
-    `token_ids` ({"pad": ..., "bos": ..., "eos": ...}, the model's tokenizer's; None for a token
-    it lacks) says otherwise."""
+    Gemma2ForCausalLM, Gemma3ForCausalLM, MarianMTModel, T5ForConditionalGeneration, or the BERT
+    class holding the model's heads). The special token ids the config names (decoders: bos,
+    eos; encoder-decoders: pad, eos and the decoder start, bos) are those of jaxlm's
+    sentencepiece tokenizers unless `token_ids` ({"pad": ..., "bos": ..., "eos": ...}, the
+    model's tokenizer's; None for a token it lacks) says otherwise."""
     mapping = _mapping_to_export(model_cfg)
     flat = {path: np.asarray(v) for path, v in flatten_dict(nn.unbox(params), sep="/").items()}
     shapes = _parameter_shapes(model_cfg)

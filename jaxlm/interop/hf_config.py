@@ -43,6 +43,7 @@ RARE_SETTINGS = {
     "attention_scale": None,
     "attention_softcap": None,
     "logit_softcap": None,
+    "rope_local_base": None,
 }
 
 

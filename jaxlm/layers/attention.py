@@ -278,9 +278,9 @@ class MultiHeadAttention(nn.Module):
     `bias` [batch | 1, heads, q, k] is added to the scores (T5's relative position bias);
     `scale` and `softcap` are `reference_attention`'s.
 
-    With `full_attention` (a boolean scalar, traced in a scanned layer stack) true, the queries
-    attend under `full_mask` instead of `mask` (a model whose layers alternate sliding-window
-    and full attention); each branch keeps its backend's fast path.
+    With `full_attention` (a bool, or a boolean scalar traced in a scanned layer stack) true,
+    the queries attend under `full_mask` instead of `mask` (a model whose layers alternate
+    sliding-window and full attention); each branch keeps its backend's fast path.
     """
 
     num_heads: int
@@ -379,8 +379,8 @@ class MultiHeadAttention(nn.Module):
                 dropout_rng=dropout_rng,
             )
 
-        if full_attention is None:
-            out = attend(mask)
+        if full_attention is None or isinstance(full_attention, bool):
+            out = attend(full_mask if full_attention else mask)
         else:
             out = jax.lax.cond(full_attention, lambda: attend(full_mask), lambda: attend(mask))
         out = nn.with_logical_constraint(out.astype(self.dtype), head_axes)

@@ -8,6 +8,7 @@ import math
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxlm.config import ModelConfig
@@ -116,8 +117,9 @@ class TransformerBlock(nn.Module):
     [batch, length], encoded: [batch, source_length, embed], cross_mask:
     [batch, 1, length, source_length], bias: None or [batch, heads, length, keys], added to the
     self-attention scores. `kv_cache` (None unless decoding) is this block's keys and values,
-    which it reads and writes. With `full_attention` (a boolean scalar) true, self-attention
-    attends under `full_mask` instead of `mask`.
+    which it reads and writes. With `full_attention` (a bool, or a traced boolean scalar) true,
+    self-attention attends under `full_mask` instead of `mask`, and false, rotates by
+    `model.rope_local_base` when set.
 
     Parameters `prefix_key` and `prefix_value` [prefix_length, kv_heads, head_dim], when present
     (prefix tuning adds them, `init` never does), are keys and values that self-attention attends
@@ -176,7 +178,11 @@ class TransformerBlock(nn.Module):
         )
         rotary = None
         if cfg.position_embedding == "rotary":
-            rotary = functools.partial(apply_rotary, frequencies=rotary_frequencies_of(cfg))
+            frequencies = rotary_frequencies_of(cfg)
+            if cfg.rope_local_base is not None:  # windowed layers' own (Gemma 3)
+                local = rotary_frequencies(cfg.resolved_head_dim, cfg.rope_local_base)
+                frequencies = jnp.where(full_attention, frequencies, local)
+            rotary = functools.partial(apply_rotary, frequencies=frequencies)
 
         prefix = None
         if self.has_variable("params", "prefix_key"):
@@ -257,8 +263,8 @@ class TransformerStack(nn.Module):
             caches = []
             for i, layer_cache in enumerate(zip(*kv_cache, strict=True)):
                 block = TransformerBlock(cfg, self.cross_attention, name=f"layers_{i}")
-                layer_mask = full_mask if full_layers is not None and full_layers[i] else mask
-                (x, layer_cache), _ = block((x, layer_cache), layer_mask, *shared)
+                full = None if full_layers is None else bool(full_layers[i])
+                (x, layer_cache), _ = block((x, layer_cache), mask, *shared, full_mask, full)
                 caches.append(layer_cache)
             kv_cache = tuple(zip(*caches, strict=True))
         else:

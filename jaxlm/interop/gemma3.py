@@ -1,0 +1,82 @@
+"""Gemma 3 text models (`Gemma3ForCausalLM`, model type `gemma3_text`: Gemma 3 1B, or the
+language model alone) <-> jaxlm's GPT as Gemma 2's (see `gemma2.py`), with each head's queries
+and keys RMS-normalized (`model.qk_norm`, scaling by 1 + weight as every Gemma norm), no caps by
+default, five sliding-window layers to each full-attention one, and the sliding layers' own
+unscaled rotary base (`model.rope_local_base`).
+
+`config.json` gives the two rotary settings as `rope_parameters` per layer type, or (older
+configs) as `rope_theta` with `rope_scaling` for the full-attention layers and
+`rope_local_base_freq` for the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from jaxlm.config import ModelConfig
+from jaxlm.errors import ConversionError
+from jaxlm.interop import gemma2, llama
+from jaxlm.interop.mapping import Rule
+
+MODEL_TYPE = "gemma3_text"
+ARCHITECTURES = ("Gemma3ForCausalLM",)
+IGNORED = llama.IGNORED
+NEEDS = {**gemma2.NEEDS, "qk_norm": True}
+FREE = (*gemma2.FREE, "rope_local_base")
+DEFAULTS = {
+    "query_pre_attn_scalar": 256,
+    "attn_logit_softcapping": None,
+    "final_logit_softcapping": None,
+}
+PERIOD = 6  # transformers' default sliding_window_pattern
+
+
+def _rope(hf: dict) -> tuple[dict, float]:
+    """(ModelConfig rotary fields of the full-attention layers, the sliding layers' base)."""
+    per_type = hf.get("rope_parameters") or {}
+    if "full_attention" in per_type or "sliding_attention" in per_type:
+        local = per_type.get("sliding_attention") or {}
+        if local.get("rope_type", "default") != "default":
+            raise ConversionError(
+                f"config.json: sliding_attention rope_type {local['rope_type']!r} is not "
+                "supported (jaxlm's sliding layers rotate unscaled)"
+            )
+        full = llama.rope_from_hf({"rope_parameters": per_type.get("full_attention") or {}})
+        return full, float(local.get("rope_theta", 10_000.0))
+    fields = llama.rope_from_hf({"rope_theta": 1_000_000.0, **hf})
+    return fields, float(hf.get("rope_local_base_freq", 10_000.0))
+
+
+def config_from_hf(hf: dict, names: set[str]) -> ModelConfig:
+    period = hf.get("sliding_window_pattern", PERIOD)
+    cfg = gemma2.sandwich_config(hf, names, DEFAULTS, period)
+    full, local_base = _rope(hf)
+    cfg = dataclasses.replace(cfg, qk_norm=True, **full)
+    if not cfg.sliding_window:  # every layer full
+        return cfg
+    if not cfg.global_attention_every:  # every layer sliding
+        return dataclasses.replace(cfg, rope_base=local_base, rope_scaling="none")
+    return dataclasses.replace(cfg, rope_local_base=local_base)
+
+
+def incompatibilities(cfg: ModelConfig) -> list[str]:
+    problems = gemma2.incompatibilities(cfg, NEEDS, FREE)
+    if cfg.sliding_window and cfg.rope_local_base is None and cfg.rope_scaling != "none":
+        problems.append(f"model.rope_scaling={cfg.rope_scaling!r} in sliding-window layers")
+    return problems
+
+
+def config_to_hf(cfg: ModelConfig) -> dict:
+    hf = {key: value for key, value in gemma2.config_to_hf(cfg).items() if key != "rope_theta"}
+    local = {"rope_type": "default", "rope_theta": cfg.rope_local_base or cfg.rope_base}
+    return {
+        **hf,
+        "architectures": list(ARCHITECTURES),
+        "model_type": MODEL_TYPE,
+        "rope_parameters": {"full_attention": llama.rope_to_hf(cfg), "sliding_attention": local},
+        "use_bidirectional_attention": False,
+    }
+
+
+def rules(cfg: ModelConfig, names: set[str] | None = None, hf: dict | None = None) -> list[Rule]:
+    return gemma2.rules(cfg, names, hf)
