@@ -3,7 +3,10 @@
 Parameters and activations carry logical axis names (`embed`, `heads`, `activation_batch`, ...);
 `LOGICAL_AXIS_RULES` maps each to mesh axes. Data parallelism shards the batch over `data` and
 `fsdp`; FSDP additionally shards parameters (and so optimizer state) over `fsdp` along `embed`;
-tensor parallelism splits heads, MLP width and vocabulary over `tensor`.
+tensor parallelism splits heads, MLP width and vocabulary over `tensor`. Key/value heads
+(`kv_heads`) split over `tensor` too where their number allows, and are replicated where it does
+not (fewer key/value heads than tensor shards: each shard keeps every key/value head, and
+attention repeats them to the query heads, as Megatron-LM does).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ LOGICAL_AXIS_RULES = (
     ("embed", "fsdp"),
     ("mlp", "tensor"),
     ("heads", "tensor"),
+    ("kv_heads", "tensor"),  # replicated where their number does not divide (see above)
     ("kv", None),
     ("layers", None),
     ("position", None),
@@ -42,11 +46,13 @@ LOGICAL_AXIS_RULES = (
     ("activation_length", None),
     ("activation_embed", None),
     ("activation_heads", "tensor"),
+    ("activation_kv_heads", "tensor"),
     ("activation_kv", None),
     ("activation_mlp", "tensor"),
     ("activation_vocab", "tensor"),
 )
 BATCH_AXES = ("data", "fsdp")
+REPLICATED_WHERE_UNEVEN = ("kv_heads", "activation_kv_heads")
 
 
 def mesh_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, int, int]:
@@ -85,28 +91,38 @@ def activate(mesh: Mesh):
         yield
 
 
+def mesh_axes_size(axes, mesh_shape) -> int:
+    """How many ways mesh axes (None, a name or a tuple of names) split a dimension."""
+    return math.prod(mesh_shape[a] for a in ((axes,) if isinstance(axes, str) else axes or ()))
+
+
 def logical_shardings(boxed_tree, mesh: Mesh):
     """NamedShardings for a tree whose leaves may be boxed with logical axis names.
 
-    Checks that every sharded dimension divides evenly, naming the parameter otherwise.
+    A dimension named in `REPLICATED_WHERE_UNEVEN` that its mesh axes do not divide is
+    replicated; any other that does not divide is a `ConfigError` naming the parameter.
     """
-    specs = nn.get_partition_spec(boxed_tree)
-    shardings = nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_AXIS_RULES)
-    shapes = nn.unbox(boxed_tree)
-    for (path, sharding), shape in zip(
-        jax.tree_util.tree_flatten_with_path(shardings)[0], jax.tree.leaves(shapes), strict=True
-    ):
-        for dim, axes in zip(shape.shape, sharding.spec, strict=False):
-            size = math.prod(
-                mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes or ())
-            )
-            if dim % size:
-                name = jax.tree_util.keystr(path, simple=True, separator="/")
-                raise ConfigError(
-                    f"{name} has shape {tuple(shape.shape)}: dimension {dim} cannot be split "
-                    f"{size} ways over mesh axes {axes}; change the mesh or the model size"
-                )
-    return shardings
+    logical = jax.tree.leaves(
+        nn.get_partition_spec(boxed_tree), is_leaf=lambda x: isinstance(x, PartitionSpec)
+    )
+    leaves = jax.tree_util.tree_flatten_with_path(nn.unbox(boxed_tree))
+    shardings = []
+    for (path, leaf), names in zip(leaves[0], logical, strict=True):
+        spec = nn.logical_to_mesh_axes(tuple(names), LOGICAL_AXIS_RULES)
+        axes = []
+        for dim, name, mesh_axes in zip(leaf.shape, names, spec, strict=False):
+            if dim % mesh_axes_size(mesh_axes, mesh.shape):
+                if name not in REPLICATED_WHERE_UNEVEN:
+                    where = jax.tree_util.keystr(path, simple=True, separator="/")
+                    raise ConfigError(
+                        f"{where} has shape {tuple(leaf.shape)}: dimension {dim} cannot be split "
+                        f"{mesh_axes_size(mesh_axes, mesh.shape)} ways over mesh axes "
+                        f"{mesh_axes}; change the mesh or the model size"
+                    )
+                mesh_axes = None
+            axes.append(mesh_axes)
+        shardings.append(NamedSharding(mesh, PartitionSpec(*axes)))
+    return jax.tree.unflatten(leaves[1], shardings)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -72,6 +72,28 @@ def test_sharded_step_equals_single_device(single_device_run, mesh):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kv_heads, mesh", [(2, (1, 1, 8)), (1, (2, 2, 2)), (4, (1, 2, 4))])
+def test_key_value_heads_split_where_they_divide_and_are_replicated_where_not(kv_heads, mesh):
+    """Grouped-query attention over more tensor shards than key/value heads (2 over 8, 1 over
+    2) keeps every key/value head on each shard; 4 over 4 splits them. Either way the steps
+    equal one device's."""
+    data, fsdp, tensor = mesh
+    heads = [f"model.num_kv_heads={kv_heads}"]
+    overrides = [*heads, f"mesh.data={data}", f"mesh.fsdp={fsdp}", f"mesh.tensor={tensor}"]
+    state, losses = _run(overrides, jax.devices())
+    ref_state, ref_losses = _run([*heads, "mesh.data=1"], jax.devices()[:1])
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-5)
+    for got, want in zip(
+        jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params), strict=True
+    ):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+    attention = _leaf(state.params, "decoder/layers/self_attention")
+    assert attention["query"]["kernel"].sharding.spec[2] == "tensor"
+    split = kv_heads % tensor == 0
+    for name in ("key", "value"):
+        assert attention[name]["kernel"].sharding.spec[2] == ("tensor" if split else None)
+
+
 def test_sharded_adafactor_steps_equal_single_device():
     """Adafactor's factored row and column statistics (replicated, unlike the parameters they
     describe) update alike on one device and on a 2 x 2 x 2 mesh."""

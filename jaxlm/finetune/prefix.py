@@ -14,7 +14,7 @@ import jax
 from jaxlm.config import ModelConfig
 
 STACKS = {"gpt": "decoder", "bert": "encoder"}  # the self-attention stack of each family
-AXES = ("layers", None, "heads", "kv")
+AXES = ("layers", None, "kv_heads", "kv")
 
 
 def init_prefix(cfg: ModelConfig, length: int, rng: jax.Array) -> dict:

@@ -15,6 +15,7 @@ from jaxlm.layers.norms import RMSNorm, rms_scale
 from jaxlm.layers.pallas_attention import pallas_attention, pallas_fits
 from jaxlm.layers.platform import target_platform
 from jaxlm.layers.recomputing_attention import recomputing_causal_attention
+from jaxlm.parallel import mesh_axes_size
 
 ATTENTION_BACKENDS = ("auto", "reference", "jax", "cudnn", "pallas")
 # From this many tokens, causal attention on the CPU recomputes its probabilities in the
@@ -261,6 +262,17 @@ def prepend_prefix(prefix: tuple[jax.Array, jax.Array], key, value, mask, bias=N
 # --- multi-head attention -----------------------------------------------------------------
 
 
+def replicated_kv_heads(kv_heads: int) -> bool:
+    """Whether the current mesh splits key/value heads more ways than `kv_heads` divides into
+    (tensor parallelism over more shards than a grouped-query model's key/value heads): each
+    shard then keeps every key/value head (see `jaxlm.parallel`)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return False
+    (axes,) = nn.logical_to_mesh_axes(("activation_kv_heads",))
+    return kv_heads % mesh_axes_size(axes, mesh.shape) != 0
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head (optionally grouped-query) attention with logical axis names on every weight.
 
@@ -277,6 +289,9 @@ class MultiHeadAttention(nn.Module):
 
     `bias` [batch | 1, heads, q, k] is added to the scores (T5's relative position bias);
     `scale` and `softcap` are `reference_attention`'s.
+
+    Key/value heads replicated over the mesh (`replicated_kv_heads`) are repeated to the query
+    heads before attention.
 
     With `full_attention` (a bool, or a boolean scalar traced in a scanned layer stack) true,
     the queries attend under `full_mask` instead of `mask` (a model whose layers alternate
@@ -328,8 +343,9 @@ class MultiHeadAttention(nn.Module):
             param_dtype=self.param_dtype,
         )
         query = projection((self.num_heads, self.head_dim), name="query")(inputs_q)
-        key = projection((kv_heads, self.head_dim), name="key")(inputs_kv)
-        value = projection((kv_heads, self.head_dim), name="value")(inputs_kv)
+        kv_projection = functools.partial(projection, kernel_axes=("embed", "kv_heads", "kv"))
+        key = kv_projection((kv_heads, self.head_dim), name="key")(inputs_kv)
+        value = kv_projection((kv_heads, self.head_dim), name="value")(inputs_kv)
         if self.qk_norm_eps is not None:
             query, key = (
                 RMSNorm(
@@ -344,7 +360,10 @@ class MultiHeadAttention(nn.Module):
         if rotary is not None:
             query, key = rotary(query, q_positions), rotary(key, kv_positions)
         head_axes = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
-        query, key, value = (nn.with_logical_constraint(t, head_axes) for t in (query, key, value))
+        replicated = replicated_kv_heads(kv_heads)
+        kv_axes = (*head_axes[:2], None if replicated else "activation_kv_heads", head_axes[3])
+        query = nn.with_logical_constraint(query, head_axes)
+        key, value = (nn.with_logical_constraint(t, kv_axes) for t in (key, value))
         if kv_cache is not None:
             # This layer's keys and values, [batch, kv_heads, cache_length, head_dim]: the layout
             # in which attention reads them without transposing.
@@ -366,6 +385,13 @@ class MultiHeadAttention(nn.Module):
             keys, values, bias_ = key, value, bias
             if prefix is not None:
                 keys, values, mask, bias_ = prepend_prefix(prefix, keys, values, mask, bias_)
+            if replicated:  # each shard's query heads get their key/value heads' copies
+                keys, values = (
+                    nn.with_logical_constraint(
+                        jnp.repeat(t, self.num_heads // kv_heads, axis=2), head_axes
+                    )
+                    for t in (keys, values)
+                )
             return dot_product_attention(
                 query,
                 keys,
