@@ -14,6 +14,7 @@ from jaxlm.layers.embeddings import (
     SinusoidalPositions,
     TokenEmbedding,
     apply_rotary,
+    rotary_frequencies,
     sinusoidal_table,
 )
 from jaxlm.layers.relative_positions import RelativePositionBias, relative_position_buckets
@@ -86,6 +87,46 @@ def test_learned_positions_gather_per_row():
     table = np.asarray(params["embedding"])
     assert table.shape == (12, 6)
     np.testing.assert_array_equal(module.apply({"params": params}, positions), table[positions])
+
+
+@pytest.mark.parametrize("beta_fast, beta_slow", [(32.0, 1.0), (8.0, 2.0)])
+def test_yarn_frequencies_follow_the_paper(beta_fast, beta_slow):
+    """YaRN over 64-wide heads, base 10,000, 2,048 original positions, factor 4, against a loop
+    over the formula of Peng et al. (2023): index i turns 2,048 / (2π / θ_i) times; those that
+    turn more than beta_fast times keep θ_i, fewer than beta_slow times get θ_i / 4, and the
+    indices between blend linearly (the ends rounded outwards)."""
+    head_dim, base, length, factor = 64, 10_000.0, 2048, 4.0
+    got = rotary_frequencies(
+        head_dim,
+        base,
+        "yarn",
+        factor,
+        original_max_len=length,
+        beta_fast=beta_fast,
+        beta_slow=beta_slow,
+    )
+    theta = [base ** (-2 * i / head_dim) for i in range(head_dim // 2)]
+
+    def index(rotations):  # solves length * theta_i / (2 pi) = rotations for i
+        return head_dim * math.log(length / (2 * math.pi * rotations)) / (2 * math.log(base))
+
+    low, high = math.floor(index(beta_fast)), math.ceil(index(beta_slow))
+    expected = []
+    for i, t in enumerate(theta):
+        share = min(max((i - low) / (high - low), 0.0), 1.0)  # 0: kept, 1: divided
+        expected.append((1 - share) * t + share * t / factor)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    turns = [length * t / (2 * math.pi) for t in theta]
+    assert got[0] == np.float32(theta[0]) and turns[0] > beta_fast
+    assert got[-1] == np.float32(theta[-1] / factor) and turns[-1] < beta_slow
+
+
+def test_rotary_amplitude_scales_every_rotated_feature():
+    x = np.random.default_rng(1).normal(size=(1, 4, 2, 8)).astype(np.float32)
+    positions = jnp.arange(4)[None]
+    np.testing.assert_allclose(
+        apply_rotary(x, positions, amplitude=1.25), 1.25 * apply_rotary(x, positions), rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("base", [10_000.0, 500.0])

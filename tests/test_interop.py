@@ -72,6 +72,13 @@ JAXLM_VARIANTS = {
     "gpt2-untied": ["model.family=gpt", "model.tie_embeddings=false"],
     "llama": [*LLAMA, "model.num_kv_heads=2", "model.tie_embeddings=false"],
     "llama3-rope": [*LLAMA, "model.rope_scaling=llama3", "model.rope_original_max_len=8"],
+    "llama-yarn": [
+        *LLAMA,
+        "model.rope_scaling=yarn",
+        "model.rope_scaling_factor=4",
+        "model.rope_original_max_len=2048",
+        "model.rope_attention_factor=1.2",
+    ],
     "qwen2": [
         *LLAMA,
         "model.qkv_bias=true",
@@ -294,6 +301,13 @@ LLAMA3_ROPE = dict(
 )
 
 
+# YaRN on 16-wide heads over 2,048 original positions: frequencies 0-2 kept, 6-7 divided by 4,
+# 3-5 blended; queries and keys scaled by 0.1 ln 4 + 1.
+YARN_ROPE = dict(
+    rope_type="yarn", rope_theta=10_000.0, factor=4.0, original_max_position_embeddings=2048
+)
+
+
 def _hf_bert(cls: str, **overrides):
     config = transformers.BertConfig(
         num_hidden_layers=2,
@@ -380,6 +394,11 @@ HF_MODELS = {
         tie_word_embeddings=True,
     ),
     "llama3-rope": lambda: _hf_llama(rope_parameters=LLAMA3_ROPE),
+    "llama-yarn": lambda: _hf_llama(rope_parameters=YARN_ROPE),
+    # DeepSeek's way to the attention factor: mscale / mscale_all_dim
+    "llama-yarn-mscale": lambda: _hf_llama(
+        rope_parameters={**YARN_ROPE, "mscale": 1.0, "mscale_all_dim": 0.5}
+    ),
     "llama-linear-rope": lambda: _hf_llama(
         rope_parameters={"rope_type": "linear", "rope_theta": 10_000.0, "factor": 4.0}
     ),
@@ -462,6 +481,7 @@ def test_imported_logits_match_transformers(name, tmp_path):
     [
         "llama-gqa",
         "llama3-rope",
+        "llama-yarn",
         "qwen2-tied",
         "qwen3",
         "mistral-window",
@@ -1210,12 +1230,13 @@ def test_unsupported_architectures_are_named(gpt2_dir):
 def test_unsupported_settings_are_named(tmp_path):
     cfg = jaxlm_config("llama")
     save_pretrained(tmp_path, cfg, random_params(cfg))
-    edit_config(tmp_path, rope_parameters={"rope_type": "yarn", "factor": 8.0})
-    assert "rope_type 'yarn' is not supported (default, linear, llama3)" in conversion_error(
-        tmp_path
-    )
+    edit_config(tmp_path, rope_parameters={"rope_type": "dynamic", "factor": 8.0})
+    expected = "rope_type 'dynamic' is not supported (default, linear, llama3, yarn)"
+    assert expected in conversion_error(tmp_path)
     edit_config(tmp_path, rope_parameters={"rope_type": "llama3", "factor": 8.0})
     assert "rope_type 'llama3' without 'low_freq_factor'" in conversion_error(tmp_path)
+    edit_config(tmp_path, rope_parameters={**YARN_ROPE, "truncate": False})
+    assert "yarn with truncate=false is not supported" in conversion_error(tmp_path)
 
 
 def test_gemma_configs_read_gelu_as_transformers_does(tmp_path):

@@ -21,7 +21,7 @@ CHOICES = {
     "model.param_dtype": tuple(DTYPES),
     "model.remat_policy": ("none", "full", "dots", "dots_no_batch"),
     "model.sinusoidal_layout": ("interleaved", "halves"),
-    "model.rope_scaling": ("none", "linear", "llama3"),
+    "model.rope_scaling": ("none", "linear", "llama3", "yarn"),
     "data.source": ("text", "jsonl", "tfds", "tokens", "vader", "gettext"),
     "data.task": (
         "causal_lm",
@@ -107,7 +107,13 @@ def validate(config: Config) -> None:
         "model.rope_local_base",
         "the rotary base of sliding-window layers, for models with model.global_attention_every",
     )
-    for key in ("attention_scale", "attention_softcap", "logit_softcap", "rope_local_base"):
+    _check(
+        m.rope_beta_fast > m.rope_beta_slow > 0,
+        "model.rope_beta_fast",
+        "must exceed model.rope_beta_slow, which must be positive",
+    )
+    keys = ("attention_scale", "attention_softcap", "logit_softcap", "rope_local_base")
+    for key in (*keys, "rope_attention_factor"):
         value = getattr(m, key)
         _check(value is None or value > 0, f"model.{key}", "must be positive (or null)")
     _check(

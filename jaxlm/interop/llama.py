@@ -7,6 +7,7 @@ weights convert with transposes and head reshapes only.
 
 from __future__ import annotations
 
+import math
 import re
 
 from jaxlm.config import ModelConfig
@@ -33,12 +34,15 @@ NEEDS = {
 }
 
 
-ROPE_TYPES = {"default": "none", "linear": "linear", "llama3": "llama3"}  # HF -> rope_scaling
+# HF -> rope_scaling
+ROPE_TYPES = {"default": "none", "linear": "linear", "llama3": "llama3", "yarn": "yarn"}
 
 
 def rope_from_hf(hf: dict) -> dict:
     """The rotary settings of `config.json` (`rope_parameters`, or the older `rope_scaling` with
-    a top-level `rope_theta`) as ModelConfig fields; unscaled, linear and Llama 3.1 scaling."""
+    a top-level `rope_theta`) as ModelConfig fields; unscaled, linear, Llama 3.1 and YaRN scaling
+    (its attention factor given, or from DeepSeek's `mscale` and `mscale_all_dim`, or left to
+    the default)."""
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in ROPE_TYPES:
@@ -58,9 +62,27 @@ def rope_from_hf(hf: dict) -> dict:
                 "rope_high_freq_factor": float(rope["high_freq_factor"]),
                 "rope_original_max_len": int(rope["original_max_position_embeddings"]),
             }
+        if rope_type == "yarn":
+            fields |= _yarn_from_hf(rope)
     except KeyError as e:
         raise ConversionError(f"config.json: rope_type {rope_type!r} without {e}") from None
     return fields
+
+
+def _yarn_from_hf(rope: dict) -> dict:
+    if rope.get("truncate", True) is False:
+        raise ConversionError("config.json: yarn with truncate=false is not supported")
+    factor = float(rope["factor"])
+    attention_factor = rope.get("attention_factor")
+    if attention_factor is None and rope.get("mscale") and rope.get("mscale_all_dim"):
+        scale = [0.1 * rope[key] * math.log(factor) + 1 for key in ("mscale", "mscale_all_dim")]
+        attention_factor = scale[0] / scale[1] if factor > 1 else 1.0
+    return {
+        "rope_original_max_len": int(rope["original_max_position_embeddings"]),
+        "rope_beta_fast": float(rope.get("beta_fast") or 32.0),
+        "rope_beta_slow": float(rope.get("beta_slow") or 1.0),
+        "rope_attention_factor": None if attention_factor is None else float(attention_factor),
+    }
 
 
 def rope_to_hf(cfg: ModelConfig) -> dict:
@@ -75,6 +97,14 @@ def rope_to_hf(cfg: ModelConfig) -> dict:
             "high_freq_factor": cfg.rope_high_freq_factor,
             "original_max_position_embeddings": cfg.rope_original_max_len,
         }
+    if cfg.rope_scaling == "yarn":
+        rope |= {
+            "original_max_position_embeddings": cfg.rope_original_max_len,
+            "beta_fast": cfg.rope_beta_fast,
+            "beta_slow": cfg.rope_beta_slow,
+        }
+        if cfg.rope_attention_factor is not None:
+            rope["attention_factor"] = cfg.rope_attention_factor
     return rope
 
 

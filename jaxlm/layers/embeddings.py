@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -108,6 +110,8 @@ def rotary_frequencies(
     low_freq_factor: float = 1.0,
     high_freq_factor: float = 4.0,
     original_max_len: int = 8192,
+    beta_fast: float = 32.0,
+    beta_slow: float = 1.0,
 ) -> np.ndarray:
     """The head_dim / 2 rotation frequencies of rotary embedding, float32 computed in float64:
     base^(-2i / head_dim), optionally rescaled for longer contexts.
@@ -115,7 +119,11 @@ def rotary_frequencies(
     'linear' divides them all by `factor`. 'llama3' (Llama 3.1) divides those whose wavelength
     2π / frequency exceeds original_max_len / low_freq_factor, keeps those below original_max_len
     / high_freq_factor, and blends the two between, in proportion to original_max_len /
-    wavelength going from low_freq_factor to high_freq_factor."""
+    wavelength going from low_freq_factor to high_freq_factor. 'yarn' (Peng et al. 2023) keeps
+    the frequencies up to the one that turns beta_fast times over original_max_len positions,
+    divides those from the one that turns beta_slow times, and blends linearly over the indices
+    between (rounded outwards, as transformers does); its queries and keys are also scaled
+    (`yarn_attention_factor`)."""
     half = head_dim // 2
     frequencies = base ** (-np.arange(half, dtype=np.float64) / half)
     if scaling == "linear":
@@ -127,9 +135,25 @@ def rotary_frequencies(
         )
         kept = np.clip(share, 0.0, 1.0)  # 1 for short wavelengths, 0 for long ones
         frequencies = kept * frequencies + (1 - kept) * frequencies / factor
+    elif scaling == "yarn":
+
+        def index_turning(rotations: float) -> float:  # the i whose frequency turns that often
+            return (
+                head_dim * np.log(original_max_len / (rotations * 2 * np.pi)) / (2 * np.log(base))
+            )
+
+        low = max(np.floor(index_turning(beta_fast)), 0)
+        high = min(np.ceil(index_turning(beta_slow)), head_dim - 1)
+        divided = np.clip((np.arange(half) - low) / max(high - low, 1e-3), 0.0, 1.0)
+        frequencies = divided * frequencies / factor + (1 - divided) * frequencies
     elif scaling != "none":
         raise ValueError(f"unknown rotary scaling {scaling!r}")
     return frequencies.astype(np.float32)
+
+
+def yarn_attention_factor(factor: float) -> float:
+    """YaRN's default scale of queries and keys: 0.1 ln(factor) + 1 (1 for factor <= 1)."""
+    return 1.0 if factor <= 1 else 0.1 * math.log(factor) + 1.0
 
 
 def apply_rotary(
@@ -137,9 +161,11 @@ def apply_rotary(
     positions: jax.Array,
     base: float = 10_000.0,
     frequencies: np.ndarray | None = None,
+    amplitude: float = 1.0,
 ) -> jax.Array:
     """Rotary position embedding (Su et al. 2021), rotating pairs (i, i + d/2) of each head by
-    position times frequency i (`frequencies`, default `rotary_frequencies(d, base)`).
+    position times frequency i (`frequencies`, default `rotary_frequencies(d, base)`), and
+    scaling them by `amplitude` (YaRN's attention factor).
 
     x: [batch, length, heads, head_dim]; positions: [batch, length].
     """
@@ -147,7 +173,7 @@ def apply_rotary(
     if frequencies is None:
         frequencies = rotary_frequencies(x.shape[-1], base)
     angles = positions[..., None].astype(jnp.float32) * frequencies  # [batch, length, half]
-    sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
+    sin, cos = (amplitude * f(angles)[:, :, None, :] for f in (jnp.sin, jnp.cos))
     x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
     rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return rotated.astype(x.dtype)

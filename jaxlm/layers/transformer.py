@@ -14,7 +14,7 @@ import numpy as np
 from jaxlm.config import ModelConfig
 from jaxlm.layers.activations import ACTIVATIONS
 from jaxlm.layers.attention import MultiHeadAttention
-from jaxlm.layers.embeddings import apply_rotary, rotary_frequencies
+from jaxlm.layers.embeddings import apply_rotary, rotary_frequencies, yarn_attention_factor
 from jaxlm.layers.linear import DenseGeneral
 from jaxlm.layers.matmul import BATCHED_PRODUCT, PRODUCT
 from jaxlm.layers.norms import LayerNorm, RMSNorm, rms_scale
@@ -56,7 +56,18 @@ def rotary_frequencies_of(cfg: ModelConfig):
         cfg.rope_low_freq_factor,
         cfg.rope_high_freq_factor,
         cfg.rope_original_max_len,
+        cfg.rope_beta_fast,
+        cfg.rope_beta_slow,
     )
+
+
+def rotary_amplitude(cfg: ModelConfig) -> float:
+    """The scale of rotated queries and keys: YaRN's attention factor, else 1."""
+    if cfg.rope_scaling != "yarn":
+        return 1.0
+    if cfg.rope_attention_factor is not None:
+        return cfg.rope_attention_factor
+    return yarn_attention_factor(cfg.rope_scaling_factor)
 
 
 def output_init(cfg: ModelConfig) -> nn.initializers.Initializer:
@@ -112,9 +123,8 @@ class TransformerBlock(nn.Module):
 
     A scan body: `((x, kv_cache), mask, positions, encoded, cross_mask, deterministic,
     decode_index, bias, full_mask, full_attention) -> ((x, kv_cache), None)` with x: [batch,
-    length, embed], mask:
-    [batch, 1, length, keys] (keys = length, or the cache length when decoding), positions:
-    [batch, length], encoded: [batch, source_length, embed], cross_mask:
+    length, embed], mask: [batch, 1, length, keys] (keys = length, or the cache length when
+    decoding), positions: [batch, length], encoded: [batch, source_length, embed], cross_mask:
     [batch, 1, length, source_length], bias: None or [batch, heads, length, keys], added to the
     self-attention scores. `kv_cache` (None unless decoding) is this block's keys and values,
     which it reads and writes. With `full_attention` (a bool, or a traced boolean scalar) true,
@@ -178,11 +188,12 @@ class TransformerBlock(nn.Module):
         )
         rotary = None
         if cfg.position_embedding == "rotary":
-            frequencies = rotary_frequencies_of(cfg)
-            if cfg.rope_local_base is not None:  # windowed layers' own (Gemma 3)
+            frequencies, amplitude = rotary_frequencies_of(cfg), rotary_amplitude(cfg)
+            if cfg.rope_local_base is not None:  # windowed layers' own, unscaled (Gemma 3)
                 local = rotary_frequencies(cfg.resolved_head_dim, cfg.rope_local_base)
                 frequencies = jnp.where(full_attention, frequencies, local)
-            rotary = functools.partial(apply_rotary, frequencies=frequencies)
+                amplitude = jnp.where(full_attention, amplitude, 1.0)
+            rotary = functools.partial(apply_rotary, frequencies=frequencies, amplitude=amplitude)
 
         prefix = None
         if self.has_variable("params", "prefix_key"):
