@@ -308,6 +308,29 @@ YARN_ROPE = dict(
 )
 
 
+def _hf_gemma3_multimodal():
+    text = _hf_llama(
+        "Gemma3Text",
+        "Gemma3ForCausalLM",
+        head_dim=32,
+        num_hidden_layers=3,
+        sliding_window=5,
+        sliding_window_pattern=3,
+    ).config
+    vision = transformers.SiglipVisionConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=28,
+        patch_size=14,
+    )
+    config = transformers.Gemma3Config(
+        text_config=text.to_dict(), vision_config=vision.to_dict(), mm_tokens_per_image=4
+    )
+    return transformers.Gemma3ForConditionalGeneration(config)
+
+
 def _hf_bert(cls: str, **overrides):
     config = transformers.BertConfig(
         num_hidden_layers=2,
@@ -438,6 +461,8 @@ HF_MODELS = {
             "sliding_attention": {"rope_type": "default", "rope_theta": 50.0},
         },
     ),
+    # the language model of a multimodal checkpoint, with a one-layer vision tower
+    "gemma3-multimodal": lambda: _hf_gemma3_multimodal(),
     # fused query/key/value and gate/up projections, a window of 5 (Phi-3 mini's: 2,047 of 4,096)
     "phi3-window": lambda: _hf_llama("Phi3", sliding_window=5, pad_token_id=0),
     "bert-mlm-without-pooler": lambda: _hf_bert("BertForMaskedLM"),
@@ -1221,7 +1246,8 @@ def test_unsupported_architectures_are_named(gpt2_dir):
     assert "unsupported architecture 'GPT2ForSequenceClassification'" in conversion_error(gpt2_dir)
     edit_config(gpt2_dir, model_type="bart")
     supported = (
-        "bert, gemma, gemma2, gemma3_text, gpt2, llama, marian, mistral, phi3, qwen2, qwen3, t5"
+        "bert, gemma, gemma2, gemma3, gemma3_text, gpt2, llama, marian, mistral, phi3, qwen2, "
+        "qwen3, t5"
     )
     expected = f"unsupported model_type 'bart' (supported: {supported})"
     assert expected in conversion_error(gpt2_dir)
@@ -1250,6 +1276,30 @@ def test_gemma_configs_read_gelu_as_transformers_does(tmp_path):
     assert "activation 'silu' is not supported (Gemma's GELU" in conversion_error(tmp_path)
     edit_config(tmp_path, hidden_act="gelu", use_bidirectional_attention=True)
     assert "use_bidirectional_attention=True is not supported" in conversion_error(tmp_path)
+
+
+@needs_transformers
+def test_gemma3_multimodal_tensors_read_under_either_naming(tmp_path):
+    """The saved (and released) `language_model.model.*` names and transformers' in-memory
+    `model.language_model.*` ones give the same parameters; vision tensors are left out."""
+    _, cfg, params = _imported("gemma3-multimodal", 0, tmp_path)
+    path = tmp_path / "model.safetensors"
+    tensors = load_file(path)
+    assert any(name.startswith("language_model.model.layers.") for name in tensors)
+    assert any(name.startswith("vision_tower.") for name in tensors)
+    renames = {
+        "language_model.model.": "model.language_model.",
+        "vision_tower.": "model.vision_tower.",
+        "multi_modal_projector.": "model.multi_modal_projector.",
+    }
+    current = {}
+    for name, value in tensors.items():
+        old = next((o for o in renames if name.startswith(o)), None)
+        current[name if old is None else renames[old] + name.removeprefix(old)] = value
+    save_file(current, path)
+    current_cfg, current_params = from_pretrained(tmp_path)
+    assert current_cfg == cfg
+    assert_same_tree(current_params, params)
 
 
 def test_older_gemma3_configs_read_as_current_ones(tmp_path):

@@ -28,6 +28,20 @@ DEFAULTS = {
     "attn_logit_softcapping": None,
     "final_logit_softcapping": None,
 }
+# transformers' Gemma3TextConfig defaults, which the text_config of multimodal checkpoints leaves
+# out
+TEXT_DEFAULTS = {
+    "vocab_size": 262_208,
+    "hidden_size": 2304,
+    "intermediate_size": 9216,
+    "num_hidden_layers": 26,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "head_dim": 256,
+    "max_position_embeddings": 131_072,
+    "rms_norm_eps": 1e-6,
+    "sliding_window": 4096,
+}
 PERIOD = 6  # transformers' default sliding_window_pattern
 
 
@@ -48,6 +62,7 @@ def _rope(hf: dict) -> tuple[dict, float]:
 
 
 def config_from_hf(hf: dict, names: set[str]) -> ModelConfig:
+    hf = {**TEXT_DEFAULTS, **hf}
     period = hf.get("sliding_window_pattern", PERIOD)
     cfg = gemma2.sandwich_config(hf, names, DEFAULTS, period)
     full, local_base = _rope(hf)

@@ -4,8 +4,9 @@ A directory holds `config.json` and either `model.safetensors` or the shards lis
 `model.safetensors.index.json`. Tensors are read with safetensors, never unpickled, and nothing
 is downloaded. GPT-2, BERT, Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma 2, Gemma 3 (text), Marian
 and T5 convert both ways (see `gpt2.py`, `bert.py`, `llama.py`, `mistral.py`, `qwen2.py`,
-`qwen3.py`, `gemma.py`, `gemma2.py`, `gemma3.py`, `marian.py`, `t5.py`) and Phi-3 imports
-(`phi3.py`): each of those modules maps `config.json` to a `ModelConfig` (and back, but Phi-3's)
+`qwen3.py`, `gemma.py`, `gemma2.py`, `gemma3.py`, `marian.py`, `t5.py`); Phi-3 and the language
+model of Gemma 3's multimodal checkpoints import (`phi3.py`, `gemma3_multimodal.py`): each of
+those modules maps `config.json` to a `ModelConfig` (and back, but the import-only ones)
 and gives the tensor `rules(cfg, names, hf)` (the checkpoint's tensor names and `config.json`
 on import, neither on export).
 """
@@ -29,6 +30,7 @@ from jaxlm.interop import (
     gemma,
     gemma2,
     gemma3,
+    gemma3_multimodal,
     gpt2,
     llama,
     marian,
@@ -54,6 +56,7 @@ MAPPINGS = {
         gemma,
         gemma2,
         gemma3,
+        gemma3_multimodal,
         phi3,
         marian,
         t5,
