@@ -23,7 +23,7 @@ from jaxlm.data.tokenizer import document_start
 from jaxlm.decoding.beam import beam_search
 from jaxlm.decoding.cache import encode, unstack_layers
 from jaxlm.decoding.loop import sample_tokens
-from jaxlm.errors import JaxlmError
+from jaxlm.errors import ConfigError, JaxlmError
 
 
 def pad_rows(
@@ -73,7 +73,7 @@ def _require_family(cfg: ModelConfig, family: str, function: str) -> None:
 
 
 def _decode(cfg, params, tokens, segments, sample, eos_id, pad_id, stream, source=None):
-    """Run the compiled loop; rows are cut after their EOS."""
+    """Run the compiled loop; rows are cut after their EOS (the first of `eos_id`'s ids)."""
     validate_sample(sample)
     longest = tokens.shape[1]
     max_new = min(sample.max_new_tokens, cfg.max_len - longest)
@@ -84,9 +84,27 @@ def _decode(cfg, params, tokens, segments, sample, eos_id, pad_id, stream, sourc
     source_tokens, source_segments = source if source is not None else (None, None)
     rng = jax.random.key(sample.seed)
     out = run(unstack_layers(params), tokens, segments, rng, source_tokens, source_segments)
-    return [
-        row[: row.index(eos_id) + 1] if eos_id in row else row for row in _on_host(out).tolist()
-    ]
+    stops = set(np.atleast_1d(eos_id).tolist())
+    return [_cut_after(row, stops) for row in _on_host(out).tolist()]
+
+
+def _cut_after(row: list[int], stops: set[int]) -> list[int]:
+    """`row` up to its first token in `stops`, included."""
+    end = next((i for i, token in enumerate(row) if token in stops), len(row) - 1)
+    return row[: end + 1]
+
+
+def stop_ids(tokenizer, sample: SampleConfig) -> tuple[int, ...]:
+    """The tokenizer's EOS and the ids of `sample.stop_tokens`: the tokens that end a row."""
+    ids = [tokenizer.eos_id]
+    for token in sample.stop_tokens:
+        token_id = tokenizer.token_id(token)
+        if token_id is None:
+            raise ConfigError(
+                f"config key 'sample.stop_tokens': {token!r} is not a token of the tokenizer"
+            )
+        ids.append(token_id)
+    return tuple(dict.fromkeys(ids))
 
 
 def _on_host(array: jax.Array) -> np.ndarray:
@@ -103,12 +121,13 @@ def generate(
     prompts: list[list[int]],
     sample: SampleConfig,
     *,
-    eos_id: int,
+    eos_id: int | tuple[int, ...],
     pad_id: int = 0,
     stream: Callable | None = None,
 ) -> list[list[int]]:
     """GPT: continue each prompt (token ids) by up to `sample.max_new_tokens` tokens, stopping a
-    row at `eos_id` (included). Returns only the new tokens of each row."""
+    row at `eos_id` (or the first of several ids; included). Returns only the new tokens of each
+    row."""
     _require_family(cfg, "gpt", "generate")
     tokens, segments = pad_rows(prompts, pad_id, left=True)
     return _decode(cfg, params, tokens, segments, sample, eos_id, pad_id, stream)
@@ -121,7 +140,7 @@ def translate(
     sample: SampleConfig,
     *,
     bos_id: int,
-    eos_id: int,
+    eos_id: int | tuple[int, ...],
     pad_id: int = 0,
     source_len: int | None = None,
 ) -> list[list[int]]:
@@ -143,10 +162,15 @@ def generate_text(
     sample: SampleConfig,
     stream: Callable | None = None,
 ) -> list[str]:
-    """Continue each text prompt (GPT) or translate it (encoder-decoder); returns the generated
-    text of each."""
+    """Continue each text prompt (GPT) or translate it (encoder-decoder), each row ending at EOS
+    or a `sample.stop_tokens` token; returns the generated text of each."""
     if cfg.family not in ("gpt", "seq2seq"):
         raise JaxlmError(f"generation needs a gpt or seq2seq model, not {cfg.family}")
+    stops = stop_ids(tokenizer, sample)
+
+    def without_stop(ids: list[int]) -> list[int]:
+        return ids[:-1] if ids and ids[-1] in stops else ids
+
     if cfg.family == "seq2seq":
         sources = [[*ids, tokenizer.eos_id] for ids in tokenizer.encode_batch(prompts)]
         targets = translate(
@@ -155,21 +179,21 @@ def generate_text(
             sources,
             sample,
             bos_id=tokenizer.bos_id,
-            eos_id=tokenizer.eos_id,
+            eos_id=stops,
             pad_id=tokenizer.pad_id,
         )
-        return [tokenizer.decode(ids) for ids in targets]
+        return [tokenizer.decode(without_stop(ids)) for ids in targets]
     encoded = [[*document_start(tokenizer), *tokenizer.encode(p)] for p in prompts]
     new = generate(
         cfg,
         params,
         encoded,
         sample,
-        eos_id=tokenizer.eos_id,
+        eos_id=stops,
         pad_id=tokenizer.pad_id,
         stream=stream,
     )
-    return [continuation(tokenizer, p, n) for p, n in zip(encoded, new, strict=True)]
+    return [continuation(tokenizer, p, without_stop(n)) for p, n in zip(encoded, new, strict=True)]
 
 
 def continuation(tokenizer, prompt_ids: list[int], new_ids: list[int]) -> str:

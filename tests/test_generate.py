@@ -41,7 +41,7 @@ def _naive_greedy(forward, prompt, steps, eos_id, length=32):
     for _ in range(steps):
         padded = jnp.asarray([tokens + [0] * (length - len(tokens))])
         tokens.append(int(jnp.argmax(forward(padded)[0, len(tokens) - 1])))
-        if tokens[-1] == eos_id:
+        if tokens[-1] in np.atleast_1d(eos_id):
             break
     return tokens[len(prompt) :]
 
@@ -62,6 +62,20 @@ def test_generation_stops_at_eos_per_row():
     )
     assert got == [_naive_greedy(GPT_FORWARD, p, 10, eos_id=eos) for p in prompts]
     assert got[0][-1] == eos and len(got[0]) <= 4
+
+
+@pytest.mark.parametrize("num_beams", [1, 2])
+def test_generation_stops_at_the_first_of_several_stop_ids(num_beams):
+    """Rows end at whichever of EOS and the stop tokens comes first (each row's 2nd token is
+    one), greedily as the naive loop and with beams."""
+    prompts = [[2, 7, 9], [2, 30, 1]]
+    stops = tuple(_naive_greedy(GPT_FORWARD, p, 10, eos_id=-1)[1] for p in prompts)
+    sample = SampleConfig(max_new_tokens=10, temperature=0, num_beams=num_beams)
+    got = generate(GPT, GPT_PARAMS, prompts, sample, eos_id=stops)
+    if num_beams == 1:
+        assert got == [_naive_greedy(GPT_FORWARD, p, 10, eos_id=stops) for p in prompts]
+        assert all(len(row) <= 2 for row in got)
+    assert all(row[-1] in stops for row in got)
 
 
 def test_seq2seq_greedy_matches_naive_loop():

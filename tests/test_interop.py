@@ -1139,6 +1139,41 @@ def test_llama_without_a_pad_token_imports_and_pads_prompts(tmp_path, monkeypatc
     assert printed == [p + text for p, text in zip(prompts, alone, strict=True)]
 
 
+def test_an_instruct_models_end_of_turn_stops_generation_and_exports_back(
+    tmp_path, monkeypatch, capsys
+):
+    """A generation_config.json whose eos_token_id lists a token besides the tokenizer's EOS
+    (an end of turn) makes it a `sample.stop_tokens` entry of the imported workdir: `jaxlm
+    generate` ends the row there (and prints nothing of it), and the export lists it again."""
+    from jaxlm.inference import load_for_inference
+
+    monkeypatch.chdir(tmp_path)
+    cfg = jaxlm_config("llama")
+    save_pretrained("hf", cfg, random_params(cfg))
+    Path("hf/tokenizer.model").write_bytes(llama_sentencepiece(vocab_size=VOCAB))
+    edit_config(Path("hf"), bos_token_id=1, eos_token_id=2)
+    assert main(["convert", "hf", "free", "--to", "jaxlm"]) == 0
+    loaded, params, tokenizer = load_for_inference(Path("free"))
+    prompt = [1, *tokenizer.encode("The value")]
+    greedy = SampleConfig(max_new_tokens=4, temperature=0.0)  # as GREEDY
+    free = generate(loaded.model, params, [prompt], greedy, eos_id=-1)[0]
+    stop = next(token for token in free[1:] if token not in (free[0], tokenizer.eos_id))
+    Path("hf/generation_config.json").write_text(json.dumps({"eos_token_id": [2, stop]}))
+
+    assert main(["convert", "hf", "run", "--to", "jaxlm"]) == 0
+    assert load_config("run/config.yaml").sample.stop_tokens == [tokenizer.piece(stop)]
+    capsys.readouterr()
+    assert main(["generate", "run", "--prompt=The value", *GREEDY]) == 0
+    kept = free[: free.index(stop)]
+    assert capsys.readouterr().out == "The value" + tokenizer.decode(kept) + "\n"
+    assert main(["generate", "run", "--prompt=x", "--stop-token=<nope>", *GREEDY]) == 2
+    assert "'<nope>' is not a token of the tokenizer" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="no exact Hugging Face equivalent"):
+        assert main(["convert", "run", "export", "--to", "hf"]) == 0
+    exported = json.loads(Path("export/generation_config.json").read_text())
+    assert exported["eos_token_id"] == [2, stop]
+
+
 def test_an_imported_llama_workdir_encodes_as_transformers_does(tmp_path):
     """A Llama directory holds a sentencepiece tokenizer.model and the tokenizer.json that
     `transformers` makes of it. The imported workdir reads tokenizer/ as `transformers` does: a

@@ -27,8 +27,9 @@ def _read_prompts(args) -> list[str]:
 class _Printer:
     """Prints a single generation, the prompt first, as its tokens arrive from the device loop."""
 
-    def __init__(self, tokenizer, prompt: str):
+    def __init__(self, tokenizer, prompt: str, stops: tuple[int, ...]):
         self.tokenizer, self.prompt, self.printed = tokenizer, prompt, ""
+        self.hidden = {*stops, tokenizer.pad_id}  # ends of rows, and the padding after them
         from jaxlm.data.tokenizer import document_start
 
         self.prompt_ids = [*document_start(tokenizer), *tokenizer.encode(prompt)]
@@ -40,7 +41,7 @@ class _Printer:
         if step == 0:
             print(self.prompt, end="", flush=True)
         token = int(tokens[0])
-        if token in (self.tokenizer.eos_id, self.tokenizer.pad_id):
+        if token in self.hidden:
             return
         self.ids.append(token)
         text = continuation(self.tokenizer, self.prompt_ids, self.ids)
@@ -49,9 +50,11 @@ class _Printer:
 
 
 def run(args) -> None:
+    import dataclasses
+
     from jaxlm.config import SampleConfig, validate_sample
     from jaxlm.decoding.cache import unstack_layers
-    from jaxlm.generate import generate_text
+    from jaxlm.generate import generate_text, stop_ids
     from jaxlm.inference import load_for_inference
 
     sample = SampleConfig(
@@ -67,11 +70,12 @@ def run(args) -> None:
     validate_sample(sample, name=lambda field: "--" + field.replace("_", "-"))
     prompts = _read_prompts(args)
     cfg, params, tokenizer = load_for_inference(Path(args.workdir))
+    stops = cfg.sample.stop_tokens if args.stop_token is None else args.stop_token
+    sample = dataclasses.replace(sample, stop_tokens=stops)
+    printer = _Printer(tokenizer, prompts[0], stop_ids(tokenizer, sample))
     params = unstack_layers(params)  # split here, the stacked weights are freed
     if len(prompts) == 1 and args.num_beams == 1 and cfg.model.family == "gpt":  # streamed
-        generate_text(
-            cfg.model, params, tokenizer, prompts, sample, stream=_Printer(tokenizer, prompts[0])
-        )
+        generate_text(cfg.model, params, tokenizer, prompts, sample, stream=printer)
         print()
         return
     texts = generate_text(cfg.model, params, tokenizer, prompts, sample)
@@ -97,5 +101,11 @@ def register(commands) -> None:
     parser.add_argument("--repetition-penalty", type=float, default=1.0, help="1 = off")
     parser.add_argument("--num-beams", type=int, default=1, help="> 1 = beam search")
     parser.add_argument("--length-penalty", type=float, default=1.0, help="beam search")
+    parser.add_argument(
+        "--stop-token",
+        action="append",
+        help="a token besides EOS that ends a row; repeat for several (default: the workdir's "
+        "sample.stop_tokens)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(run=run)

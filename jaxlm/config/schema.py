@@ -204,6 +204,9 @@ class SampleConfig:
     num_beams: int = 1  # > 1 = beam search (deterministic; ignores the sampling settings)
     length_penalty: float = 1.0  # beam scores are log-probability / length ** length_penalty
     early_stopping: bool = True  # beam search ends once num_beams hypotheses are finished
+    # tokens besides EOS that end a row: an instruct model's end of turn (Gemma's <end_of_turn>,
+    # Llama 3's <|eot_id|>); an imported model takes them from its generation_config.json
+    stop_tokens: list[str] = field(default_factory=list)
     seed: int = 0
 
 

@@ -30,7 +30,7 @@ def beam_search(
     *,
     sample: SampleConfig,
     max_new_tokens: int,
-    eos_id: int,
+    eos_id: int | tuple[int, ...],
     pad_id: int,
     context=None,
 ) -> tuple[jax.Array, jax.Array]:
@@ -73,7 +73,7 @@ def beam_search(
         cand_logp, flat = jax.lax.top_k(candidates, 2 * k)  # [batch, 2k]
         cand_beam, cand_token = flat // vocab, flat % vocab
         cand_seqs = _gather_beams(alive, cand_beam).at[:, :, i].set(cand_token)
-        is_eos = cand_token == eos_id
+        is_eos = jnp.isin(cand_token, jnp.asarray(eos_id))
 
         # Finished: the old ones and the candidates that just ended, best k by score.
         new_scores = jnp.where(is_eos, cand_logp / penalty(i + 1), NEG_INF)

@@ -37,13 +37,14 @@ def sample_tokens(
     *,
     sample: SampleConfig,
     max_new_tokens: int,
-    eos_id: int,
+    eos_id: int | tuple[int, ...],
     pad_id: int,
     context=None,
     stream: Callable[[jax.Array, jax.Array], None] | None = None,
 ) -> jax.Array:
     """New tokens [batch, max_new_tokens] after left-padded prompts [batch, prompt_length]
-    (segments: 1 = token, 0 = padding). A row stops at `eos_id` and is padded with `pad_id`;
+    (segments: 1 = token, 0 = padding). A row stops at `eos_id` (or any of several) and is padded
+    with `pad_id`;
     `stream(step, tokens)`, if given, is called from the device loop with every new token."""
     batch = prompts.shape[0]
     params = unstack_layers(params)  # once, outside the loop
@@ -69,7 +70,7 @@ def sample_tokens(
         out = out.at[:, i].set(token)
         if track_seen:
             seen = seen.at[rows, token].set(True)
-        done = done | (token == eos_id)
+        done = done | jnp.isin(token, jnp.asarray(eos_id))
         logits, cache = step(
             params,
             cache,

@@ -10,12 +10,15 @@ copied tokenizer's BOS. `config.yaml` names neither: the workdir finds its own t
 (`workdir_tokenizer`: the files in `tokenizer/` when there are any, as `transformers` reads the
 directory) wherever it is moved.
 `jaxlm generate` and `jaxlm eval` load it like any trained workdir, and `jaxlm train` on its
-`config.yaml` fine-tunes from the imported weights.
+`config.yaml` fine-tunes from the imported weights. The end-of-sequence ids of the directory's
+`generation_config.json` besides its tokenizer's EOS (an instruct model's end of turn) become
+`sample.stop_tokens`; an export writes them back there.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import shutil
 import warnings
@@ -34,11 +37,14 @@ from jaxlm.data.hf_tokenizer import (
     copy_tokenizer,
     load_tokenizer,
     tokenizer_files,
+    workdir_tokenizer,
 )
+from jaxlm.data.tokenizer_config import read_json
 from jaxlm.errors import ConversionError, DataError
 from jaxlm.finetune import lora
+from jaxlm.generate import stop_ids
 from jaxlm.interop.fast_tokenizer import write_hf_tokenizer
-from jaxlm.interop.generation import GENERATION_CONFIG, generation_config
+from jaxlm.interop.generation import GENERATION_CONFIG, generation_config, stop_tokens
 from jaxlm.interop.hf import from_pretrained, read_hf_config, save_pretrained
 from jaxlm.parallel import make_mesh
 from jaxlm.train.optim import make_optimizer
@@ -65,8 +71,12 @@ def import_workdir(source: str | Path, workdir: str | Path) -> Config:
         checkpointer.save(0, state)
     finally:
         checkpointer.close()
-    (workdir / "config.yaml").write_text(to_yaml(cfg))
     adopt_tokenizer(source, workdir)
+    generation = read_json(source / GENERATION_CONFIG)
+    if generation and workdir_tokenizer(workdir).exists():
+        stops = stop_tokens(generation, load_tokenizer(str(workdir_tokenizer(workdir))))
+        cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, stop_tokens=stops))
+    (workdir / "config.yaml").write_text(to_yaml(cfg))
     return cfg
 
 
@@ -102,7 +112,10 @@ def export_workdir(workdir: str | Path, destination: str | Path, step: int | Non
     params = lora.merge(params, lora.scaling(cfg.finetune))
     save_pretrained(destination, cfg.model, params, _token_ids(tokenizer))
     if cfg.model.family in ("gpt", "seq2seq"):
-        settings = generation_config(cfg.sample, read_hf_config(destination))
+        stops = ()
+        if tokenizer is not None and cfg.sample.stop_tokens:
+            stops = stop_ids(load_tokenizer(str(tokenizer)), cfg.sample)
+        settings = generation_config(cfg.sample, read_hf_config(destination), stops)
         (destination / GENERATION_CONFIG).write_text(json.dumps(settings, indent=2) + "\n")
     if tokenizer is not None:
         _export_tokenizer(tokenizer, workdir, cfg, destination)
