@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import jaxlm.layers.attention as attention_module
-from jaxlm.layers.attention import MultiHeadAttention, dot_product_attention, reference_attention
+from jaxlm.layers.attention import dot_product_attention, reference_attention
 from jaxlm.layers.embeddings import apply_rotary
 from jaxlm.layers.masks import (
     SegmentMask,
@@ -19,6 +19,7 @@ from jaxlm.layers.masks import (
     padding_mask,
     segment_mask,
 )
+from jaxlm.layers.multi_head_attention import MultiHeadAttention
 from jaxlm.layers.recomputing_attention import recomputing_causal_attention
 
 TOL = dict(rtol=1e-5, atol=1e-5)

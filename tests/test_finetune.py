@@ -26,7 +26,7 @@ from jaxlm.finetune import lora, prepare
 from jaxlm.finetune.patterns import flat, nested, select_layers
 from jaxlm.interop import from_pretrained, save_pretrained
 from jaxlm.interop.workdir import export_workdir
-from jaxlm.layers.attention import MultiHeadAttention
+from jaxlm.layers.multi_head_attention import MultiHeadAttention
 from jaxlm.models import build_model, init_params
 from jaxlm.parallel import activate, make_mesh
 from jaxlm.train.losses import LOSSES

@@ -1,6 +1,6 @@
 """Pure functional Flax (Linen) building blocks; they know nothing of meshes, files or training."""
 
-from jaxlm.layers.attention import MultiHeadAttention, dot_product_attention, reference_attention
+from jaxlm.layers.attention import dot_product_attention, reference_attention
 from jaxlm.layers.embeddings import (
     LearnedPositions,
     SinusoidalPositions,
@@ -9,6 +9,7 @@ from jaxlm.layers.embeddings import (
     sinusoidal_table,
 )
 from jaxlm.layers.masks import attention_mask, causal_mask, padding_mask, segment_mask
+from jaxlm.layers.multi_head_attention import MultiHeadAttention
 from jaxlm.layers.transformer import Mlp, TransformerBlock, TransformerStack
 
 __all__ = [

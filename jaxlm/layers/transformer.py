@@ -13,10 +13,10 @@ import numpy as np
 
 from jaxlm.config import ModelConfig
 from jaxlm.layers.activations import ACTIVATIONS
-from jaxlm.layers.attention import MultiHeadAttention
 from jaxlm.layers.embeddings import apply_rotary, rotary_frequencies, yarn_attention_factor
 from jaxlm.layers.linear import DenseGeneral
 from jaxlm.layers.matmul import BATCHED_PRODUCT, PRODUCT
+from jaxlm.layers.multi_head_attention import MultiHeadAttention
 from jaxlm.layers.norms import LayerNorm, RMSNorm, rms_scale
 
 _policies = jax.checkpoint_policies
