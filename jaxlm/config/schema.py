@@ -106,6 +106,17 @@ class ModelConfig:
         return self.head_dim or self.embed_dim // self.num_heads
 
     @property
+    def full_attention_layers(self) -> tuple[bool, ...]:
+        """Per decoder layer: whether it attends to all earlier tokens, not only the last
+        `sliding_window` (every layer without a window; with one, every
+        `global_attention_every`-th)."""
+        every = self.global_attention_every
+        return tuple(
+            not self.sliding_window or (every > 0 and (i + 1) % every == 0)
+            for i in range(self.num_layers)
+        )
+
+    @property
     def padded_vocab_size(self) -> int:
         return math.ceil(self.vocab_size / self.vocab_multiple) * self.vocab_multiple
 

@@ -113,11 +113,6 @@ def incompatibilities(
 
 
 def config_to_hf(cfg: ModelConfig) -> dict:
-    every = cfg.global_attention_every
-    sliding = [
-        bool(cfg.sliding_window) and (not every or (i + 1) % every != 0)
-        for i in range(cfg.num_layers)
-    ]
     return {
         **gemma.config_to_hf(cfg),
         "architectures": list(ARCHITECTURES),
@@ -125,7 +120,7 @@ def config_to_hf(cfg: ModelConfig) -> dict:
         "hidden_activation": "gelu_pytorch_tanh",
         "query_pre_attn_scalar": _query_pre_attn_scalar(cfg),
         "sliding_window": cfg.sliding_window,
-        "layer_types": [LAYER_TYPES[not windowed] for windowed in sliding],
+        "layer_types": [LAYER_TYPES[full] for full in cfg.full_attention_layers],
         "attn_logit_softcapping": cfg.attention_softcap,
         "final_logit_softcapping": cfg.logit_softcap,
     }

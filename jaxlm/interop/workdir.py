@@ -72,9 +72,9 @@ def import_workdir(source: str | Path, workdir: str | Path) -> Config:
     finally:
         checkpointer.close()
     adopt_tokenizer(source, workdir)
-    generation = read_json(source / GENERATION_CONFIG)
-    if generation and workdir_tokenizer(workdir).exists():
-        stops = stop_tokens(generation, load_tokenizer(str(workdir_tokenizer(workdir))))
+    generation, tokenizer = read_json(source / GENERATION_CONFIG), workdir_tokenizer(workdir)
+    if generation and tokenizer.exists():
+        stops = stop_tokens(generation, load_tokenizer(str(tokenizer)))
         cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, stop_tokens=stops))
     (workdir / "config.yaml").write_text(to_yaml(cfg))
     return cfg

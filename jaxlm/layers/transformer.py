@@ -266,10 +266,7 @@ class TransformerStack(nn.Module):
     ):
         cfg = self.cfg
         shared = (positions, encoded, cross_mask, deterministic, decode_index, bias)
-        full_layers = None
-        if full_mask is not None:
-            every = cfg.global_attention_every
-            full_layers = np.arange(self.num_layers) % every == every - 1
+        full_layers = None if full_mask is None else np.asarray(cfg.full_attention_layers)
         if kv_cache is not None:
             caches = []
             for i, layer_cache in enumerate(zip(*kv_cache, strict=True)):
