@@ -141,6 +141,8 @@ def assert_one_line_error(match: str, name_or_path, overrides=()):
         ("model.logit_softcap=-30", "model.logit_softcap"),
         ("model.attention_scale=0", "model.attention_scale"),
         ("model.rope_local_base=1e4", "model.rope_local_base"),  # no full-attention layers
+        ("model.rotary_dim=16", "model.rotary_dim"),  # gpt2-small's positions are learned
+        ("model.block_layout=parallel_attention", "model.block_layout"),
         ("model.rope_beta_slow=64", "model.rope_beta_fast"),  # beyond beta_fast's 32
         ("model.rope_attention_factor=0", "model.rope_attention_factor"),
         ("model.relative_max_distance=4", "model.relative_max_distance"),
@@ -172,6 +174,18 @@ def assert_one_line_error(match: str, name_or_path, overrides=()):
 )
 def test_bad_override_raises_one_line_error_naming_the_key(override, key):
     assert_one_line_error(key, "gpt2-small", [override])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.rotary_dim=15", "an even number of features in [2, head_dim=64]"),
+        ("model.rotary_dim=128", "an even number of features in [2, head_dim=64]"),
+        ("model.norm_position=post", "parallel blocks are built for the gpt family with model"),
+    ],
+)
+def test_partial_rotary_and_parallel_blocks_are_checked(override, message):
+    assert_one_line_error(message, "pythia-160m", [override])
 
 
 def test_capped_scores_on_a_backend_that_cannot_cap_them_are_refused():

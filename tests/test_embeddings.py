@@ -139,6 +139,17 @@ def test_apply_rotary_matches_naive_loop(base):
     np.testing.assert_allclose(out, naive_rotary(x, positions, base), rtol=1e-5, atol=1e-5)
 
 
+def test_partial_rotary_rotates_the_leading_features_alone():
+    """Frequencies for 4 of 10 features: those 4 rotate as a 4-wide head would, the other 6
+    pass unchanged."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 5, 3, 10)).astype(np.float32)
+    positions = np.array([[0, 1, 2, 3, 4], [40, 3, 17, 0, 9]])
+    out = np.asarray(apply_rotary(x, jnp.asarray(positions), frequencies=rotary_frequencies(4)))
+    np.testing.assert_allclose(out[..., :4], naive_rotary(x[..., :4], positions), atol=1e-5)
+    np.testing.assert_array_equal(out[..., 4:], x[..., 4:])
+
+
 def test_apply_rotary_keeps_dtype_and_norm():
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.normal(size=(1, 4, 2, 6)), jnp.bfloat16)

@@ -1,9 +1,9 @@
 """Hugging Face checkpoints: imported GPT-2, BERT (real MiniLM weights), Llama (with Llama 3.1's
-rotary scaling), Qwen2, Qwen3, Mistral, Gemma 1 to 3, Phi-3, Marian and T5 give
-the outputs of `transformers` on PyTorch; exported jaxlm models load in `transformers` with the same
-outputs and import back bit for bit; sharded checkpoints, `jaxlm convert` (imported workdirs keep
-their GPT-2, BERT or Llama tokenizer wherever they are moved), and one-line errors for
-checkpoints that do not fit."""
+rotary scaling), Qwen2, Qwen3, Mistral, Gemma 1 to 3, GPT-NeoX, Phi, Phi-3, Marian and T5 give
+the outputs of `transformers` on PyTorch; exported jaxlm models load in `transformers` with the
+same outputs and import back bit for bit; sharded checkpoints, `jaxlm convert` (imported
+workdirs keep their GPT-2, BERT or Llama tokenizer wherever they are moved), and one-line errors
+for checkpoints that do not fit."""
 
 import io
 import json
@@ -21,8 +21,9 @@ from tiny import TINY_MODEL  # noqa: E402
 
 from jaxlm import ConversionError, from_pretrained, save_pretrained  # noqa: E402
 from jaxlm.cli import main  # noqa: E402
-from jaxlm.config import SampleConfig, load_config  # noqa: E402
+from jaxlm.config import ModelConfig, SampleConfig, load_config  # noqa: E402
 from jaxlm.generate import generate, translate  # noqa: E402
+from jaxlm.interop import rope  # noqa: E402
 from jaxlm.models import build_model  # noqa: E402
 from jaxlm.models.summary import abstract_params, count_parameters  # noqa: E402
 
@@ -108,6 +109,24 @@ JAXLM_VARIANTS = {
         "model.rope_scaling=linear",
         "model.rope_scaling_factor=4",
         "model.rope_local_base=50",
+    ],
+    # parallel blocks, rotary positions on 6 of each head's 8 features
+    "gpt-neox": [
+        "model.family=gpt",
+        "model.position_embedding=rotary",
+        "model.rotary_dim=6",
+        "model.block_layout=parallel",
+        "model.activation=gelu_exact",
+        "model.tie_embeddings=false",
+    ],
+    "phi": [
+        "model.family=gpt",
+        "model.position_embedding=rotary",
+        "model.rotary_dim=4",
+        "model.block_layout=parallel_shared_norm",
+        "model.output_bias=true",
+        "model.num_kv_heads=2",
+        "model.tie_embeddings=false",
     ],
     "bert": ["model.family=bert", "model.norm_position=post", "model.activation=gelu_exact"],
     "bert-mlm": ["model.family=bert", "model.norm_position=post", "model.heads=[mlm]"],
@@ -288,6 +307,7 @@ def _hf_llama(family: str = "Llama", model: str | None = None, **overrides):
     return getattr(transformers, model or f"{family}ForCausalLM")(config)
 
 
+DEFAULT_ROPE = {"rope_type": "default", "rope_theta": 10_000.0}
 # Rotary scalings on 16-wide heads, whose 8 frequencies have wavelengths from 6.3 to 19,869
 # positions: Llama 3.1's keeps the first (below 16 / 4), divides the last six (above 16 / 1) and
 # blends the second.
@@ -465,6 +485,27 @@ HF_MODELS = {
     "gemma3-multimodal": lambda: _hf_gemma3_multimodal(),
     # fused query/key/value and gate/up projections, a window of 5 (Phi-3 mini's: 2,047 of 4,096)
     "phi3-window": lambda: _hf_llama("Phi3", sliding_window=5, pad_token_id=0),
+    # Phi-4-mini's rotary positions on three quarters of each head
+    "phi3-partial-rotary": lambda: _hf_llama(
+        "Phi3", pad_token_id=0, rope_parameters={**DEFAULT_ROPE, "partial_rotary_factor": 0.75}
+    ),
+    # Pythia's: parallel blocks, rotary positions on a quarter of each head, exact GELU
+    "gpt-neox": lambda: _hf_llama("GPTNeoX", num_key_value_heads=None),
+    # sequential blocks, half of each head rotating with linear scaling, tied head
+    "gpt-neox-sequential": lambda: _hf_llama(
+        "GPTNeoX",
+        num_key_value_heads=None,
+        use_parallel_residual=False,
+        tie_word_embeddings=True,
+        rope_parameters={
+            **DEFAULT_ROPE,
+            "rope_type": "linear",
+            "factor": 2.0,
+            "partial_rotary_factor": 0.5,
+        },
+    ),
+    # one norm for both halves of each parallel block, half of each head rotating, two KV heads
+    "phi": lambda: _hf_llama("Phi"),
     "bert-mlm-without-pooler": lambda: _hf_bert("BertForMaskedLM"),
     "bert-classifier": lambda: _hf_bert("BertForSequenceClassification", num_labels=3),
     "marian": _hf_marian,
@@ -514,6 +555,9 @@ def test_imported_logits_match_transformers(name, tmp_path):
         "gemma2",
         "gemma3",
         "phi3-window",
+        "phi3-partial-rotary",
+        "gpt-neox",
+        "phi",
     ],
 )
 def test_llama_greedy_decoding_matches_transformers(name, tmp_path):
@@ -1234,6 +1278,9 @@ def test_an_imported_llama_workdir_encodes_as_transformers_does(tmp_path):
         ("gemma2-2b", 2_614_341_888),
         ("gemma3-1b", 999_885_952),
         ("phi3-mini", 3_821_079_552),
+        ("pythia-160m", 162_322_944),
+        ("pythia-1b", 1_011_781_632),
+        ("phi-2", 2_779_683_840),
         ("t5-small", 60_506_624),
         ("flan-t5-base", 247_577_856),  # its own output head: 24,674,304 more than T5-base's
     ],
@@ -1281,8 +1328,8 @@ def test_unsupported_architectures_are_named(gpt2_dir):
     assert "unsupported architecture 'GPT2ForSequenceClassification'" in conversion_error(gpt2_dir)
     edit_config(gpt2_dir, model_type="bart")
     supported = (
-        "bert, gemma, gemma2, gemma3, gemma3_text, gpt2, llama, marian, mistral, phi3, qwen2, "
-        "qwen3, t5"
+        "bert, gemma, gemma2, gemma3, gemma3_text, gpt2, gpt_neox, llama, marian, mistral, phi, "
+        "phi3, qwen2, qwen3, t5"
     )
     expected = f"unsupported model_type 'bart' (supported: {supported})"
     assert expected in conversion_error(gpt2_dir)
@@ -1408,9 +1455,25 @@ def test_fused_phi3_projections_of_the_wrong_shape_are_named(tmp_path):
     message = conversion_error(tmp_path)
     assert "tensor model.layers.0.self_attn.qkv_proj.weight of shape (128, 64)" in message
     assert "self_attention/key/kernel (64, 4, 16)" in message
-    rope = {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.75}
-    edit_config(tmp_path, num_key_value_heads=2, rope_parameters=rope)
-    assert "partial_rotary_factor=0.75 is not supported" in conversion_error(tmp_path)
+
+
+@needs_transformers
+def test_partial_rotary_phi3_imports_but_no_class_exports_it(tmp_path):
+    _, cfg, params = _imported("phi3-partial-rotary", 0, tmp_path / "phi3")
+    assert cfg.rotary_dim == 12
+    with pytest.raises(ConversionError, match=r"mistral does not support model.rotary_dim=12"):
+        save_pretrained(tmp_path / "export", cfg, params)
+
+
+def test_partial_rotary_shares_give_the_rotary_dim_back():
+    """transformers truncates head_dim * partial_rotary_factor: the exported share gives back
+    every even rotary_dim of every head size up to 512, and the plain ratio where it can."""
+    for head_dim in range(2, 513):
+        for rotary_dim in range(2, head_dim, 2):
+            cfg = ModelConfig(embed_dim=head_dim, num_heads=1, rotary_dim=rotary_dim)
+            hf = {"rope_parameters": {"partial_rotary_factor": rope.rotary_share(cfg)}}
+            assert rope.rotary_dim_from_hf(hf, head_dim, "rotary_pct", 1.0) == rotary_dim
+    assert rope.rotary_share(ModelConfig(embed_dim=80, num_heads=1, rotary_dim=32)) == 0.4
 
 
 def test_directories_without_safetensors_are_refused(gpt2_dir):

@@ -284,6 +284,17 @@ def test_remat_gives_the_same_logits_and_gradients():
     chex.assert_trees_all_close(grads_remat, grads, rtol=1e-5, atol=1e-7)
 
 
+def cached_logits(cfg, params, inputs):
+    """The logits of `inputs` [batch, LENGTH] fed one token per step through the cache."""
+    step, cache, steps = jax.jit(step_fn(cfg)), init_cache(cfg, inputs.shape[0], LENGTH), []
+    positions, segments = jnp.broadcast_to(jnp.arange(LENGTH), inputs.shape), jnp.ones_like(inputs)
+    for i in range(LENGTH):
+        at = slice(i, i + 1)
+        logits, cache = step(params, cache, inputs[:, at], positions[:, at], segments[:, at], None)
+        steps.append(logits)
+    return jnp.concatenate(steps, axis=1)
+
+
 def test_alternating_window_layers_agree_scanned_unrolled_rematerialized_and_cached():
     """With a window in layer 0 and full attention in layer 1 (picked inside the scan by
     `lax.cond`): the same logits and gradients unrolled and with remat; the same logits step by
@@ -300,16 +311,32 @@ def test_alternating_window_layers_agree_scanned_unrolled_rematerialized_and_cac
         other_loss, other_grads = loss_and_grads(other, params, inputs)
         np.testing.assert_allclose(other_loss, loss, rtol=1e-6)
         chex.assert_trees_all_close(other_grads, grads, rtol=1e-5, atol=1e-6)
-    step, cache, steps = jax.jit(step_fn(cfg)), init_cache(cfg, 2, LENGTH), []
-    positions, segments = jnp.broadcast_to(jnp.arange(LENGTH), inputs.shape), jnp.ones_like(inputs)
-    for i in range(LENGTH):
-        at = slice(i, i + 1)
-        logits, cache = step(params, cache, inputs[:, at], positions[:, at], segments[:, at], None)
-        steps.append(logits)
-    np.testing.assert_allclose(jnp.concatenate(steps, axis=1), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(cached_logits(cfg, params, inputs), expected, rtol=1e-5, atol=1e-5)
     for overrides in (["model.sliding_window=3"], []):
         _, _, other = tiny_model("gpt", *overrides)
         assert np.abs(other(params, inputs) - expected).max() > 1e-2
+
+
+@pytest.mark.parametrize("layout", ["parallel", "parallel_shared_norm"])
+def test_parallel_blocks_agree_unrolled_rematerialized_and_cached(layout):
+    """Parallel blocks with rotary positions on half of each head: the same logits unrolled,
+    with remat and step by step over a cache; other logits than sequential blocks, or than
+    rotating whole heads; one norm per block when shared."""
+    overrides = ("model.rotary_dim=4", f"model.block_layout={layout}")
+    cfg = tiny_config("gpt-rotary", *overrides)
+    params = random_params(cfg)
+    assert ("mlp_norm" in params["decoder"]["layers"]) == (layout == "parallel")
+    inputs = tokens(2, LENGTH, seed=7)
+    expected = tiny_model("gpt-rotary", *overrides)[2](params, inputs)
+    for other in (["model.scan_unroll=0"], ["model.remat_policy=full"]):
+        got = tiny_model("gpt-rotary", *overrides, *other)[2](params, inputs)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(cached_logits(cfg, params, inputs), expected, rtol=1e-5, atol=1e-5)
+    whole_heads = tiny_model("gpt-rotary", f"model.block_layout={layout}")[2](params, inputs)
+    assert np.abs(whole_heads - expected).max() > 1e-2
+    if layout == "parallel":
+        sequential = tiny_model("gpt-rotary", "model.rotary_dim=4")[2](params, inputs)
+        assert np.abs(sequential - expected).max() > 1e-2
 
 
 def test_remat_with_cross_attention_gives_the_same_logits():

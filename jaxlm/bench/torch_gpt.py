@@ -41,6 +41,7 @@ class GPTConfig:
             "family": "gpt",
             "norm": "layernorm",
             "norm_position": "pre",
+            "block_layout": "sequential",
             "position_embedding": "learned",
             "activation": "gelu",
             "scale_embeddings": False,

@@ -31,11 +31,13 @@ def run(args) -> None:
         + (f", scores capped at {m.attention_softcap:g}" if m.attention_softcap else "")
         + f", mlp {m.mlp_dim} ({m.activation}), {m.norm_position}-{m.norm}"
         + (" (scales 1 + weight)" if m.norm_unit_offset else "")
+        + (f", {m.block_layout.replace('_', ' ')} blocks" if m.block_layout != "sequential" else "")
     )
     positions = m.position_embedding
     if positions == "rotary":
         positions += (
             f" (base {m.rope_base:g}"
+            + (f", {m.rotary_dim} of {m.resolved_head_dim} features" if m.rotary_dim else "")
             + (f", sliding layers' {m.rope_local_base:g}" if m.rope_local_base else "")
             + (
                 f", {m.rope_scaling} scaling x{m.rope_scaling_factor:g})"

@@ -42,9 +42,16 @@ class ModelConfig:
     # pre (GPT-2) | post (BERT, original Transformer) | sandwich (pre, and each sublayer's output
     # normalized again before the residual sum: Gemma 2)
     norm_position: str = "pre"
+    # gpt, pre-norm: sequential (attention, then the MLP on its output) | parallel (attention and
+    # the MLP both read the block's input, each through its own norm, and both add to it:
+    # GPT-NeoX) | parallel_shared_norm (... through one norm: GPT-J, Phi-2, PaLM)
+    block_layout: str = "sequential"
     # learned | sinusoidal | rotary | relative (seq2seq: T5's bucketed relative position bias)
     position_embedding: str = "learned"
     rope_base: float = 10_000.0
+    # rotary: the leading features of each head that rotate (an even number; pairs (i, i +
+    # rotary_dim / 2)), the others passing unrotated (GPT-NeoX: a quarter); None = all
+    rotary_dim: int | None = None
     # rotary: none | linear (every frequency divided by rope_scaling_factor) | llama3 (Llama 3.1:
     # frequencies with wavelengths beyond rope_original_max_len / rope_low_freq_factor divided by
     # the factor, those below rope_original_max_len / rope_high_freq_factor kept, a blend between)
@@ -104,6 +111,10 @@ class ModelConfig:
     @property
     def resolved_head_dim(self) -> int:
         return self.head_dim or self.embed_dim // self.num_heads
+
+    @property
+    def resolved_rotary_dim(self) -> int:
+        return self.rotary_dim or self.resolved_head_dim
 
     @property
     def full_attention_layers(self) -> tuple[bool, ...]:

@@ -15,6 +15,7 @@ CHOICES = {
     "model.mlp_type": ("plain", "gated"),
     "model.norm": ("layernorm", "rmsnorm"),
     "model.norm_position": ("pre", "post", "sandwich"),
+    "model.block_layout": ("sequential", "parallel", "parallel_shared_norm"),
     "model.position_embedding": ("learned", "sinusoidal", "rotary", "relative"),
     "model.attention_backend": ("auto", "reference", "jax", "cudnn", "pallas"),
     "model.dtype": tuple(DTYPES),
@@ -79,6 +80,22 @@ def validate(config: Config) -> None:
         not m.norm_unit_offset or m.norm == "rmsnorm",
         "model.norm_unit_offset",
         f"offsets the scales of rmsnorm, not {m.norm}",
+    )
+    _check(
+        m.block_layout == "sequential" or (m.family == "gpt" and m.norm_position == "pre"),
+        "model.block_layout",
+        f"{m.block_layout} blocks are built for the gpt family with model.norm_position=pre",
+    )
+    _check(
+        m.rotary_dim is None
+        or (
+            m.position_embedding == "rotary"
+            and 0 < m.rotary_dim <= m.resolved_head_dim
+            and m.rotary_dim % 2 == 0
+        ),
+        "model.rotary_dim",
+        f"an even number of features in [2, head_dim={m.resolved_head_dim}] for rotary "
+        "positions (or null: all)",
     )
     _check(
         m.rope_scaling == "none" or m.position_embedding == "rotary",

@@ -18,7 +18,7 @@ from jaxlm.interop.hf_config import (
     mismatches,
     require,
 )
-from jaxlm.interop.mapping import Rule, linear, norm, pad_vocab, tensor
+from jaxlm.interop.mapping import Rule, block_projections, linear, norm, pad_vocab, tensor
 
 MODEL_TYPE = "bert"
 # HF class -> the jaxlm heads it holds.
@@ -152,26 +152,17 @@ def rules(cfg: ModelConfig, names: set[str] | None = None, hf: dict | None = Non
                 layers=layers,
             )
         ),
-        *linear(
-            f"{block}attention.output.dense",
-            f"{attention}out",
-            (heads, head_dim),
-            (d,),
-            bias=True,
+        *block_projections(
+            {
+                "out": f"{block}attention.output.dense",
+                "wi": f"{block}intermediate.dense",
+                "wo": f"{block}output.dense",
+            },
+            stack,
+            cfg,
             layers=layers,
         ),
         *norm(f"{block}attention.output.LayerNorm", f"{stack}self_attention_norm", layers=layers),
-        *linear(
-            f"{block}intermediate.dense",
-            f"{stack}mlp/wi",
-            (d,),
-            (cfg.mlp_dim,),
-            bias=True,
-            layers=layers,
-        ),
-        *linear(
-            f"{block}output.dense", f"{stack}mlp/wo", (cfg.mlp_dim,), (d,), bias=True, layers=layers
-        ),
         *norm(f"{block}output.LayerNorm", f"{stack}mlp_norm", layers=layers),
         *linear(f"{prefix}pooler.dense", "pooler", (d,), (d,), bias=True, optional=True),
     ]

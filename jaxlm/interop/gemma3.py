@@ -15,7 +15,7 @@ import dataclasses
 
 from jaxlm.config import ModelConfig
 from jaxlm.errors import ConversionError
-from jaxlm.interop import gemma2, llama
+from jaxlm.interop import gemma2, llama, rope
 from jaxlm.interop.mapping import Rule
 
 MODEL_TYPE = "gemma3_text"
@@ -55,9 +55,9 @@ def _rope(hf: dict) -> tuple[dict, float]:
                 f"config.json: sliding_attention rope_type {local['rope_type']!r} is not "
                 "supported (jaxlm's sliding layers rotate unscaled)"
             )
-        full = llama.rope_from_hf({"rope_parameters": per_type.get("full_attention") or {}})
+        full = rope.rope_from_hf({"rope_parameters": per_type.get("full_attention") or {}})
         return full, float(local.get("rope_theta", 10_000.0))
-    fields = llama.rope_from_hf({"rope_theta": 1_000_000.0, **hf})
+    fields = rope.rope_from_hf({"rope_theta": 1_000_000.0, **hf})
     return fields, float(hf.get("rope_local_base_freq", 10_000.0))
 
 
@@ -88,7 +88,7 @@ def config_to_hf(cfg: ModelConfig) -> dict:
         **hf,
         "architectures": list(ARCHITECTURES),
         "model_type": MODEL_TYPE,
-        "rope_parameters": {"full_attention": llama.rope_to_hf(cfg), "sliding_attention": local},
+        "rope_parameters": {"full_attention": rope.rope_to_hf(cfg), "sliding_attention": local},
         "use_bidirectional_attention": False,
     }
 

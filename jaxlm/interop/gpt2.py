@@ -19,7 +19,14 @@ from jaxlm.interop.hf_config import (
     mismatches,
     require,
 )
-from jaxlm.interop.mapping import TRANSPOSE, Rule, chain, norm, pad_vocab, reshape, tensor
+from jaxlm.interop.mapping import (
+    Rule,
+    norm,
+    output_head,
+    pad_vocab,
+    reshape,
+    tensor,
+)
 
 MODEL_TYPE = "gpt2"
 ARCHITECTURES = ("GPT2LMHeadModel", "GPT2Model")
@@ -143,6 +150,5 @@ def rules(cfg: ModelConfig, names: set[str] | None = None, hf: dict | None = Non
         *norm(f"{prefix}ln_f", "decoder/final_norm"),
     ]
     if not cfg.tie_embeddings:
-        head = chain(TRANSPOSE, pad_vocab(cfg.vocab_size, cfg.padded_vocab_size, axis=1))
-        result.append(tensor("lm_head.weight", "lm_head/kernel", head))
+        result.append(output_head(cfg))
     return result

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from jaxlm.config import ModelConfig
+from jaxlm.data.tokenizer import BOS_ID, EOS_ID
 from jaxlm.errors import ConversionError
 
 # HF `hidden_act` / `activation_function` -> jaxlm `model.activation`, and back.
@@ -35,9 +36,11 @@ def require(hf: dict, key: str, default: Any, supported: Any) -> None:
         )
 
 
-# Settings that only the architectures naming them in their NEEDS have (Gemma's), at the values
-# every other architecture needs.
+# Settings that only the architectures naming them in their NEEDS have (Gemma's, GPT-NeoX's,
+# Phi's), at the values every other architecture needs.
 RARE_SETTINGS = {
+    "block_layout": "sequential",
+    "rotary_dim": None,
     "norm_unit_offset": False,
     "global_attention_every": 0,
     "attention_scale": None,
@@ -66,3 +69,23 @@ def head_mismatches(cfg: ModelConfig) -> list[str]:
     if cfg.resolved_head_dim * cfg.num_heads != cfg.embed_dim:
         problems.append(f"model.head_dim={cfg.head_dim}")
     return problems
+
+
+def decoder_to_hf(cfg: ModelConfig, model_type: str, architecture: str) -> dict:
+    """The `config.json` keys that decoders named in transformers' current style share."""
+    return {
+        "architectures": [architecture],
+        "model_type": model_type,
+        "vocab_size": cfg.vocab_size,
+        "max_position_embeddings": cfg.max_len,
+        "num_hidden_layers": cfg.num_layers,
+        "hidden_size": cfg.embed_dim,
+        "num_attention_heads": cfg.num_heads,
+        "intermediate_size": cfg.mlp_dim,
+        "hidden_act": TO_HF_ACTIVATION[cfg.activation],
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "attention_dropout": cfg.attention_dropout_rate,
+        "initializer_range": cfg.init_std,
+        "bos_token_id": BOS_ID,
+        "eos_token_id": EOS_ID,
+    }

@@ -7,14 +7,20 @@ weights convert with transposes and head reshapes only.
 
 from __future__ import annotations
 
-import math
 import re
 
 from jaxlm.config import ModelConfig
-from jaxlm.data.tokenizer import BOS_ID, EOS_ID
 from jaxlm.errors import ConversionError
-from jaxlm.interop.hf_config import TO_HF_ACTIVATION, activation_from_hf, mismatches
-from jaxlm.interop.mapping import TRANSPOSE, Rule, chain, linear, norm, pad_vocab, tensor
+from jaxlm.interop import rope
+from jaxlm.interop.hf_config import activation_from_hf, decoder_to_hf, mismatches
+from jaxlm.interop.mapping import (
+    Rule,
+    linear,
+    norm,
+    output_head,
+    pad_vocab,
+    tensor,
+)
 
 MODEL_TYPE = "llama"
 ARCHITECTURES = ("LlamaForCausalLM",)
@@ -32,80 +38,6 @@ NEEDS = {
     "qk_norm": False,
     "sliding_window": None,
 }
-
-
-# HF -> rope_scaling
-ROPE_TYPES = {"default": "none", "linear": "linear", "llama3": "llama3", "yarn": "yarn"}
-
-
-def rope_from_hf(hf: dict) -> dict:
-    """The rotary settings of `config.json` (`rope_parameters`, or the older `rope_scaling` with
-    a top-level `rope_theta`) as ModelConfig fields; unscaled, linear, Llama 3.1 and YaRN scaling
-    (its attention factor given, or from DeepSeek's `mscale` and `mscale_all_dim`, or left to
-    the default)."""
-    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type not in ROPE_TYPES:
-        raise ConversionError(
-            f"config.json: rope_type {rope_type!r} is not supported ({', '.join(ROPE_TYPES)})"
-        )
-    fields = {
-        "rope_base": float(rope.get("rope_theta", hf.get("rope_theta", 10_000.0))),
-        "rope_scaling": ROPE_TYPES[rope_type],
-    }
-    try:
-        if rope_type != "default":
-            fields["rope_scaling_factor"] = float(rope["factor"])
-        if rope_type == "llama3":
-            fields |= {
-                "rope_low_freq_factor": float(rope["low_freq_factor"]),
-                "rope_high_freq_factor": float(rope["high_freq_factor"]),
-                "rope_original_max_len": int(rope["original_max_position_embeddings"]),
-            }
-        if rope_type == "yarn":
-            fields |= _yarn_from_hf(rope)
-    except KeyError as e:
-        raise ConversionError(f"config.json: rope_type {rope_type!r} without {e}") from None
-    return fields
-
-
-def _yarn_from_hf(rope: dict) -> dict:
-    if rope.get("truncate", True) is False:
-        raise ConversionError("config.json: yarn with truncate=false is not supported")
-    factor = float(rope["factor"])
-    attention_factor = rope.get("attention_factor")
-    if attention_factor is None and rope.get("mscale") and rope.get("mscale_all_dim"):
-        scale = [0.1 * rope[key] * math.log(factor) + 1 for key in ("mscale", "mscale_all_dim")]
-        attention_factor = scale[0] / scale[1] if factor > 1 else 1.0
-    return {
-        "rope_original_max_len": int(rope["original_max_position_embeddings"]),
-        "rope_beta_fast": float(rope.get("beta_fast") or 32.0),
-        "rope_beta_slow": float(rope.get("beta_slow") or 1.0),
-        "rope_attention_factor": None if attention_factor is None else float(attention_factor),
-    }
-
-
-def rope_to_hf(cfg: ModelConfig) -> dict:
-    """`rope_parameters` of `config.json` for the rotary settings of `cfg`."""
-    rope_type = {value: key for key, value in ROPE_TYPES.items()}[cfg.rope_scaling]
-    rope = {"rope_type": rope_type, "rope_theta": cfg.rope_base}
-    if cfg.rope_scaling != "none":
-        rope["factor"] = cfg.rope_scaling_factor
-    if cfg.rope_scaling == "llama3":
-        rope |= {
-            "low_freq_factor": cfg.rope_low_freq_factor,
-            "high_freq_factor": cfg.rope_high_freq_factor,
-            "original_max_position_embeddings": cfg.rope_original_max_len,
-        }
-    if cfg.rope_scaling == "yarn":
-        rope |= {
-            "original_max_position_embeddings": cfg.rope_original_max_len,
-            "beta_fast": cfg.rope_beta_fast,
-            "beta_slow": cfg.rope_beta_slow,
-        }
-        if cfg.rope_attention_factor is not None:
-            rope["attention_factor"] = cfg.rope_attention_factor
-    return rope
 
 
 def config_from_hf(hf: dict, names: set[str]) -> ModelConfig:
@@ -133,7 +65,7 @@ def config_from_hf(hf: dict, names: set[str]) -> ModelConfig:
         norm_eps=hf.get("rms_norm_eps", 1e-6),
         norm_position="pre",
         position_embedding="rotary",
-        **rope_from_hf(hf),
+        **rope.rope_from_hf(hf),
         tie_embeddings=hf.get("tie_word_embeddings", False),
         use_bias=bias,
         dropout_rate=0.0,
@@ -148,27 +80,14 @@ def incompatibilities(cfg: ModelConfig) -> list[str]:
 
 def config_to_hf(cfg: ModelConfig) -> dict:
     return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": MODEL_TYPE,
-        "vocab_size": cfg.vocab_size,
-        "max_position_embeddings": cfg.max_len,
-        "num_hidden_layers": cfg.num_layers,
-        "hidden_size": cfg.embed_dim,
-        "num_attention_heads": cfg.num_heads,
+        **decoder_to_hf(cfg, MODEL_TYPE, ARCHITECTURES[0]),
         "num_key_value_heads": cfg.num_kv_heads or cfg.num_heads,
         "head_dim": cfg.resolved_head_dim,
-        "intermediate_size": cfg.mlp_dim,
-        "hidden_act": TO_HF_ACTIVATION[cfg.activation],
         "rms_norm_eps": cfg.norm_eps,
         "rope_theta": cfg.rope_base,
-        "rope_parameters": rope_to_hf(cfg),
-        "tie_word_embeddings": cfg.tie_embeddings,
+        "rope_parameters": rope.rope_to_hf(cfg),
         "attention_bias": cfg.use_bias,
         "mlp_bias": cfg.use_bias,
-        "attention_dropout": cfg.attention_dropout_rate,
-        "initializer_range": cfg.init_std,
-        "bos_token_id": BOS_ID,
-        "eos_token_id": EOS_ID,
     }
 
 
@@ -240,6 +159,5 @@ def rules(
             hf_norm = f"{BLOCK}self_attn.{hf_name}"
             result += norm(hf_norm, f"{ATTENTION}{name}_norm", bias=False, layers=layers)
     if not cfg.tie_embeddings:
-        head = chain(TRANSPOSE, pad_vocab(cfg.vocab_size, cfg.padded_vocab_size, axis=1))
-        result.append(tensor("lm_head.weight", "lm_head/kernel", head))
+        result.append(output_head(cfg))
     return result

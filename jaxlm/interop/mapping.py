@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jaxlm.config import ModelConfig
 from jaxlm.errors import ConversionError
 
 
@@ -133,6 +134,27 @@ def linear(
     return rules
 
 
+def block_projections(
+    hf: dict[str, str], stack: str, cfg: ModelConfig, *, bias: bool = True, layers: int = 0
+) -> list[Rule]:
+    """A block's attention output projection and a plain MLP's two projections: the torch
+    linears named `hf["out"]`, `hf["wi"]`, `hf["wo"]` <-> `{stack}self_attention/out`,
+    `{stack}mlp/wi`, `{stack}mlp/wo`."""
+    d, heads = cfg.embed_dim, (cfg.num_heads, cfg.resolved_head_dim)
+    return [
+        *linear(hf["out"], f"{stack}self_attention/out", heads, (d,), bias=bias, layers=layers),
+        *linear(hf["wi"], f"{stack}mlp/wi", (d,), (cfg.mlp_dim,), bias=bias, layers=layers),
+        *linear(hf["wo"], f"{stack}mlp/wo", (cfg.mlp_dim,), (d,), bias=bias, layers=layers),
+    ]
+
+
+def output_head(cfg: ModelConfig, hf: str = "lm_head.weight") -> Rule:
+    """An untied output head: torch's [vocab, embed] <-> jaxlm's `lm_head/kernel` [embed,
+    padded vocab]."""
+    padded = pad_vocab(cfg.vocab_size, cfg.padded_vocab_size, axis=1)
+    return tensor(hf, "lm_head/kernel", chain(TRANSPOSE, padded))
+
+
 def fused_linear(
     hf: str, parts: list[tuple[str, tuple[int, ...]]], in_shape: tuple[int, ...], *, layers: int = 0
 ) -> Rule:
@@ -155,6 +177,41 @@ def fused_linear(
 
     paths = tuple(f"{path}/kernel" for path, _ in parts)
     return Rule((f"{hf}.weight",), paths, forward, backward, layers)
+
+
+def head_interleaved_linear(
+    hf: str, paths: tuple[str, ...], in_dim: int, heads: int, head_dim: int, *, layers: int = 0
+) -> list[Rule]:
+    """A torch `nn.Linear` whose output features are, head after head, that head's features of
+    each jaxlm dense layer of `paths` in turn (GPT-NeoX's `query_key_value`: per head, query,
+    key, value): `{hf}.weight` [heads * len(paths) * head_dim, in_dim] and `{hf}.bias` <->
+    `{path}/kernel` [in_dim, heads, head_dim] and `{path}/bias` [heads, head_dim] per path."""
+    parts = len(paths)
+
+    def split(array: np.ndarray, trailing: tuple[int, ...]) -> np.ndarray:
+        if array.shape != (heads * parts * head_dim, *trailing):
+            raise ValueError(f"shape {array.shape}, not {(heads * parts * head_dim, *trailing)}")
+        return array.reshape(heads, parts, head_dim, *trailing)
+
+    def kernels(weight: np.ndarray) -> tuple[np.ndarray, ...]:
+        grouped = split(weight, (in_dim,))
+        return tuple(grouped[:, j].transpose(2, 0, 1) for j in range(parts))
+
+    def weight(*kernels: np.ndarray) -> tuple[np.ndarray]:
+        grouped = np.stack([kernel.transpose(1, 2, 0) for kernel in kernels], axis=1)
+        return (grouped.reshape(-1, in_dim),)
+
+    def biases(bias: np.ndarray) -> tuple[np.ndarray, ...]:
+        grouped = split(bias, ())
+        return tuple(grouped[:, j] for j in range(parts))
+
+    def bias(*biases: np.ndarray) -> tuple[np.ndarray]:
+        return (np.stack(biases, axis=1).reshape(-1),)
+
+    return [
+        Rule((f"{hf}.weight",), tuple(f"{p}/kernel" for p in paths), kernels, weight, layers),
+        Rule((f"{hf}.bias",), tuple(f"{p}/bias" for p in paths), biases, bias, layers),
+    ]
 
 
 def norm(hf: str, path: str, *, bias: bool = True, layers: int = 0) -> list[Rule]:

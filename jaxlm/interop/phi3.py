@@ -3,15 +3,18 @@ layout with a sliding attention window where it is shorter than the positions, t
 value projections in one tensor (`qkv_proj`) and the gate and up projections in another
 (`gate_up_proj`).
 
+Phi-4-mini rotates a share of each head (`partial_rotary_factor`, `model.rotary_dim`).
+
 Import only: jaxlm's model of Phi-3 is Mistral's (or Llama's without a window), and exports as
-that class, which computes the same.
+that class, which computes the same; models with partial rotary positions do not export.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 from jaxlm.config import ModelConfig
-from jaxlm.errors import ConversionError
-from jaxlm.interop import llama, mistral
+from jaxlm.interop import llama, mistral, rope
 from jaxlm.interop.mapping import Rule, fused_linear
 
 MODEL_TYPE = "phi3"
@@ -20,14 +23,9 @@ IGNORED = llama.IGNORED
 
 
 def config_from_hf(hf: dict, names: set[str]) -> ModelConfig:
-    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    partial = rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
-    if partial != 1.0:
-        raise ConversionError(
-            f"config.json: partial_rotary_factor={partial} is not supported (jaxlm rotates "
-            "every feature of a head)"
-        )
-    return mistral.config_from_hf(hf, names)
+    cfg = mistral.config_from_hf(hf, names)
+    rotary_dim = rope.rotary_dim_from_hf(hf, cfg.resolved_head_dim, "partial_rotary_factor", 1.0)
+    return dataclasses.replace(cfg, rotary_dim=rotary_dim)
 
 
 def fused_projections(cfg: ModelConfig) -> list[Rule]:

@@ -25,6 +25,7 @@ from jaxlm.interop.mapping import (
     chain,
     linear,
     norm,
+    output_head,
     pad_vocab,
     reshape,
     scale,
@@ -205,6 +206,5 @@ def rules(cfg: ModelConfig, names: set[str] | None = None, hf: dict | None = Non
         tensor("decoder.final_layer_norm.weight", "decoder/final_norm/scale", output_scale),
     ]
     if not cfg.tie_embeddings:
-        head = chain(TRANSPOSE, pad_vocab(cfg.vocab_size, cfg.padded_vocab_size, axis=1))
-        result.append(tensor("lm_head.weight", "lm_head/kernel", head))
+        result.append(output_head(cfg))
     return result

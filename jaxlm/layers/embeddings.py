@@ -163,17 +163,18 @@ def apply_rotary(
     frequencies: np.ndarray | None = None,
     amplitude: float = 1.0,
 ) -> jax.Array:
-    """Rotary position embedding (Su et al. 2021), rotating pairs (i, i + d/2) of each head by
-    position times frequency i (`frequencies`, default `rotary_frequencies(d, base)`), and
-    scaling them by `amplitude` (YaRN's attention factor).
+    """Rotary position embedding (Su et al. 2021), rotating pairs (i, i + r/2) of each head's
+    first r features by position times frequency i (`frequencies`, r / 2 of them, default
+    `rotary_frequencies(d, base)`: all d features), and scaling them by `amplitude` (YaRN's
+    attention factor). Features from r on pass unchanged (partial rotary: GPT-NeoX, Phi-2).
 
     x: [batch, length, heads, head_dim]; positions: [batch, length].
     """
-    half = x.shape[-1] // 2
     if frequencies is None:
         frequencies = rotary_frequencies(x.shape[-1], base)
+    half = len(frequencies)
     angles = positions[..., None].astype(jnp.float32) * frequencies  # [batch, length, half]
     sin, cos = (amplitude * f(angles)[:, :, None, :] for f in (jnp.sin, jnp.cos))
-    x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+    x1, x2 = x[..., :half].astype(jnp.float32), x[..., half : 2 * half].astype(jnp.float32)
     rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-    return rotated.astype(x.dtype)
+    return jnp.concatenate([rotated.astype(x.dtype), x[..., 2 * half :]], axis=-1)

@@ -1,5 +1,5 @@
-"""Transformer blocks (pre-LN, post-LN or sandwich) and layer stacks scanned over depth with
-remat."""
+"""Transformer blocks (pre-LN, post-LN, sandwich or parallel) and layer stacks scanned over
+depth with remat."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def make_norm(cfg: ModelConfig, name: str) -> nn.Module:
 def rotary_frequencies_of(cfg: ModelConfig):
     """The rotary frequencies of `cfg`'s heads, with its scaling (`rotary_frequencies`)."""
     return rotary_frequencies(
-        cfg.resolved_head_dim,
+        cfg.resolved_rotary_dim,
         cfg.rope_base,
         cfg.rope_scaling,
         cfg.rope_scaling_factor,
@@ -119,7 +119,8 @@ class Mlp(nn.Module):
 
 class TransformerBlock(nn.Module):
     """Self-attention, optional cross-attention, MLP; each a residual sublayer, pre-LN, post-LN
-    or sandwiched between two norms (`{name}_norm` before, `{name}_post_norm` after).
+    or sandwiched between two norms (`{name}_norm` before, `{name}_post_norm` after). Parallel
+    blocks (`model.block_layout`) add self-attention and the MLP to the same input.
 
     A scan body: `((x, kv_cache), mask, positions, encoded, cross_mask, deterministic,
     decode_index, bias, full_mask, full_attention) -> ((x, kv_cache), None)` with x: [batch,
@@ -190,7 +191,7 @@ class TransformerBlock(nn.Module):
         if cfg.position_embedding == "rotary":
             frequencies, amplitude = rotary_frequencies_of(cfg), rotary_amplitude(cfg)
             if cfg.rope_local_base is not None:  # windowed layers' own, unscaled (Gemma 3)
-                local = rotary_frequencies(cfg.resolved_head_dim, cfg.rope_local_base)
+                local = rotary_frequencies(cfg.resolved_rotary_dim, cfg.rope_local_base)
                 frequencies = jnp.where(full_attention, frequencies, local)
                 amplitude = jnp.where(full_attention, amplitude, 1.0)
             rotary = functools.partial(apply_rotary, frequencies=frequencies, amplitude=amplitude)
@@ -220,6 +221,15 @@ class TransformerBlock(nn.Module):
                 out, kv_cache = out
             return out
 
+        mlp = Mlp(cfg, name="mlp")
+        if cfg.block_layout != "sequential":  # x + attention(norm(x)) + mlp(norm'(x))
+            attention_input = make_norm(cfg, "self_attention_norm")(x)
+            mlp_input = attention_input
+            if cfg.block_layout == "parallel":
+                mlp_input = make_norm(cfg, "mlp_norm")(x)
+            dropout = functools.partial(nn.Dropout(cfg.dropout_rate), deterministic=deterministic)
+            x = x + dropout(self_attention(attention_input)) + dropout(mlp(mlp_input))
+            return (nn.with_logical_constraint(x, ACTIVATION_AXES), kv_cache), None
         residual("self_attention", self_attention)
         if self.cross_attention:
             residual(
@@ -228,7 +238,7 @@ class TransformerBlock(nn.Module):
                     h, encoded, cross_mask, deterministic=deterministic
                 ),
             )
-        residual("mlp", lambda h: Mlp(cfg, name="mlp")(h))
+        residual("mlp", mlp)
         return (x, kv_cache), None
 
 

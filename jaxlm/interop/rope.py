@@ -1,0 +1,105 @@
+"""Rotary position settings of Hugging Face `config.json` <-> jaxlm's `model.rope_*` and
+`model.rotary_dim`."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from jaxlm.config import ModelConfig
+from jaxlm.errors import ConversionError
+
+# HF -> rope_scaling
+ROPE_TYPES = {"default": "none", "linear": "linear", "llama3": "llama3", "yarn": "yarn"}
+
+
+def rope_from_hf(hf: dict) -> dict:
+    """The rotary settings of `config.json` (`rope_parameters`, or the older `rope_scaling` with
+    a top-level `rope_theta`) as ModelConfig fields; unscaled, linear, Llama 3.1 and YaRN scaling
+    (its attention factor given, or from DeepSeek's `mscale` and `mscale_all_dim`, or left to
+    the default)."""
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ROPE_TYPES:
+        raise ConversionError(
+            f"config.json: rope_type {rope_type!r} is not supported ({', '.join(ROPE_TYPES)})"
+        )
+    fields = {
+        "rope_base": float(rope.get("rope_theta", hf.get("rope_theta", 10_000.0))),
+        "rope_scaling": ROPE_TYPES[rope_type],
+    }
+    try:
+        if rope_type != "default":
+            fields["rope_scaling_factor"] = float(rope["factor"])
+        if rope_type == "llama3":
+            fields |= {
+                "rope_low_freq_factor": float(rope["low_freq_factor"]),
+                "rope_high_freq_factor": float(rope["high_freq_factor"]),
+                "rope_original_max_len": int(rope["original_max_position_embeddings"]),
+            }
+        if rope_type == "yarn":
+            fields |= _yarn_from_hf(rope)
+    except KeyError as e:
+        raise ConversionError(f"config.json: rope_type {rope_type!r} without {e}") from None
+    return fields
+
+
+def _yarn_from_hf(rope: dict) -> dict:
+    if rope.get("truncate", True) is False:
+        raise ConversionError("config.json: yarn with truncate=false is not supported")
+    factor = float(rope["factor"])
+    attention_factor = rope.get("attention_factor")
+    if attention_factor is None and rope.get("mscale") and rope.get("mscale_all_dim"):
+        scale = [0.1 * rope[key] * math.log(factor) + 1 for key in ("mscale", "mscale_all_dim")]
+        attention_factor = scale[0] / scale[1] if factor > 1 else 1.0
+    return {
+        "rope_original_max_len": int(rope["original_max_position_embeddings"]),
+        "rope_beta_fast": float(rope.get("beta_fast") or 32.0),
+        "rope_beta_slow": float(rope.get("beta_slow") or 1.0),
+        "rope_attention_factor": None if attention_factor is None else float(attention_factor),
+    }
+
+
+def rope_to_hf(cfg: ModelConfig) -> dict:
+    """`rope_parameters` of `config.json` for the rotary settings of `cfg`."""
+    rope_type = {value: key for key, value in ROPE_TYPES.items()}[cfg.rope_scaling]
+    rope = {"rope_type": rope_type, "rope_theta": cfg.rope_base}
+    if cfg.rotary_dim is not None:
+        rope["partial_rotary_factor"] = rotary_share(cfg)
+    if cfg.rope_scaling != "none":
+        rope["factor"] = cfg.rope_scaling_factor
+    if cfg.rope_scaling == "llama3":
+        rope |= {
+            "low_freq_factor": cfg.rope_low_freq_factor,
+            "high_freq_factor": cfg.rope_high_freq_factor,
+            "original_max_position_embeddings": cfg.rope_original_max_len,
+        }
+    if cfg.rope_scaling == "yarn":
+        rope |= {
+            "original_max_position_embeddings": cfg.rope_original_max_len,
+            "beta_fast": cfg.rope_beta_fast,
+            "beta_slow": cfg.rope_beta_slow,
+        }
+        if cfg.rope_attention_factor is not None:
+            rope["attention_factor"] = cfg.rope_attention_factor
+    return rope
+
+
+def rotary_dim_from_hf(hf: dict, head_dim: int, legacy_key: str, default: float) -> int | None:
+    """`model.rotary_dim` of the share of each head that rotates: `partial_rotary_factor` of
+    `rope_parameters`, else the architecture's own top-level key (`legacy_key`), else `default`;
+    truncated to a whole number of features, as transformers does. None: all of them."""
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    share = rope.get("partial_rotary_factor", hf.get(legacy_key, default))
+    dim = int(head_dim * share)
+    return None if dim == head_dim else dim
+
+
+def rotary_share(cfg: ModelConfig) -> float:
+    """The `partial_rotary_factor` that gives back `cfg`'s rotary_dim features when multiplied by
+    the head size and truncated: rotary_dim / head_dim, or the next float up where the product
+    falls short of rotary_dim by a rounding."""
+    dim, head_dim = cfg.resolved_rotary_dim, cfg.resolved_head_dim
+    share = dim / head_dim
+    return share if int(head_dim * share) == dim else float(np.nextafter(share, 2.0))
