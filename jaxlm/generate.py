@@ -2,6 +2,8 @@
 
     new_ids = generate(cfg.model, params, [[bos, *ids]], cfg.sample, eos_id=eos)
     texts = generate_text(cfg.model, params, tokenizer, ["ROMEO."], cfg.sample)
+    replies = generate_text(cfg.model, params, tokenizer, [[{"role": "user", "content": "Hi"}]],
+                            cfg.sample)   # an instruct model's chat template frames the turn
 
 Prompts of different lengths are left-padded; the loop runs on the device with a key/value cache
 (see `jaxlm.decoding`) and is compiled once per model, settings and shape.
@@ -19,11 +21,12 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jaxlm.config import ModelConfig, SampleConfig, validate_sample
+from jaxlm.data.chat_template import Message, render_chat
 from jaxlm.data.tokenizer import document_start
 from jaxlm.decoding.beam import beam_search
 from jaxlm.decoding.cache import encode, unstack_layers
 from jaxlm.decoding.loop import sample_tokens
-from jaxlm.errors import ConfigError, JaxlmError
+from jaxlm.errors import ConfigError, DataError, JaxlmError
 
 
 def pad_rows(
@@ -158,14 +161,17 @@ def generate_text(
     cfg: ModelConfig,
     params: dict,
     tokenizer,
-    prompts: list[str],
+    prompts: list[str | list[Message]],
     sample: SampleConfig,
     stream: Callable | None = None,
 ) -> list[str]:
     """Continue each text prompt (GPT) or translate it (encoder-decoder), each row ending at EOS
-    or a `sample.stop_tokens` token; returns the generated text of each."""
+    or a `sample.stop_tokens` token; returns the generated text of each. A GPT's prompt may be
+    a conversation instead, which the model answers (`encode_prompt`)."""
     if cfg.family not in ("gpt", "seq2seq"):
         raise JaxlmError(f"generation needs a gpt or seq2seq model, not {cfg.family}")
+    if cfg.family == "seq2seq" and not all(isinstance(p, str) for p in prompts):
+        raise JaxlmError("an encoder-decoder translates texts, not conversations")
     stops = stop_ids(tokenizer, sample)
 
     def without_stop(ids: list[int]) -> list[int]:
@@ -183,7 +189,7 @@ def generate_text(
             pad_id=tokenizer.pad_id,
         )
         return [tokenizer.decode(without_stop(ids)) for ids in targets]
-    encoded = [[*document_start(tokenizer), *tokenizer.encode(p)] for p in prompts]
+    encoded = [encode_prompt(tokenizer, p) for p in prompts]
     new = generate(
         cfg,
         params,
@@ -194,6 +200,22 @@ def generate_text(
         stream=stream,
     )
     return [continuation(tokenizer, p, without_stop(n)) for p, n in zip(encoded, new, strict=True)]
+
+
+def encode_prompt(tokenizer, prompt: str | list[Message]) -> list[int]:
+    """A GPT prompt's token ids: a text after the document start (BOS), or a conversation
+    ([{"role": "user", "content": ...}, ...]) framed by the tokenizer's chat template, the
+    assistant's turn opened; the template writes any BOS itself, as `transformers`'
+    `apply_chat_template` has it."""
+    if isinstance(prompt, str):
+        return [*document_start(tokenizer), *tokenizer.encode(prompt)]
+    template = getattr(tokenizer, "chat_template", None)
+    if template is None:
+        raise DataError(
+            "the model's tokenizer has no chat template (a Hugging Face tokenizer's "
+            "chat_template.jinja, or chat_template in its tokenizer_config.json)"
+        )
+    return tokenizer.encode(render_chat(template, prompt, tokenizer.special))
 
 
 def continuation(tokenizer, prompt_ids: list[int], new_ids: list[int]) -> str:

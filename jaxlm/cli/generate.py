@@ -1,4 +1,5 @@
-"""`jaxlm generate WORKDIR [--prompt TEXT | --prompt-file FILE] [strategy flags]`."""
+"""`jaxlm generate WORKDIR [--prompt TEXT | --prompt-file FILE] [--chat [--system TEXT]]
+[strategy flags]`."""
 
 from __future__ import annotations
 
@@ -24,15 +25,23 @@ def _read_prompts(args) -> list[str]:
     return [sys.stdin.read()]
 
 
+def _conversation(prompt: str, system: str | None) -> list[dict[str, str]]:
+    """One user turn, after the system prompt when there is one."""
+    turns = [{"role": "system", "content": system}] if system is not None else []
+    return [*turns, {"role": "user", "content": prompt}]
+
+
 class _Printer:
-    """Prints a single generation, the prompt first, as its tokens arrive from the device loop."""
+    """Prints a single generation as its tokens arrive from the device loop, after the prompt
+    when it is a text (a conversation's reply is printed alone)."""
 
-    def __init__(self, tokenizer, prompt: str, stops: tuple[int, ...]):
-        self.tokenizer, self.prompt, self.printed = tokenizer, prompt, ""
+    def __init__(self, tokenizer, prompt, stops: tuple[int, ...]):
+        from jaxlm.generate import encode_prompt
+
+        self.tokenizer, self.printed = tokenizer, ""
+        self.prompt = prompt if isinstance(prompt, str) else ""
         self.hidden = {*stops, tokenizer.pad_id}  # ends of rows, and the padding after them
-        from jaxlm.data.tokenizer import document_start
-
-        self.prompt_ids = [*document_start(tokenizer), *tokenizer.encode(prompt)]
+        self.prompt_ids = encode_prompt(tokenizer, prompt)
         self.ids = []
 
     def __call__(self, step, tokens) -> None:
@@ -68,8 +77,14 @@ def run(args) -> None:
         seed=args.seed,
     )
     validate_sample(sample, name=lambda field: "--" + field.replace("_", "-"))
+    if args.system is not None and not args.chat:
+        raise JaxlmError("--system is the system prompt of a conversation: add --chat")
     prompts = _read_prompts(args)
     cfg, params, tokenizer = load_for_inference(Path(args.workdir))
+    if args.chat:
+        if cfg.model.family != "gpt":
+            raise JaxlmError(f"--chat needs a gpt model, not {cfg.model.family}")
+        prompts = [_conversation(prompt, args.system) for prompt in prompts]
     stops = cfg.sample.stop_tokens if args.stop_token is None else args.stop_token
     sample = dataclasses.replace(sample, stop_tokens=stops)
     printer = _Printer(tokenizer, prompts[0], stop_ids(tokenizer, sample))
@@ -81,7 +96,10 @@ def run(args) -> None:
     texts = generate_text(cfg.model, params, tokenizer, prompts, sample)
     joint = " -> " if cfg.model.family == "seq2seq" else ""
     for prompt, text in zip(prompts, texts, strict=True):
-        print(prompt + joint + text)
+        if args.chat:  # the user's turn, then the reply
+            print(f"> {prompt[-1]['content']}\n{text}")
+        else:
+            print(prompt + joint + text)
 
 
 def register(commands) -> None:
@@ -94,6 +112,13 @@ def register(commands) -> None:
         help="prompt text; repeat for several (default: read standard input)",
     )
     source.add_argument("--prompt-file", help="a file with one prompt per line")
+    parser.add_argument(
+        "--chat",
+        action="store_true",
+        help="each prompt is a user's turn, framed by the tokenizer's chat template (instruct "
+        "models); prints the replies",
+    )
+    parser.add_argument("--system", help="with --chat: the system prompt before each turn")
     parser.add_argument("--max-new-tokens", type=int, default=100)
     parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     parser.add_argument("--top-k", type=int, default=0, help="0 = no top-k filtering")

@@ -26,6 +26,7 @@ from tokenizers import Tokenizer as HFTokenizerModel
 from tokenizers import decoders, models, normalizers, pre_tokenizers
 
 from jaxlm.data import marian_tokenizer
+from jaxlm.data.chat_template import CHAT_TEMPLATE_FILE, read_chat_template
 from jaxlm.data.marian_tokenizer import MarianTokenizer
 from jaxlm.data.tokenizer import Tokenizer
 from jaxlm.data.tokenizer_config import TOKENIZER_CONFIG, read_json, token_text
@@ -51,12 +52,18 @@ BERT_SPECIAL = {
 
 
 class HFTokenizer:
-    """A `tokenizers.Tokenizer` that encodes without special tokens, padding or truncation."""
+    """A `tokenizers.Tokenizer` that encodes without special tokens, padding or truncation;
+    `chat_template` is its directory's (see `jaxlm.data.chat_template`), or None."""
 
-    def __init__(self, tokenizer: HFTokenizerModel, special: dict[str, str | None]):
+    def __init__(
+        self,
+        tokenizer: HFTokenizerModel,
+        special: dict[str, str | None],
+        chat_template: str | None = None,
+    ):
         tokenizer.no_padding()
         tokenizer.no_truncation()
-        self.tokenizer, self.special = tokenizer, special
+        self.tokenizer, self.special, self.chat_template = tokenizer, special, chat_template
 
     @classmethod
     def load(cls, path: Path) -> HFTokenizer:
@@ -74,7 +81,7 @@ class HFTokenizer:
             tokenizer = _from_directory(directory, special, lowercase)
         if tokenizer.token_to_id(special["pad"] or "") is None:
             special["pad"] = special["eos"]
-        return cls(tokenizer, special)
+        return cls(tokenizer, special, read_chat_template(directory))
 
     @property
     def vocab_size(self) -> int:
@@ -145,7 +152,9 @@ def tokenizer_files(directory: Path) -> list[Path]:
     """The files of `directory` that `HFTokenizer.load` reads ([] when it holds no tokenizer)."""
     for names in SOURCES:
         if all((directory / name).is_file() for name in names):
-            settings = [TOKENIZER_CONFIG] if (directory / TOKENIZER_CONFIG).is_file() else []
+            settings = [
+                n for n in (TOKENIZER_CONFIG, CHAT_TEMPLATE_FILE) if (directory / n).is_file()
+            ]
             return [directory / name for name in (*names, *settings)]
     return []
 
