@@ -15,7 +15,7 @@ from jaxlm.config import Config, MeshConfig, load_config
 from jaxlm.data.documents import read_documents, resolve_files
 from jaxlm.data.hf_tokenizer import load_tokenizer, run_tokenizer
 from jaxlm.data.loader import training_data
-from jaxlm.data.sources.records import PAIR_TASKS
+from jaxlm.data.sources.records import CONVERSATION_TASKS, PAIR_TASKS
 from jaxlm.data.sources.splits import LM_TASKS, Splits, load_splits
 from jaxlm.data.tokenizer import Tokenizer
 from jaxlm.errors import JaxlmError
@@ -59,8 +59,8 @@ def evaluate_workdir(
 ) -> dict:
     """Metrics of the latest checkpoint on the run's held-out split, or on `files` made into
     rows as the run makes its held-out examples (text files of documents for causal LM, masked
-    LM and span corruption; JSONL pairs for seq2seq and completion), over all of it or its
-    first `batches` batches.
+    LM and span corruption; JSONL pairs for seq2seq and completion, conversations for chat),
+    over all of it or its first `batches` batches.
 
     For an encoder-decoder run with `bleu`, the held-out sources are also translated (greedily,
     or by beam search with `num_beams`) and scored against their references (`bleu`,
@@ -93,13 +93,15 @@ def evaluate_workdir(
 def _held_out_files(cfg: Config, files: list[str]) -> Splits:
     """`files` as held-out examples of the run's task: documents (causal or masked LM, span
     corruption), or the pairs of JSONL files with the run's `data.text_field` and
-    `data.target_field` (seq2seq, completion)."""
+    `data.target_field` (seq2seq, completion) or their conversations (`data.messages_field`:
+    chat)."""
     if cfg.data.task in LM_TASKS:
         return Splits(train=[], eval=read_documents(resolve_files(files), cfg.data.document_unit))
-    if cfg.data.task not in PAIR_TASKS:
+    if cfg.data.task not in (*PAIR_TASKS, *CONVERSATION_TASKS):
         raise JaxlmError(
             f"--files evaluates runs on documents ({', '.join(LM_TASKS)}) or on JSONL pairs "
-            f"({', '.join(PAIR_TASKS)}); this run is {cfg.data.task}"
+            f"({', '.join(PAIR_TASKS)}) or conversations ({', '.join(CONVERSATION_TASKS)}); "
+            f"this run is {cfg.data.task}"
         )
     every_pair = dict(source="jsonl", eval_fraction=0.0, eval_examples=0, max_examples=0)
     pairs = load_splits(dataclasses.replace(cfg.data, train_files=list(files), **every_pair))

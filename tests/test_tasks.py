@@ -9,6 +9,7 @@ from jaxlm.data.batching import IndexedBatches, prefetch
 from jaxlm.data.masked_lm import mask_tokens, masked_lm_rows
 from jaxlm.data.tasks import (
     BATCH_FEATURES,
+    chat_rows,
     classification_rows,
     completion_rows,
     seq2seq_rows,
@@ -379,7 +380,12 @@ def test_prefetch_to_device_keeps_order_and_shards_over_the_batch_axes():
 
 def test_batch_features_describe_the_rows_of_every_task():
     """Rows of 16 source tokens and, for seq2seq and span corruption, 6 target tokens."""
-    tokenizer = WordTokenizer()
+    tokenizer, chat_tokenizer = WordTokenizer(), WordTokenizer()
+    chat_tokenizer.special = {}
+    chat_tokenizer.chat_template = (
+        "{% for m in messages %}{{ m.role }}: {{ m.content }} {% endfor %}"
+        "{% if add_generation_prompt %}assistant: {% endif %}"
+    )
     rows = {
         "masked_lm": masked_lm_rows(
             _documents(4), tokenizer, seq_len=16, probability=0.15, next_sentence=True
@@ -387,6 +393,13 @@ def test_batch_features_describe_the_rows_of_every_task():
         "classification": classification_rows([("a b", 1)], tokenizer, seq_len=16, truncate=True),
         "completion": completion_rows(
             [("a b", "c")], tokenizer, seq_len=16, truncate=True, pack=False
+        ),
+        "chat": chat_rows(
+            [[{"role": "user", "content": "a b"}, {"role": "assistant", "content": "c"}]],
+            chat_tokenizer,
+            seq_len=16,
+            truncate=True,
+            pack=False,
         ),
         "seq2seq": seq2seq_rows([("a b", "c")], tokenizer, seq_len=16, target_len=6, truncate=True),
         "span_corruption": span_corruption_rows(

@@ -37,8 +37,8 @@ def register(commands) -> None:
         "--files",
         nargs="+",
         help="files or globs: text for runs on documents (causal or masked LM, span "
-        "corruption), JSONL pairs for seq2seq and completion runs (default: the run's held-out "
-        "split)",
+        "corruption), JSONL pairs for seq2seq and completion runs, conversations for chat runs "
+        "(default: the run's held-out split)",
     )
     parser.add_argument("--batches", type=at_least(0), default=0, help="0 = the whole dataset")
     parser.add_argument("--output", help="metrics JSON (default: WORKDIR/eval.json)")

@@ -175,14 +175,16 @@ class DataConfig:
     sentencepiece tokenizer, and batch shapes."""
 
     source: str = "text"  # text | jsonl | tfds | tokens | vader | gettext (see jaxlm.data.sources)
-    # causal_lm | completion (a GPT trained on the completions of prompts) | masked_lm |
-    # classification | seq2seq | span_corruption
+    # causal_lm | completion (a GPT trained on the completions of prompts) | chat (a GPT trained
+    # on the assistant's turns of conversations) | masked_lm | classification | seq2seq |
+    # span_corruption
     task: str = "causal_lm"
     train_files: list[str] = field(default_factory=list)  # paths or globs the source reads
     document_unit: str = "file"  # text source: one document is a file | paragraph | line
     text_field: str = "text"  # jsonl / tfds: the text, source (seq2seq) or prompt (completion)
     label_field: str = "label"  # jsonl / tfds: the class label field (classification)
     target_field: str = "target"  # jsonl / tfds: the target (seq2seq) or completion field
+    messages_field: str = "messages"  # jsonl: the conversation (chat): [{"role", "content"}, ...]
     labels: list[str] = field(default_factory=list)  # class names; [] = the labels found, sorted
     tfds_name: str = ""  # tfds source: a dataset name (with optional :version)
     tfds_data_dir: str = ""  # tfds source: where prepared datasets live ("" = TFDS default)
@@ -208,7 +210,7 @@ class DataConfig:
     noise_density: float = 0.15  # span_corruption: share of the tokens hidden from the encoder
     mean_noise_span: float = 3.0  # span_corruption: mean length of a hidden span, in tokens
     truncate: bool = True  # examples longer than a row: truncate (True) or skip (False); counted
-    pack_completions: bool = False  # completion: pairs that follow each other share a row
+    pack_completions: bool = False  # completion, chat: examples that follow each other share a row
 
 
 @dataclass

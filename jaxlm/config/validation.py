@@ -27,6 +27,7 @@ CHOICES = {
     "data.task": (
         "causal_lm",
         "completion",
+        "chat",
         "masked_lm",
         "classification",
         "seq2seq",
@@ -43,6 +44,7 @@ BERT_HEADS = ("mlm", "nsp", "classifier")
 TASK_MODELS = {  # task: (model family, bert heads it trains)
     "causal_lm": ("gpt", ()),
     "completion": ("gpt", ()),
+    "chat": ("gpt", ()),
     "masked_lm": ("bert", ("mlm", "nsp")),
     "classification": ("bert", ("classifier",)),
     "seq2seq": ("seq2seq", ()),

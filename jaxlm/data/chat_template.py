@@ -92,3 +92,27 @@ def render_chat(
         )
     except jinja2.TemplateError as e:
         raise DataError(f"chat template: {' '.join(str(e).split())}") from None
+
+
+def assistant_turns(
+    template: str, messages: list[Message], special_tokens: dict[str, str | None]
+) -> list[tuple[str, bool]]:
+    """The rendered conversation in pieces, in order: the text before each assistant message
+    (False) and that message as the template frames it, its end of turn included (True); turns
+    after the last assistant message are left out. Each reply is what the template adds to the
+    conversation before it with the assistant's turn opened; a template that renders earlier
+    turns differently once later ones follow is a DataError."""
+    pieces, done = [], ""
+    for k, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        opened = render_chat(template, messages[:k], special_tokens, add_generation_prompt=True)
+        replied = render_chat(template, messages[: k + 1], special_tokens, False)
+        if not opened.startswith(done) or not replied.startswith(opened):
+            raise DataError(
+                "the chat template renders a conversation's earlier turns differently once "
+                f"later turns follow (assistant message {k}), so its replies cannot be told apart"
+            )
+        pieces += [(opened[len(done) :], False), (replied[len(opened) :], True)]
+        done = replied
+    return pieces

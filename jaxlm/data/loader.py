@@ -32,6 +32,7 @@ from jaxlm.data.masked_lm import masked_lm_rows
 from jaxlm.data.span_corruption import TRAINED_SENTINELS, fit_chunk
 from jaxlm.data.tasks import (
     TaskRows,
+    chat_rows,
     classification_rows,
     completion_rows,
     seq2seq_rows,
@@ -127,8 +128,9 @@ def _task_rows(cfg: Config, examples: list, tokenizer: Tokenizer) -> TaskRows:
         )
     if d.task == "classification":
         return classification_rows(examples, tokenizer, seq_len=d.seq_len, truncate=d.truncate)
-    if d.task == "completion":
-        return completion_rows(
+    if d.task in ("completion", "chat"):
+        rows = completion_rows if d.task == "completion" else chat_rows
+        return rows(
             examples, tokenizer, seq_len=d.seq_len, truncate=d.truncate, pack=d.pack_completions
         )
     if d.task == "span_corruption":

@@ -25,6 +25,7 @@ SHOWN = {
     ),
 }
 SHOWN["span_corruption"] = SHOWN["seq2seq"]
+SHOWN["chat"] = SHOWN["completion"]
 
 
 def row_lines(

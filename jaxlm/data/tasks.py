@@ -1,5 +1,5 @@
-"""Rows for the tasks of one example a row: completions of prompts (a GPT), classification,
-seq2seq and span corruption (masked LM's are in `jaxlm.data.masked_lm`).
+"""Rows for the tasks of one example a row: completions of prompts and conversations (a GPT),
+classification, seq2seq and span corruption (masked LM's are in `jaxlm.data.masked_lm`).
 
 Each `*_rows` function tokenizes its examples once and returns `(count, make_row, weight_keys)`
 for `IndexedBatches`; `make_row(example, rng)` builds one fixed-length row of NumPy arrays.
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from jaxlm.data.chat_template import assistant_turns
 from jaxlm.data.span_corruption import corrupt, fit_chunk, noise_mask, sentinel_ids
 from jaxlm.data.tokenizer import document_start
 from jaxlm.errors import DataError
@@ -31,6 +32,7 @@ _CAUSAL = dict.fromkeys(("inputs", "targets", "positions", "segment_ids"), _TOKE
 BATCH_FEATURES = {
     "causal_lm": _CAUSAL | {"weights": _TOKEN_WEIGHTS},
     "completion": _CAUSAL | {"weights": _TOKEN_WEIGHTS},
+    "chat": _CAUSAL | {"weights": _TOKEN_WEIGHTS},
     "masked_lm": dict.fromkeys(("inputs", "type_ids", "segment_ids", "mlm_targets"), _TOKENS)
     | {"mlm_weights": _TOKEN_WEIGHTS, "nsp_labels": _LABEL, "nsp_weights": _LABEL_WEIGHT},
     "classification": dict.fromkeys(("inputs", "type_ids", "segment_ids"), _TOKENS)
@@ -91,21 +93,19 @@ def _fit(ids: list[int], room: int, truncate: bool) -> list[int] | None:
     return ids[:room] if truncate else None
 
 
-# Completion
+# Completion and chat: sequences trained on some of their tokens
+
+Trained = tuple[list[int], list[int]]  # tokens, and 1 where a token is a trained target
 
 
 def completion_rows(
     pairs: Sequence[tuple[str, str]], tokenizer, *, seq_len: int, truncate: bool, pack: bool
 ) -> TaskRows:
     """GPT rows of `(prompt, completion)` pairs: the tokens `[bos] prompt completion [eos]` (no
-    bos for a tokenizer without one), trained on the completion and its EOS alone. Keys inputs,
-    targets (the inputs shifted by one), weights (1 where the target is in the completion),
-    positions (from 0 in each pair) and segment_ids (1, 2, ... for the pairs of a row, 0 on
-    padding, which is id 0), `seq_len` long. With `pack`, a row holds the pairs that follow each
-    other while they fit, else one. The prompt and the completion are encoded apart, so the
-    completion starts a new token. A pair whose tokens exceed seq_len + 1 loses the end of its
-    completion (`truncate`) or is skipped, as is a prompt that leaves no room for one
-    completion token."""
+    bos for a tokenizer without one), trained on the completion and its EOS alone (see
+    `_trained_rows`). The prompt and the completion are encoded apart, so the completion starts
+    a new token. A pair whose tokens exceed seq_len + 1 loses the end of its completion
+    (`truncate`) or is skipped, as is a prompt that leaves no room for one completion token."""
     start, eos = document_start(tokenizer), tokenizer.eos_id
     prompts = tokenizer.encode_batch([prompt for prompt, _ in pairs])
     completions = tokenizer.encode_batch([completion for _, completion in pairs])
@@ -118,34 +118,90 @@ def completion_rows(
             skipped += 1
             continue
         truncated += len(tail) < len(completion) + 1
-        fitted.append((head, tail))
+        fitted.append(([*head, *tail], [0] * len(head) + [1] * len(tail)))
     if not fitted:
         raise DataError(f"all {len(pairs)} prompts and completions are longer than data.seq_len")
-    rows = [[pair] for pair in fitted]
-    if pack:  # each pair takes its tokens less one input positions
+    return _trained_rows(fitted, seq_len, pack, truncated, {"too long": skipped})
+
+
+def chat_rows(
+    conversations: Sequence[list[dict[str, str]]],
+    tokenizer,
+    *,
+    seq_len: int,
+    truncate: bool,
+    pack: bool,
+) -> TaskRows:
+    """GPT rows of conversations framed by the tokenizer's chat template, trained on the
+    assistant's replies (each with its end of turn) alone (see `_trained_rows`). The pieces of
+    `assistant_turns` are encoded apart, so each reply starts a new token. A conversation
+    longer than seq_len + 1 tokens loses its end (`truncate`, while a trained token is left) or
+    is skipped; one without an assistant message is skipped."""
+    template = getattr(tokenizer, "chat_template", None)
+    if template is None:
+        raise DataError(
+            "data.task=chat frames conversations with the tokenizer's chat template, and this "
+            "tokenizer has none (a Hugging Face tokenizer's chat_template.jinja, or "
+            "chat_template in its tokenizer_config.json)"
+        )
+    cut = [assistant_turns(template, c, tokenizer.special) for c in conversations]
+    encoded = iter(tokenizer.encode_batch([text for pieces in cut for text, _ in pieces]))
+    fitted, truncated, skipped = [], 0, {"too long": 0, "without a reply": 0}
+    for pieces in cut:
+        tokens, trained = [], []
+        for _, reply in pieces:
+            ids = next(encoded)
+            tokens += ids
+            trained += [int(reply)] * len(ids)
+        if not any(trained):
+            skipped["without a reply"] += 1
+            continue
+        if len(tokens) > seq_len + 1:
+            if not truncate or not any(trained[1 : seq_len + 1]):
+                skipped["too long"] += 1
+                continue
+            tokens, trained = tokens[: seq_len + 1], trained[: seq_len + 1]
+            truncated += 1
+        fitted.append((tokens, trained))
+    if not fitted:
+        raise DataError(
+            f"none of the {len(conversations)} conversations has a reply within data.seq_len"
+        )
+    return _trained_rows(fitted, seq_len, pack, truncated, skipped)
+
+
+def _trained_rows(
+    examples: list[Trained], seq_len: int, pack: bool, truncated: int, skipped: dict[str, int]
+) -> TaskRows:
+    """Rows of token sequences at most seq_len + 1 long, with keys inputs, targets (the inputs
+    shifted by one), weights (1 where the target is trained on), positions (from 0 in each
+    example) and segment_ids (1, 2, ... for the examples of a row, 0 on padding, which is id 0),
+    `seq_len` long. With `pack`, a row holds the examples that follow each other while they
+    fit, else one."""
+    rows = [[example] for example in examples]
+    if pack:  # each example takes its tokens less one input positions
         rows, used = [], seq_len
-        for head, tail in fitted:
-            width = len(head) + len(tail) - 1
+        for tokens, trained in examples:
+            width = len(tokens) - 1
             if used + width > seq_len:
                 rows.append([])
                 used = 0
-            rows[-1].append((head, tail))
+            rows[-1].append((tokens, trained))
             used += width
 
     def make_row(example: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         parts = {key: [] for key in ("inputs", "targets", "weights", "positions", "segment_ids")}
-        for segment, (head, tail) in enumerate(rows[example], 1):
-            tokens = [*head, *tail]
+        for segment, (tokens, trained) in enumerate(rows[example], 1):
             width = len(tokens) - 1
             parts["inputs"] += tokens[:-1]
             parts["targets"] += tokens[1:]
-            parts["weights"] += [0] * (len(head) - 1) + [1] * len(tail)
+            parts["weights"] += trained[1:]
             parts["positions"] += range(width)
             parts["segment_ids"] += [segment] * width
         row = {key: pad_row(values, seq_len, 0) for key, values in parts.items()}
         return row | {"weights": row["weights"].astype(np.float32)}
 
-    return TaskRows(len(rows), make_row, ("weights",), truncated, {"too long": skipped})
+    return TaskRows(len(rows), make_row, ("weights",), truncated, skipped)
 
 
 # Classification

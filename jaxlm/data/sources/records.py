@@ -11,6 +11,8 @@ from jaxlm.errors import DataError
 Record = tuple[object, tuple]
 # Tasks whose examples are (text, target) pairs: data.text_field and data.target_field.
 PAIR_TASKS = ("seq2seq", "completion")
+# Tasks whose examples are conversations: data.messages_field.
+CONVERSATION_TASKS = ("chat",)
 
 
 def _where(where: tuple) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from jaxlm.config import DataConfig
 from jaxlm.data.documents import split_documents
 from jaxlm.data.sources.corpora import _gettext_records, _vader_records
-from jaxlm.data.sources.records import PAIR_TASKS, Record, _Labels
+from jaxlm.data.sources.records import CONVERSATION_TASKS, PAIR_TASKS, Record, _Labels
 from jaxlm.data.sources.text import _jsonl_records, _text_records
 from jaxlm.data.sources.tfds import _tfds_records
 from jaxlm.errors import ConfigError, DataError
@@ -19,7 +19,7 @@ from jaxlm.errors import ConfigError, DataError
 LM_TASKS = ("causal_lm", "masked_lm", "span_corruption")  # tasks that read documents
 TASKS_OF_SOURCE = {
     "text": LM_TASKS,
-    "jsonl": (*LM_TASKS, "classification", *PAIR_TASKS),
+    "jsonl": (*LM_TASKS, "classification", *PAIR_TASKS, *CONVERSATION_TASKS),
     "tfds": (*LM_TASKS, "classification", *PAIR_TASKS),
     "vader": ("classification",),
     "gettext": ("seq2seq",),
@@ -40,6 +40,8 @@ class Splits:
         for example in self.train:
             if isinstance(example, str):
                 yield example
+            elif isinstance(example, list):  # a conversation
+                yield from (message["content"] for message in example)
             elif isinstance(example[1], str):  # seq2seq: (source, target)
                 yield from example
             else:  # classification: (text, label)

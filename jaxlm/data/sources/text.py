@@ -9,7 +9,13 @@ from pathlib import Path
 
 from jaxlm.config import DataConfig
 from jaxlm.data.documents import read_documents, read_text, resolve_files
-from jaxlm.data.sources.records import PAIR_TASKS, Record, _Labels, _where
+from jaxlm.data.sources.records import (
+    CONVERSATION_TASKS,
+    PAIR_TASKS,
+    Record,
+    _Labels,
+    _where,
+)
 from jaxlm.errors import DataError
 
 # Text files
@@ -43,6 +49,9 @@ def _jsonl_records(data: DataConfig, labels: _Labels, skipped: Counter) -> Itera
             raise DataError(f"{_where(where)}: invalid JSON: {e.msg} (column {e.colno})") from None
         if not isinstance(record, dict):
             raise DataError(f"{_where(where)}: a line must hold a JSON object, not {line[:40]!r}")
+        if data.task in CONVERSATION_TASKS:
+            yield _conversation(record, data.messages_field, where), where
+            continue
         texts = [_text_field(record, data.text_field, where)]
         if data.task in PAIR_TASKS:
             texts.append(_text_field(record, data.target_field, where))
@@ -67,3 +76,18 @@ def _text_field(record: dict, name: str, where: tuple) -> str:
     if not isinstance(value, str):
         raise DataError(f"{_where(where)}: field {name!r} holds {value!r}, not a string")
     return value
+
+
+def _conversation(record: dict, name: str, where: tuple) -> list[dict[str, str]]:
+    """The messages of a conversation field: a list of {"role": ..., "content": ...} strings."""
+    messages = _field(record, name, where)
+    valid = isinstance(messages, list) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in messages
+    )
+    if not valid or not messages:
+        raise DataError(
+            f"{_where(where)}: field {name!r} must hold a list of messages, each with a string "
+            f"'role' and 'content', not {json.dumps(messages)[:60]}"
+        )
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
