@@ -4,6 +4,7 @@ namespaces, loop controls, `tojson` and generation tags; `jaxlm generate --chat`
 `transformers` does with an imported instruct model, whose export keeps the template; one-line
 errors for templates that refuse a conversation or do not parse."""
 
+import io
 import json
 from pathlib import Path
 
@@ -147,14 +148,15 @@ def test_generate_chat_answers_as_transformers_and_the_export_keeps_the_template
     tmp_path, monkeypatch, capsys
 ):
     """An imported instruct model answers a user's turn (after a system prompt) with the
-    greedy reply of `transformers`' `generate` on `apply_chat_template`'s ids, from Python and
-    from `jaxlm generate --chat`; the export's tokenizer renders the same template."""
+    greedy reply of `transformers`' `generate` on `apply_chat_template`'s ids, from Python,
+    from `jaxlm generate --chat` and, with a second turn after it, from `jaxlm chat`; the
+    export's tokenizer renders the same template."""
     from jaxlm.config import SampleConfig
     from jaxlm.generate import generate_text
     from jaxlm.inference import load_for_inference
 
     monkeypatch.chdir(tmp_path)
-    model = write_instruct_model(Path("hf"), CHATML)
+    model = write_instruct_model(Path("hf"), CHATML, positions=256)
     assert main(["convert", "hf", "run", "--to", "jaxlm"]) == 0
     reference = transformers.AutoTokenizer.from_pretrained("hf")
     conversation = [{"role": "system", "content": "Be brief."}, *ONE_TURN]
@@ -176,6 +178,19 @@ def test_generate_chat_answers_as_transformers_and_the_export_keeps_the_template
     assert capsys.readouterr().out.startswith(f"> What is JAX?\n{expected}\n> Hi\n")
     assert main(["generate", "run", "--prompt=x", "--system=Be brief."]) == 2
     assert "--system is the system prompt of a conversation: add --chat" in capsys.readouterr().err
+
+    # jaxlm chat: a turn a line, each answered after the turns before it
+    follow_up = [*conversation, {"role": "assistant", "content": expected}]
+    follow_up.append({"role": "user", "content": "And Flax?"})
+    inputs = reference.apply_chat_template(
+        follow_up, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+    )
+    with torch.inference_mode():
+        ids = model.generate(**inputs, max_new_tokens=6, do_sample=False, eos_token_id=None)
+    second = reference.decode(ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    monkeypatch.setattr("sys.stdin", io.StringIO("What is JAX?\n\nAnd Flax?\n"))
+    assert main(["chat", "run", *flags[1:]]) == 0
+    assert capsys.readouterr().out == f"{expected}\n{second}\n"
 
     assert main(["convert", "run", "back", "--to", "hf"]) == 0
     assert Path("back/chat_template.jinja").read_text() == CHATML

@@ -1,7 +1,8 @@
 """The `jaxlm` command line: a thin layer over the Python API, one module per command.
 
 jaxlm train CONFIG [section.key=value ...]
-jaxlm generate WORKDIR [--prompt TEXT | --prompt-file FILE] [--temperature T] ...
+jaxlm generate WORKDIR [--prompt TEXT | --prompt-file FILE] [--chat] [--temperature T] ...
+jaxlm chat WORKDIR [--system TEXT] [--temperature T] ...
 jaxlm eval WORKDIR [--files ...]
 jaxlm describe MODEL_OR_CONFIG [section.key=value ...] [--params] [--mesh AXIS=SIZE,...]
 jaxlm compile CONFIG [section.key=value ...] [--mesh AXIS=SIZE,...] [--topology NAME]
@@ -23,6 +24,7 @@ import warnings
 
 from jaxlm.cli import (
     bench,
+    chat,
     checkpoint,
     compile,
     convert,
@@ -39,6 +41,7 @@ from jaxlm.host_memory import keep_freed_memory_on_cpu
 COMMANDS = (
     train,
     generate,
+    chat,
     evaluate,
     describe,
     compile,

@@ -25,13 +25,13 @@ def _read_prompts(args) -> list[str]:
     return [sys.stdin.read()]
 
 
-def _conversation(prompt: str, system: str | None) -> list[dict[str, str]]:
+def conversation(prompt: str, system: str | None) -> list[dict[str, str]]:
     """One user turn, after the system prompt when there is one."""
     turns = [{"role": "system", "content": system}] if system is not None else []
     return [*turns, {"role": "user", "content": prompt}]
 
 
-class _Printer:
+class Printer:
     """Prints a single generation as its tokens arrive from the device loop, after the prompt
     when it is a text (a conversation's reply is printed alone)."""
 
@@ -58,13 +58,9 @@ class _Printer:
         self.printed = text
 
 
-def run(args) -> None:
-    import dataclasses
-
+def sample_settings(args):
+    """The decoding flags as a `SampleConfig`, checked (stop tokens: see `with_stop_tokens`)."""
     from jaxlm.config import SampleConfig, validate_sample
-    from jaxlm.decoding.cache import unstack_layers
-    from jaxlm.generate import generate_text, stop_ids
-    from jaxlm.inference import load_for_inference
 
     sample = SampleConfig(
         max_new_tokens=args.max_new_tokens,
@@ -72,22 +68,42 @@ def run(args) -> None:
         top_k=args.top_k,
         top_p=args.top_p,
         repetition_penalty=args.repetition_penalty,
-        num_beams=args.num_beams,
-        length_penalty=args.length_penalty,
+        num_beams=getattr(args, "num_beams", 1),
+        length_penalty=getattr(args, "length_penalty", 1.0),
         seed=args.seed,
     )
     validate_sample(sample, name=lambda field: "--" + field.replace("_", "-"))
+    return sample
+
+
+def with_stop_tokens(sample, args, cfg):
+    """`sample` ending rows at `--stop-token`s, else at the workdir's `sample.stop_tokens`."""
+    import dataclasses
+
+    stops = cfg.sample.stop_tokens if args.stop_token is None else args.stop_token
+    return dataclasses.replace(sample, stop_tokens=stops)
+
+
+def chat_model(cfg, option: str) -> None:
+    if cfg.model.family != "gpt":
+        raise JaxlmError(f"{option} needs a gpt model, not {cfg.model.family}")
+
+
+def run(args) -> None:
+    from jaxlm.decoding.cache import unstack_layers
+    from jaxlm.generate import generate_text, stop_ids
+    from jaxlm.inference import load_for_inference
+
+    sample = sample_settings(args)
     if args.system is not None and not args.chat:
         raise JaxlmError("--system is the system prompt of a conversation: add --chat")
     prompts = _read_prompts(args)
     cfg, params, tokenizer = load_for_inference(Path(args.workdir))
     if args.chat:
-        if cfg.model.family != "gpt":
-            raise JaxlmError(f"--chat needs a gpt model, not {cfg.model.family}")
-        prompts = [_conversation(prompt, args.system) for prompt in prompts]
-    stops = cfg.sample.stop_tokens if args.stop_token is None else args.stop_token
-    sample = dataclasses.replace(sample, stop_tokens=stops)
-    printer = _Printer(tokenizer, prompts[0], stop_ids(tokenizer, sample))
+        chat_model(cfg, "--chat")
+        prompts = [conversation(prompt, args.system) for prompt in prompts]
+    sample = with_stop_tokens(sample, args, cfg)
+    printer = Printer(tokenizer, prompts[0], stop_ids(tokenizer, sample))
     params = unstack_layers(params)  # split here, the stacked weights are freed
     if len(prompts) == 1 and args.num_beams == 1 and cfg.model.family == "gpt":  # streamed
         generate_text(cfg.model, params, tokenizer, prompts, sample, stream=printer)
@@ -119,13 +135,19 @@ def register(commands) -> None:
         "models); prints the replies",
     )
     parser.add_argument("--system", help="with --chat: the system prompt before each turn")
+    add_sampling_flags(parser)
+    parser.add_argument("--num-beams", type=int, default=1, help="> 1 = beam search")
+    parser.add_argument("--length-penalty", type=float, default=1.0, help="beam search")
+    parser.set_defaults(run=run)
+
+
+def add_sampling_flags(parser) -> None:
+    """The flags of `sample_settings` and `with_stop_tokens` but beam search's."""
     parser.add_argument("--max-new-tokens", type=int, default=100)
     parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     parser.add_argument("--top-k", type=int, default=0, help="0 = no top-k filtering")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus; 1 = off")
     parser.add_argument("--repetition-penalty", type=float, default=1.0, help="1 = off")
-    parser.add_argument("--num-beams", type=int, default=1, help="> 1 = beam search")
-    parser.add_argument("--length-penalty", type=float, default=1.0, help="beam search")
     parser.add_argument(
         "--stop-token",
         action="append",
@@ -133,4 +155,3 @@ def register(commands) -> None:
         "sample.stop_tokens)",
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.set_defaults(run=run)

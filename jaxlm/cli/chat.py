@@ -1,0 +1,64 @@
+"""`jaxlm chat WORKDIR [--system TEXT] [sampling flags]`: a conversation with an instruct model,
+one user turn a line of standard input, each reply streamed as it is generated."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from jaxlm.cli.generate import (
+    Printer,
+    add_sampling_flags,
+    chat_model,
+    sample_settings,
+    with_stop_tokens,
+)
+
+
+def _user_turns(interactive: bool) -> Iterator[str]:
+    """The non-blank lines of standard input, after a `> ` prompt on a terminal, until its end."""
+    while True:
+        if interactive:
+            print("> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            return
+        if line.strip():
+            yield line.strip()
+
+
+def run(args) -> None:
+    from jaxlm.decoding.cache import unstack_layers
+    from jaxlm.generate import generate_text, stop_ids
+    from jaxlm.inference import load_for_inference
+
+    sample = sample_settings(args)
+    cfg, params, tokenizer = load_for_inference(Path(args.workdir))
+    chat_model(cfg, "jaxlm chat")
+    sample = with_stop_tokens(sample, args, cfg)
+    stops = stop_ids(tokenizer, sample)
+    params = unstack_layers(params)  # split once for every turn
+    messages = [] if args.system is None else [{"role": "system", "content": args.system}]
+    for turn, text in enumerate(_user_turns(sys.stdin.isatty())):
+        messages.append({"role": "user", "content": text})
+        printer = Printer(tokenizer, messages, stops)
+        turn_sample = dataclasses.replace(sample, seed=sample.seed + turn)
+        (reply,) = generate_text(
+            cfg.model, params, tokenizer, [messages], turn_sample, stream=printer
+        )
+        print(flush=True)
+        messages.append({"role": "assistant", "content": reply})
+
+
+def register(commands) -> None:
+    parser = commands.add_parser(
+        "chat", help="talk with an instruct model: a user turn a line, replies streamed"
+    )
+    parser.add_argument(
+        "workdir", help="the workdir of a model whose tokenizer has a chat template"
+    )
+    parser.add_argument("--system", help="the system prompt of the conversation")
+    add_sampling_flags(parser)
+    parser.set_defaults(run=run)
