@@ -180,6 +180,7 @@ def test_bad_override_raises_one_line_error_naming_the_key(override, key):
     "override, message",
     [
         ("model.rotary_dim=15", "an even number of features in [2, head_dim=64]"),
+        ("model.rope_scaling=longrope", "longrope needs 8 positive factors (one per rotary"),
         ("model.rotary_dim=128", "an even number of features in [2, head_dim=64]"),
         ("model.norm_position=post", "parallel blocks are built for the gpt family with model"),
     ],

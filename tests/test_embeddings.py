@@ -121,6 +121,13 @@ def test_yarn_frequencies_follow_the_paper(beta_fast, beta_slow):
     assert got[-1] == np.float32(theta[-1] / factor) and turns[-1] < beta_slow
 
 
+def test_longrope_divides_each_frequency_by_its_factor():
+    factors = [1.0, 2.5, 4.0, 9.0]
+    got = rotary_frequencies(8, 500.0, "longrope", divisors=factors)
+    expected = [500.0 ** (-i / 4) / f for i, f in enumerate(factors)]
+    np.testing.assert_allclose(got, expected, rtol=1e-7)
+
+
 def test_rotary_amplitude_scales_every_rotated_feature():
     x = np.random.default_rng(1).normal(size=(1, 4, 2, 8)).astype(np.float32)
     positions = jnp.arange(4)[None]

@@ -54,6 +54,44 @@ def test_greedy_matches_naive_loop_for_prompts_of_different_lengths():
     assert got == [_naive_greedy(GPT_FORWARD, p, 10, eos_id=-1) for p in prompts]
 
 
+def test_longrope_decoding_equals_full_passes_across_the_switch_of_factors():
+    """LongRoPE takes its long factors once a position reaches 6: greedy decoding and beam
+    search after 4-token prompts cross there (and rerun the sequence), and still give what full
+    passes over each sequence so far give: the same greedy tokens, and beam scores that are the
+    sums of the passes' log-probabilities of the returned tokens."""
+    longrope = [
+        "model.position_embedding=rotary",
+        "model.rope_scaling=longrope",
+        "model.rope_original_max_len=6",
+        "model.rope_short_factors=[1.0,1.5,2.0,4.0]",
+        "model.rope_long_factors=[4.0,9.0,20.0,50.0]",
+    ]
+    cfg, params = _model("gpt", longrope)
+    forward = jax.jit(lambda t: build_model(cfg).apply({"params": params}, t))
+    prompts = [[2, 7, 9, 11], [2, 30, 5, 8]]
+    expected = []
+    for prompt in prompts:  # unpadded passes: their last position is the sequence's
+        tokens = list(prompt)
+        for _ in range(6):
+            tokens.append(int(jnp.argmax(forward(jnp.asarray([tokens]))[0, -1])))
+        expected.append(tokens[len(prompt) :])
+    greedy = SampleConfig(max_new_tokens=6, temperature=0)
+    assert generate(cfg, params, prompts, greedy, eos_id=-1) == expected
+    tokens, segments = pad_rows(prompts, 0, left=True)
+    beams = SampleConfig(num_beams=3, length_penalty=0.0, early_stopping=False)
+    found, scores = beam_search(
+        cfg, params, tokens, segments, sample=beams, max_new_tokens=6, eos_id=-1, pad_id=0
+    )
+    for prompt, hypotheses, row_scores in zip(prompts, np.asarray(found), scores, strict=True):
+        for new, score in zip(hypotheses, np.asarray(row_scores), strict=True):
+            sequence = [*prompt, *new]
+            logp = sum(
+                jax.nn.log_softmax(forward(jnp.asarray([sequence[:end]]))[0, -1])[sequence[end]]
+                for end in range(len(prompt), len(sequence))
+            )
+            assert score == pytest.approx(float(logp), abs=1e-4)
+
+
 def test_generation_stops_at_eos_per_row():
     prompts = [[2, 7, 9], [2, 30, 1]]
     eos = _naive_greedy(GPT_FORWARD, prompts[0], 10, eos_id=-1)[3]  # row 0's 4th token

@@ -80,6 +80,15 @@ JAXLM_VARIANTS = {
         "model.rope_original_max_len=2048",
         "model.rope_attention_factor=1.2",
     ],
+    # 12 positions, past the original 8: the long factors
+    "llama-longrope": [
+        *LLAMA,
+        "model.rope_scaling=longrope",
+        "model.rope_original_max_len=8",
+        "model.rope_scaling_factor=2",
+        "model.rope_short_factors=[1.0,1.5,2.0,3.0]",
+        "model.rope_long_factors=[2.0,3.0,5.0,8.0]",
+    ],
     "qwen2": [
         *LLAMA,
         "model.qkv_bias=true",
@@ -308,6 +317,12 @@ def _hf_llama(family: str = "Llama", model: str | None = None, **overrides):
 
 
 DEFAULT_ROPE = {"rope_type": "default", "rope_theta": 10_000.0}
+LONGROPE = {
+    "rope_type": "longrope",
+    "short_factor": [1.0 + 0.25 * i for i in range(8)],
+    "long_factor": [2.0 + i for i in range(8)],
+    "original_max_position_embeddings": 8,
+}
 # Rotary scalings on 16-wide heads, whose 8 frequencies have wavelengths from 6.3 to 19,869
 # positions: Llama 3.1's keeps the first (below 16 / 4), divides the last six (above 16 / 1) and
 # blends the second.
@@ -485,6 +500,14 @@ HF_MODELS = {
     "gemma3-multimodal": lambda: _hf_gemma3_multimodal(),
     # fused query/key/value and gate/up projections, a window of 5 (Phi-3 mini's: 2,047 of 4,096)
     "phi3-window": lambda: _hf_llama("Phi3", sliding_window=5, pad_token_id=0),
+    # LongRoPE over 8 original positions: inputs of 12 take the long factors (greedy decoding
+    # prefills 5 positions with the short ones, then crosses over), the attention factor given
+    "phi3-longrope": lambda: _hf_llama(
+        "Phi3",
+        pad_token_id=0,
+        original_max_position_embeddings=8,
+        rope_parameters={**DEFAULT_ROPE, **LONGROPE, "attention_factor": 1.1},
+    ),
     # Phi-4-mini's rotary positions on three quarters of each head
     "phi3-partial-rotary": lambda: _hf_llama(
         "Phi3", pad_token_id=0, rope_parameters={**DEFAULT_ROPE, "partial_rotary_factor": 0.75}
@@ -555,6 +578,7 @@ def test_imported_logits_match_transformers(name, tmp_path):
         "gemma2",
         "gemma3",
         "phi3-window",
+        "phi3-longrope",
         "phi3-partial-rotary",
         "gpt-neox",
         "phi",
@@ -1339,7 +1363,7 @@ def test_unsupported_settings_are_named(tmp_path):
     cfg = jaxlm_config("llama")
     save_pretrained(tmp_path, cfg, random_params(cfg))
     edit_config(tmp_path, rope_parameters={"rope_type": "dynamic", "factor": 8.0})
-    expected = "rope_type 'dynamic' is not supported (default, linear, llama3, yarn)"
+    expected = "rope_type 'dynamic' is not supported (default, linear, llama3, yarn, longrope)"
     assert expected in conversion_error(tmp_path)
     edit_config(tmp_path, rope_parameters={"rope_type": "llama3", "factor": 8.0})
     assert "rope_type 'llama3' without 'low_freq_factor'" in conversion_error(tmp_path)

@@ -57,7 +57,9 @@ class ModelConfig:
     # the factor, those below rope_original_max_len / rope_high_freq_factor kept, a blend between)
     # | yarn (those turning over rope_original_max_len positions more than rope_beta_fast times
     # kept, fewer than rope_beta_slow times divided, a blend between; queries and keys scaled by
-    # rope_attention_factor)
+    # rope_attention_factor) | longrope (Phi-3.5: each frequency divided by its own factor, from
+    # rope_short_factors while every position of a pass is below rope_original_max_len, else from
+    # rope_long_factors; queries and keys scaled by rope_attention_factor)
     rope_scaling: str = "none"
     rope_scaling_factor: float = 8.0
     rope_low_freq_factor: float = 1.0
@@ -65,7 +67,11 @@ class ModelConfig:
     rope_original_max_len: int = 8192
     rope_beta_fast: float = 32.0  # yarn
     rope_beta_slow: float = 1.0  # yarn
-    rope_attention_factor: float | None = None  # yarn; None = 0.1 ln(rope_scaling_factor) + 1
+    # yarn, longrope; None = 0.1 ln(rope_scaling_factor) + 1 (yarn), sqrt(1 + ln(factor) /
+    # ln(rope_original_max_len)) (longrope)
+    rope_attention_factor: float | None = None
+    rope_short_factors: list[float] = field(default_factory=list)  # longrope: one a frequency
+    rope_long_factors: list[float] = field(default_factory=list)  # longrope: one a frequency
     # with global_attention_every: the rotary base of the sliding-window layers, unscaled (Gemma
     # 3: 10,000, its full-attention layers' rope_base 1,000,000); None = as the others
     rope_local_base: float | None = None

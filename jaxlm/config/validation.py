@@ -22,7 +22,7 @@ CHOICES = {
     "model.param_dtype": tuple(DTYPES),
     "model.remat_policy": ("none", "full", "dots", "dots_no_batch"),
     "model.sinusoidal_layout": ("interleaved", "halves"),
-    "model.rope_scaling": ("none", "linear", "llama3", "yarn"),
+    "model.rope_scaling": ("none", "linear", "llama3", "yarn", "longrope"),
     "data.source": ("text", "jsonl", "tfds", "tokens", "vader", "gettext"),
     "data.task": (
         "causal_lm",
@@ -105,6 +105,14 @@ def validate(config: Config) -> None:
         f"scales rotary positions, not {m.position_embedding} ones",
     )
     _check(m.rope_scaling_factor > 0, "model.rope_scaling_factor", "must be positive")
+    for key in ("rope_short_factors", "rope_long_factors"):
+        factors, frequencies = getattr(m, key), m.resolved_rotary_dim // 2
+        _check(
+            m.rope_scaling != "longrope" or (len(factors) == frequencies and min(factors) > 0),
+            f"model.{key}",
+            f"longrope needs {frequencies} positive factors (one per rotary frequency), not "
+            f"{len(factors)}",
+        )
     _check(
         m.sliding_window is None or (m.sliding_window > 0 and m.family == "gpt"),
         "model.sliding_window",

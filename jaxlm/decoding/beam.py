@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from jaxlm.config import ModelConfig, SampleConfig
 from jaxlm.decoding.cache import map_batch, step_fn, unstack_layers
-from jaxlm.decoding.loop import prefill
+from jaxlm.decoding.loop import next_logits, prefill
 
 NEG_INF = -1.0e9
 
@@ -50,6 +50,7 @@ def beam_search(
     if context is not None:
         context = jax.tree.map(repeat, context)
     lengths = jnp.repeat(jnp.sum(segments, axis=1), k)
+    beam_prompts, beam_segments = repeat(prompts), repeat(segments)
     logits = jnp.repeat(logits[:, -1], k, axis=0)  # [batch * k, vocab]
     vocab = logits.shape[-1]
 
@@ -89,8 +90,9 @@ def beam_search(
         rows = (jnp.arange(batch)[:, None] * k + parent).reshape(-1)
         cache = map_batch(cache, lambda x: jnp.take(x, rows, axis=0))
         tokens = alive[:, :, i].reshape(-1, 1)
-        logits, cache = step(
-            params, cache, tokens, (lengths + i)[:, None], jnp.ones_like(tokens), context
+        history = (beam_prompts, beam_segments, alive.reshape(batch * k, -1), i)
+        logits, cache = next_logits(
+            cfg, step, params, cache, tokens, (lengths + i)[:, None], context, history
         )
         return i + 1, alive, alive_logp, logits[:, -1], cache, finished, finished_scores
 

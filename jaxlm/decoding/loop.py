@@ -28,6 +28,36 @@ def prefill(cfg: ModelConfig, params, prompts, segments, context, max_new_tokens
     return step_fn(cfg)(params, cache, prompts, positions, segments, context, prefill=True)
 
 
+def next_logits(cfg: ModelConfig, step, params, cache, new, positions, context, history: tuple):
+    """(logits [batch, 1, vocab], cache) of the new tokens [batch, 1] at `positions` [batch, 1].
+
+    LongRoPE (`model.rope_scaling: longrope`) rotates a pass by its long factors once a position
+    reaches `rope_original_max_len`: the step whose token is the first to get there runs the
+    whole sequence again into a fresh cache (transformers' Phi-3 does the same), so that every
+    step's logits are those of one pass over the sequence so far. `history` = (prompts,
+    segments, the new tokens so far [batch, max_new], the index of this step's) gives it."""
+    ones = jnp.ones_like(new)
+    if cfg.rope_scaling != "longrope":
+        return step(params, cache, new, positions, ones, context)
+    prompts, segments, generated, i = history
+
+    def rerun(cache):
+        kept = jnp.broadcast_to(jnp.arange(generated.shape[1]) <= i, generated.shape)
+        first = positions - i  # each row's position of its first new token
+        tokens = jnp.concatenate([prompts, generated], axis=1)
+        rows = jnp.concatenate([segments, kept.astype(segments.dtype)], axis=1)
+        where = jnp.where(kept, first + jnp.arange(generated.shape[1]), 0)
+        at = jnp.concatenate([prompt_positions(segments), where], axis=1)
+        fresh = jax.tree.map(jnp.zeros_like, cache)
+        logits, fresh = step(params, fresh, tokens, at, rows, context, prefill=True)
+        own = jax.lax.dynamic_slice_in_dim(logits, prompts.shape[1] + i, 1, axis=1)
+        return own, {**fresh, "index": cache["index"] + 1}  # later slots are free again
+
+    crossing = jnp.max(positions) == cfg.rope_original_max_len
+    advance = lambda cache: step(params, cache, new, positions, ones, context)  # noqa: E731
+    return jax.lax.cond(crossing, rerun, advance, cache)
+
+
 def sample_tokens(
     cfg: ModelConfig,
     params,
@@ -71,13 +101,9 @@ def sample_tokens(
         if track_seen:
             seen = seen.at[rows, token].set(True)
         done = done | jnp.isin(token, jnp.asarray(eos_id))
-        logits, cache = step(
-            params,
-            cache,
-            token[:, None],
-            (lengths + i)[:, None],
-            jnp.ones_like(token)[:, None],
-            context,
+        history = (prompts, segments, out, i)
+        logits, cache = next_logits(
+            cfg, step, params, cache, token[:, None], (lengths + i)[:, None], context, history
         )
         return i + 1, out, logits[:, -1], cache, done, seen
 

@@ -11,14 +11,20 @@ from jaxlm.config import ModelConfig
 from jaxlm.errors import ConversionError
 
 # HF -> rope_scaling
-ROPE_TYPES = {"default": "none", "linear": "linear", "llama3": "llama3", "yarn": "yarn"}
+ROPE_TYPES = {
+    "default": "none",
+    "linear": "linear",
+    "llama3": "llama3",
+    "yarn": "yarn",
+    "longrope": "longrope",
+}
 
 
 def rope_from_hf(hf: dict) -> dict:
     """The rotary settings of `config.json` (`rope_parameters`, or the older `rope_scaling` with
-    a top-level `rope_theta`) as ModelConfig fields; unscaled, linear, Llama 3.1 and YaRN scaling
-    (its attention factor given, or from DeepSeek's `mscale` and `mscale_all_dim`, or left to
-    the default)."""
+    a top-level `rope_theta`) as ModelConfig fields; unscaled, linear, Llama 3.1, YaRN (its
+    attention factor given, or from DeepSeek's `mscale` and `mscale_all_dim`, or left to the
+    default) and LongRoPE scaling."""
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in ROPE_TYPES:
@@ -30,6 +36,8 @@ def rope_from_hf(hf: dict) -> dict:
         "rope_scaling": ROPE_TYPES[rope_type],
     }
     try:
+        if rope_type == "longrope":
+            return fields | _longrope_from_hf(rope, hf)
         if rope_type != "default":
             fields["rope_scaling_factor"] = float(rope["factor"])
         if rope_type == "llama3":
@@ -61,6 +69,23 @@ def _yarn_from_hf(rope: dict) -> dict:
     }
 
 
+def _longrope_from_hf(rope: dict, hf: dict) -> dict:
+    """LongRoPE's factors; its original length inside `rope_parameters` or beside it (Phi-3's
+    `config.json`), its factor given or the ratio of the lengths, as transformers reads them."""
+    original = int(
+        rope.get("original_max_position_embeddings") or hf["original_max_position_embeddings"]
+    )
+    factor = rope.get("factor") or hf.get("max_position_embeddings", original) / original
+    attention_factor = rope.get("attention_factor")
+    return {
+        "rope_scaling_factor": float(factor),
+        "rope_original_max_len": original,
+        "rope_short_factors": [float(f) for f in rope["short_factor"]],
+        "rope_long_factors": [float(f) for f in rope["long_factor"]],
+        "rope_attention_factor": None if attention_factor is None else float(attention_factor),
+    }
+
+
 def rope_to_hf(cfg: ModelConfig) -> dict:
     """`rope_parameters` of `config.json` for the rotary settings of `cfg`."""
     rope_type = {value: key for key, value in ROPE_TYPES.items()}[cfg.rope_scaling]
@@ -81,8 +106,14 @@ def rope_to_hf(cfg: ModelConfig) -> dict:
             "beta_fast": cfg.rope_beta_fast,
             "beta_slow": cfg.rope_beta_slow,
         }
-        if cfg.rope_attention_factor is not None:
-            rope["attention_factor"] = cfg.rope_attention_factor
+    if cfg.rope_scaling == "longrope":
+        rope |= {
+            "original_max_position_embeddings": cfg.rope_original_max_len,
+            "short_factor": list(cfg.rope_short_factors),
+            "long_factor": list(cfg.rope_long_factors),
+        }
+    if cfg.rope_scaling in ("yarn", "longrope") and cfg.rope_attention_factor is not None:
+        rope["attention_factor"] = cfg.rope_attention_factor
     return rope
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -112,6 +113,7 @@ def rotary_frequencies(
     original_max_len: int = 8192,
     beta_fast: float = 32.0,
     beta_slow: float = 1.0,
+    divisors: Sequence[float] = (),
 ) -> np.ndarray:
     """The head_dim / 2 rotation frequencies of rotary embedding, float32 computed in float64:
     base^(-2i / head_dim), optionally rescaled for longer contexts.
@@ -123,7 +125,7 @@ def rotary_frequencies(
     the frequencies up to the one that turns beta_fast times over original_max_len positions,
     divides those from the one that turns beta_slow times, and blends linearly over the indices
     between (rounded outwards, as transformers does); its queries and keys are also scaled
-    (`yarn_attention_factor`)."""
+    (`yarn_attention_factor`). 'longrope' divides each frequency by its own of `divisors`."""
     half = head_dim // 2
     frequencies = base ** (-np.arange(half, dtype=np.float64) / half)
     if scaling == "linear":
@@ -146,6 +148,8 @@ def rotary_frequencies(
         high = min(np.ceil(index_turning(beta_slow)), head_dim - 1)
         divided = np.clip((np.arange(half) - low) / max(high - low, 1e-3), 0.0, 1.0)
         frequencies = divided * frequencies / factor + (1 - divided) * frequencies
+    elif scaling == "longrope":
+        frequencies = frequencies / np.asarray(divisors, np.float64)
     elif scaling != "none":
         raise ValueError(f"unknown rotary scaling {scaling!r}")
     return frequencies.astype(np.float32)
@@ -154,6 +158,12 @@ def rotary_frequencies(
 def yarn_attention_factor(factor: float) -> float:
     """YaRN's default scale of queries and keys: 0.1 ln(factor) + 1 (1 for factor <= 1)."""
     return 1.0 if factor <= 1 else 0.1 * math.log(factor) + 1.0
+
+
+def longrope_attention_factor(factor: float, original_max_len: int) -> float:
+    """LongRoPE's default scale of queries and keys: sqrt(1 + ln(factor) / ln(original_max_len))
+    (1 for factor <= 1)."""
+    return 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(original_max_len))
 
 
 def apply_rotary(

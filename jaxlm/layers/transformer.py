@@ -13,7 +13,12 @@ import numpy as np
 
 from jaxlm.config import ModelConfig
 from jaxlm.layers.activations import ACTIVATIONS
-from jaxlm.layers.embeddings import apply_rotary, rotary_frequencies, yarn_attention_factor
+from jaxlm.layers.embeddings import (
+    apply_rotary,
+    longrope_attention_factor,
+    rotary_frequencies,
+    yarn_attention_factor,
+)
 from jaxlm.layers.linear import DenseGeneral
 from jaxlm.layers.matmul import BATCHED_PRODUCT, PRODUCT
 from jaxlm.layers.multi_head_attention import MultiHeadAttention
@@ -46,9 +51,26 @@ def make_norm(cfg: ModelConfig, name: str) -> nn.Module:
     return LayerNorm(scale_init=scale_init, bias_init=bias_init, **common)
 
 
-def rotary_frequencies_of(cfg: ModelConfig):
-    """The rotary frequencies of `cfg`'s heads, with its scaling (`rotary_frequencies`)."""
-    return rotary_frequencies(
+def rotary_frequencies_of(cfg: ModelConfig, positions: jax.Array | None = None):
+    """The rotary frequencies of `cfg`'s heads, with its scaling (`rotary_frequencies`). LongRoPE
+    divides them by its short factors while every one of `positions` is below
+    `rope_original_max_len`, else by its long ones, as transformers picks per forward pass."""
+    if cfg.rope_scaling != "longrope":
+        return rotary_frequencies(*_rotary_settings(cfg))
+    short, long = longrope_frequencies(cfg)
+    return jnp.where(jnp.max(positions) >= cfg.rope_original_max_len, long, short)
+
+
+def longrope_frequencies(cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+    """LongRoPE's frequencies divided by its short factors, and by its long ones."""
+    return tuple(
+        rotary_frequencies(*_rotary_settings(cfg), factors)
+        for factors in (cfg.rope_short_factors, cfg.rope_long_factors)
+    )
+
+
+def _rotary_settings(cfg: ModelConfig) -> tuple:
+    return (
         cfg.resolved_rotary_dim,
         cfg.rope_base,
         cfg.rope_scaling,
@@ -62,11 +84,13 @@ def rotary_frequencies_of(cfg: ModelConfig):
 
 
 def rotary_amplitude(cfg: ModelConfig) -> float:
-    """The scale of rotated queries and keys: YaRN's attention factor, else 1."""
-    if cfg.rope_scaling != "yarn":
+    """The scale of rotated queries and keys: YaRN's or LongRoPE's attention factor, else 1."""
+    if cfg.rope_scaling not in ("yarn", "longrope"):
         return 1.0
     if cfg.rope_attention_factor is not None:
         return cfg.rope_attention_factor
+    if cfg.rope_scaling == "longrope":
+        return longrope_attention_factor(cfg.rope_scaling_factor, cfg.rope_original_max_len)
     return yarn_attention_factor(cfg.rope_scaling_factor)
 
 
@@ -189,7 +213,7 @@ class TransformerBlock(nn.Module):
         )
         rotary = None
         if cfg.position_embedding == "rotary":
-            frequencies, amplitude = rotary_frequencies_of(cfg), rotary_amplitude(cfg)
+            frequencies, amplitude = rotary_frequencies_of(cfg, positions), rotary_amplitude(cfg)
             if cfg.rope_local_base is not None:  # windowed layers' own, unscaled (Gemma 3)
                 local = rotary_frequencies(cfg.resolved_rotary_dim, cfg.rope_local_base)
                 frequencies = jnp.where(full_attention, frequencies, local)
