@@ -1,7 +1,7 @@
 """Hugging Face checkpoints: imported GPT-2, BERT (real MiniLM weights), Llama (with Llama 3.1's
-rotary scaling), Qwen2, Qwen3, Mistral, Gemma 1 to 3, GPT-NeoX, Phi, Phi-3, Marian and T5 give
-the outputs of `transformers` on PyTorch; exported jaxlm models load in `transformers` with the
-same outputs and import back bit for bit; sharded checkpoints, `jaxlm convert` (imported
+rotary scaling), Qwen2, Qwen3, Mistral, Gemma 1 to 3, GPT-NeoX, GPT-J, Phi, Phi-3, Marian and T5
+give the outputs of `transformers` on PyTorch; exported jaxlm models load in `transformers` with
+the same outputs and import back bit for bit; sharded checkpoints, `jaxlm convert` (imported
 workdirs keep their GPT-2, BERT or Llama tokenizer wherever they are moved), and one-line errors
 for checkpoints that do not fit."""
 
@@ -126,6 +126,16 @@ JAXLM_VARIANTS = {
         "model.rotary_dim=6",
         "model.block_layout=parallel",
         "model.activation=gelu_exact",
+        "model.tie_embeddings=false",
+    ],
+    # no attention biases, neighbouring features rotating on import and export
+    "gptj": [
+        "model.family=gpt",
+        "model.position_embedding=rotary",
+        "model.rotary_dim=6",
+        "model.block_layout=parallel_shared_norm",
+        "model.output_bias=true",
+        "model.attention_bias=false",
         "model.tie_embeddings=false",
     ],
     "phi": [
@@ -297,6 +307,12 @@ def _hf_gpt2(tied: bool):
     )
     config.tie_word_embeddings = tied
     return transformers.GPT2LMHeadModel(config)
+
+
+def _hf_gptj(**overrides):
+    settings = dict(n_layer=2, n_embd=64, n_head=4, n_positions=64, vocab_size=VOCAB)
+    config = transformers.GPTJConfig(**settings, initializer_range=0.1, **overrides)
+    return transformers.GPTJForCausalLM(config)
 
 
 def _hf_llama(family: str = "Llama", model: str | None = None, **overrides):
@@ -527,6 +543,9 @@ HF_MODELS = {
             "partial_rotary_factor": 0.5,
         },
     ),
+    # neighbouring features rotating: 10 of each head's 16, or all of them
+    "gptj": lambda: _hf_gptj(rotary_dim=10),
+    "gptj-whole-heads": lambda: _hf_gptj(rotary_dim=16, tie_word_embeddings=True),
     # one norm for both halves of each parallel block, half of each head rotating, two KV heads
     "phi": lambda: _hf_llama("Phi"),
     "bert-mlm-without-pooler": lambda: _hf_bert("BertForMaskedLM"),
@@ -581,6 +600,7 @@ def test_imported_logits_match_transformers(name, tmp_path):
         "phi3-longrope",
         "phi3-partial-rotary",
         "gpt-neox",
+        "gptj",
         "phi",
     ],
 )
@@ -1352,8 +1372,8 @@ def test_unsupported_architectures_are_named(gpt2_dir):
     assert "unsupported architecture 'GPT2ForSequenceClassification'" in conversion_error(gpt2_dir)
     edit_config(gpt2_dir, model_type="bart")
     supported = (
-        "bert, gemma, gemma2, gemma3, gemma3_text, gpt2, gpt_neox, llama, marian, mistral, phi, "
-        "phi3, qwen2, qwen3, t5"
+        "bert, gemma, gemma2, gemma3, gemma3_text, gpt2, gpt_neox, gptj, llama, marian, mistral, "
+        "phi, phi3, qwen2, qwen3, t5"
     )
     expected = f"unsupported model_type 'bart' (supported: {supported})"
     assert expected in conversion_error(gpt2_dir)

@@ -47,6 +47,7 @@ class GPTConfig:
             "scale_embeddings": False,
             "tie_embeddings": True,
             "use_bias": True,
+            "attention_bias": None,
         }
         for key, value in expected.items():
             if getattr(cfg, key) != value:

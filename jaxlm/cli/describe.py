@@ -20,6 +20,7 @@ def run(args) -> None:
         + f", embed {m.embed_dim}, heads {m.num_heads} x {m.resolved_head_dim}"
         + (f" (kv heads {m.num_kv_heads})" if m.num_kv_heads else "")
         + (", query/key/value biases" if m.qkv_bias and not m.use_bias else "")
+        + (", no attention biases" if m.use_bias and m.attention_bias is False else "")
         + (", query/key norms" if m.qk_norm else "")
         + (f", sliding window {m.sliding_window}" if m.sliding_window else "")
         + (

@@ -84,6 +84,8 @@ class ModelConfig:
     tie_embeddings: bool = True  # output logits use the token embedding table
     output_bias: bool = False  # gpt, seq2seq: a learned bias added to the logits
     use_bias: bool = True
+    # biases on the attention's four projections; None = use_bias (GPT-J: none, its MLP's kept)
+    attention_bias: bool | None = None
     qkv_bias: bool = False  # biases on the query, key and value projections alone (Qwen2)
     qk_norm: bool = False  # RMSNorm of each head's queries and keys before rotary (Qwen3)
     sliding_window: int | None = None  # gpt: each token attends to the last N, itself included

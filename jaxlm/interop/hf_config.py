@@ -41,6 +41,7 @@ def require(hf: dict, key: str, default: Any, supported: Any) -> None:
 RARE_SETTINGS = {
     "block_layout": "sequential",
     "rotary_dim": None,
+    "attention_bias": None,
     "norm_unit_offset": False,
     "global_attention_every": 0,
     "attention_scale": None,

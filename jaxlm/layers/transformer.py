@@ -198,7 +198,7 @@ class TransformerBlock(nn.Module):
             MultiHeadAttention,
             num_heads=cfg.num_heads,
             head_dim=cfg.resolved_head_dim,
-            use_bias=cfg.use_bias,
+            use_bias=cfg.use_bias if cfg.attention_bias is None else cfg.attention_bias,
             qkv_bias=cfg.qkv_bias,
             qk_norm_eps=cfg.norm_eps if cfg.qk_norm else None,
             qk_norm_unit_offset=cfg.norm_unit_offset,
