@@ -1,9 +1,9 @@
 """Hugging Face checkpoints: imported GPT-2, BERT (real MiniLM weights), Llama (with Llama 3.1's
-rotary scaling), Qwen2, Qwen3, Mistral, Gemma 1 to 3, GPT-NeoX, GPT-J, Phi, Phi-3, Marian and T5
-give the outputs of `transformers` on PyTorch; exported jaxlm models load in `transformers` with
-the same outputs and import back bit for bit; sharded checkpoints, `jaxlm convert` (imported
-workdirs keep their GPT-2, BERT or Llama tokenizer wherever they are moved), and one-line errors
-for checkpoints that do not fit."""
+rotary scaling), Qwen2, Qwen3, Mistral, Gemma 1 to 3, GPT-NeoX, GPT-J, Phi, Phi-3, StableLM,
+Marian and T5 give the outputs of `transformers` on PyTorch; exported jaxlm models load in
+`transformers` with the same outputs and import back bit for bit; sharded checkpoints, `jaxlm
+convert` (imported workdirs keep their GPT-2, BERT or Llama tokenizer wherever they are moved),
+and one-line errors for checkpoints that do not fit."""
 
 import io
 import json
@@ -137,6 +137,21 @@ JAXLM_VARIANTS = {
         "model.output_bias=true",
         "model.attention_bias=false",
         "model.tie_embeddings=false",
+    ],
+    # LayerNorms in Llama's layout, query/key/value biases, a quarter of each head rotating
+    "stablelm": [
+        *LLAMA,
+        "model.norm=layernorm",
+        "model.rotary_dim=2",
+        "model.qkv_bias=true",
+        "model.num_kv_heads=2",
+        "model.tie_embeddings=false",
+    ],
+    "stablelm-parallel": [
+        *LLAMA,
+        "model.norm=layernorm",
+        "model.rotary_dim=4",
+        "model.block_layout=parallel_shared_norm",
     ],
     "phi": [
         "model.family=gpt",
@@ -546,6 +561,12 @@ HF_MODELS = {
     # neighbouring features rotating: 10 of each head's 16, or all of them
     "gptj": lambda: _hf_gptj(rotary_dim=10),
     "gptj-whole-heads": lambda: _hf_gptj(rotary_dim=16, tie_word_embeddings=True),
+    # StableLM 2's: query/key/value biases, a quarter of each head rotating, sequential blocks
+    "stablelm-2": lambda: _hf_llama("StableLm", use_qkv_bias=True),
+    # StableLM-3B's parallel blocks reading one norm, tied head
+    "stablelm-parallel": lambda: _hf_llama(
+        "StableLm", use_parallel_residual=True, tie_word_embeddings=True
+    ),
     # one norm for both halves of each parallel block, half of each head rotating, two KV heads
     "phi": lambda: _hf_llama("Phi"),
     "bert-mlm-without-pooler": lambda: _hf_bert("BertForMaskedLM"),
@@ -602,6 +623,7 @@ def test_imported_logits_match_transformers(name, tmp_path):
         "gpt-neox",
         "gptj",
         "phi",
+        "stablelm-2",
     ],
 )
 def test_llama_greedy_decoding_matches_transformers(name, tmp_path):
@@ -1373,7 +1395,7 @@ def test_unsupported_architectures_are_named(gpt2_dir):
     edit_config(gpt2_dir, model_type="bart")
     supported = (
         "bert, gemma, gemma2, gemma3, gemma3_text, gpt2, gpt_neox, gptj, llama, marian, mistral, "
-        "phi, phi3, qwen2, qwen3, t5"
+        "phi, phi3, qwen2, qwen3, stablelm, t5"
     )
     expected = f"unsupported model_type 'bart' (supported: {supported})"
     assert expected in conversion_error(gpt2_dir)

@@ -3,13 +3,13 @@
 A directory holds `config.json` and either `model.safetensors` or the shards listed in
 `model.safetensors.index.json`. Tensors are read with safetensors, never unpickled, and nothing
 is downloaded. GPT-2, BERT, Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma 2, Gemma 3 (text),
-GPT-NeoX (Pythia), GPT-J, Phi-1/1.5/2, Marian and T5 convert both ways (see `gpt2.py`,
-`bert.py`, `llama.py`, `mistral.py`, `qwen2.py`, `qwen3.py`, `gemma.py`, `gemma2.py`,
-`gemma3.py`, `gpt_neox.py`, `gptj.py`, `phi.py`, `marian.py`, `t5.py`); Phi-3 and the language
-model of Gemma 3's multimodal checkpoints import (`phi3.py`, `gemma3_multimodal.py`): each of
-those modules maps `config.json` to a `ModelConfig` (and back, but the import-only ones) and
-gives the tensor `rules(cfg, names, hf)` (the checkpoint's tensor names and `config.json` on
-import, neither on export).
+GPT-NeoX (Pythia), GPT-J, Phi-1/1.5/2, StableLM, Marian and T5 convert both ways (see
+`gpt2.py`, `bert.py`, `llama.py`, `mistral.py`, `qwen2.py`, `qwen3.py`, `gemma.py`,
+`gemma2.py`, `gemma3.py`, `gpt_neox.py`, `gptj.py`, `phi.py`, `stablelm.py`, `marian.py`,
+`t5.py`); Phi-3 and the language model of Gemma 3's multimodal checkpoints import (`phi3.py`,
+`gemma3_multimodal.py`): each of those modules maps `config.json` to a `ModelConfig` (and back,
+but the import-only ones) and gives the tensor `rules(cfg, names, hf)` (the checkpoint's tensor
+names and `config.json` on import, neither on export).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from jaxlm.interop import (
     phi3,
     qwen2,
     qwen3,
+    stablelm,
     t5,
 )
 from jaxlm.interop.mapping import short_list, to_hf, to_jaxlm
@@ -65,6 +66,7 @@ MAPPINGS = {
         gptj,
         phi,
         phi3,
+        stablelm,
         marian,
         t5,
     )
@@ -199,11 +201,13 @@ def from_pretrained(
 
 
 def _mapping_to_export(cfg: ModelConfig):
-    candidates = {
-        "gpt": (gpt2, llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3, gpt_neox, phi, gptj),
-        "bert": (bert,),
-        "seq2seq": (marian, t5),
-    }[cfg.family]
+    """The first mapping, in `MAPPINGS` order, that exports the model (GPT-2 before Llama
+    before the architectures that extend it)."""
+    candidates = [
+        mapping
+        for mapping in MAPPINGS.values()
+        if hasattr(mapping, "config_to_hf") and mapping.NEEDS["family"] == cfg.family
+    ]
     for mapping in candidates:
         if not mapping.incompatibilities(cfg):
             return mapping
@@ -231,11 +235,11 @@ def save_pretrained(
     """Write `config.json` and `model.safetensors` that `transformers` loads (GPT2LMHeadModel,
     LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, GemmaForCausalLM,
     Gemma2ForCausalLM, Gemma3ForCausalLM, GPTNeoXForCausalLM, GPTJForCausalLM, PhiForCausalLM,
-    MarianMTModel, T5ForConditionalGeneration, or the BERT class holding the model's heads). The
-    special token ids the config names (decoders: bos, eos; encoder-decoders: pad, eos and the
-    decoder start, bos) are those of jaxlm's sentencepiece tokenizers unless `token_ids`
-    ({"pad": ..., "bos": ..., "eos": ...}, the model's tokenizer's; None for a token it lacks)
-    says otherwise."""
+    StableLmForCausalLM, MarianMTModel, T5ForConditionalGeneration, or the BERT class holding
+    the model's heads). The special token ids the config names (decoders: bos, eos;
+    encoder-decoders: pad, eos and the decoder start, bos) are those of jaxlm's sentencepiece
+    tokenizers unless `token_ids` ({"pad": ..., "bos": ..., "eos": ...}, the model's
+    tokenizer's; None for a token it lacks) says otherwise."""
     mapping = _mapping_to_export(model_cfg)
     flat = {path: np.asarray(v) for path, v in flatten_dict(nn.unbox(params), sep="/").items()}
     shapes = _parameter_shapes(model_cfg)

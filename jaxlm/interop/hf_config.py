@@ -62,10 +62,11 @@ def mismatches(cfg: ModelConfig, needs: dict[str, Any], free: tuple[str, ...] = 
     ]
 
 
-def head_mismatches(cfg: ModelConfig) -> list[str]:
-    """Grouped-query attention or a head size other than embed_dim / num_heads."""
+def head_mismatches(cfg: ModelConfig, grouped_query: bool = False) -> list[str]:
+    """A head size other than embed_dim / num_heads, or grouped-query attention where the
+    architecture lacks it (not `grouped_query`)."""
     problems = []
-    if cfg.num_kv_heads not in (None, cfg.num_heads):
+    if not grouped_query and cfg.num_kv_heads not in (None, cfg.num_heads):
         problems.append(f"model.num_kv_heads={cfg.num_kv_heads}")
     if cfg.resolved_head_dim * cfg.num_heads != cfg.embed_dim:
         problems.append(f"model.head_dim={cfg.head_dim}")

@@ -129,9 +129,10 @@ def rules(
 ) -> list[Rule]:
     """The tensors of Llama's layout; `projections(cfg)` gives the rules of the query, key,
     value, gate and up projections (default `input_projections`), `block_norms` the names of
-    each block's norms."""
+    each block's norms (RMSNorms, or LayerNorms with a bias: StableLM's)."""
     d, head_dim, layers = cfg.embed_dim, cfg.resolved_head_dim, cfg.num_layers
     per_layer = dict(bias=cfg.use_bias, layers=layers)
+    norm_bias = cfg.norm == "layernorm"
     result = [
         tensor(
             "model.embed_tokens.weight",
@@ -141,7 +142,7 @@ def rules(
         *(
             rule
             for hf_norm, name in block_norms.items()
-            for rule in norm(f"{BLOCK}{hf_norm}", f"{STACK}{name}", bias=False, layers=layers)
+            for rule in norm(f"{BLOCK}{hf_norm}", f"{STACK}{name}", bias=norm_bias, layers=layers)
         ),
         *(projections or input_projections)(cfg),
         *linear(
@@ -152,7 +153,7 @@ def rules(
             **per_layer,
         ),
         *linear(f"{BLOCK}mlp.down_proj", f"{MLP}wo", (cfg.mlp_dim,), (d,), **per_layer),
-        *norm("model.norm", "decoder/final_norm", bias=False),
+        *norm("model.norm", "decoder/final_norm", bias=norm_bias),
     ]
     if cfg.qk_norm:  # Qwen3's per-head norms of queries and keys
         for hf_name, name in (("q_norm", "query"), ("k_norm", "key")):

@@ -10,7 +10,13 @@ import re
 
 from jaxlm.config import ModelConfig
 from jaxlm.interop import rope
-from jaxlm.interop.hf_config import activation_from_hf, decoder_to_hf, mismatches, require
+from jaxlm.interop.hf_config import (
+    activation_from_hf,
+    decoder_to_hf,
+    head_mismatches,
+    mismatches,
+    require,
+)
 from jaxlm.interop.mapping import (
     Rule,
     block_projections,
@@ -71,10 +77,7 @@ def config_from_hf(hf: dict, names: set[str]) -> ModelConfig:
 
 
 def incompatibilities(cfg: ModelConfig) -> list[str]:
-    problems = mismatches(cfg, NEEDS, free=("rotary_dim",))
-    if cfg.resolved_head_dim * cfg.num_heads != cfg.embed_dim:
-        problems.append(f"model.head_dim={cfg.head_dim}")
-    return problems
+    return mismatches(cfg, NEEDS, free=("rotary_dim",)) + head_mismatches(cfg, grouped_query=True)
 
 
 def config_to_hf(cfg: ModelConfig) -> dict:
