@@ -124,6 +124,23 @@ def test_conversations_render_and_encode_as_transformers_does(name, stored, tmp_
         assert encode_prompt(tokenizer, conversation) == ids
 
 
+def test_jaxlm_chat_drops_the_oldest_exchanges_that_no_longer_fit(tmp_path, capsys):
+    """The system prompt and the latest turns stay; whole exchanges go, oldest first, until the
+    conversation leaves the reply its room."""
+    from jaxlm.cli.chat import _within
+
+    write_chat_tokenizer(tmp_path, CHATML)
+    tokenizer = HFTokenizer.load(tmp_path)
+    messages = [*WITH_SYSTEM, {"role": "assistant", "content": "A library."}, ONE_TURN[0]]
+    length = [len(encode_prompt(tokenizer, messages[:1] + messages[k:])) for k in (1, 3, 5)]
+    assert length[0] > length[1] > length[2]
+    assert _within(tokenizer, messages, length[0] + 10, 10) == messages
+    assert _within(tokenizer, messages, length[0] + 9, 10) == messages[:1] + messages[3:]
+    assert _within(tokenizer, messages, length[1] + 9, 10) == messages[:1] + messages[5:]
+    assert _within(tokenizer, messages, 8, 10) == messages[:1] + messages[5:]  # the last turn
+    assert "dropped the oldest turns to fit model.max_len=8" in capsys.readouterr().err
+
+
 def test_conversations_a_template_refuses_are_one_line_errors(tmp_path):
     write_chat_tokenizer(tmp_path, GEMMA)
     tokenizer = HFTokenizer.load(tmp_path)

@@ -488,6 +488,10 @@ HF_MODELS = {
     "llama-yarn-mscale": lambda: _hf_llama(
         rope_parameters={**YARN_ROPE, "mscale": 1.0, "mscale_all_dim": 0.5}
     ),
+    # dynamic NTK scaling: unscaled within max_position_embeddings
+    "llama-dynamic-rope": lambda: _hf_llama(
+        rope_parameters={"rope_type": "dynamic", "rope_theta": 10_000.0, "factor": 4.0}
+    ),
     "llama-linear-rope": lambda: _hf_llama(
         rope_parameters={"rope_type": "linear", "rope_theta": 10_000.0, "factor": 4.0}
     ),
@@ -611,6 +615,7 @@ def test_imported_logits_match_transformers(name, tmp_path):
         "llama-gqa",
         "llama3-rope",
         "llama-yarn",
+        "llama-dynamic-rope",
         "qwen2-tied",
         "qwen3",
         "mistral-window",
@@ -1404,8 +1409,10 @@ def test_unsupported_architectures_are_named(gpt2_dir):
 def test_unsupported_settings_are_named(tmp_path):
     cfg = jaxlm_config("llama")
     save_pretrained(tmp_path, cfg, random_params(cfg))
-    edit_config(tmp_path, rope_parameters={"rope_type": "dynamic", "factor": 8.0})
-    expected = "rope_type 'dynamic' is not supported (default, linear, llama3, yarn, longrope)"
+    edit_config(tmp_path, rope_parameters={"rope_type": "mrope", "factor": 8.0})
+    expected = (
+        "rope_type 'mrope' is not supported (default, linear, llama3, yarn, longrope, dynamic"
+    )
     assert expected in conversion_error(tmp_path)
     edit_config(tmp_path, rope_parameters={"rope_type": "llama3", "factor": 8.0})
     assert "rope_type 'llama3' without 'low_freq_factor'" in conversion_error(tmp_path)

@@ -1,5 +1,6 @@
 """`jaxlm chat WORKDIR [--system TEXT] [sampling flags]`: a conversation with an instruct model,
-one user turn a line of standard input, each reply streamed as it is generated."""
+one user turn a line of standard input, each reply streamed as it is generated; the oldest turns
+give way when the conversation outgrows the model's length."""
 
 from __future__ import annotations
 
@@ -29,6 +30,21 @@ def _user_turns(interactive: bool) -> Iterator[str]:
             yield line.strip()
 
 
+def _within(tokenizer, messages: list[dict], max_len: int, room: int) -> list[dict]:
+    """`messages` with their oldest turns (after a system prompt) dropped, an exchange at a
+    time, until the conversation leaves `room` tokens to reply in within `max_len` (or only its
+    last turn is left)."""
+    from jaxlm.generate import encode_prompt
+
+    system = messages[:1] if messages[0]["role"] == "system" else []
+    turns = messages[len(system) :]
+    while len(turns) > 1 and len(encode_prompt(tokenizer, system + turns)) + room > max_len:
+        reply = next((i for i, m in enumerate(turns) if m["role"] == "assistant"), 0)
+        turns = turns[reply + 1 :]
+        print(f"jaxlm: dropped the oldest turns to fit model.max_len={max_len}", file=sys.stderr)
+    return system + turns
+
+
 def run(args) -> None:
     from jaxlm.decoding.cache import unstack_layers
     from jaxlm.generate import generate_text, stop_ids
@@ -43,6 +59,7 @@ def run(args) -> None:
     messages = [] if args.system is None else [{"role": "system", "content": args.system}]
     for turn, text in enumerate(_user_turns(sys.stdin.isatty())):
         messages.append({"role": "user", "content": text})
+        messages = _within(tokenizer, messages, cfg.model.max_len, sample.max_new_tokens)
         printer = Printer(tokenizer, messages, stops)
         turn_sample = dataclasses.replace(sample, seed=sample.seed + turn)
         (reply,) = generate_text(

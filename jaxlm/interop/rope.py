@@ -18,18 +18,23 @@ ROPE_TYPES = {
     "yarn": "yarn",
     "longrope": "longrope",
 }
+# Types read as others: dynamic NTK scaling changes the frequencies only beyond
+# max_position_embeddings, which jaxlm's max_len never passes; "su" is LongRoPE's first name.
+READ_AS = {"dynamic": "default", "su": "longrope"}
 
 
 def rope_from_hf(hf: dict) -> dict:
     """The rotary settings of `config.json` (`rope_parameters`, or the older `rope_scaling` with
     a top-level `rope_theta`) as ModelConfig fields; unscaled, linear, Llama 3.1, YaRN (its
     attention factor given, or from DeepSeek's `mscale` and `mscale_all_dim`, or left to the
-    default) and LongRoPE scaling."""
+    default) and LongRoPE scaling; dynamic NTK scaling reads as none (see `READ_AS`)."""
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
+    rope_type = READ_AS.get(rope_type, rope_type)
     if rope_type not in ROPE_TYPES:
+        supported = [*ROPE_TYPES, *READ_AS]
         raise ConversionError(
-            f"config.json: rope_type {rope_type!r} is not supported ({', '.join(ROPE_TYPES)})"
+            f"config.json: rope_type {rope_type!r} is not supported ({', '.join(supported)})"
         )
     fields = {
         "rope_base": float(rope.get("rope_theta", hf.get("rope_theta", 10_000.0))),
