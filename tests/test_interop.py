@@ -1,7 +1,7 @@
 """Hugging Face checkpoints: imported GPT-2, BERT (real MiniLM weights), Llama (with Llama 3.1's
 rotary scaling), Qwen2, Qwen3, Mistral, Gemma 1 to 3, GPT-NeoX, GPT-J, Phi, Phi-3, StableLM,
-Marian and T5 give the outputs of `transformers` on PyTorch; exported jaxlm models load in
-`transformers` with the same outputs and import back bit for bit; sharded checkpoints, `jaxlm
+Falcon, Marian and T5 give the outputs of `transformers` on PyTorch; exported jaxlm models load
+in `transformers` with the same outputs and import back bit for bit; sharded checkpoints, `jaxlm
 convert` (imported workdirs keep their GPT-2, BERT or Llama tokenizer wherever they are moved),
 and one-line errors for checkpoints that do not fit."""
 
@@ -152,6 +152,15 @@ JAXLM_VARIANTS = {
         "model.norm=layernorm",
         "model.rotary_dim=4",
         "model.block_layout=parallel_shared_norm",
+    ],
+    # parallel blocks, a norm each, two key/value groups of two query heads (Falcon 40B's)
+    "falcon": [
+        *LLAMA,
+        "model.norm=layernorm",
+        "model.mlp_type=plain",
+        "model.activation=gelu_exact",
+        "model.block_layout=parallel",
+        "model.num_kv_heads=2",
     ],
     "phi": [
         "model.family=gpt",
@@ -322,6 +331,12 @@ def _hf_gpt2(tied: bool):
     )
     config.tie_word_embeddings = tied
     return transformers.GPT2LMHeadModel(config)
+
+
+def _hf_falcon(**overrides):
+    settings = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, vocab_size=VOCAB)
+    config = transformers.FalconConfig(**settings, initializer_range=0.1, **overrides)
+    return transformers.FalconForCausalLM(config)
 
 
 def _hf_gptj(**overrides):
@@ -571,6 +586,15 @@ HF_MODELS = {
     "stablelm-parallel": lambda: _hf_llama(
         "StableLm", use_parallel_residual=True, tie_word_embeddings=True
     ),
+    # Falcon 7B's: one key/value head, parallel blocks reading one norm, no biases
+    "falcon-7b-layout": lambda: _hf_falcon(),
+    # Falcon 40B's new decoder architecture: two key/value groups, a norm each for attention
+    # and the MLP
+    "falcon-40b-layout": lambda: _hf_falcon(new_decoder_architecture=True, num_kv_heads=2),
+    # the old architecture without multi-query: sequential blocks, biases, an untied head
+    "falcon-sequential": lambda: _hf_falcon(
+        multi_query=False, parallel_attn=False, bias=True, tie_word_embeddings=False
+    ),
     # one norm for both halves of each parallel block, half of each head rotating, two KV heads
     "phi": lambda: _hf_llama("Phi"),
     "bert-mlm-without-pooler": lambda: _hf_bert("BertForMaskedLM"),
@@ -629,6 +653,7 @@ def test_imported_logits_match_transformers(name, tmp_path):
         "gptj",
         "phi",
         "stablelm-2",
+        "falcon-40b-layout",
     ],
 )
 def test_llama_greedy_decoding_matches_transformers(name, tmp_path):
@@ -1399,8 +1424,8 @@ def test_unsupported_architectures_are_named(gpt2_dir):
     assert "unsupported architecture 'GPT2ForSequenceClassification'" in conversion_error(gpt2_dir)
     edit_config(gpt2_dir, model_type="bart")
     supported = (
-        "bert, gemma, gemma2, gemma3, gemma3_text, gpt2, gpt_neox, gptj, llama, marian, mistral, "
-        "phi, phi3, qwen2, qwen3, stablelm, t5"
+        "bert, falcon, gemma, gemma2, gemma3, gemma3_text, gpt2, gpt_neox, gptj, llama, marian, "
+        "mistral, phi, phi3, qwen2, qwen3, stablelm, t5"
     )
     expected = f"unsupported model_type 'bart' (supported: {supported})"
     assert expected in conversion_error(gpt2_dir)
@@ -1418,6 +1443,15 @@ def test_unsupported_settings_are_named(tmp_path):
     assert "rope_type 'llama3' without 'low_freq_factor'" in conversion_error(tmp_path)
     edit_config(tmp_path, rope_parameters={**YARN_ROPE, "truncate": False})
     assert "yarn with truncate=false is not supported" in conversion_error(tmp_path)
+
+
+def test_falcon_settings_jaxlm_lacks_are_named(tmp_path):
+    cfg = jaxlm_config("falcon")
+    save_pretrained(tmp_path, cfg, random_params(cfg))
+    edit_config(tmp_path, alibi=True)
+    assert "alibi=True is not supported (ALiBi positions)" in conversion_error(tmp_path)
+    edit_config(tmp_path, alibi=False, activation="relu")
+    assert "activation='relu' is not supported" in conversion_error(tmp_path)
 
 
 def test_gemma_configs_read_gelu_as_transformers_does(tmp_path):

@@ -3,10 +3,10 @@ on a share of each head (`model.rotary_dim`), a plain MLP and biases, its blocks
 (`use_parallel_residual`: attention and the MLP both read the block's input, each through its
 own norm) or sequential.
 
-The query, key and value projections are one tensor whose output features run head by head
-(each head's query, key, value); the rotary pairs are the rotate-half ones of jaxlm's
-`apply_rotary`. The output head is `embed_out` in the released checkpoints and `lm_head` in
-those transformers 5 saves; either is read, `embed_out` written.
+The query, key and value projections are one tensor whose output features run head by head (each
+head's query, key, value: `mapping.grouped_qkv_linear`); the rotary pairs are the rotate-half
+ones of jaxlm's `apply_rotary`. The output head is `embed_out` in the released checkpoints and
+`lm_head` in those transformers 5 saves; either is read, `embed_out` written.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from jaxlm.interop.hf_config import (
 from jaxlm.interop.mapping import (
     Rule,
     block_projections,
-    head_interleaved_linear,
+    grouped_qkv_linear,
     norm,
     output_head,
     pad_vocab,
@@ -120,10 +120,11 @@ def rules(cfg: ModelConfig, names: set[str] | None = None, hf: dict | None = Non
             for hf_norm, name in block_norms.items()
             for rule in norm(f"{BLOCK}{hf_norm}", f"{STACK}{name}", layers=layers)
         ),
-        *head_interleaved_linear(
+        *grouped_qkv_linear(  # one query head a group: q, k, v of each head in turn
             f"{BLOCK}attention.query_key_value",
             tuple(f"{attention}{name}" for name in ("query", "key", "value")),
             d,
+            heads,
             heads,
             cfg.resolved_head_dim,
             layers=layers,

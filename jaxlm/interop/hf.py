@@ -3,13 +3,13 @@
 A directory holds `config.json` and either `model.safetensors` or the shards listed in
 `model.safetensors.index.json`. Tensors are read with safetensors, never unpickled, and nothing
 is downloaded. GPT-2, BERT, Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma 2, Gemma 3 (text),
-GPT-NeoX (Pythia), GPT-J, Phi-1/1.5/2, StableLM, Marian and T5 convert both ways (see
+GPT-NeoX (Pythia), GPT-J, Phi-1/1.5/2, StableLM, Falcon, Marian and T5 convert both ways (see
 `gpt2.py`, `bert.py`, `llama.py`, `mistral.py`, `qwen2.py`, `qwen3.py`, `gemma.py`,
-`gemma2.py`, `gemma3.py`, `gpt_neox.py`, `gptj.py`, `phi.py`, `stablelm.py`, `marian.py`,
-`t5.py`); Phi-3 and the language model of Gemma 3's multimodal checkpoints import (`phi3.py`,
-`gemma3_multimodal.py`): each of those modules maps `config.json` to a `ModelConfig` (and back,
-but the import-only ones) and gives the tensor `rules(cfg, names, hf)` (the checkpoint's tensor
-names and `config.json` on import, neither on export).
+`gemma2.py`, `gemma3.py`, `gpt_neox.py`, `gptj.py`, `phi.py`, `stablelm.py`, `falcon.py`,
+`marian.py`, `t5.py`); Phi-3 and the language model of Gemma 3's multimodal checkpoints import
+(`phi3.py`, `gemma3_multimodal.py`): each of those modules maps `config.json` to a
+`ModelConfig` (and back, but the import-only ones) and gives the tensor `rules(cfg, names, hf)`
+(the checkpoint's tensor names and `config.json` on import, neither on export).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from jaxlm.config import Config, DataConfig, ModelConfig, validate
 from jaxlm.errors import ConfigError, ConversionError
 from jaxlm.interop import (
     bert,
+    falcon,
     gemma,
     gemma2,
     gemma3,
@@ -67,6 +68,7 @@ MAPPINGS = {
         phi,
         phi3,
         stablelm,
+        falcon,
         marian,
         t5,
     )
@@ -235,11 +237,11 @@ def save_pretrained(
     """Write `config.json` and `model.safetensors` that `transformers` loads (GPT2LMHeadModel,
     LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, GemmaForCausalLM,
     Gemma2ForCausalLM, Gemma3ForCausalLM, GPTNeoXForCausalLM, GPTJForCausalLM, PhiForCausalLM,
-    StableLmForCausalLM, MarianMTModel, T5ForConditionalGeneration, or the BERT class holding
-    the model's heads). The special token ids the config names (decoders: bos, eos;
-    encoder-decoders: pad, eos and the decoder start, bos) are those of jaxlm's sentencepiece
-    tokenizers unless `token_ids` ({"pad": ..., "bos": ..., "eos": ...}, the model's
-    tokenizer's; None for a token it lacks) says otherwise."""
+    StableLmForCausalLM, FalconForCausalLM, MarianMTModel, T5ForConditionalGeneration, or the
+    BERT class holding the model's heads). The special token ids the config names (decoders:
+    bos, eos; encoder-decoders: pad, eos and the decoder start, bos) are those of jaxlm's
+    sentencepiece tokenizers unless `token_ids` ({"pad": ..., "bos": ..., "eos": ...}, the
+    model's tokenizer's; None for a token it lacks) says otherwise."""
     mapping = _mapping_to_export(model_cfg)
     flat = {path: np.asarray(v) for path, v in flatten_dict(nn.unbox(params), sep="/").items()}
     shapes = _parameter_shapes(model_cfg)

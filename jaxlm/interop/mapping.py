@@ -179,39 +179,53 @@ def fused_linear(
     return Rule((f"{hf}.weight",), paths, forward, backward, layers)
 
 
-def head_interleaved_linear(
-    hf: str, paths: tuple[str, ...], in_dim: int, heads: int, head_dim: int, *, layers: int = 0
+def grouped_qkv_linear(
+    hf: str,
+    paths: tuple[str, str, str],
+    in_dim: int,
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    *,
+    bias: bool = True,
+    layers: int = 0,
 ) -> list[Rule]:
-    """A torch `nn.Linear` whose output features are, head after head, that head's features of
-    each jaxlm dense layer of `paths` in turn (GPT-NeoX's `query_key_value`: per head, query,
-    key, value): `{hf}.weight` [heads * len(paths) * head_dim, in_dim] and `{hf}.bias` <->
-    `{path}/kernel` [in_dim, heads, head_dim] and `{path}/bias` [heads, head_dim] per path."""
-    parts = len(paths)
+    """A torch `nn.Linear` whose output features run key/value group by group, each group its
+    heads / kv_heads query heads, then its key and its value head (Falcon's `query_key_value`;
+    GPT-NeoX's is the case of one query head a group, Falcon-7B's of one group): `{hf}.weight`
+    and `{hf}.bias` <-> the query, key and value `paths`' `kernel` [in_dim, heads or kv_heads,
+    head_dim] and `bias` [heads or kv_heads, head_dim]."""
+    group = heads // kv_heads
+    rows = kv_heads * (group + 2) * head_dim
 
-    def split(array: np.ndarray, trailing: tuple[int, ...]) -> np.ndarray:
-        if array.shape != (heads * parts * head_dim, *trailing):
-            raise ValueError(f"shape {array.shape}, not {(heads * parts * head_dim, *trailing)}")
-        return array.reshape(heads, parts, head_dim, *trailing)
+    def split(array: np.ndarray, trailing: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+        if array.shape != (rows, *trailing):
+            raise ValueError(f"shape {array.shape}, not {(rows, *trailing)}")
+        grouped = array.reshape(kv_heads, group + 2, head_dim, *trailing)
+        query = grouped[:, :group].reshape(heads, head_dim, *trailing)
+        return query, grouped[:, group], grouped[:, group + 1]
+
+    def join(query: np.ndarray, key: np.ndarray, value: np.ndarray) -> np.ndarray:
+        query = query.reshape(kv_heads, group, *query.shape[1:])
+        return np.concatenate([query, key[:, None], value[:, None]], axis=1).reshape(rows, -1)
 
     def kernels(weight: np.ndarray) -> tuple[np.ndarray, ...]:
-        grouped = split(weight, (in_dim,))
-        return tuple(grouped[:, j].transpose(2, 0, 1) for j in range(parts))
+        return tuple(part.transpose(2, 0, 1) for part in split(weight, (in_dim,)))
 
     def weight(*kernels: np.ndarray) -> tuple[np.ndarray]:
-        grouped = np.stack([kernel.transpose(1, 2, 0) for kernel in kernels], axis=1)
-        return (grouped.reshape(-1, in_dim),)
+        return (join(*(kernel.transpose(1, 2, 0) for kernel in kernels)),)
 
     def biases(bias: np.ndarray) -> tuple[np.ndarray, ...]:
-        grouped = split(bias, ())
-        return tuple(grouped[:, j] for j in range(parts))
+        return split(bias, ())
 
-    def bias(*biases: np.ndarray) -> tuple[np.ndarray]:
-        return (np.stack(biases, axis=1).reshape(-1),)
+    def joined_bias(*biases: np.ndarray) -> tuple[np.ndarray]:
+        return (join(*(b[..., None] for b in biases)).reshape(-1),)
 
-    return [
-        Rule((f"{hf}.weight",), tuple(f"{p}/kernel" for p in paths), kernels, weight, layers),
-        Rule((f"{hf}.bias",), tuple(f"{p}/bias" for p in paths), biases, bias, layers),
-    ]
+    rules = [Rule((f"{hf}.weight",), tuple(f"{p}/kernel" for p in paths), kernels, weight, layers)]
+    if bias:
+        names = tuple(f"{p}/bias" for p in paths)
+        rules.append(Rule((f"{hf}.bias",), names, biases, joined_bias, layers))
+    return rules
 
 
 def norm(hf: str, path: str, *, bias: bool = True, layers: int = 0) -> list[Rule]:
