@@ -10,6 +10,7 @@ sandbox.
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import datetime
 from pathlib import Path
@@ -62,14 +63,16 @@ def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=F
     )
 
 
-def _environment() -> ImmutableSandboxedEnvironment:
+@functools.lru_cache(maxsize=8)
+def _compiled(template: str) -> jinja2.Template:
+    """`template` compiled once (training renders every conversation's turns with it)."""
     environment = ImmutableSandboxedEnvironment(
         trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTags, loopcontrols]
     )
     environment.filters["tojson"] = _tojson
     environment.globals["raise_exception"] = _raise_exception
     environment.globals["strftime_now"] = lambda format: datetime.now().strftime(format)
-    return environment
+    return environment.from_string(template)
 
 
 def render_chat(
@@ -86,8 +89,7 @@ def render_chat(
         raise DataError("a conversation is a list of messages with a 'role' and a 'content'")
     tokens = {f"{name}_token": text for name, text in special_tokens.items() if text is not None}
     try:
-        compiled = _environment().from_string(template)
-        return compiled.render(
+        return _compiled(template).render(
             messages=messages, add_generation_prompt=add_generation_prompt, **tokens
         )
     except jinja2.TemplateError as e:

@@ -12,11 +12,11 @@ import re
 
 from jaxlm.config import ModelConfig
 from jaxlm.interop.hf_config import (
-    TO_HF_ACTIVATION,
     activation_from_hf,
     head_mismatches,
     mismatches,
     require,
+    shape_to_hf,
 )
 from jaxlm.interop.mapping import Rule, block_projections, linear, norm, pad_vocab, tensor
 
@@ -97,21 +97,12 @@ def incompatibilities(cfg: ModelConfig) -> list[str]:
 
 def config_to_hf(cfg: ModelConfig) -> dict:
     hf = {
-        "architectures": [_hf_class(cfg)],
-        "model_type": MODEL_TYPE,
-        "vocab_size": cfg.vocab_size,
-        "max_position_embeddings": cfg.max_len,
-        "num_hidden_layers": cfg.num_layers,
-        "hidden_size": cfg.embed_dim,
-        "num_attention_heads": cfg.num_heads,
-        "intermediate_size": cfg.mlp_dim,
-        "hidden_act": TO_HF_ACTIVATION[cfg.activation],
+        **shape_to_hf(cfg, MODEL_TYPE, _hf_class(cfg)),
         "layer_norm_eps": cfg.norm_eps,
         "type_vocab_size": cfg.type_vocab_size,
         "position_embedding_type": "absolute",
         "hidden_dropout_prob": cfg.dropout_rate,
         "attention_probs_dropout_prob": cfg.attention_dropout_rate,
-        "initializer_range": cfg.init_std,
         "tie_word_embeddings": True,
     }
     if "classifier" in cfg.heads:

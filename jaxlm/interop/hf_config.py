@@ -73,8 +73,9 @@ def head_mismatches(cfg: ModelConfig, grouped_query: bool = False) -> list[str]:
     return problems
 
 
-def decoder_to_hf(cfg: ModelConfig, model_type: str, architecture: str) -> dict:
-    """The `config.json` keys that decoders named in transformers' current style share."""
+def shape_to_hf(cfg: ModelConfig, model_type: str, architecture: str) -> dict:
+    """The class and sizes of a model in `config.json`, with the key names of transformers'
+    current configs (BERT's and the decoders')."""
     return {
         "architectures": [architecture],
         "model_type": model_type,
@@ -85,9 +86,16 @@ def decoder_to_hf(cfg: ModelConfig, model_type: str, architecture: str) -> dict:
         "num_attention_heads": cfg.num_heads,
         "intermediate_size": cfg.mlp_dim,
         "hidden_act": TO_HF_ACTIVATION[cfg.activation],
+        "initializer_range": cfg.init_std,
+    }
+
+
+def decoder_to_hf(cfg: ModelConfig, model_type: str, architecture: str) -> dict:
+    """`shape_to_hf`, and the other `config.json` keys such decoders share."""
+    return {
+        **shape_to_hf(cfg, model_type, architecture),
         "tie_word_embeddings": cfg.tie_embeddings,
         "attention_dropout": cfg.attention_dropout_rate,
-        "initializer_range": cfg.init_std,
         "bos_token_id": BOS_ID,
         "eos_token_id": EOS_ID,
     }

@@ -95,25 +95,39 @@ BLOCK, STACK = "model.layers.{i}.", "decoder/layers/"
 ATTENTION, MLP = f"{STACK}self_attention/", f"{STACK}mlp/"
 
 
-def input_projections(cfg: ModelConfig) -> list[Rule]:
-    """The query, key, value, gate and up projections, one HF tensor each."""
-    d, head_dim, layers = cfg.embed_dim, cfg.resolved_head_dim, cfg.num_layers
+def query_key_value(cfg: ModelConfig, bias: bool) -> list[Rule]:
+    """The query, key and value projections, one HF tensor each (`self_attn.{q,k,v}_proj`)."""
+    d, head_dim = cfg.embed_dim, cfg.resolved_head_dim
     heads, kv_heads = cfg.num_heads, cfg.num_kv_heads or cfg.num_heads
-    projection = dict(bias=cfg.use_bias or cfg.qkv_bias, layers=layers)
-    per_layer = dict(bias=cfg.use_bias, layers=layers)
-    attention = [
-        linear(f"{BLOCK}self_attn.{name}_proj", f"{ATTENTION}{path}", (d,), shape, **projection)
-        for name, path, shape in (
-            ("q", "query", (heads, head_dim)),
-            ("k", "key", (kv_heads, head_dim)),
-            ("v", "value", (kv_heads, head_dim)),
+    projection = dict(bias=bias, layers=cfg.num_layers)
+    return [
+        rule
+        for name, path, count in (
+            ("q", "query", heads),
+            ("k", "key", kv_heads),
+            ("v", "value", kv_heads),
+        )
+        for rule in linear(
+            f"{BLOCK}self_attn.{name}_proj",
+            f"{ATTENTION}{path}",
+            (d,),
+            (count, head_dim),
+            **projection,
         )
     ]
+
+
+def input_projections(cfg: ModelConfig) -> list[Rule]:
+    """The query, key, value, gate and up projections, one HF tensor each."""
+    per_layer = dict(bias=cfg.use_bias, layers=cfg.num_layers)
     mlp = [
-        linear(f"{BLOCK}mlp.{name}_proj", f"{MLP}{path}", (d,), (cfg.mlp_dim,), **per_layer)
+        rule
         for name, path in (("gate", "wi_gate"), ("up", "wi"))
+        for rule in linear(
+            f"{BLOCK}mlp.{name}_proj", f"{MLP}{path}", (cfg.embed_dim,), (cfg.mlp_dim,), **per_layer
+        )
     ]
-    return [rule for rules in attention + mlp for rule in rules]
+    return query_key_value(cfg, cfg.use_bias or cfg.qkv_bias) + mlp
 
 
 # HF block norm -> jaxlm block norm: before attention, before the MLP.

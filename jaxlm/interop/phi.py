@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from jaxlm.config import ModelConfig
-from jaxlm.interop import rope
+from jaxlm.interop import llama, rope
 from jaxlm.interop.hf_config import (
     activation_from_hf,
     decoder_to_hf,
@@ -20,7 +20,6 @@ from jaxlm.interop.hf_config import (
 from jaxlm.interop.mapping import (
     Rule,
     block_projections,
-    linear,
     norm,
     output_head,
     pad_vocab,
@@ -94,30 +93,16 @@ def config_to_hf(cfg: ModelConfig) -> dict:
     }
 
 
-BLOCK, STACK = "model.layers.{i}.", "decoder/layers/"
+BLOCK, STACK = llama.BLOCK, llama.STACK  # Llama's tensor names
 
 
 def rules(cfg: ModelConfig, names: set[str] | None = None, hf: dict | None = None) -> list[Rule]:
-    d, head_dim, layers = cfg.embed_dim, cfg.resolved_head_dim, cfg.num_layers
-    heads, kv_heads = cfg.num_heads, cfg.num_kv_heads or cfg.num_heads
-    attention = f"{STACK}self_attention/"
+    layers = cfg.num_layers
     vocab = pad_vocab(cfg.vocab_size, cfg.padded_vocab_size)
-    qkv = (("q_proj", "query", heads), ("k_proj", "key", kv_heads), ("v_proj", "value", kv_heads))
     result = [
         tensor("model.embed_tokens.weight", "token_embed/embedding", vocab),
         *norm(f"{BLOCK}input_layernorm", f"{STACK}self_attention_norm", layers=layers),
-        *(
-            rule
-            for name, path, n in qkv
-            for rule in linear(
-                f"{BLOCK}self_attn.{name}",
-                f"{attention}{path}",
-                (d,),
-                (n, head_dim),
-                bias=True,
-                layers=layers,
-            )
-        ),
+        *llama.query_key_value(cfg, bias=True),
         *block_projections(
             {"out": f"{BLOCK}self_attn.dense", "wi": f"{BLOCK}mlp.fc1", "wo": f"{BLOCK}mlp.fc2"},
             STACK,

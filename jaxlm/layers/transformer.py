@@ -55,22 +55,7 @@ def rotary_frequencies_of(cfg: ModelConfig, positions: jax.Array | None = None):
     """The rotary frequencies of `cfg`'s heads, with its scaling (`rotary_frequencies`). LongRoPE
     divides them by its short factors while every one of `positions` is below
     `rope_original_max_len`, else by its long ones, as transformers picks per forward pass."""
-    if cfg.rope_scaling != "longrope":
-        return rotary_frequencies(*_rotary_settings(cfg))
-    short, long = longrope_frequencies(cfg)
-    return jnp.where(jnp.max(positions) >= cfg.rope_original_max_len, long, short)
-
-
-def longrope_frequencies(cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
-    """LongRoPE's frequencies divided by its short factors, and by its long ones."""
-    return tuple(
-        rotary_frequencies(*_rotary_settings(cfg), factors)
-        for factors in (cfg.rope_short_factors, cfg.rope_long_factors)
-    )
-
-
-def _rotary_settings(cfg: ModelConfig) -> tuple:
-    return (
+    settings = (
         cfg.resolved_rotary_dim,
         cfg.rope_base,
         cfg.rope_scaling,
@@ -81,6 +66,13 @@ def _rotary_settings(cfg: ModelConfig) -> tuple:
         cfg.rope_beta_fast,
         cfg.rope_beta_slow,
     )
+    if cfg.rope_scaling != "longrope":
+        return rotary_frequencies(*settings)
+    short, long = (
+        rotary_frequencies(*settings, factors)
+        for factors in (cfg.rope_short_factors, cfg.rope_long_factors)
+    )
+    return jnp.where(jnp.max(positions) >= cfg.rope_original_max_len, long, short)
 
 
 def rotary_amplitude(cfg: ModelConfig) -> float:
