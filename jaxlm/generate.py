@@ -88,10 +88,10 @@ def _decode(cfg, params, tokens, segments, sample, eos_id, pad_id, stream, sourc
     rng = jax.random.key(sample.seed)
     out = run(unstack_layers(params), tokens, segments, rng, source_tokens, source_segments)
     stops = set(np.atleast_1d(eos_id).tolist())
-    return [_cut_after(row, stops) for row in _on_host(out).tolist()]
+    return [cut_after(row, stops) for row in on_host(out).tolist()]
 
 
-def _cut_after(row: list[int], stops: set[int]) -> list[int]:
+def cut_after(row: list[int], stops: set[int]) -> list[int]:
     """`row` up to its first token in `stops`, included."""
     end = next((i for i, token in enumerate(row) if token in stops), len(row) - 1)
     return row[: end + 1]
@@ -110,7 +110,7 @@ def stop_ids(tokenizer, sample: SampleConfig) -> tuple[int, ...]:
     return tuple(dict.fromkeys(ids))
 
 
-def _on_host(array: jax.Array) -> np.ndarray:
+def on_host(array: jax.Array) -> np.ndarray:
     """The whole of `array`, also where it spans other processes' devices (the parameters of a
     multi-process run are; every process then takes part and gets every row)."""
     if array.is_fully_addressable:
@@ -173,10 +173,6 @@ def generate_text(
     if cfg.family == "seq2seq" and not all(isinstance(p, str) for p in prompts):
         raise JaxlmError("an encoder-decoder translates texts, not conversations")
     stops = stop_ids(tokenizer, sample)
-
-    def without_stop(ids: list[int]) -> list[int]:
-        return ids[:-1] if ids and ids[-1] in stops else ids
-
     if cfg.family == "seq2seq":
         sources = [[*ids, tokenizer.eos_id] for ids in tokenizer.encode_batch(prompts)]
         targets = translate(
@@ -188,7 +184,7 @@ def generate_text(
             eos_id=stops,
             pad_id=tokenizer.pad_id,
         )
-        return [tokenizer.decode(without_stop(ids)) for ids in targets]
+        return [tokenizer.decode(without_stop(ids, stops)) for ids in targets]
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     new = generate(
         cfg,
@@ -199,7 +195,15 @@ def generate_text(
         pad_id=tokenizer.pad_id,
         stream=stream,
     )
-    return [continuation(tokenizer, p, without_stop(n)) for p, n in zip(encoded, new, strict=True)]
+    return [
+        continuation(tokenizer, p, without_stop(n, stops))
+        for p, n in zip(encoded, new, strict=True)
+    ]
+
+
+def without_stop(ids: list[int], stops: tuple[int, ...]) -> list[int]:
+    """A row's new tokens without the stop token that ends it, if one does."""
+    return ids[:-1] if ids and ids[-1] in stops else ids
 
 
 def encode_prompt(tokenizer, prompt: str | list[Message]) -> list[int]:

@@ -1,6 +1,7 @@
 """Cached decoding against naive references: full forward passes over growing sequences,
 exhaustive search over all continuations, and the uncached logits at every step."""
 
+import dataclasses
 import itertools
 
 import chex
@@ -15,6 +16,7 @@ from tiny import TINY_MODEL
 from jaxlm.config import SampleConfig, load_config
 from jaxlm.decoding.beam import beam_search
 from jaxlm.decoding.cache import _layer, encode, init_cache, step_fn, unstack_layers
+from jaxlm.decoding.conversation import ConversationCache
 from jaxlm.decoding.loop import sample_tokens
 from jaxlm.errors import JaxlmError
 from jaxlm.generate import generate, pad_rows, translate
@@ -254,6 +256,69 @@ def test_streaming_reports_every_token_in_order():
         GPT, GPT_PARAMS, [[2, 7]], sample, eos_id=-1, stream=lambda i, t: seen.append(int(t[0]))
     )
     assert seen == got[0]
+
+
+def _with_soft_prompt(cfg, params):
+    """A prompt-tuned GPT: three soft-prompt vectors before every sequence."""
+    prompt = jax.random.normal(jax.random.key(4), (3, cfg.embed_dim))
+    return cfg, {**params, "prompt": prompt}
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        lambda: (GPT, GPT_PARAMS),
+        lambda: _model("gpt", ["model.sliding_window=5"]),
+        lambda: _with_soft_prompt(*_model("gpt", ["model.position_embedding=rotary"])),
+    ],
+    ids=["gpt", "sliding-window", "soft-prompt"],
+)
+def test_a_conversations_replies_equal_greedy_decoding_over_the_whole_conversation(model):
+    """Each reply runs only what the cache lacks: after the previous turn and its reply, after
+    the part an edited conversation keeps, or from earlier where the chunk would pass max_len
+    (32); every reply is still what full passes over the whole conversation give."""
+    cfg, params = model()
+    forward = jax.jit(lambda t: build_model(cfg).apply({"params": params}, t))
+    chat = ConversationCache(cfg, params)
+
+    def turn(prompt: list[int], reused: int) -> list[int]:
+        reply = chat.reply(prompt, SampleConfig(max_new_tokens=4, temperature=0), eos_id=-1)
+        assert reply == _naive_greedy(forward, prompt, min(4, 32 - len(prompt)), eos_id=-1)
+        assert chat.reused == reused
+        return reply
+
+    first = [2, 7, 9]
+    second = first + turn(first, 0) + [5, 6]
+    third = second + turn(second, 7) + [8]
+    turn(third, 13)
+    edited = third[:4] + [40, 41]
+    longer = edited + turn(edited, 4) + [12] * 16
+    end = longer + turn(longer, 10) + [13]  # 31 tokens: a chunk of 16 fits from slot 16 on
+    assert len(turn(end, 16)) == 1
+
+
+def test_a_conversations_sampling_equals_generate_with_the_same_seed():
+    """Temperature, top-k and the repetition penalty (over the whole conversation) sample what
+    `generate` samples from a fresh cache; the cache then holds every sampled token."""
+    sample = SampleConfig(max_new_tokens=5, temperature=1.0, top_k=20, repetition_penalty=1.5)
+    chat = ConversationCache(GPT, GPT_PARAMS)
+    prompt = [2, 7, 9, 9]
+    for turn in range(3):
+        sample = dataclasses.replace(sample, seed=turn)
+        reply = chat.reply(prompt, sample, eos_id=-1)
+        assert reply == generate(GPT, GPT_PARAMS, [prompt], sample, eos_id=-1)[0]
+        assert chat.tokens == prompt + reply
+        prompt = prompt + reply + [3]
+
+
+def test_a_conversations_cache_names_what_it_cannot_do():
+    chat = ConversationCache(GPT, GPT_PARAMS)
+    with pytest.raises(JaxlmError, match="no beam search"):
+        chat.reply([2, 7], SampleConfig(num_beams=2), eos_id=-1)
+    with pytest.raises(JaxlmError, match="a prompt of 32 tokens leaves no room in max_len=32"):
+        chat.reply([2] * 32, SampleConfig(), eos_id=-1)
+    with pytest.raises(JaxlmError, match="needs a gpt model, not seq2seq"):
+        ConversationCache(S2S, S2S_PARAMS)
 
 
 def test_beam_size_one_equals_greedy():

@@ -1,6 +1,7 @@
 """`jaxlm chat WORKDIR [--system TEXT] [sampling flags]`: a conversation with an instruct model,
 one user turn a line of standard input, each reply streamed as it is generated; the oldest turns
-give way when the conversation outgrows the model's length."""
+give way when the conversation outgrows the model's length. The key/value cache stays from turn
+to turn (`jaxlm.decoding.conversation`): a turn runs only its own tokens through the model."""
 
 from __future__ import annotations
 
@@ -46,8 +47,8 @@ def _within(tokenizer, messages: list[dict], max_len: int, room: int) -> list[di
 
 
 def run(args) -> None:
-    from jaxlm.decoding.cache import unstack_layers
-    from jaxlm.generate import generate_text, stop_ids
+    from jaxlm.decoding.conversation import ConversationCache
+    from jaxlm.generate import continuation, stop_ids, without_stop
     from jaxlm.inference import load_for_inference
 
     sample = sample_settings(args)
@@ -55,17 +56,21 @@ def run(args) -> None:
     chat_model(cfg, "jaxlm chat")
     sample = with_stop_tokens(sample, args, cfg)
     stops = stop_ids(tokenizer, sample)
-    params = unstack_layers(params)  # split once for every turn
+    conversation = ConversationCache(cfg.model, params)  # each turn runs only its new tokens
     messages = [] if args.system is None else [{"role": "system", "content": args.system}]
     for turn, text in enumerate(_user_turns(sys.stdin.isatty())):
         messages.append({"role": "user", "content": text})
         messages = _within(tokenizer, messages, cfg.model.max_len, sample.max_new_tokens)
         printer = Printer(tokenizer, messages, stops)
-        turn_sample = dataclasses.replace(sample, seed=sample.seed + turn)
-        (reply,) = generate_text(
-            cfg.model, params, tokenizer, [messages], turn_sample, stream=printer
+        new = conversation.reply(
+            printer.prompt_ids,
+            dataclasses.replace(sample, seed=sample.seed + turn),
+            eos_id=stops,
+            pad_id=tokenizer.pad_id,
+            stream=printer,
         )
         print(flush=True)
+        reply = continuation(tokenizer, printer.prompt_ids, without_stop(new, stops))
         messages.append({"role": "assistant", "content": reply})
 
 

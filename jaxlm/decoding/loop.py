@@ -76,20 +76,69 @@ def sample_tokens(
     (segments: 1 = token, 0 = padding). A row stops at `eos_id` (or any of several) and is padded
     with `pad_id`;
     `stream(step, tokens)`, if given, is called from the device loop with every new token."""
-    batch = prompts.shape[0]
     params = unstack_layers(params)  # once, outside the loop
-    step = step_fn(cfg)
     logits, cache = prefill(cfg, params, prompts, segments, context, max_new_tokens)
-    lengths = jnp.sum(segments, axis=1)  # real tokens per row: the next position
+    seen = seen_tokens(sample, logits.shape[-1], prompts, segments)
+    out, _ = sample_after(
+        cfg,
+        params,
+        logits[:, -1],
+        cache,
+        jnp.sum(segments, axis=1),  # real tokens per row: the next position
+        rng,
+        seen,
+        sample=sample,
+        max_new_tokens=max_new_tokens,
+        eos_id=eos_id,
+        pad_id=pad_id,
+        context=context,
+        stream=stream,
+        prompt_rows=(prompts, segments),
+    )
+    return out
+
+
+def seen_tokens(sample: SampleConfig, vocab: int, tokens: jax.Array, segments: jax.Array):
+    """[batch, vocab] bool: the tokens each row holds, for `sample.repetition_penalty`; a
+    [batch, 1] placeholder when there is no penalty to apply."""
+    if sample.repetition_penalty == 1.0:
+        return jnp.zeros((tokens.shape[0], 1), bool)
+    seen = jnp.zeros((tokens.shape[0], vocab), bool)
+    return seen.at[jnp.arange(tokens.shape[0])[:, None], tokens].max(segments > 0)
+
+
+def sample_after(
+    cfg: ModelConfig,
+    params,
+    logits: jax.Array,
+    cache: dict,
+    lengths: jax.Array,
+    rng: jax.Array,
+    seen: jax.Array,
+    *,
+    sample: SampleConfig,
+    max_new_tokens: int,
+    eos_id: int | tuple[int, ...],
+    pad_id: int,
+    context=None,
+    stream: Callable[[jax.Array, jax.Array], None] | None = None,
+    prompt_rows: tuple[jax.Array, jax.Array] | None = None,
+    limit: jax.Array | int | None = None,
+) -> tuple[jax.Array, dict]:
+    """(new tokens [batch, max_new_tokens], cache) sampled after a prefill: its last logits
+    [batch, vocab] and cache, each row's length (the position of its next token) and
+    `seen_tokens`. Every sampled token goes into the cache; at most `limit` (default
+    `max_new_tokens`) are sampled. LongRoPE needs the prefilled `prompt_rows` (tokens,
+    segments) to run the sequence again (`next_logits`)."""
+    batch = logits.shape[0]
+    step = step_fn(cfg)
     rows = jnp.arange(batch)
+    limit = max_new_tokens if limit is None else limit
     track_seen = sample.repetition_penalty != 1.0  # otherwise `seen` is never read
-    seen = jnp.zeros((batch, logits.shape[-1] if track_seen else 1), bool)
-    if track_seen:
-        seen = seen.at[rows[:, None], prompts].max(segments > 0)
 
     def keep_going(state):
         i, _, _, _, done, _ = state
-        return (i < max_new_tokens) & ~jnp.all(done)
+        return (i < limit) & ~jnp.all(done)
 
     def body(state):
         i, out, logits, cache, done, seen = state
@@ -101,7 +150,7 @@ def sample_tokens(
         if track_seen:
             seen = seen.at[rows, token].set(True)
         done = done | jnp.isin(token, jnp.asarray(eos_id))
-        history = (prompts, segments, out, i)
+        history = None if prompt_rows is None else (*prompt_rows, out, i)
         logits, cache = next_logits(
             cfg, step, params, cache, token[:, None], (lengths + i)[:, None], context, history
         )
@@ -109,5 +158,6 @@ def sample_tokens(
 
     out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32)
     done = jnp.zeros((batch,), bool)
-    state = (jnp.zeros((), jnp.int32), out, logits[:, -1], cache, done, seen)
-    return jax.lax.while_loop(keep_going, body, state)[1]
+    state = (jnp.zeros((), jnp.int32), out, logits, cache, done, seen)
+    _, out, _, cache, _, _ = jax.lax.while_loop(keep_going, body, state)
+    return out, cache
