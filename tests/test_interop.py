@@ -1,9 +1,9 @@
 """Hugging Face checkpoints: imported GPT-2, BERT (real MiniLM weights), Llama (with Llama 3.1's
 rotary scaling), Qwen2, Qwen3, Mistral, Gemma 1 to 3, GPT-NeoX, GPT-J, Phi, Phi-3, StableLM,
-Falcon, Marian and T5 give the outputs of `transformers` on PyTorch; exported jaxlm models load
-in `transformers` with the same outputs and import back bit for bit; sharded checkpoints, `jaxlm
-convert` (imported workdirs keep their GPT-2, BERT or Llama tokenizer wherever they are moved),
-and one-line errors for checkpoints that do not fit."""
+Falcon, OLMo 2, OLMo 3, Marian and T5 give the outputs of `transformers` on PyTorch; exported
+jaxlm models load in `transformers` with the same outputs and import back bit for bit; sharded
+checkpoints, `jaxlm convert` (imported workdirs keep their GPT-2, BERT or Llama tokenizer
+wherever they are moved), and one-line errors for checkpoints that do not fit."""
 
 import io
 import json
@@ -170,6 +170,27 @@ JAXLM_VARIANTS = {
         "model.output_bias=true",
         "model.num_kv_heads=2",
         "model.tie_embeddings=false",
+    ],
+    # each sublayer's output normalized, queries and keys over all heads together
+    "olmo2": [
+        *LLAMA,
+        "model.norm_position=output",
+        "model.qk_norm=true",
+        "model.qk_norm_scope=heads",
+        "model.num_kv_heads=2",
+        "model.tie_embeddings=false",
+    ],
+    # OLMo 2's, a sliding layer then a full one, the full one's rotary positions scaled
+    "olmo3": [
+        *LLAMA,
+        "model.norm_position=output",
+        "model.qk_norm=true",
+        "model.qk_norm_scope=heads",
+        "model.sliding_window=5",
+        "model.global_attention_every=2",
+        "model.rope_scaling=linear",
+        "model.rope_scaling_factor=4",
+        "model.rope_local_base=50",
     ],
     "bert": ["model.family=bert", "model.norm_position=post", "model.activation=gelu_exact"],
     "bert-mlm": ["model.family=bert", "model.norm_position=post", "model.heads=[mlm]"],
@@ -597,6 +618,18 @@ HF_MODELS = {
     ),
     # one norm for both halves of each parallel block, half of each head rotating, two KV heads
     "phi": lambda: _hf_llama("Phi"),
+    # no norm before attention and the MLP, one after each; query and key norms over all heads
+    "olmo2": lambda: _hf_llama("Olmo2", rope_parameters={**DEFAULT_ROPE, "rope_theta": 500.0}),
+    # three sliding layers (a window of 5) to a full one, YaRN in the full layer alone
+    "olmo3": lambda: _hf_llama(
+        "Olmo3",
+        num_hidden_layers=4,
+        sliding_window=5,
+        rope_parameters={
+            "full_attention": {**YARN_ROPE, "rope_theta": 500.0},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 500.0},
+        },
+    ),
     "bert-mlm-without-pooler": lambda: _hf_bert("BertForMaskedLM"),
     "bert-classifier": lambda: _hf_bert("BertForSequenceClassification", num_labels=3),
     "marian": _hf_marian,
@@ -654,6 +687,8 @@ def test_imported_logits_match_transformers(name, tmp_path):
         "phi",
         "stablelm-2",
         "falcon-40b-layout",
+        "olmo2",
+        "olmo3",
     ],
 )
 def test_llama_greedy_decoding_matches_transformers(name, tmp_path):
@@ -1377,6 +1412,7 @@ def test_an_imported_llama_workdir_encodes_as_transformers_does(tmp_path):
         ("pythia-160m", 162_322_944),
         ("pythia-1b", 1_011_781_632),
         ("phi-2", 2_779_683_840),
+        ("olmo2-1b", 1_484_916_736),
         ("t5-small", 60_506_624),
         ("flan-t5-base", 247_577_856),  # its own output head: 24,674,304 more than T5-base's
     ],
@@ -1425,7 +1461,7 @@ def test_unsupported_architectures_are_named(gpt2_dir):
     edit_config(gpt2_dir, model_type="bart")
     supported = (
         "bert, falcon, gemma, gemma2, gemma3, gemma3_text, gpt2, gpt_neox, gptj, llama, marian, "
-        "mistral, phi, phi3, qwen2, qwen3, stablelm, t5"
+        "mistral, olmo2, olmo3, phi, phi3, qwen2, qwen3, stablelm, t5"
     )
     expected = f"unsupported model_type 'bart' (supported: {supported})"
     assert expected in conversion_error(gpt2_dir)

@@ -77,21 +77,44 @@ def test_key_value_heads_split_where_they_divide_and_are_replicated_where_not(kv
     """Grouped-query attention over more tensor shards than key/value heads (2 over 8, 1 over
     2) keeps every key/value head on each shard; 4 over 4 splits them. Either way the steps
     equal one device's."""
+    state = _equals_single_device([f"model.num_kv_heads={kv_heads}"], mesh)
+    attention = _leaf(state.params, "decoder/layers/self_attention")
+    assert attention["query"]["kernel"].sharding.spec[2] == "tensor"
+    split = kv_heads % mesh[2] == 0
+    for name in ("key", "value"):
+        assert attention[name]["kernel"].sharding.spec[2] == ("tensor" if split else None)
+
+
+def test_query_and_key_norms_over_all_heads_split_with_the_heads():
+    """OLMo 2's blocks: the norms of queries and keys over all heads' features together (their
+    scales split with the heads, the mean over every shard's) and on each sublayer's output."""
+    olmo = [
+        "model.position_embedding=rotary",
+        "model.norm=rmsnorm",
+        "model.norm_position=output",
+        "model.qk_norm=true",
+        "model.qk_norm_scope=heads",
+        "model.num_kv_heads=4",
+    ]
+    state = _equals_single_device(olmo, (1, 2, 4))
+    attention = _leaf(state.params, "decoder/layers/self_attention")
+    for name in ("query_norm", "key_norm"):
+        assert tuple(attention[name]["scale"].sharding.spec) == (None, "tensor", None)
+
+
+def _equals_single_device(overrides: list[str], mesh: tuple[int, int, int]):
+    """The state after two steps on the 8 devices as a (data, fsdp, tensor) `mesh`, checked
+    against one device's steps: the same losses and parameters."""
     data, fsdp, tensor = mesh
-    heads = [f"model.num_kv_heads={kv_heads}"]
-    overrides = [*heads, f"mesh.data={data}", f"mesh.fsdp={fsdp}", f"mesh.tensor={tensor}"]
-    state, losses = _run(overrides, jax.devices())
-    ref_state, ref_losses = _run([*heads, "mesh.data=1"], jax.devices()[:1])
+    sharded = [f"mesh.data={data}", f"mesh.fsdp={fsdp}", f"mesh.tensor={tensor}"]
+    state, losses = _run([*overrides, *sharded], jax.devices())
+    ref_state, ref_losses = _run([*overrides, "mesh.data=1"], jax.devices()[:1])
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-5)
     for got, want in zip(
         jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params), strict=True
     ):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
-    attention = _leaf(state.params, "decoder/layers/self_attention")
-    assert attention["query"]["kernel"].sharding.spec[2] == "tensor"
-    split = kv_heads % tensor == 0
-    for name in ("key", "value"):
-        assert attention[name]["kernel"].sharding.spec[2] == ("tensor" if split else None)
+    return state
 
 
 def test_sharded_adafactor_steps_equal_single_device():

@@ -22,6 +22,7 @@ def run(args) -> None:
         + (", query/key/value biases" if m.qkv_bias and not m.use_bias else "")
         + (", no attention biases" if m.use_bias and m.attention_bias is False else "")
         + (", query/key norms" if m.qk_norm else "")
+        + (" over all heads" if m.qk_norm and m.qk_norm_scope == "heads" else "")
         + (f", sliding window {m.sliding_window}" if m.sliding_window else "")
         + (
             f" (full attention every {m.global_attention_every} layers)"

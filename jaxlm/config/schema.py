@@ -40,7 +40,8 @@ class ModelConfig:
     norm_eps: float = 1e-5
     norm_unit_offset: bool = False  # rmsnorm: scales by 1 + weight, weights from 0 (Gemma)
     # pre (GPT-2) | post (BERT, original Transformer) | sandwich (pre, and each sublayer's output
-    # normalized again before the residual sum: Gemma 2)
+    # normalized again before the residual sum: Gemma 2) | output (only each sublayer's output
+    # normalized before the residual sum: OLMo 2)
     norm_position: str = "pre"
     # gpt, pre-norm: sequential (attention, then the MLP on its output) | parallel (attention and
     # the MLP both read the block's input, each through its own norm, and both add to it:
@@ -88,6 +89,9 @@ class ModelConfig:
     attention_bias: bool | None = None
     qkv_bias: bool = False  # biases on the query, key and value projections alone (Qwen2)
     qk_norm: bool = False  # RMSNorm of each head's queries and keys before rotary (Qwen3)
+    # qk_norm over each head's features (head: Qwen3, Gemma 3) or all heads' together (heads:
+    # OLMo 2, its scales one per feature of every head)
+    qk_norm_scope: str = "head"
     sliding_window: int | None = None  # gpt: each token attends to the last N, itself included
     # with sliding_window: every Nth layer (the Nth, 2Nth, ...) attends to all earlier tokens
     # (Gemma 2: 2); 0 = every layer has the window

@@ -14,7 +14,8 @@ CHOICES = {
     "model.activation": ("gelu", "gelu_exact", "relu", "silu"),
     "model.mlp_type": ("plain", "gated"),
     "model.norm": ("layernorm", "rmsnorm"),
-    "model.norm_position": ("pre", "post", "sandwich"),
+    "model.norm_position": ("pre", "post", "sandwich", "output"),
+    "model.qk_norm_scope": ("head", "heads"),
     "model.block_layout": ("sequential", "parallel", "parallel_shared_norm"),
     "model.position_embedding": ("learned", "sinusoidal", "rotary", "relative"),
     "model.attention_backend": ("auto", "reference", "jax", "cudnn", "pallas"),
@@ -82,6 +83,11 @@ def validate(config: Config) -> None:
         not m.norm_unit_offset or m.norm == "rmsnorm",
         "model.norm_unit_offset",
         f"offsets the scales of rmsnorm, not {m.norm}",
+    )
+    _check(
+        m.qk_norm or m.qk_norm_scope == "head",
+        "model.qk_norm_scope",
+        "sets where the query/key norms reach: set model.qk_norm: true",
     )
     _check(
         m.block_layout == "sequential" or (m.family == "gpt" and m.norm_position == "pre"),

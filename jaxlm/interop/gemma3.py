@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 
 from jaxlm.config import ModelConfig
-from jaxlm.errors import ConversionError
 from jaxlm.interop import gemma2, llama, rope
 from jaxlm.interop.mapping import Rule
 
@@ -45,50 +44,26 @@ TEXT_DEFAULTS = {
 PERIOD = 6  # transformers' default sliding_window_pattern
 
 
-def _rope(hf: dict) -> tuple[dict, float]:
-    """(ModelConfig rotary fields of the full-attention layers, the sliding layers' base)."""
-    per_type = hf.get("rope_parameters") or {}
-    if "full_attention" in per_type or "sliding_attention" in per_type:
-        local = per_type.get("sliding_attention") or {}
-        if local.get("rope_type", "default") != "default":
-            raise ConversionError(
-                f"config.json: sliding_attention rope_type {local['rope_type']!r} is not "
-                "supported (jaxlm's sliding layers rotate unscaled)"
-            )
-        full = rope.rope_from_hf({"rope_parameters": per_type.get("full_attention") or {}})
-        return full, float(local.get("rope_theta", 10_000.0))
-    fields = rope.rope_from_hf({"rope_theta": 1_000_000.0, **hf})
-    return fields, float(hf.get("rope_local_base_freq", 10_000.0))
-
-
 def config_from_hf(hf: dict, names: set[str]) -> ModelConfig:
     hf = {**TEXT_DEFAULTS, **hf}
     period = hf.get("sliding_window_pattern", PERIOD)
     cfg = gemma2.sandwich_config(hf, names, DEFAULTS, period)
-    full, local_base = _rope(hf)
-    cfg = dataclasses.replace(cfg, qk_norm=True, **full)
-    if not cfg.sliding_window:  # every layer full
-        return cfg
-    if not cfg.global_attention_every:  # every layer sliding
-        return dataclasses.replace(cfg, rope_base=local_base, rope_scaling="none")
-    return dataclasses.replace(cfg, rope_local_base=local_base)
+    local_base = float(hf.get("rope_local_base_freq", 10_000.0))
+    full, local_base = rope.layer_type_rope(hf, 1_000_000.0, local_base)
+    return rope.with_layer_type_rope(dataclasses.replace(cfg, qk_norm=True), full, local_base)
 
 
 def incompatibilities(cfg: ModelConfig) -> list[str]:
-    problems = gemma2.incompatibilities(cfg, NEEDS, FREE)
-    if cfg.sliding_window and cfg.rope_local_base is None and cfg.rope_scaling != "none":
-        problems.append(f"model.rope_scaling={cfg.rope_scaling!r} in sliding-window layers")
-    return problems
+    return gemma2.incompatibilities(cfg, NEEDS, FREE) + rope.local_rope_mismatches(cfg)
 
 
 def config_to_hf(cfg: ModelConfig) -> dict:
     hf = {key: value for key, value in gemma2.config_to_hf(cfg).items() if key != "rope_theta"}
-    local = {"rope_type": "default", "rope_theta": cfg.rope_local_base or cfg.rope_base}
     return {
         **hf,
         "architectures": list(ARCHITECTURES),
         "model_type": MODEL_TYPE,
-        "rope_parameters": {"full_attention": rope.rope_to_hf(cfg), "sliding_attention": local},
+        "rope_parameters": rope.layer_types_to_hf(cfg),
         "use_bidirectional_attention": False,
     }
 

@@ -48,6 +48,7 @@ RARE_SETTINGS = {
     "attention_softcap": None,
     "logit_softcap": None,
     "rope_local_base": None,
+    "qk_norm_scope": "head",
 }
 
 

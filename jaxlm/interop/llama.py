@@ -14,11 +14,13 @@ from jaxlm.errors import ConversionError
 from jaxlm.interop import rope
 from jaxlm.interop.hf_config import activation_from_hf, decoder_to_hf, mismatches
 from jaxlm.interop.mapping import (
+    IDENTITY,
     Rule,
     linear,
     norm,
     output_head,
     pad_vocab,
+    reshape,
     tensor,
 )
 
@@ -169,10 +171,14 @@ def rules(
         *linear(f"{BLOCK}mlp.down_proj", f"{MLP}wo", (cfg.mlp_dim,), (d,), **per_layer),
         *norm("model.norm", "decoder/final_norm", bias=norm_bias),
     ]
-    if cfg.qk_norm:  # Qwen3's per-head norms of queries and keys
-        for hf_name, name in (("q_norm", "query"), ("k_norm", "key")):
-            hf_norm = f"{BLOCK}self_attn.{hf_name}"
-            result += norm(hf_norm, f"{ATTENTION}{name}_norm", bias=False, layers=layers)
+    if cfg.qk_norm:  # norms of queries and keys: per head (Qwen3) or over all heads (OLMo 2)
+        kv_heads = cfg.num_kv_heads or cfg.num_heads
+        for hf_name, name, heads in (("q", "query", cfg.num_heads), ("k", "key", kv_heads)):
+            shape = IDENTITY
+            if cfg.qk_norm_scope == "heads":
+                shape = reshape((heads * head_dim,), (heads, head_dim))
+            hf_norm = f"{BLOCK}self_attn.{hf_name}_norm.weight"
+            result.append(tensor(hf_norm, f"{ATTENTION}{name}_norm/scale", shape, layers=layers))
     if not cfg.tie_embeddings:
         result.append(output_head(cfg))
     return result

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -21,6 +22,50 @@ ROPE_TYPES = {
 # Types read as others: dynamic NTK scaling changes the frequencies only beyond
 # max_position_embeddings, which jaxlm's max_len never passes; "su" is LongRoPE's first name.
 READ_AS = {"dynamic": "default", "su": "longrope"}
+
+
+def layer_type_rope(hf: dict, theta: float, local_theta: float) -> tuple[dict, float]:
+    """(the rotary fields of the full-attention layers, the rotary base of the sliding-window
+    layers, which rotate unscaled) of a config.json with `rope_parameters` per layer type, or
+    (older configs) with one `rope_theta` (else `theta`) and `rope_scaling` for the
+    full-attention layers; `local_theta`: the sliding layers' base where config.json does not
+    give it."""
+    per_type = hf.get("rope_parameters") or {}
+    if "full_attention" in per_type or "sliding_attention" in per_type:
+        local = per_type.get("sliding_attention") or {}
+        if local.get("rope_type", "default") != "default":
+            raise ConversionError(
+                f"config.json: sliding_attention rope_type {local['rope_type']!r} is not "
+                "supported (jaxlm's sliding layers rotate unscaled)"
+            )
+        full = rope_from_hf({"rope_parameters": per_type.get("full_attention") or {}})
+        return full, float(local.get("rope_theta", local_theta))
+    return rope_from_hf({"rope_theta": theta, **hf}), local_theta
+
+
+def with_layer_type_rope(cfg: ModelConfig, full: dict, local_base: float) -> ModelConfig:
+    """`cfg` rotating its full-attention layers by the rotary fields `full` and its sliding-window
+    layers by `local_base`, unscaled (`model.rope_local_base`, where it has both kinds)."""
+    cfg = dataclasses.replace(cfg, **full)
+    if not cfg.sliding_window:  # every layer full
+        return cfg
+    if not cfg.global_attention_every:  # every layer sliding
+        return dataclasses.replace(cfg, rope_base=local_base, rope_scaling="none")
+    return dataclasses.replace(cfg, rope_local_base=local_base)
+
+
+def local_rope_mismatches(cfg: ModelConfig) -> list[str]:
+    """Sliding-window layers that a config.json with rotary settings per layer type cannot
+    describe: scaled ones."""
+    if cfg.sliding_window and cfg.rope_local_base is None and cfg.rope_scaling != "none":
+        return [f"model.rope_scaling={cfg.rope_scaling!r} in sliding-window layers"]
+    return []
+
+
+def layer_types_to_hf(cfg: ModelConfig) -> dict:
+    """`rope_parameters` per layer type: the full-attention layers' and the sliding ones'."""
+    local = {"rope_type": "default", "rope_theta": cfg.rope_local_base or cfg.rope_base}
+    return {"full_attention": rope_to_hf(cfg), "sliding_attention": local}
 
 
 def rope_from_hf(hf: dict) -> dict:

@@ -81,6 +81,7 @@ class MultiHeadAttention(nn.Module):
     qkv_bias: bool = False  # biases on the query, key and value projections even without use_bias
     qk_norm_eps: float | None = None  # set: RMSNorm each head's queries and keys (learned scales)
     qk_norm_unit_offset: bool = False  # those norms scale by 1 + scale (Gemma's)
+    qk_norm_heads: bool = False  # those norms span all heads' features together (OLMo 2)
     dropout_rate: float = 0.0
     scale: float | None = None
     softcap: float | None = None
@@ -123,15 +124,20 @@ class MultiHeadAttention(nn.Module):
         key = kv_projection((kv_heads, self.head_dim), name="key")(inputs_kv)
         value = kv_projection((kv_heads, self.head_dim), name="value")(inputs_kv)
         if self.qk_norm_eps is not None:
+            spans = 2 if self.qk_norm_heads else 1  # axes normalized together: (heads,) kv
             query, key = (
                 RMSNorm(
                     epsilon=self.qk_norm_eps,
                     dtype=self.dtype,
                     param_dtype=self.param_dtype,
-                    **rms_scale(self.qk_norm_unit_offset, "kv"),
+                    feature_axes=spans,
+                    **rms_scale(self.qk_norm_unit_offset, *axes[-spans:]),
                     name=f"{name}_norm",
                 )(t)
-                for name, t in (("query", query), ("key", key))
+                for name, t, axes in (
+                    ("query", query, ("heads", "kv")),
+                    ("key", key, ("kv_heads", "kv")),
+                )
             )
         if rotary is not None:
             query, key = rotary(query, q_positions), rotary(key, kv_positions)

@@ -78,8 +78,9 @@ layer_norm.defvjp(_forward, _backward)
 
 
 class RMSNorm(nn.Module):
-    """Divide the last axis by its root mean square, then scale: x / sqrt(mean(x^2) + epsilon)
-    * (scale_offset + scale), in float32, the output in `dtype`. The parameter `scale` is
+    """Divide the last axis (the last `feature_axes` axes together) by its root mean square,
+    then scale: x / sqrt(mean(x^2) + epsilon) * (scale_offset + scale), in float32, the output
+    in `dtype`. The parameter `scale` (of those axes' shape) is
     `flax.linen.RMSNorm`'s; Gemma's norms scale by 1 + scale (`scale_offset=1`, `scale_init`
     zeros), which keeps weights near 0 as precise in 16-bit parameters as the offset's 1 is
     exact."""
@@ -89,21 +90,25 @@ class RMSNorm(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
     scale_offset: float = 0.0
     scale_init: nn.initializers.Initializer = nn.initializers.ones
+    feature_axes: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        scale = self.param("scale", self.scale_init, (x.shape[-1],), self.param_dtype)
+        features = tuple(range(-self.feature_axes, 0))
+        shape = x.shape[-self.feature_axes :]
+        scale = self.param("scale", self.scale_init, shape, self.param_dtype)
         x32 = x.astype(jnp.float32)
-        inv_rms = jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
+        mean_square = jnp.mean(jnp.square(x32), axis=features, keepdims=True)
+        inv_rms = jax.lax.rsqrt(mean_square + self.epsilon)
         y = x32 * inv_rms * (self.scale_offset + scale.astype(jnp.float32))
         return y.astype(self.dtype)
 
 
-def rms_scale(unit_offset: bool, axis: str) -> dict:
-    """`RMSNorm` settings of a scale whose features have the logical axis name `axis`: from 1,
+def rms_scale(unit_offset: bool, *axes: str) -> dict:
+    """`RMSNorm` settings of a scale whose features have the logical axis names `axes`: from 1,
     or from 0 and offset by 1 (`unit_offset`)."""
     init = nn.initializers.zeros if unit_offset else nn.initializers.ones
     return {
         "scale_offset": 1.0 if unit_offset else 0.0,
-        "scale_init": nn.with_logical_partitioning(init, (axis,)),
+        "scale_init": nn.with_logical_partitioning(init, axes),
     }

@@ -1,5 +1,5 @@
-"""Transformer blocks (pre-LN, post-LN, sandwich or parallel) and layer stacks scanned over
-depth with remat."""
+"""Transformer blocks (pre-LN, post-LN, sandwich, output-normalized or parallel) and layer
+stacks scanned over depth with remat."""
 
 from __future__ import annotations
 
@@ -135,7 +135,8 @@ class Mlp(nn.Module):
 
 class TransformerBlock(nn.Module):
     """Self-attention, optional cross-attention, MLP; each a residual sublayer, pre-LN, post-LN
-    or sandwiched between two norms (`{name}_norm` before, `{name}_post_norm` after). Parallel
+    or sandwiched between two norms (`{name}_norm` before, `{name}_post_norm` after), or with
+    only the second (`model.norm_position: output`). Parallel
     blocks (`model.block_layout`) add self-attention and the MLP to the same input.
 
     A scan body: `((x, kv_cache), mask, positions, encoded, cross_mask, deterministic,
@@ -175,9 +176,10 @@ class TransformerBlock(nn.Module):
 
         def residual(name: str, sublayer):
             nonlocal x
-            if cfg.norm_position in ("pre", "sandwich"):
-                y = sublayer(make_norm(cfg, f"{name}_norm")(x))
-                if cfg.norm_position == "sandwich":
+            if cfg.norm_position in ("pre", "sandwich", "output"):
+                y = x if cfg.norm_position == "output" else make_norm(cfg, f"{name}_norm")(x)
+                y = sublayer(y)
+                if cfg.norm_position in ("sandwich", "output"):
                     y = make_norm(cfg, f"{name}_post_norm")(y)
                 x = x + nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
             else:
@@ -193,6 +195,7 @@ class TransformerBlock(nn.Module):
             use_bias=cfg.use_bias if cfg.attention_bias is None else cfg.attention_bias,
             qkv_bias=cfg.qkv_bias,
             qk_norm_eps=cfg.norm_eps if cfg.qk_norm else None,
+            qk_norm_heads=cfg.qk_norm_scope == "heads",
             qk_norm_unit_offset=cfg.norm_unit_offset,
             dropout_rate=cfg.attention_dropout_rate,
             scale=cfg.attention_scale,
@@ -260,8 +263,8 @@ class TransformerBlock(nn.Module):
 
 class TransformerStack(nn.Module):
     """`num_layers` blocks stacked with `nn.scan` (parameters get a leading `layers` axis),
-    each wrapped in `nn.remat` with the configured policy; pre-LN and sandwich stacks end with a
-    norm. Every block adds `bias` (a relative position bias), when given, to its self-attention
+    each wrapped in `nn.remat` with the configured policy; stacks that are not post-LN end with
+    a norm. Every block adds `bias` (a relative position bias), when given, to its self-attention
     scores. With `full_mask` (`model.global_attention_every` layers), every Nth block attends
     under it instead of `mask`: the scan gives each block whether it is one.
 
@@ -322,6 +325,6 @@ class TransformerStack(nn.Module):
             (x, _), _ = stack(cfg, cross_attention=self.cross_attention, name="layers")(
                 (x, None), mask, *shared, full_mask, full_layers
             )
-        if cfg.norm_position in ("pre", "sandwich"):
+        if cfg.norm_position != "post":
             x = make_norm(cfg, "final_norm")(x)
         return x if kv_cache is None else (x, kv_cache)
