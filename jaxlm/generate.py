@@ -28,6 +28,15 @@ from jaxlm.decoding.cache import encode, unstack_layers
 from jaxlm.decoding.loop import sample_tokens
 from jaxlm.errors import ConfigError, DataError, JaxlmError
 
+SHORTEST_BUCKET = 16
+
+
+def bucket_length(length: int, limit: int) -> int:
+    """`length` rounded up to a power of two (at least `SHORTEST_BUCKET`), at most `limit` (but
+    never below `length`): the widths that inputs are padded to, so that a few compiled programs
+    serve inputs of every length."""
+    return max(length, min(max(SHORTEST_BUCKET, 1 << (length - 1).bit_length()), limit))
+
 
 def pad_rows(
     sequences: list[list[int]], pad_id: int, left: bool, width: int | None = None
@@ -78,7 +87,7 @@ def _require_family(cfg: ModelConfig, family: str, function: str) -> None:
 def _decode(cfg, params, tokens, segments, sample, eos_id, pad_id, stream, source=None):
     """Run the compiled loop; rows are cut after their EOS (the first of `eos_id`'s ids)."""
     validate_sample(sample)
-    longest = tokens.shape[1]
+    longest = int(np.max(np.sum(segments, axis=1)))  # real tokens; the rest pad to a bucket
     max_new = min(sample.max_new_tokens, cfg.max_len - longest)
     if max_new <= 0:
         raise JaxlmError(f"prompts of {longest} tokens leave no room in max_len={cfg.max_len}")
@@ -130,9 +139,11 @@ def generate(
 ) -> list[list[int]]:
     """GPT: continue each prompt (token ids) by up to `sample.max_new_tokens` tokens, stopping a
     row at `eos_id` (or the first of several ids; included). Returns only the new tokens of each
-    row."""
+    row. Prompts are left-padded to a `bucket_length`: prompts of other lengths in the same
+    bucket reuse the compiled program."""
     _require_family(cfg, "gpt", "generate")
-    tokens, segments = pad_rows(prompts, pad_id, left=True)
+    width = bucket_length(max(map(len, prompts), default=1), cfg.max_len)
+    tokens, segments = pad_rows(prompts, pad_id, left=True, width=width)
     return _decode(cfg, params, tokens, segments, sample, eos_id, pad_id, stream)
 
 
@@ -148,10 +159,11 @@ def translate(
     source_len: int | None = None,
 ) -> list[list[int]]:
     """Encoder-decoder: target tokens for each source (token ids), starting from `bos_id`.
-    Sources are padded to `source_len` tokens when given (calls with other sources of the same
-    count then reuse one compiled program), else to the longest."""
+    Sources are padded to `source_len` tokens when given, else to the `bucket_length` of the
+    longest; calls with as many sources padded alike reuse one compiled program."""
     _require_family(cfg, "seq2seq", "translate")
-    source_tokens, source_segments = pad_rows(sources, pad_id, left=False, width=source_len)
+    width = source_len or bucket_length(max(map(len, sources), default=1), cfg.max_len)
+    source_tokens, source_segments = pad_rows(sources, pad_id, left=False, width=width)
     tokens, segments = pad_rows([[bos_id]] * len(sources), pad_id, left=True)
     source = (jnp.asarray(source_tokens), jnp.asarray(source_segments))
     return _decode(cfg, params, tokens, segments, sample, eos_id, pad_id, None, source)

@@ -19,7 +19,7 @@ from jaxlm.decoding.cache import _layer, encode, init_cache, step_fn, unstack_la
 from jaxlm.decoding.conversation import ConversationCache
 from jaxlm.decoding.loop import sample_tokens
 from jaxlm.errors import JaxlmError
-from jaxlm.generate import generate, pad_rows, translate
+from jaxlm.generate import _compiled, generate, pad_rows, translate
 from jaxlm.models import build_model, init_params
 
 LARGE_INIT = ["model.max_len=32", "data.seq_len=32", "model.init_std=0.5"]  # peaked predictions
@@ -54,6 +54,18 @@ def test_greedy_matches_naive_loop_for_prompts_of_different_lengths():
         GPT, GPT_PARAMS, prompts, SampleConfig(max_new_tokens=10, temperature=0), eos_id=-1
     )
     assert got == [_naive_greedy(GPT_FORWARD, p, 10, eos_id=-1) for p in prompts]
+
+
+def test_prompts_whose_lengths_share_a_bucket_share_a_compiled_program():
+    """Prompts pad to 16, 32, ... tokens (at most max_len): lengths 2 and 9 run one program,
+    20 another."""
+    sample = SampleConfig(max_new_tokens=3, temperature=0.5, top_k=7)  # settings of its own
+    for prompt in ([2, 7], [2, 7, 9, 11, 4, 5, 6, 8, 9]):
+        generate(GPT, GPT_PARAMS, [prompt], sample, eos_id=-1)
+    run = _compiled(GPT, dataclasses.replace(sample, prompts=[], seed=0), 3, -1, 0, None)
+    assert run._cache_size() == 1
+    generate(GPT, GPT_PARAMS, [[2] * 20], sample, eos_id=-1)
+    assert run._cache_size() == 2
 
 
 def test_longrope_decoding_equals_full_passes_across_the_switch_of_factors():

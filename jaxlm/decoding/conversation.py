@@ -24,9 +24,7 @@ from jaxlm.config import ModelConfig, SampleConfig, validate_sample
 from jaxlm.decoding.cache import init_cache, soft_prompt_length, step_fn, unstack_layers
 from jaxlm.decoding.loop import sample_after, seen_tokens
 from jaxlm.errors import JaxlmError
-from jaxlm.generate import generate, on_host
-
-SMALLEST_CHUNK = 16
+from jaxlm.generate import bucket_length, generate, on_host
 
 
 class ConversationCache:
@@ -103,7 +101,7 @@ class ConversationCache:
             (i for i, (a, b) in enumerate(zip(self.tokens, prompt[:-1], strict=False)) if a != b),
             min(len(self.tokens), len(prompt) - 1),
         )
-        chunk = min(max(SMALLEST_CHUNK, 1 << (len(prompt) - kept - 1).bit_length()), max_len)
+        chunk = bucket_length(len(prompt) - kept, max_len)
         start = min(kept, max_len - chunk)
         tokens = np.full((1, chunk), pad_id, np.int32)
         tokens[0, : len(prompt) - start] = prompt[start:]
