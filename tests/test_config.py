@@ -191,6 +191,17 @@ def test_partial_rotary_and_parallel_blocks_are_checked(override, message):
     assert_one_line_error(message, "pythia-160m", [override])
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.position_embedding=alibi", "alibi is built for the gpt family, not bert"),
+        ("model.embed_norm=true", "is a gpt's (bert's embedding norm comes with model.norm_pos"),
+    ],
+)
+def test_gpt_only_positions_and_norms_are_refused_for_bert(override, message):
+    assert_one_line_error(message, "bert-base", [override])
+
+
 def test_capped_scores_on_a_backend_that_cannot_cap_them_are_refused():
     message = assert_one_line_error(
         "model.attention_softcap", "gemma2-2b", ["model.attention_backend=cudnn"]

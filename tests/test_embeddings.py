@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxlm.layers.alibi import alibi_bias, alibi_slopes
 from jaxlm.layers.embeddings import (
     LearnedPositions,
     SinusoidalPositions,
@@ -253,3 +254,20 @@ def test_relative_position_bias_looks_up_each_pair_per_head():
         for q, k in np.ndindex(4, 4):
             bucket = t5_bucket(int(row[k] - row[q]), True, 8, 20)
             np.testing.assert_array_equal(bias[b, :, q, k], table[bucket])
+
+
+def test_alibi_slopes_are_the_papers_and_the_bias_falls_with_distance():
+    """Press et al. 2022: 8 heads slope 1/2, 1/4, ..., 1/256; 16 heads 1/2^0.5, 1/2, ..., 1/256.
+    The bias is -slope x (query position - key position), per row's positions."""
+    np.testing.assert_allclose(alibi_slopes(8), [2.0**-k for k in range(1, 9)], rtol=1e-7)
+    np.testing.assert_allclose(alibi_slopes(16), [2.0 ** (-k / 2) for k in range(1, 17)], rtol=1e-7)
+    # 12 heads: the 8 heads' slopes, then the odd ones of 16 heads'
+    expected = [2.0**-k for k in range(1, 9)] + [2.0 ** (-k / 2) for k in (1, 3, 5, 7)]
+    np.testing.assert_allclose(alibi_slopes(12), expected, rtol=1e-7)
+    queries = np.array([[3, 4], [0, 1]])
+    keys = np.array([[0, 1, 2, 3, 4], [0, 1, 0, 1, 2]])
+    bias = np.asarray(alibi_bias(12, jnp.asarray(queries), jnp.asarray(keys)))
+    reference = np.zeros((2, 12, 2, 5))
+    for row, head, q, k in np.ndindex(reference.shape):
+        reference[row, head, q, k] = -expected[head] * (queries[row, q] - keys[row, k])
+    np.testing.assert_allclose(bias, reference, rtol=1e-6)

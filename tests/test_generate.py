@@ -282,8 +282,9 @@ def _with_soft_prompt(cfg, params):
         lambda: (GPT, GPT_PARAMS),
         lambda: _model("gpt", ["model.sliding_window=5"]),
         lambda: _with_soft_prompt(*_model("gpt", ["model.position_embedding=rotary"])),
+        lambda: _with_soft_prompt(*_model("gpt", ["model.position_embedding=alibi"])),
     ],
-    ids=["gpt", "sliding-window", "soft-prompt"],
+    ids=["gpt", "sliding-window", "soft-prompt", "alibi-soft-prompt"],
 )
 def test_a_conversations_replies_equal_greedy_decoding_over_the_whole_conversation(model):
     """Each reply runs only what the cache lacks: after the previous turn and its reply, after

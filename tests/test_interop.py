@@ -1,6 +1,6 @@
 """Hugging Face checkpoints: imported GPT-2, BERT (real MiniLM weights), Llama (with Llama 3.1's
 rotary scaling), Qwen2, Qwen3, Mistral, Gemma 1 to 3, GPT-NeoX, GPT-J, Phi, Phi-3, StableLM,
-Falcon, OLMo 2, OLMo 3, Marian and T5 give the outputs of `transformers` on PyTorch; exported
+Falcon, BLOOM, OLMo 2, OLMo 3, Marian and T5 give the outputs of `transformers` on PyTorch; exported
 jaxlm models load in `transformers` with the same outputs and import back bit for bit; sharded
 checkpoints, `jaxlm convert` (imported workdirs keep their GPT-2, BERT or Llama tokenizer
 wherever they are moved), and one-line errors for checkpoints that do not fit."""
@@ -170,6 +170,13 @@ JAXLM_VARIANTS = {
         "model.output_bias=true",
         "model.num_kv_heads=2",
         "model.tie_embeddings=false",
+    ],
+    # ALiBi, a LayerNorm of the embedded tokens
+    "bloom": [
+        "model.family=gpt",
+        "model.position_embedding=alibi",
+        "model.embed_norm=true",
+        "model.mlp_dim=128",
     ],
     # each sublayer's output normalized, queries and keys over all heads together
     "olmo2": [
@@ -358,6 +365,12 @@ def _hf_falcon(**overrides):
     settings = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, vocab_size=VOCAB)
     config = transformers.FalconConfig(**settings, initializer_range=0.1, **overrides)
     return transformers.FalconForCausalLM(config)
+
+
+def _hf_bloom(**overrides):
+    settings = dict(n_layer=2, hidden_size=64, n_head=4, vocab_size=VOCAB)
+    config = transformers.BloomConfig(**{**settings, **overrides}, initializer_range=0.1)
+    return transformers.BloomForCausalLM(config)
 
 
 def _hf_gptj(**overrides):
@@ -618,6 +631,10 @@ HF_MODELS = {
     ),
     # one norm for both halves of each parallel block, half of each head rotating, two KV heads
     "phi": lambda: _hf_llama("Phi"),
+    # ALiBi over 4 heads, the embedded tokens normalized
+    "bloom": lambda: _hf_bloom(),
+    # 6 heads: the slopes of 4, then every other one of 8
+    "bloom-6-heads": lambda: _hf_bloom(n_head=6, hidden_size=48),
     # no norm before attention and the MLP, one after each; query and key norms over all heads
     "olmo2": lambda: _hf_llama("Olmo2", rope_parameters={**DEFAULT_ROPE, "rope_theta": 500.0}),
     # three sliding layers (a window of 5) to a full one, YaRN in the full layer alone
@@ -689,6 +706,7 @@ def test_imported_logits_match_transformers(name, tmp_path):
         "falcon-40b-layout",
         "olmo2",
         "olmo3",
+        "bloom-6-heads",
     ],
 )
 def test_llama_greedy_decoding_matches_transformers(name, tmp_path):
@@ -1413,6 +1431,7 @@ def test_an_imported_llama_workdir_encodes_as_transformers_does(tmp_path):
         ("pythia-1b", 1_011_781_632),
         ("phi-2", 2_779_683_840),
         ("olmo2-1b", 1_484_916_736),
+        ("bloom-560m", 559_214_592),
         ("t5-small", 60_506_624),
         ("flan-t5-base", 247_577_856),  # its own output head: 24,674,304 more than T5-base's
     ],
@@ -1460,8 +1479,8 @@ def test_unsupported_architectures_are_named(gpt2_dir):
     assert "unsupported architecture 'GPT2ForSequenceClassification'" in conversion_error(gpt2_dir)
     edit_config(gpt2_dir, model_type="bart")
     supported = (
-        "bert, falcon, gemma, gemma2, gemma3, gemma3_text, gpt2, gpt_neox, gptj, llama, marian, "
-        "mistral, olmo2, olmo3, phi, phi3, qwen2, qwen3, stablelm, t5"
+        "bert, bloom, falcon, gemma, gemma2, gemma3, gemma3_text, gpt2, gpt_neox, gptj, llama, "
+        "marian, mistral, olmo2, olmo3, phi, phi3, qwen2, qwen3, stablelm, t5"
     )
     expected = f"unsupported model_type 'bart' (supported: {supported})"
     assert expected in conversion_error(gpt2_dir)

@@ -30,6 +30,17 @@ VARIANTS = {
         "model.use_bias=false",
         "model.attention_backend=jax",
     ],
+    # ALiBi, the embedded tokens normalized, each sublayer's output normalized, query/key norms
+    # over all heads (BLOOM's positions in OLMo 2's blocks)
+    "gpt-alibi": [
+        "model.family=gpt",
+        "model.position_embedding=alibi",
+        "model.embed_norm=true",
+        "model.norm=rmsnorm",
+        "model.norm_position=output",
+        "model.qk_norm=true",
+        "model.qk_norm_scope=heads",
+    ],
     "bert": [
         "model.family=bert",
         "model.heads=[mlm,nsp,classifier]",
@@ -146,7 +157,7 @@ def assert_causal(out):
         assert np.abs(out[t + 1, t + 1 :] - out[0, t + 1 :]).max() > 1e-4  # and not vacuously
 
 
-@pytest.mark.parametrize("variant", ["gpt", "gpt-rotary"])
+@pytest.mark.parametrize("variant", ["gpt", "gpt-rotary", "gpt-alibi"])
 def test_gpt_is_causal(variant):
     """Changing token t + 1 never changes the logits at positions <= t."""
     _, params, apply = tiny_model(variant)
@@ -163,7 +174,7 @@ def test_seq2seq_decoder_is_causal(variant):
 # --- padding and packing ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("variant", ["gpt", "gpt-rotary"])
+@pytest.mark.parametrize("variant", ["gpt", "gpt-rotary", "gpt-alibi"])
 def test_gpt_padding_invariance(variant):
     """Appending padding (segment id 0, arbitrary token ids) leaves real positions unchanged."""
     _, params, apply = tiny_model(variant)
@@ -231,7 +242,7 @@ def test_gpt_without_segment_ids_is_one_document_per_row(variant):
     )
 
 
-@pytest.mark.parametrize("variant", ["gpt", "gpt-rotary"])
+@pytest.mark.parametrize("variant", ["gpt", "gpt-rotary", "gpt-alibi"])
 def test_gpt_packing(variant):
     """Two documents packed in one row (segments 1, 2; positions restart) = each run alone."""
     _, params, apply = tiny_model(variant)

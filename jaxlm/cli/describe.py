@@ -33,6 +33,7 @@ def run(args) -> None:
         + (f", scores capped at {m.attention_softcap:g}" if m.attention_softcap else "")
         + f", mlp {m.mlp_dim} ({m.activation}), {m.norm_position}-{m.norm}"
         + (" (scales 1 + weight)" if m.norm_unit_offset else "")
+        + (", embeddings normalized" if m.embed_norm else "")
         + (f", {m.block_layout.replace('_', ' ')} blocks" if m.block_layout != "sequential" else "")
     )
     positions = m.position_embedding

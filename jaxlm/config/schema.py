@@ -47,7 +47,8 @@ class ModelConfig:
     # the MLP both read the block's input, each through its own norm, and both add to it:
     # GPT-NeoX) | parallel_shared_norm (... through one norm: GPT-J, Phi-2, PaLM)
     block_layout: str = "sequential"
-    # learned | sinusoidal | rotary | relative (seq2seq: T5's bucketed relative position bias)
+    # learned | sinusoidal | rotary | relative (seq2seq: T5's bucketed relative position bias) |
+    # alibi (gpt: each head's scores biased by -slope x distance, no position embedding: BLOOM)
     position_embedding: str = "learned"
     rope_base: float = 10_000.0
     # rotary: the leading features of each head that rotate (an even number; pairs (i, i +
@@ -82,6 +83,7 @@ class ModelConfig:
     # all the cosines: Marian, tensor2tensor)
     sinusoidal_layout: str = "interleaved"
     scale_embeddings: bool = False  # multiply token embeddings by sqrt(embed_dim)
+    embed_norm: bool = False  # gpt: a norm of the embedded tokens before the first block (BLOOM)
     tie_embeddings: bool = True  # output logits use the token embedding table
     output_bias: bool = False  # gpt, seq2seq: a learned bias added to the logits
     use_bias: bool = True

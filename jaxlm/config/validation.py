@@ -17,7 +17,7 @@ CHOICES = {
     "model.norm_position": ("pre", "post", "sandwich", "output"),
     "model.qk_norm_scope": ("head", "heads"),
     "model.block_layout": ("sequential", "parallel", "parallel_shared_norm"),
-    "model.position_embedding": ("learned", "sinusoidal", "rotary", "relative"),
+    "model.position_embedding": ("learned", "sinusoidal", "rotary", "relative", "alibi"),
     "model.attention_backend": ("auto", "reference", "jax", "cudnn", "pallas"),
     "model.dtype": tuple(DTYPES),
     "model.param_dtype": tuple(DTYPES),
@@ -83,6 +83,16 @@ def validate(config: Config) -> None:
         not m.norm_unit_offset or m.norm == "rmsnorm",
         "model.norm_unit_offset",
         f"offsets the scales of rmsnorm, not {m.norm}",
+    )
+    _check(
+        m.position_embedding != "alibi" or m.family == "gpt",
+        "model.position_embedding",
+        f"alibi is built for the gpt family, not {m.family}",
+    )
+    _check(
+        not m.embed_norm or m.family == "gpt",
+        "model.embed_norm",
+        f"is a gpt's (bert's embedding norm comes with model.norm_position=post), not {m.family}'s",
     )
     _check(
         m.qk_norm or m.qk_norm_scope == "head",

@@ -7,7 +7,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.config import ModelConfig
-from jaxlm.layers.transformer import TransformerStack
+from jaxlm.layers.alibi import alibi_bias
+from jaxlm.layers.transformer import TransformerStack, make_norm
 from jaxlm.models.common import (
     OutputBias,
     causal_self_attention,
@@ -55,6 +56,8 @@ class GPT(nn.Module):
         x = embed_inputs(
             cfg, embed, position_module(cfg), dropout, tokens, positions, deterministic
         )
+        if cfg.embed_norm:
+            x = make_norm(cfg, "embed_norm")(x)
         prompt = soft_prompt(self) if cache is None or prefill else None  # else in the cache
         if segment_ids is None and (prompt is not None or cache is not None):
             segment_ids = jnp.ones_like(tokens)  # the prompt and the cache track segments
@@ -69,12 +72,16 @@ class GPT(nn.Module):
             mask, positions = prompt_attention(
                 mask, positions, segment_ids, prompt.shape[0], causal=True
             )
+        bias = None
+        if cfg.position_embedding == "alibi":  # keys: the cached tokens, from 0 in each row
+            keys = positions if cache is None else jnp.cumsum(cache["segments"] != 0, axis=1) - 1
+            bias = alibi_bias(cfg.num_heads, positions, keys)
         out = TransformerStack(cfg, cfg.num_layers, name="decoder")(
-            x, mask, positions, deterministic=deterministic, **stack_cache
+            x, mask, positions, deterministic=deterministic, bias=bias, **stack_cache
         )
         x, cache = stack_output(out, cache)
         if prompt is not None:
             x = x[:, prompt.shape[0] :]
-        bias = OutputBias(cfg, name="output_bias") if cfg.output_bias else None
-        logits = output_logits(cfg, embed, x, bias)
+        output_bias = OutputBias(cfg, name="output_bias") if cfg.output_bias else None
+        logits = output_logits(cfg, embed, x, output_bias)
         return logits if cache is None else (logits, cache)
