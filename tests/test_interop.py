@@ -1,8 +1,8 @@
 """Hugging Face checkpoints: imported GPT-2, BERT (real MiniLM weights), Llama (with Llama 3.1's
 rotary scaling), Qwen2, Qwen3, Mistral, Gemma 1 to 3, GPT-NeoX, GPT-J, Phi, Phi-3, StableLM,
-Falcon, BLOOM, OLMo 2, OLMo 3, Marian and T5 give the outputs of `transformers` on PyTorch; exported
-jaxlm models load in `transformers` with the same outputs and import back bit for bit; sharded
-checkpoints, `jaxlm convert` (imported workdirs keep their GPT-2, BERT or Llama tokenizer
+Falcon, BLOOM, MPT, OLMo 1 to 3, Marian and T5 give the outputs of `transformers` on PyTorch;
+exported jaxlm models load in `transformers` with the same outputs and import back bit for bit;
+sharded checkpoints, `jaxlm convert` (imported workdirs keep their GPT-2, BERT or Llama tokenizer
 wherever they are moved), and one-line errors for checkpoints that do not fit."""
 
 import io
@@ -178,6 +178,18 @@ JAXLM_VARIANTS = {
         "model.embed_norm=true",
         "model.mlp_dim=128",
     ],
+    # ALiBi, LayerNorms without biases, no biases elsewhere, queries, keys and values clipped
+    "mpt": [
+        "model.family=gpt",
+        "model.position_embedding=alibi",
+        "model.norm_bias=false",
+        "model.use_bias=false",
+        "model.activation=gelu_exact",
+        "model.mlp_dim=128",
+        "model.clip_qkv=0.3",
+    ],
+    # LayerNorms without parameters, queries, keys and values clipped
+    "olmo": [*LLAMA, "model.norm=layernorm", "model.norm_scale=false", "model.clip_qkv=0.3"],
     # each sublayer's output normalized, queries and keys over all heads together
     "olmo2": [
         *LLAMA,
@@ -371,6 +383,12 @@ def _hf_bloom(**overrides):
     settings = dict(n_layer=2, hidden_size=64, n_head=4, vocab_size=VOCAB)
     config = transformers.BloomConfig(**{**settings, **overrides}, initializer_range=0.1)
     return transformers.BloomForCausalLM(config)
+
+
+def _hf_mpt(**overrides):
+    settings = dict(n_layers=2, d_model=64, n_heads=4, max_seq_len=64, vocab_size=VOCAB)
+    config = transformers.MptConfig(**settings, initializer_range=0.1, **overrides)
+    return transformers.MptForCausalLM(config)
 
 
 def _hf_gptj(**overrides):
@@ -635,6 +653,12 @@ HF_MODELS = {
     "bloom": lambda: _hf_bloom(),
     # 6 heads: the slopes of 4, then every other one of 8
     "bloom-6-heads": lambda: _hf_bloom(n_head=6, hidden_size=48),
+    # ALiBi over 4 heads, LayerNorms without biases, queries, keys and values clipped
+    "mpt": lambda: _hf_mpt(attn_config={"clip_qkv": 0.3}),
+    "mpt-unclipped": lambda: _hf_mpt(),
+    # LayerNorms without parameters; queries, keys and values clipped (OLMo-7B-0424's)
+    "olmo": lambda: _hf_llama("Olmo"),
+    "olmo-clipped": lambda: _hf_llama("Olmo", clip_qkv=0.3),
     # no norm before attention and the MLP, one after each; query and key norms over all heads
     "olmo2": lambda: _hf_llama("Olmo2", rope_parameters={**DEFAULT_ROPE, "rope_theta": 500.0}),
     # three sliding layers (a window of 5) to a full one, YaRN in the full layer alone
@@ -704,9 +728,11 @@ def test_imported_logits_match_transformers(name, tmp_path):
         "phi",
         "stablelm-2",
         "falcon-40b-layout",
+        "olmo-clipped",
         "olmo2",
         "olmo3",
         "bloom-6-heads",
+        "mpt",
     ],
 )
 def test_llama_greedy_decoding_matches_transformers(name, tmp_path):
@@ -1480,7 +1506,7 @@ def test_unsupported_architectures_are_named(gpt2_dir):
     edit_config(gpt2_dir, model_type="bart")
     supported = (
         "bert, bloom, falcon, gemma, gemma2, gemma3, gemma3_text, gpt2, gpt_neox, gptj, llama, "
-        "marian, mistral, olmo2, olmo3, phi, phi3, qwen2, qwen3, stablelm, t5"
+        "marian, mistral, mpt, olmo, olmo2, olmo3, phi, phi3, qwen2, qwen3, stablelm, t5"
     )
     expected = f"unsupported model_type 'bart' (supported: {supported})"
     assert expected in conversion_error(gpt2_dir)

@@ -21,6 +21,7 @@ def run(args) -> None:
         + (f" (kv heads {m.num_kv_heads})" if m.num_kv_heads else "")
         + (", query/key/value biases" if m.qkv_bias and not m.use_bias else "")
         + (", no attention biases" if m.use_bias and m.attention_bias is False else "")
+        + (f", queries/keys/values clipped at {m.clip_qkv:g}" if m.clip_qkv else "")
         + (", query/key norms" if m.qk_norm else "")
         + (" over all heads" if m.qk_norm and m.qk_norm_scope == "heads" else "")
         + (f", sliding window {m.sliding_window}" if m.sliding_window else "")
@@ -33,6 +34,7 @@ def run(args) -> None:
         + (f", scores capped at {m.attention_softcap:g}" if m.attention_softcap else "")
         + f", mlp {m.mlp_dim} ({m.activation}), {m.norm_position}-{m.norm}"
         + (" (scales 1 + weight)" if m.norm_unit_offset else "")
+        + _unlearned(m)
         + (", embeddings normalized" if m.embed_norm else "")
         + (f", {m.block_layout.replace('_', ' ')} blocks" if m.block_layout != "sequential" else "")
     )
@@ -59,6 +61,13 @@ def run(args) -> None:
     print(parameter_table(m, boxed) if args.params else f"parameters: {count_parameters(m, boxed)}")
     if report is not None:
         print(report)
+
+
+def _unlearned(m) -> str:
+    """What the norms lack of the usual learned parameters."""
+    if not m.norm_scale:
+        return " without learned parameters"
+    return " without biases" if m.norm == "layernorm" and not m.norm_bias else ""
 
 
 def register(commands) -> None:

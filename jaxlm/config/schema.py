@@ -39,6 +39,8 @@ class ModelConfig:
     norm: str = "layernorm"  # layernorm | rmsnorm
     norm_eps: float = 1e-5
     norm_unit_offset: bool = False  # rmsnorm: scales by 1 + weight, weights from 0 (Gemma)
+    norm_scale: bool = True  # norms scale by a learned weight (OLMo 1: no, nor any bias)
+    norm_bias: bool = True  # layernorm: norms add a learned bias (MPT: no)
     # pre (GPT-2) | post (BERT, original Transformer) | sandwich (pre, and each sublayer's output
     # normalized again before the residual sum: Gemma 2) | output (only each sublayer's output
     # normalized before the residual sum: OLMo 2)
@@ -91,6 +93,8 @@ class ModelConfig:
     attention_bias: bool | None = None
     qkv_bias: bool = False  # biases on the query, key and value projections alone (Qwen2)
     qk_norm: bool = False  # RMSNorm of each head's queries and keys before rotary (Qwen3)
+    # the query, key and value projections' outputs clipped to [-c, c] (MPT, OLMo 1); None = not
+    clip_qkv: float | None = None
     # qk_norm over each head's features (head: Qwen3, Gemma 3) or all heads' together (heads:
     # OLMo 2, its scales one per feature of every head)
     qk_norm_scope: str = "head"

@@ -95,6 +95,12 @@ def validate(config: Config) -> None:
         f"is a gpt's (bert's embedding norm comes with model.norm_position=post), not {m.family}'s",
     )
     _check(
+        m.norm_bias or m.norm == "layernorm",
+        "model.norm_bias",
+        "drops the bias of layernorm; rmsnorm has none",
+    )
+    _check(m.clip_qkv is None or m.clip_qkv > 0, "model.clip_qkv", "must be positive (or null)")
+    _check(
         m.qk_norm or m.qk_norm_scope == "head",
         "model.qk_norm_scope",
         "sets where the query/key norms reach: set model.qk_norm: true",

@@ -3,14 +3,14 @@
 A directory holds `config.json` and either `model.safetensors` or the shards listed in
 `model.safetensors.index.json`. Tensors are read with safetensors, never unpickled, and nothing is
 downloaded. GPT-2, BERT, Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma 2, Gemma 3 (text), GPT-NeoX
-(Pythia), GPT-J, Phi-1/1.5/2, StableLM, Falcon, BLOOM, OLMo 2, OLMo 3, Marian and T5 convert both
+(Pythia), GPT-J, Phi-1/1.5/2, StableLM, Falcon, BLOOM, MPT, OLMo 1 to 3, Marian and T5 convert both
 ways (see `gpt2.py`, `bert.py`, `llama.py`, `mistral.py`, `qwen2.py`, `qwen3.py`, `gemma.py`,
 `gemma2.py`, `gemma3.py`, `gpt_neox.py`, `gptj.py`, `phi.py`, `stablelm.py`, `falcon.py`,
-`bloom.py`, `olmo2.py`, `olmo3.py`, `marian.py`, `t5.py`); Phi-3 and the language model of Gemma 3's
-multimodal checkpoints import (`phi3.py`, `gemma3_multimodal.py`): each of those modules maps
-`config.json` to a `ModelConfig` (and back, but the import-only ones) and gives the tensor
-`rules(cfg, names, hf)` (the checkpoint's tensor names and `config.json` on import, neither on
-export).
+`bloom.py`, `mpt.py`, `olmo.py`, `olmo2.py`, `olmo3.py`, `marian.py`, `t5.py`); Phi-3 and the
+language model of Gemma 3's multimodal checkpoints import (`phi3.py`, `gemma3_multimodal.py`): each
+of those modules maps `config.json` to a `ModelConfig` (and back, but the import-only ones) and
+gives the tensor `rules(cfg, names, hf)` (the checkpoint's tensor names and `config.json` on import,
+neither on export).
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ from jaxlm.interop import (
     llama,
     marian,
     mistral,
+    mpt,
+    olmo,
     olmo2,
     olmo3,
     phi,
@@ -74,6 +76,8 @@ MAPPINGS = {
         stablelm,
         falcon,
         bloom,
+        mpt,
+        olmo,
         olmo2,
         olmo3,
         marian,

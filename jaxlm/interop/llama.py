@@ -148,17 +148,11 @@ def rules(
     each block's norms (RMSNorms, or LayerNorms with a bias: StableLM's)."""
     d, head_dim, layers = cfg.embed_dim, cfg.resolved_head_dim, cfg.num_layers
     per_layer = dict(bias=cfg.use_bias, layers=layers)
-    norm_bias = cfg.norm == "layernorm"
     result = [
         tensor(
             "model.embed_tokens.weight",
             "token_embed/embedding",
             pad_vocab(cfg.vocab_size, cfg.padded_vocab_size),
-        ),
-        *(
-            rule
-            for hf_norm, name in block_norms.items()
-            for rule in norm(f"{BLOCK}{hf_norm}", f"{STACK}{name}", bias=norm_bias, layers=layers)
         ),
         *(projections or input_projections)(cfg),
         *linear(
@@ -169,8 +163,12 @@ def rules(
             **per_layer,
         ),
         *linear(f"{BLOCK}mlp.down_proj", f"{MLP}wo", (cfg.mlp_dim,), (d,), **per_layer),
-        *norm("model.norm", "decoder/final_norm", bias=norm_bias),
     ]
+    if cfg.norm_scale:  # OLMo 1's norms have no parameters
+        norm_bias = cfg.norm == "layernorm" and cfg.norm_bias
+        for hf_norm, name in block_norms.items():
+            result += norm(f"{BLOCK}{hf_norm}", f"{STACK}{name}", bias=norm_bias, layers=layers)
+        result += norm("model.norm", "decoder/final_norm", bias=norm_bias)
     if cfg.qk_norm:  # norms of queries and keys: per head (Qwen3) or over all heads (OLMo 2)
         kv_heads = cfg.num_kv_heads or cfg.num_heads
         for hf_name, name, heads in (("q", "query", cfg.num_heads), ("k", "key", kv_heads)):

@@ -82,6 +82,7 @@ class MultiHeadAttention(nn.Module):
     qk_norm_eps: float | None = None  # set: RMSNorm each head's queries and keys (learned scales)
     qk_norm_unit_offset: bool = False  # those norms scale by 1 + scale (Gemma's)
     qk_norm_heads: bool = False  # those norms span all heads' features together (OLMo 2)
+    clip_qkv: float | None = None  # set: queries, keys and values clipped to [-clip, clip]
     dropout_rate: float = 0.0
     scale: float | None = None
     softcap: float | None = None
@@ -123,6 +124,10 @@ class MultiHeadAttention(nn.Module):
         kv_projection = functools.partial(projection, kernel_axes=("embed", "kv_heads", "kv"))
         key = kv_projection((kv_heads, self.head_dim), name="key")(inputs_kv)
         value = kv_projection((kv_heads, self.head_dim), name="value")(inputs_kv)
+        if self.clip_qkv is not None:
+            query, key, value = (
+                jnp.clip(t, -self.clip_qkv, self.clip_qkv) for t in (query, key, value)
+            )
         if self.qk_norm_eps is not None:
             spans = 2 if self.qk_norm_heads else 1  # axes normalized together: (heads,) kv
             query, key = (

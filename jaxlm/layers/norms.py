@@ -20,19 +20,26 @@ import jax.numpy as jnp
 
 class LayerNorm(nn.Module):
     """Normalize the last axis to zero mean and unit variance, then scale and shift; the
-    parameters `scale` and `bias` of `flax.linen.LayerNorm`."""
+    parameters `scale` and `bias` of `flax.linen.LayerNorm`, each unless `use_scale` /
+    `use_bias` is off (then 1 and 0)."""
 
     epsilon: float = 1e-6
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
     scale_init: nn.initializers.Initializer = nn.initializers.ones
     bias_init: nn.initializers.Initializer = nn.initializers.zeros
+    use_scale: bool = True
+    use_bias: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         features = (x.shape[-1],)
-        scale = self.param("scale", self.scale_init, features, self.param_dtype)
-        bias = self.param("bias", self.bias_init, features, self.param_dtype)
+        scale = jnp.ones(features, self.param_dtype)
+        if self.use_scale:
+            scale = self.param("scale", self.scale_init, features, self.param_dtype)
+        bias = jnp.zeros(features, self.param_dtype)
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init, features, self.param_dtype)
         return layer_norm(x.astype(self.dtype), scale, bias, self.epsilon)
 
 
@@ -91,12 +98,15 @@ class RMSNorm(nn.Module):
     scale_offset: float = 0.0
     scale_init: nn.initializers.Initializer = nn.initializers.ones
     feature_axes: int = 1
+    use_scale: bool = True  # off: no parameter, the scale 1
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         features = tuple(range(-self.feature_axes, 0))
         shape = x.shape[-self.feature_axes :]
-        scale = self.param("scale", self.scale_init, shape, self.param_dtype)
+        scale = jnp.full(shape, 1.0 - self.scale_offset, self.param_dtype)
+        if self.use_scale:
+            scale = self.param("scale", self.scale_init, shape, self.param_dtype)
         x32 = x.astype(jnp.float32)
         mean_square = jnp.mean(jnp.square(x32), axis=features, keepdims=True)
         inv_rms = jax.lax.rsqrt(mean_square + self.epsilon)

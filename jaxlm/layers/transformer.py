@@ -45,10 +45,12 @@ def make_norm(cfg: ModelConfig, name: str) -> nn.Module:
         epsilon=cfg.norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, name=name
     )
     if cfg.norm == "rmsnorm":
-        return RMSNorm(**rms_scale(cfg.norm_unit_offset, "norm"), **common)
+        scale = rms_scale(cfg.norm_unit_offset, "norm")
+        return RMSNorm(**scale, use_scale=cfg.norm_scale, **common)
     scale_init = nn.with_logical_partitioning(nn.initializers.ones, ("norm",))
     bias_init = nn.with_logical_partitioning(nn.initializers.zeros, ("norm",))
-    return LayerNorm(scale_init=scale_init, bias_init=bias_init, **common)
+    learned = dict(use_scale=cfg.norm_scale, use_bias=cfg.norm_scale and cfg.norm_bias)
+    return LayerNorm(scale_init=scale_init, bias_init=bias_init, **learned, **common)
 
 
 def rotary_frequencies_of(cfg: ModelConfig, positions: jax.Array | None = None):
@@ -196,6 +198,7 @@ class TransformerBlock(nn.Module):
             qkv_bias=cfg.qkv_bias,
             qk_norm_eps=cfg.norm_eps if cfg.qk_norm else None,
             qk_norm_heads=cfg.qk_norm_scope == "heads",
+            clip_qkv=cfg.clip_qkv,
             qk_norm_unit_offset=cfg.norm_unit_offset,
             dropout_rate=cfg.attention_dropout_rate,
             scale=cfg.attention_scale,
