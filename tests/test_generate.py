@@ -312,16 +312,36 @@ def test_a_conversations_replies_equal_greedy_decoding_over_the_whole_conversati
 
 def test_a_conversations_sampling_equals_generate_with_the_same_seed():
     """Temperature, top-k and the repetition penalty (over the whole conversation) sample what
-    `generate` samples from a fresh cache; the cache then holds every sampled token."""
+    `generate` samples from a fresh cache, streamed token by token; the cache then holds every
+    sampled token."""
     sample = SampleConfig(max_new_tokens=5, temperature=1.0, top_k=20, repetition_penalty=1.5)
     chat = ConversationCache(GPT, GPT_PARAMS)
     prompt = [2, 7, 9, 9]
     for turn in range(3):
         sample = dataclasses.replace(sample, seed=turn)
-        reply = chat.reply(prompt, sample, eos_id=-1)
-        assert reply == generate(GPT, GPT_PARAMS, [prompt], sample, eos_id=-1)[0]
+        streamed = []
+        reply = chat.reply(
+            prompt, sample, eos_id=-1, stream=lambda i, t, out=streamed: out.append(int(t[0]))
+        )
+        assert reply == generate(GPT, GPT_PARAMS, [prompt], sample, eos_id=-1)[0] == streamed
         assert chat.tokens == prompt + reply
         prompt = prompt + reply + [3]
+
+
+def test_a_conversation_whose_reply_fails_midway_starts_its_cache_over():
+    """The failed reply's programs took the cache; the next reply runs the whole conversation."""
+    chat = ConversationCache(GPT, GPT_PARAMS)
+    greedy = SampleConfig(max_new_tokens=4, temperature=0)
+
+    def interrupt(step, tokens):
+        if step == 2:
+            raise RuntimeError("stopped by the user")
+
+    with pytest.raises(Exception, match="stopped by the user"):
+        chat.reply([2, 7, 9], greedy, eos_id=-1, stream=interrupt)
+    prompt = [2, 7, 9, 5, 6]
+    assert chat.reply(prompt, greedy, eos_id=-1) == _naive_greedy(GPT_FORWARD, prompt, 4, -1)
+    assert chat.reused == 0
 
 
 def test_a_conversations_cache_names_what_it_cannot_do():

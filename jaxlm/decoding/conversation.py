@@ -70,12 +70,12 @@ class ConversationCache:
                 self.cfg, self.params, [prompt], sample, eos_id=eos_id, pad_id=pad_id, stream=stream
             )
             return new
-        logits = self._extend(prompt, pad_id)
-        ids = jnp.asarray([prompt])
-        seen = seen_tokens(sample, logits.shape[-1], ids, jnp.ones_like(ids))
         run = self._sampler(sample, eos_id, pad_id)
         self._stream = stream
         try:
+            logits = self._extend(prompt, pad_id)
+            ids = jnp.asarray([prompt])
+            seen = seen_tokens(sample, logits.shape[-1], ids, jnp.ones_like(ids))
             out, self.cache = run(
                 self.params,
                 logits,
@@ -85,10 +85,14 @@ class ConversationCache:
                 seen,
                 limit=room,
             )
+            row = on_host(out)[0]  # waits for the loop, and so for its calls to `stream`
+        except BaseException:  # an interrupted reply: its programs took the cache (donated)
+            self.cache, self.tokens = None, []
+            raise
         finally:
             self._stream = None
         fed = int(self.cache["index"]) - self.offset - len(prompt)  # every sampled token
-        new = on_host(out)[0, :fed].tolist()  # up to the first stop, which ends the loop
+        new = row[:fed].tolist()  # up to the first stop, which ends the loop
         self.tokens = [*prompt, *new]
         return new
 
@@ -108,7 +112,6 @@ class ConversationCache:
         first = self.cache is None
         if first:
             self.cache = init_cache(self.cfg, 1, self.offset + max_len)
-        self.tokens = []  # until the cache holds the prompt
         logits, self.cache = _extender(self.cfg, first)(
             self.params, self.cache, tokens, start, len(prompt) - start
         )
