@@ -100,8 +100,36 @@ def config_to_hf(cfg: ModelConfig) -> dict:
 BLOCK, STACK = "transformer.h.{i}.", "decoder/layers/"
 
 
+def block_linears(cfg: ModelConfig, kv_heads: int, bias: bool) -> list[Rule]:
+    """A block's fused query/key/value projection (`kv_heads` groups), attention output and MLP,
+    named as BLOOM names them (and Falcon, which took BLOOM's code)."""
+    attention = f"{STACK}self_attention/"
+    return [
+        *grouped_qkv_linear(
+            f"{BLOCK}self_attention.query_key_value",
+            tuple(f"{attention}{name}" for name in ("query", "key", "value")),
+            cfg.embed_dim,
+            cfg.num_heads,
+            kv_heads,
+            cfg.resolved_head_dim,
+            bias=bias,
+            layers=cfg.num_layers,
+        ),
+        *block_projections(
+            {
+                "out": f"{BLOCK}self_attention.dense",
+                "wi": f"{BLOCK}mlp.dense_h_to_4h",
+                "wo": f"{BLOCK}mlp.dense_4h_to_h",
+            },
+            STACK,
+            cfg,
+            bias=bias,
+            layers=cfg.num_layers,
+        ),
+    ]
+
+
 def rules(cfg: ModelConfig, names: set[str] | None = None, hf: dict | None = None) -> list[Rule]:
-    layers, attention = cfg.num_layers, f"{STACK}self_attention/"
     block_norms = {"input_layernorm": "self_attention_norm", "post_attention_layernorm": "mlp_norm"}
     return [
         tensor(
@@ -113,26 +141,8 @@ def rules(cfg: ModelConfig, names: set[str] | None = None, hf: dict | None = Non
         *(
             rule
             for hf_norm, name in block_norms.items()
-            for rule in norm(f"{BLOCK}{hf_norm}", f"{STACK}{name}", layers=layers)
+            for rule in norm(f"{BLOCK}{hf_norm}", f"{STACK}{name}", layers=cfg.num_layers)
         ),
-        *grouped_qkv_linear(  # one query head a group: q, k, v of each head in turn
-            f"{BLOCK}self_attention.query_key_value",
-            tuple(f"{attention}{name}" for name in ("query", "key", "value")),
-            cfg.embed_dim,
-            cfg.num_heads,
-            cfg.num_heads,
-            cfg.resolved_head_dim,
-            layers=layers,
-        ),
-        *block_projections(
-            {
-                "out": f"{BLOCK}self_attention.dense",
-                "wi": f"{BLOCK}mlp.dense_h_to_4h",
-                "wo": f"{BLOCK}mlp.dense_4h_to_h",
-            },
-            STACK,
-            cfg,
-            layers=layers,
-        ),
+        *block_linears(cfg, cfg.num_heads, bias=True),  # one query head a group
         *norm("transformer.ln_f", "decoder/final_norm"),
     ]

@@ -15,12 +15,10 @@ import re
 
 from jaxlm.config import ModelConfig
 from jaxlm.errors import ConversionError
-from jaxlm.interop import rope
+from jaxlm.interop import bloom, rope
 from jaxlm.interop.hf_config import decoder_to_hf, head_mismatches, mismatches, require
 from jaxlm.interop.mapping import (
     Rule,
-    block_projections,
-    grouped_qkv_linear,
     norm,
     output_head,
     pad_vocab,
@@ -124,11 +122,11 @@ def config_to_hf(cfg: ModelConfig) -> dict:
     }
 
 
-BLOCK, STACK = "transformer.h.{i}.", "decoder/layers/"
+BLOCK, STACK = bloom.BLOCK, bloom.STACK
 
 
 def rules(cfg: ModelConfig, names: set[str] | None = None, hf: dict | None = None) -> list[Rule]:
-    layers, attention = cfg.num_layers, f"{STACK}self_attention/"
+    layers = cfg.num_layers
     result = [
         tensor(
             "transformer.word_embeddings.weight",
@@ -140,27 +138,7 @@ def rules(cfg: ModelConfig, names: set[str] | None = None, hf: dict | None = Non
             for hf_norm, name in NORMS[cfg.block_layout].items()
             for rule in norm(f"{BLOCK}{hf_norm}", f"{STACK}{name}", layers=layers)
         ),
-        *grouped_qkv_linear(
-            f"{BLOCK}self_attention.query_key_value",
-            tuple(f"{attention}{name}" for name in ("query", "key", "value")),
-            cfg.embed_dim,
-            cfg.num_heads,
-            cfg.num_kv_heads or cfg.num_heads,
-            cfg.resolved_head_dim,
-            bias=cfg.use_bias,
-            layers=layers,
-        ),
-        *block_projections(
-            {
-                "out": f"{BLOCK}self_attention.dense",
-                "wi": f"{BLOCK}mlp.dense_h_to_4h",
-                "wo": f"{BLOCK}mlp.dense_4h_to_h",
-            },
-            STACK,
-            cfg,
-            bias=cfg.use_bias,
-            layers=layers,
-        ),
+        *bloom.block_linears(cfg, cfg.num_kv_heads or cfg.num_heads, bias=cfg.use_bias),
         *norm("transformer.ln_f", "decoder/final_norm"),
     ]
     if not cfg.tie_embeddings:
