@@ -171,6 +171,14 @@ JAXLM_VARIANTS = {
         "model.num_kv_heads=2",
         "model.tie_embeddings=false",
     ],
+    # rotary positions on half of each head, a window: Phi-4-mini's kind, exported as Phi-3
+    "phi3-partial": [
+        *LLAMA,
+        "model.rotary_dim=4",
+        "model.sliding_window=5",
+        "model.num_kv_heads=2",
+        "model.tie_embeddings=false",
+    ],
     # ALiBi, a LayerNorm of the embedded tokens
     "bloom": [
         "model.family=gpt",
@@ -813,13 +821,19 @@ def test_t5_beam_search_matches_transformers(tmp_path):
 
 
 @needs_transformers
-def test_an_imported_phi3_exports_as_mistral_with_its_logits(tmp_path):
-    """Phi-3's fused projections split on import and stay split on export, as Mistral's."""
-    model, cfg, params = _imported("phi3-window", 0, tmp_path / "phi3")
+@pytest.mark.parametrize(
+    "name, architecture",
+    [("phi3-window", "MistralForCausalLM"), ("phi3-partial-rotary", "Phi3ForCausalLM")],
+)
+def test_an_imported_phi3_exports_with_its_logits(name, architecture, tmp_path):
+    """Phi-3's fused projections split on import; a Phi-3 rotating whole heads exports as
+    Mistral (its projections split), one rotating a share of each head as Phi-3."""
+    model, cfg, params = _imported(name, 0, tmp_path / "phi3")
+    assert cfg.rotary_dim == (12 if name == "phi3-partial-rotary" else None)
     save_pretrained(tmp_path / "export", cfg, params)
     exported, info = load_in_transformers(tmp_path / "export")
-    assert type(exported).__name__ == "MistralForCausalLM" and not info["missing_keys"]
-    assert exported.config.sliding_window == 5
+    assert type(exported).__name__ == architecture and not info["missing_keys"]
+    assert exported.config.sliding_window == (5 if name == "phi3-window" else None)
     tokens, types, mask = inputs()
     expected = torch_outputs(model, tokens, types, mask, "gpt")
     assert_outputs_match(expected, torch_outputs(exported, tokens, types, mask, "gpt"), mask)
@@ -1643,14 +1657,6 @@ def test_fused_phi3_projections_of_the_wrong_shape_are_named(tmp_path):
     message = conversion_error(tmp_path)
     assert "tensor model.layers.0.self_attn.qkv_proj.weight of shape (128, 64)" in message
     assert "self_attention/key/kernel (64, 4, 16)" in message
-
-
-@needs_transformers
-def test_partial_rotary_phi3_imports_but_no_class_exports_it(tmp_path):
-    _, cfg, params = _imported("phi3-partial-rotary", 0, tmp_path / "phi3")
-    assert cfg.rotary_dim == 12
-    with pytest.raises(ConversionError, match=r"mistral does not support model.rotary_dim=12"):
-        save_pretrained(tmp_path / "export", cfg, params)
 
 
 def test_partial_rotary_shares_give_the_rotary_dim_back():
