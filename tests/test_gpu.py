@@ -9,6 +9,7 @@ import pytest
 from test_attention import np_attention
 
 from jaxlm.config import load_config
+from jaxlm.layers.alibi import alibi_bias
 from jaxlm.layers.attention import dot_product_attention, reference_attention
 from jaxlm.layers.masks import SegmentMask, one_document_per_row
 from jaxlm.models import build_model, init_params
@@ -73,6 +74,25 @@ def test_cudnn_sliding_window_attention_matches_float64(segmented):
     out = jax.jit(lambda *a: dot_product_attention(*a, mask, backend="cudnn"))(query, key, value)
     expected = np_attention(query, key, value, np.asarray(mask.dense()))
     real = np.asarray(segments) != 0 if segmented else np.ones(segments.shape, bool)
+    assert relative_error(np.asarray(out)[real], expected[real]) < 1e-2
+
+
+def test_cudnn_attention_with_alibi_biases_matches_float64():
+    """ALiBi's biases over packed rows (positions restarting per document), added by cuDNN in
+    bfloat16: within bf16 rounding of float64 with the float64 biases."""
+    query, key, value = qkv(5)
+    segments = packed_rows()
+    positions = jnp.asarray(
+        np.concatenate([np.arange(LENGTH // 3), np.arange(LENGTH - LENGTH // 3)])
+    )
+    positions = jnp.stack([positions, jnp.arange(LENGTH)])
+    bias = alibi_bias(HEADS, positions, positions)
+    mask = SegmentMask(segments, segments, causal=True)
+    out = jax.jit(lambda *a: dot_product_attention(*a, mask, bias=bias, backend="cudnn"))(
+        query, key, value
+    )
+    expected = np_attention(query, key, value, np.asarray(mask.dense()), bias=bias)
+    real = np.asarray(segments) != 0
     assert relative_error(np.asarray(out)[real], expected[real]) < 1e-2
 
 
