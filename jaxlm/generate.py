@@ -28,14 +28,16 @@ from jaxlm.decoding.cache import encode, unstack_layers
 from jaxlm.decoding.loop import sample_tokens
 from jaxlm.errors import ConfigError, DataError, JaxlmError
 
-SHORTEST_BUCKET = 16
+BUCKET_STEP = 16
 
 
 def bucket_length(length: int, limit: int) -> int:
-    """`length` rounded up to a power of two (at least `SHORTEST_BUCKET`), at most `limit` (but
-    never below `length`): the widths that inputs are padded to, so that a few compiled programs
-    serve inputs of every length."""
-    return max(length, min(max(SHORTEST_BUCKET, 1 << (length - 1).bit_length()), limit))
+    """The width that inputs of `length` tokens are padded to, so that a few compiled programs
+    serve inputs of every length: `length` rounded up to a multiple of 16 and of an eighth of
+    the next power of two (16, 32, 48, ..., 128, 160, ..., 256, 320, ...: beyond 64 tokens, at
+    most a quarter more), at most `limit` (but never below `length`)."""
+    step = max(BUCKET_STEP, 1 << max((length - 1).bit_length() - 3, 0))
+    return max(length, min(-(-length // step) * step, limit))
 
 
 def pad_rows(

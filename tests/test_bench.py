@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -341,3 +342,18 @@ def test_predicts_target_is_argmax_with_ties():
     got = jax.jit(predicts_target)(jnp.asarray(logits), jnp.asarray(targets))
     np.testing.assert_array_equal(got, expected)
     assert expected[:, :32].any() and not expected[:, :32][targets[:, :32] == 20].any()
+
+
+def test_the_chat_benchmark_times_each_turn_and_checks_both_ways_reply_alike(capsys):
+    """A small run of benchmarks/chat.py: every turn after the first reuses the conversation so
+    far (the script exits where the cache's replies and `generate`'s differ)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import chat
+
+    rows = chat.main(
+        ["--config", "demo", "--max-len", "64", "--first", "10", "--turns", "3"]
+        + ["--turn-tokens", "5", "--new-tokens", "4"]
+    )
+    assert [row["tokens"] for row in rows] == [10, 19, 28]
+    assert [row["reused"] for row in rows] == [0, 14, 23]  # all before the new turn
+    assert "| 3 | 28 | 23 |" in capsys.readouterr().out

@@ -57,7 +57,7 @@ def test_greedy_matches_naive_loop_for_prompts_of_different_lengths():
 
 
 def test_prompts_whose_lengths_share_a_bucket_share_a_compiled_program():
-    """Prompts pad to 16, 32, ... tokens (at most max_len): lengths 2 and 9 run one program,
+    """Prompts pad to 16, 32, 48, ... tokens (at most max_len): lengths 2 and 9 run one program,
     20 another."""
     sample = SampleConfig(max_new_tokens=3, temperature=0.5, top_k=7)  # settings of its own
     for prompt in ([2, 7], [2, 7, 9, 11, 4, 5, 6, 8, 9]):

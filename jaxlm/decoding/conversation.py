@@ -6,7 +6,7 @@
 Each reply gets the whole conversation so far and runs through the model only its tokens after
 the longest prefix that the cache already holds: the earlier turns and replies, where the chat
 template renders them again as they were generated. The new tokens go in as one chunk padded to
-a power of two (so that few programs compile), then sampling goes on as `jaxlm.generate` does
+a `bucket_length` (so that few programs compile), then sampling goes on as `jaxlm.generate` does
 it. The logits are those of a fresh pass over the whole conversation.
 """
 
