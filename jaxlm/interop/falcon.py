@@ -104,8 +104,10 @@ def incompatibilities(cfg: ModelConfig) -> list[str]:
 
 def config_to_hf(cfg: ModelConfig) -> dict:
     kv_heads = cfg.num_kv_heads or cfg.num_heads
+    named_otherwise = ("intermediate_size", "hidden_act")  # ffn_hidden_size, activation
+    hf = decoder_to_hf(cfg, MODEL_TYPE, ARCHITECTURES[0])
     return {
-        **decoder_to_hf(cfg, MODEL_TYPE, ARCHITECTURES[0]),
+        **{key: value for key, value in hf.items() if key not in named_otherwise},
         "ffn_hidden_size": cfg.mlp_dim,
         "activation": "gelu",
         "layer_norm_epsilon": cfg.norm_eps,
