@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import jaxlm.layers.attention as attention_module
+from jaxlm.layers.alibi import AlibiBias
 from jaxlm.layers.attention import dot_product_attention, reference_attention
 from jaxlm.layers.embeddings import apply_rotary
 from jaxlm.layers.masks import (
@@ -353,11 +354,21 @@ def packed_padded_causal_mask(batch: int, length: int) -> tuple[np.ndarray, Segm
     return segments, SegmentMask(jnp.asarray(segments), jnp.asarray(segments), causal=True)
 
 
+def document_positions(segments: np.ndarray) -> np.ndarray:
+    """Positions from 0 at the start of each document (each run of one segment id) of a row."""
+    starts = np.concatenate([np.ones_like(segments[:, :1]), segments[:, 1:] != segments[:, :-1]], 1)
+    index = np.arange(segments.shape[1])
+    return index - np.maximum.accumulate(np.where(starts, index, 0), axis=1)
+
+
+@pytest.mark.parametrize("alibi", [False, True], ids=["", "alibi"])
 @pytest.mark.parametrize("dtype, tol", [(np.float32, 2e-5), (jnp.bfloat16, 2e-2)])
-def test_recomputing_attention_matches_numpy_and_autodiff(dtype, tol):
+def test_recomputing_attention_matches_numpy_and_autodiff(dtype, tol, alibi):
     """The long-sequence path (probabilities recomputed in the backward pass) on packed, padded
-    rows, grouped-query heads and a last block shorter than the others: outputs as float64
-    NumPy, and gradients (padding rows included) as autodiff of the reference attention."""
+    rows, grouped-query heads and a last block shorter than the others, with or without ALiBi's
+    biases (computed per block from each document's positions): outputs as float64 NumPy, and
+    gradients (padding rows included) as autodiff of the reference attention with the biases
+    built."""
     length, block = 300, 128
     query, key, value = random_qkv(
         np.random.default_rng(11), q_len=length, k_len=length, kv_heads=2
@@ -368,6 +379,9 @@ def test_recomputing_attention_matches_numpy_and_autodiff(dtype, tol):
     cotangent = np.random.default_rng(12).normal(size=query.shape).astype(np.float32)
     segments, mask = packed_padded_causal_mask(2, length)
     dense = mask.dense()
+    positions = jnp.asarray(document_positions(segments))
+    bias = AlibiBias(positions, positions, query.shape[2]) if alibi else None
+    dense_bias = None if bias is None else bias.dense()
 
     def grads(attention):
         loss = lambda *qkv: jnp.sum(attention(*qkv).astype(jnp.float32) * cotangent)  # noqa: E731
@@ -375,10 +389,12 @@ def test_recomputing_attention_matches_numpy_and_autodiff(dtype, tol):
             *(jnp.asarray(t, dtype) for t in (query, key, value))
         )
 
-    recomputing = lambda q, k, v: recomputing_causal_attention(q, k, v, dense, block)  # noqa: E731
+    def recomputing(q, k, v):
+        return recomputing_causal_attention(q, k, v, dense, block, alibi=bias)
+
     out = recomputing(*(jnp.asarray(t, dtype) for t in (query, key, value)))
     real_rows = segments[:, :, None, None] != 0
-    expected = np_attention(query, key, value, np.asarray(dense))
+    expected = np_attention(query, key, value, np.asarray(dense), bias=dense_bias)
     np.testing.assert_allclose(
         np.where(real_rows, np.asarray(out, np.float32), 0),
         np.where(real_rows, expected, 0),
@@ -387,7 +403,7 @@ def test_recomputing_attention_matches_numpy_and_autodiff(dtype, tol):
     )
     (_, got), (_, want) = (
         grads(recomputing),
-        grads(lambda q, k, v: reference_attention(q, k, v, dense)),
+        grads(lambda q, k, v: reference_attention(q, k, v, dense, bias=dense_bias)),
     )
     for g, w in zip(got, want, strict=True):
         scale = float(np.max(np.abs(np.asarray(w, np.float32))))
@@ -402,9 +418,9 @@ def test_long_causal_attention_recomputes_on_the_cpu(monkeypatch):
     seen = spy_on_key_lengths(monkeypatch)
     blocks, real = [], attention_module.recomputing_causal_attention
 
-    def spy(query, key, value, mask, block, scale):
+    def spy(query, key, value, mask, block, scale, alibi):
         blocks.append(block)
-        return real(query, key, value, mask, block, scale)
+        return real(query, key, value, mask, block, scale, alibi)
 
     monkeypatch.setattr(attention_module, "recomputing_causal_attention", spy)
     monkeypatch.setattr(attention_module, "RECOMPUTE_FROM_LENGTH", 256)

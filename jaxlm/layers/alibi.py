@@ -9,6 +9,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
 
 def alibi_slopes(num_heads: int) -> np.ndarray:
@@ -30,3 +31,22 @@ def alibi_bias(num_heads: int, q_positions: jax.Array, k_positions: jax.Array) -
     slopes = jnp.asarray(alibi_slopes(num_heads))[None, :, None, None]
     distance = q_positions[:, None, :, None] - k_positions[:, None, None, :]
     return -slopes * distance.astype(jnp.float32)
+
+
+@struct.dataclass
+class AlibiBias:
+    """`alibi_bias` kept as its positions, so that the layers pass [batch, q] and [batch, k]
+    integers along and attention computes the biases where it adds them to the scores (XLA
+    fuses the two) instead of reading a [batch, heads, q, k] array built once for all."""
+
+    q_positions: jax.Array
+    k_positions: jax.Array
+    num_heads: int = struct.field(pytree_node=False)
+
+    def dense(self) -> jax.Array:
+        return alibi_bias(self.num_heads, self.q_positions, self.k_positions)
+
+
+def dense_bias(bias: jax.Array | AlibiBias | None) -> jax.Array | None:
+    """A scores' bias as an array: an `AlibiBias` built, an array or None as it is."""
+    return bias.dense() if isinstance(bias, AlibiBias) else bias

@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxlm.layers.alibi import AlibiBias, dense_bias
 from jaxlm.layers.masks import SegmentMask, attention_mask
 from jaxlm.layers.matmul import einsum, on_cpu
 from jaxlm.layers.pallas_attention import pallas_attention, pallas_fits
@@ -96,10 +97,12 @@ def causal_blocks_attention(
     pass recomputes the probabilities."""
     length, block = query.shape[1], causal_query_block(query.shape[1])
     dense = mask.dense()
-    if length >= RECOMPUTE_FROM_LENGTH and bias is None and softcap is None:
+    lazy = bias is None or isinstance(bias, AlibiBias)
+    if length >= RECOMPUTE_FROM_LENGTH and lazy and softcap is None:
         return recomputing_causal_attention(
-            query, key, value, dense, block, score_scale(query.shape[-1], scale)
+            query, key, value, dense, block, score_scale(query.shape[-1], scale), bias
         )
+    bias = dense_bias(bias)
     return jnp.concatenate(
         [
             reference_attention(
@@ -147,7 +150,7 @@ def dot_product_attention(
     value: jax.Array,
     mask: jax.Array | SegmentMask | None = None,
     *,
-    bias: jax.Array | None = None,
+    bias: jax.Array | AlibiBias | None = None,
     scale: float | None = None,
     softcap: float | None = None,
     backend: str = "auto",
@@ -157,8 +160,9 @@ def dot_product_attention(
     """Scaled dot-product attention through the selected backend (shapes as in the reference).
 
     `mask` is a boolean [batch | 1, heads | 1, q, k] array or a `SegmentMask`; `bias` (float32
-    [batch | 1, heads, q, k], added to the scores) rules out the Pallas kernel. `scale` and
-    `softcap` are the reference's; 'jax' and 'cudnn' take no `softcap`.
+    [batch | 1, heads, q, k], or an `AlibiBias` that each backend builds where it adds it, or
+    never: the CPU's blocks) rules out the Pallas kernel. `scale` and `softcap` are the
+    reference's; 'jax' and 'cudnn' take no `softcap`.
     """
     fits_pallas = bias is None and pallas_fits(query, key, mask)
     backend = resolve_backend(backend, query.dtype, dropout_rate, fits_pallas, softcap)
@@ -176,7 +180,7 @@ def dot_product_attention(
             key,
             value,
             mask,
-            bias=bias,
+            bias=dense_bias(bias),
             scale=scale,
             softcap=softcap,
             dropout_rate=dropout_rate,
@@ -185,7 +189,14 @@ def dot_product_attention(
     if softcap is not None:
         raise ValueError(f"capped attention scores are not supported by the {backend!r} backend")
     return jax_attention(
-        query, key, value, mask, bias=bias, scale=scale, backend=backend, dropout_rate=dropout_rate
+        query,
+        key,
+        value,
+        mask,
+        bias=dense_bias(bias),
+        scale=scale,
+        backend=backend,
+        dropout_rate=dropout_rate,
     )
 
 

@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxlm.layers.alibi import dense_bias
 from jaxlm.layers.attention import dot_product_attention
 from jaxlm.layers.linear import DenseGeneral
 from jaxlm.layers.masks import SegmentMask
@@ -34,6 +35,7 @@ def prepend_prefix(prefix: tuple[jax.Array, jax.Array], key, value, mask, bias=N
     if mask is not None:
         mask = jnp.concatenate([jnp.ones((*mask.shape[:-1], length), bool), mask], axis=-1)
     if bias is not None:
+        bias = dense_bias(bias)
         bias = jnp.concatenate([jnp.zeros((*bias.shape[:-1], length), bias.dtype), bias], axis=-1)
     return key, value, mask, bias
 

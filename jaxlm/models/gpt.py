@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.config import ModelConfig
-from jaxlm.layers.alibi import alibi_bias
+from jaxlm.layers.alibi import AlibiBias
 from jaxlm.layers.transformer import TransformerStack, make_norm
 from jaxlm.models.common import (
     OutputBias,
@@ -75,7 +75,7 @@ class GPT(nn.Module):
         bias = None
         if cfg.position_embedding == "alibi":  # keys: the cached tokens, from 0 in each row
             keys = positions if cache is None else jnp.cumsum(cache["segments"] != 0, axis=1) - 1
-            bias = alibi_bias(cfg.num_heads, positions, keys)
+            bias = AlibiBias(positions, keys, cfg.num_heads)
         out = TransformerStack(cfg, cfg.num_layers, name="decoder")(
             x, mask, positions, deterministic=deterministic, bias=bias, **stack_cache
         )
