@@ -1540,6 +1540,31 @@ def test_unsupported_settings_are_named(tmp_path):
     assert "yarn with truncate=false is not supported" in conversion_error(tmp_path)
 
 
+@pytest.mark.parametrize(
+    "variant, change, message",
+    [
+        (
+            "mpt",
+            {"n_heads": 6, "d_model": 48},
+            "n_heads=6 is not supported",
+        ),  # slopes unlike BLOOM's
+        ("mpt", {"attn_config": {"qk_ln": True}}, "qk_ln=True is not supported"),
+        ("mpt", {"attn_config": {"alibi_bias_max": 16}}, "alibi_bias_max=16 is not supported"),
+        ("mpt", {"expansion_ratio": 2}, "expansion_ratio=2 is not supported"),
+        ("bloom", {"apply_residual_connection_post_layernorm": True}, "apply_residual_conn"),
+        ("olmo", {"attention_bias": True}, "attention_bias=True is not supported"),
+        ("olmo2", {"attention_bias": True}, "attention_bias=True is not supported"),
+    ],
+)
+def test_settings_of_alibi_and_olmo_models_jaxlm_lacks_are_named(
+    variant, change, message, tmp_path
+):
+    cfg = jaxlm_config(variant)
+    save_pretrained(tmp_path, cfg, random_params(cfg))
+    edit_config(tmp_path, **change)
+    assert message in conversion_error(tmp_path)
+
+
 def test_falcon_settings_jaxlm_lacks_are_named(tmp_path):
     cfg = jaxlm_config("falcon")
     save_pretrained(tmp_path, cfg, random_params(cfg))
