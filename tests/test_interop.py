@@ -147,6 +147,15 @@ JAXLM_VARIANTS = {
         "model.num_kv_heads=2",
         "model.tie_embeddings=false",
     ],
+    # StableLM 2 12B's LayerNorms of each head's queries and keys, a scale each
+    "stablelm-qk-norms": [
+        *LLAMA,
+        "model.norm=layernorm",
+        "model.rotary_dim=2",
+        "model.qk_norm=true",
+        "model.qk_norm_scope=each_head",
+        "model.num_kv_heads=2",
+    ],
     "stablelm-parallel": [
         *LLAMA,
         "model.norm=layernorm",
@@ -642,6 +651,8 @@ HF_MODELS = {
     "gptj-whole-heads": lambda: _hf_gptj(rotary_dim=16, tie_word_embeddings=True),
     # StableLM 2's: query/key/value biases, a quarter of each head rotating, sequential blocks
     "stablelm-2": lambda: _hf_llama("StableLm", use_qkv_bias=True),
+    # StableLM 2 12B's: LayerNorms of each head's queries and keys, a scale each
+    "stablelm-2-12b-layout": lambda: _hf_llama("StableLm", qk_layernorm=True),
     # StableLM-3B's parallel blocks reading one norm, tied head
     "stablelm-parallel": lambda: _hf_llama(
         "StableLm", use_parallel_residual=True, tie_word_embeddings=True
@@ -735,6 +746,7 @@ def test_imported_logits_match_transformers(name, tmp_path):
         "gptj",
         "phi",
         "stablelm-2",
+        "stablelm-2-12b-layout",
         "falcon-40b-layout",
         "olmo-clipped",
         "olmo2",

@@ -24,6 +24,7 @@ def run(args) -> None:
         + (f", queries/keys/values clipped at {m.clip_qkv:g}" if m.clip_qkv else "")
         + (", query/key norms" if m.qk_norm else "")
         + (" over all heads" if m.qk_norm and m.qk_norm_scope == "heads" else "")
+        + (", a scale per head" if m.qk_norm and m.qk_norm_scope == "each_head" else "")
         + (f", sliding window {m.sliding_window}" if m.sliding_window else "")
         + (
             f" (full attention every {m.global_attention_every} layers)"

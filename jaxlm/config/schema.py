@@ -92,11 +92,14 @@ class ModelConfig:
     # biases on the attention's four projections; None = use_bias (GPT-J: none, its MLP's kept)
     attention_bias: bool | None = None
     qkv_bias: bool = False  # biases on the query, key and value projections alone (Qwen2)
-    qk_norm: bool = False  # RMSNorm of each head's queries and keys before rotary (Qwen3)
+    # queries and keys normalized before rotary, by norms of model.norm's kind without biases
+    # (Qwen3's RMSNorm, StableLM 2 12B's LayerNorm)
+    qk_norm: bool = False
     # the query, key and value projections' outputs clipped to [-c, c] (MPT, OLMo 1); None = not
     clip_qkv: float | None = None
-    # qk_norm over each head's features (head: Qwen3, Gemma 3) or all heads' together (heads:
-    # OLMo 2, its scales one per feature of every head)
+    # qk_norm over each head's features with one scale for every head (head: Qwen3, Gemma 3),
+    # over all heads' features together (heads: OLMo 2), or over each head's with a scale each
+    # (each_head: StableLM 2 12B)
     qk_norm_scope: str = "head"
     sliding_window: int | None = None  # gpt: each token attends to the last N, itself included
     # with sliding_window: every Nth layer (the Nth, 2Nth, ...) attends to all earlier tokens

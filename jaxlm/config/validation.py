@@ -15,7 +15,7 @@ CHOICES = {
     "model.mlp_type": ("plain", "gated"),
     "model.norm": ("layernorm", "rmsnorm"),
     "model.norm_position": ("pre", "post", "sandwich", "output"),
-    "model.qk_norm_scope": ("head", "heads"),
+    "model.qk_norm_scope": ("head", "heads", "each_head"),
     "model.block_layout": ("sequential", "parallel", "parallel_shared_norm"),
     "model.position_embedding": ("learned", "sinusoidal", "rotary", "relative", "alibi"),
     "model.attention_backend": ("auto", "reference", "jax", "cudnn", "pallas"),
@@ -104,6 +104,11 @@ def validate(config: Config) -> None:
         m.qk_norm or m.qk_norm_scope == "head",
         "model.qk_norm_scope",
         "sets where the query/key norms reach: set model.qk_norm: true",
+    )
+    _check(
+        m.qk_norm_scope != "heads" or m.norm == "rmsnorm",
+        "model.qk_norm_scope",
+        "heads (one norm over all heads' features) is built for rmsnorm, not layernorm",
     )
     _check(
         m.block_layout == "sequential" or (m.family == "gpt" and m.norm_position == "pre"),

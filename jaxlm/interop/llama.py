@@ -169,7 +169,7 @@ def rules(
         for hf_norm, name in block_norms.items():
             result += norm(f"{BLOCK}{hf_norm}", f"{STACK}{name}", bias=norm_bias, layers=layers)
         result += norm("model.norm", "decoder/final_norm", bias=norm_bias)
-    if cfg.qk_norm:  # norms of queries and keys: per head (Qwen3) or over all heads (OLMo 2)
+    if cfg.qk_norm and cfg.qk_norm_scope != "each_head":  # per head (Qwen3), all heads (OLMo 2)
         kv_heads = cfg.num_kv_heads or cfg.num_heads
         for hf_name, name, heads in (("q", "query", cfg.num_heads), ("k", "key", kv_heads)):
             shape = IDENTITY

@@ -228,6 +228,14 @@ def grouped_qkv_linear(
     return rules
 
 
+def stacked(hf: list[str], path: str, *, layers: int = 0) -> Rule:
+    """HF tensors of one shape <-> one jaxlm parameter holding them in order along a new leading
+    axis (StableLM's norms of each head's queries and keys)."""
+    return Rule(
+        tuple(hf), (path,), lambda *arrays: (np.stack(arrays),), lambda array: tuple(array), layers
+    )
+
+
 def norm(hf: str, path: str, *, bias: bool = True, layers: int = 0) -> list[Rule]:
     """A LayerNorm (`weight`, `bias`) or RMSNorm (`weight`) <-> jaxlm's (`scale`, `bias`)."""
     rules = [tensor(f"{hf}.weight", f"{path}/scale", layers=layers)]

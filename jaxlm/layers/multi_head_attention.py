@@ -14,8 +14,11 @@ from jaxlm.layers.attention import dot_product_attention
 from jaxlm.layers.linear import DenseGeneral
 from jaxlm.layers.masks import SegmentMask
 from jaxlm.layers.matmul import low_precision_on_cpu
-from jaxlm.layers.norms import RMSNorm, rms_scale
+from jaxlm.layers.norms import LayerNorm, RMSNorm, rms_scale
 from jaxlm.parallel import mesh_axes_size
+
+# qk_norm_scope -> (the trailing axes normalized together, the trailing axes the scale spans)
+QK_NORM_AXES = {"head": (1, 1), "heads": (2, 2), "each_head": (1, 2)}
 
 
 def prepend_prefix(prefix: tuple[jax.Array, jax.Array], key, value, mask, bias=None):
@@ -81,9 +84,12 @@ class MultiHeadAttention(nn.Module):
     num_kv_heads: int | None = None
     use_bias: bool = True
     qkv_bias: bool = False  # biases on the query, key and value projections even without use_bias
-    qk_norm_eps: float | None = None  # set: RMSNorm each head's queries and keys (learned scales)
+    qk_norm_eps: float | None = None  # set: normalize queries and keys (learned scales)
     qk_norm_unit_offset: bool = False  # those norms scale by 1 + scale (Gemma's)
-    qk_norm_heads: bool = False  # those norms span all heads' features together (OLMo 2)
+    # head: each head's features, one scale for all (Qwen3) | heads: all heads' together (OLMo
+    # 2) | each_head: each head's features, a scale each (StableLM 2 12B)
+    qk_norm_scope: str = "head"
+    qk_norm_kind: str = "rmsnorm"  # or layernorm, without biases (StableLM 2 12B)
     clip_qkv: float | None = None  # set: queries, keys and values clipped to [-clip, clip]
     dropout_rate: float = 0.0
     scale: float | None = None
@@ -131,21 +137,8 @@ class MultiHeadAttention(nn.Module):
                 jnp.clip(t, -self.clip_qkv, self.clip_qkv) for t in (query, key, value)
             )
         if self.qk_norm_eps is not None:
-            spans = 2 if self.qk_norm_heads else 1  # axes normalized together: (heads,) kv
-            query, key = (
-                RMSNorm(
-                    epsilon=self.qk_norm_eps,
-                    dtype=self.dtype,
-                    param_dtype=self.param_dtype,
-                    feature_axes=spans,
-                    **rms_scale(self.qk_norm_unit_offset, *axes[-spans:]),
-                    name=f"{name}_norm",
-                )(t)
-                for name, t, axes in (
-                    ("query", query, ("heads", "kv")),
-                    ("key", key, ("kv_heads", "kv")),
-                )
-            )
+            query = self._qk_norm("query", ("heads", "kv"))(query)
+            key = self._qk_norm("key", ("kv_heads", "kv"))(key)
         if rotary is not None:
             query, key = rotary(query, q_positions), rotary(key, kv_positions)
         head_axes = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
@@ -209,3 +202,21 @@ class MultiHeadAttention(nn.Module):
             name="out",
         )(out)
         return out if kv_cache is None else (out, kv_cache)
+
+    def _qk_norm(self, name: str, axes: tuple[str, str]) -> nn.Module:
+        """The norm of the queries or keys [batch, length, heads, head_dim] (`axes`: the logical
+        names of the last two) that `qk_norm_scope` and `qk_norm_kind` describe."""
+        normalized, scaled = QK_NORM_AXES[self.qk_norm_scope]
+        common = dict(epsilon=self.qk_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype)
+        if self.qk_norm_kind == "layernorm":
+            init = nn.with_logical_partitioning(nn.initializers.ones, axes[-scaled:])
+            return LayerNorm(
+                scale_init=init, use_bias=False, scale_axes=scaled, name=f"{name}_norm", **common
+            )
+        return RMSNorm(
+            feature_axes=normalized,
+            scale_axes=scaled,
+            **rms_scale(self.qk_norm_unit_offset, *axes[-scaled:]),
+            name=f"{name}_norm",
+            **common,
+        )

@@ -21,7 +21,8 @@ import jax.numpy as jnp
 class LayerNorm(nn.Module):
     """Normalize the last axis to zero mean and unit variance, then scale and shift; the
     parameters `scale` and `bias` of `flax.linen.LayerNorm`, each unless `use_scale` /
-    `use_bias` is off (then 1 and 0)."""
+    `use_bias` is off (then 1 and 0), over the last `scale_axes` axes (2: a scale of its own for
+    each head's features)."""
 
     epsilon: float = 1e-6
     dtype: jnp.dtype = jnp.float32
@@ -30,10 +31,11 @@ class LayerNorm(nn.Module):
     bias_init: nn.initializers.Initializer = nn.initializers.zeros
     use_scale: bool = True
     use_bias: bool = True
+    scale_axes: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        features = (x.shape[-1],)
+        features = x.shape[-self.scale_axes :]
         scale = jnp.ones(features, self.param_dtype)
         if self.use_scale:
             scale = self.param("scale", self.scale_init, features, self.param_dtype)
@@ -73,7 +75,7 @@ def _backward(epsilon, residuals, grad):
         - jnp.mean(scaled, axis=-1, keepdims=True)
         - normalized * jnp.mean(scaled * normalized, axis=-1, keepdims=True)
     )
-    rows = tuple(range(x.ndim - 1))
+    rows = tuple(range(x.ndim - scale.ndim))  # the axes the scale and bias are shared over
     return (
         grad_x.astype(x.dtype),
         jnp.sum(grad32 * normalized, axis=rows).astype(scale.dtype),
@@ -87,7 +89,7 @@ layer_norm.defvjp(_forward, _backward)
 class RMSNorm(nn.Module):
     """Divide the last axis (the last `feature_axes` axes together) by its root mean square,
     then scale: x / sqrt(mean(x^2) + epsilon) * (scale_offset + scale), in float32, the output
-    in `dtype`. The parameter `scale` (of those axes' shape) is
+    in `dtype`. The parameter `scale` (of those axes' shape, or of the last `scale_axes`') is
     `flax.linen.RMSNorm`'s; Gemma's norms scale by 1 + scale (`scale_offset=1`, `scale_init`
     zeros), which keeps weights near 0 as precise in 16-bit parameters as the offset's 1 is
     exact."""
@@ -99,11 +101,12 @@ class RMSNorm(nn.Module):
     scale_init: nn.initializers.Initializer = nn.initializers.ones
     feature_axes: int = 1
     use_scale: bool = True  # off: no parameter, the scale 1
+    scale_axes: int | None = None  # the scale's axes, the last ones; None: the feature axes
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         features = tuple(range(-self.feature_axes, 0))
-        shape = x.shape[-self.feature_axes :]
+        shape = x.shape[-(self.scale_axes or self.feature_axes) :]
         scale = jnp.full(shape, 1.0 - self.scale_offset, self.param_dtype)
         if self.use_scale:
             scale = self.param("scale", self.scale_init, shape, self.param_dtype)
