@@ -289,7 +289,8 @@ def _with_soft_prompt(cfg, params):
 def test_a_conversations_replies_equal_greedy_decoding_over_the_whole_conversation(model):
     """Each reply runs only what the cache lacks: after the previous turn and its reply, after
     the part an edited conversation keeps, or from earlier where the chunk would pass max_len
-    (32); every reply is still what full passes over the whole conversation give."""
+    (32), the cache growing as the conversation does; every reply is still what full passes
+    over the whole conversation give."""
     cfg, params = model()
     forward = jax.jit(lambda t: build_model(cfg).apply({"params": params}, t))
     chat = ConversationCache(cfg, params)
@@ -302,12 +303,13 @@ def test_a_conversations_replies_equal_greedy_decoding_over_the_whole_conversati
 
     first = [2, 7, 9]
     second = first + turn(first, 0) + [5, 6]
+    assert chat.capacity == 16  # slots as a power of two of the tokens, grown as they grow
     third = second + turn(second, 7) + [8]
     turn(third, 13)
     edited = third[:4] + [40, 41]
     longer = edited + turn(edited, 4) + [12] * 16
     end = longer + turn(longer, 10) + [13]  # 31 tokens: a chunk of 16 fits from slot 16 on
-    assert len(turn(end, 16)) == 1
+    assert len(turn(end, 16)) == 1 and chat.capacity == 32
 
 
 def test_a_conversations_sampling_equals_generate_with_the_same_seed():

@@ -7,7 +7,8 @@ Each reply gets the whole conversation so far and runs through the model only it
 the longest prefix that the cache already holds: the earlier turns and replies, where the chat
 template renders them again as they were generated. The new tokens go in as one chunk padded to
 a `bucket_length` (so that few programs compile), then sampling goes on as `jaxlm.generate` does
-it. The logits are those of a fresh pass over the whole conversation.
+it. The logits are those of a fresh pass over the whole conversation. The cache has slots for a
+power of two of tokens, up to `model.max_len`, and grows (kept) as the conversation does.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from jaxlm.decoding.cache import init_cache, soft_prompt_length, step_fn, unstac
 from jaxlm.decoding.loop import sample_after, seen_tokens
 from jaxlm.errors import JaxlmError
 from jaxlm.generate import bucket_length, generate, on_host
+
+SMALLEST_CAPACITY = 16
 
 
 class ConversationCache:
@@ -73,7 +76,7 @@ class ConversationCache:
         run = self._sampler(sample, eos_id, pad_id)
         self._stream = stream
         try:
-            logits = self._extend(prompt, pad_id)
+            logits = self._extend(prompt, room, pad_id)
             ids = jnp.asarray([prompt])
             seen = seen_tokens(sample, logits.shape[-1], ids, jnp.ones_like(ids))
             out, self.cache = run(
@@ -96,22 +99,45 @@ class ConversationCache:
         self.tokens = [*prompt, *new]
         return new
 
-    def _extend(self, prompt: list[int], pad_id: int) -> jax.Array:
-        """Run the prompt's tokens that the cache lacks into it; the last one's logits [1,
-        vocab]. They go in from the slot after the longest prefix it holds (at least one token
-        goes in), or earlier, where a chunk would not fit before `max_len`."""
-        max_len = self.cfg.max_len
+    @property
+    def capacity(self) -> int:
+        """The tokens the cache has slots for (after a soft prompt's)."""
+        return 0 if self.cache is None else self.cache["segments"].shape[1] - self.offset
+
+    def _make_room(self, length: int) -> None:
+        """A cache with slots for `length` tokens at least: made, or grown (its contents kept),
+        to the next power of two (up to `max_len`), so that a long conversation compiles its
+        programs again a few times only, and a short one holds no more than it needs."""
+        if length <= self.capacity:
+            return
+        capacity = min(max(SMALLEST_CAPACITY, 1 << (length - 1).bit_length()), self.cfg.max_len)
+        if self.cache is None:
+            self.cache = init_cache(self.cfg, 1, self.offset + capacity)
+            return
+        extra = capacity - self.capacity
+        slots = ((0, 0), (0, 0), (0, extra), (0, 0))  # [batch, kv_heads, length, head_dim]
+        self.cache = {
+            **self.cache,
+            "key": tuple(jnp.pad(a, slots) for a in self.cache["key"]),
+            "value": tuple(jnp.pad(a, slots) for a in self.cache["value"]),
+            "segments": jnp.pad(self.cache["segments"], ((0, 0), (0, extra))),
+        }
+
+    def _extend(self, prompt: list[int], room: int, pad_id: int) -> jax.Array:
+        """Run the prompt's tokens that the cache lacks into it, with `room` slots after them;
+        the last one's logits [1, vocab]. They go in from the slot after the longest prefix it
+        holds (at least one token goes in), or earlier, where their chunk would pass
+        `max_len`."""
         kept = next(
             (i for i, (a, b) in enumerate(zip(self.tokens, prompt[:-1], strict=False)) if a != b),
             min(len(self.tokens), len(prompt) - 1),
         )
-        chunk = bucket_length(len(prompt) - kept, max_len)
-        start = min(kept, max_len - chunk)
+        chunk = bucket_length(len(prompt) - kept, self.cfg.max_len)
+        self._make_room(min(max(len(prompt) + room, kept + chunk), self.cfg.max_len))
+        start = min(kept, self.capacity - chunk)
         tokens = np.full((1, chunk), pad_id, np.int32)
         tokens[0, : len(prompt) - start] = prompt[start:]
-        first = self.cache is None
-        if first:
-            self.cache = init_cache(self.cfg, 1, self.offset + max_len)
+        first = not self.tokens  # a new cache: the soft prompt goes in first
         logits, self.cache = _extender(self.cfg, first)(
             self.params, self.cache, tokens, start, len(prompt) - start
         )
