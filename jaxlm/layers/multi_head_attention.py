@@ -68,8 +68,10 @@ class MultiHeadAttention(nn.Module):
     `prefix` = (keys, values), each [prefix_length, kv_heads, head_dim], are keys and values that
     every query may attend to besides the inputs' (prefix tuning; see `prepend_prefix`).
 
-    `bias` [batch | 1, heads, q, k] is added to the scores (T5's relative position bias);
-    `scale` and `softcap` are `reference_attention`'s.
+    `bias` [batch | 1, heads, q, k] is added to the scores (T5's relative position bias), or an
+    `AlibiBias`, built by the attention backend; `scale` and `softcap` are
+    `reference_attention`'s. Queries, keys and values are clipped to [-clip_qkv, clip_qkv] when
+    set, and queries and keys normalized when `qk_norm_eps` is (`qk_norm_scope`, `qk_norm_kind`).
 
     Key/value heads replicated over the mesh (`replicated_kv_heads`) are repeated to the query
     heads before attention.

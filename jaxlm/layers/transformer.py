@@ -138,18 +138,18 @@ class Mlp(nn.Module):
 class TransformerBlock(nn.Module):
     """Self-attention, optional cross-attention, MLP; each a residual sublayer, pre-LN, post-LN
     or sandwiched between two norms (`{name}_norm` before, `{name}_post_norm` after), or with
-    only the second (`model.norm_position: output`). Parallel
-    blocks (`model.block_layout`) add self-attention and the MLP to the same input.
+    only the second (`model.norm_position: output`). Parallel blocks (`model.block_layout`) add
+    self-attention and the MLP to the same input.
 
     A scan body: `((x, kv_cache), mask, positions, encoded, cross_mask, deterministic,
     decode_index, bias, full_mask, full_attention) -> ((x, kv_cache), None)` with x: [batch,
     length, embed], mask: [batch, 1, length, keys] (keys = length, or the cache length when
     decoding), positions: [batch, length], encoded: [batch, source_length, embed], cross_mask:
-    [batch, 1, length, source_length], bias: None or [batch, heads, length, keys], added to the
-    self-attention scores. `kv_cache` (None unless decoding) is this block's keys and values,
-    which it reads and writes. With `full_attention` (a bool, or a traced boolean scalar) true,
-    self-attention attends under `full_mask` instead of `mask`, and false, rotates by
-    `model.rope_local_base` when set.
+    [batch, 1, length, source_length], bias: None, [batch, heads, length, keys] or an
+    `AlibiBias` (its positions), added to the self-attention scores. `kv_cache` (None unless
+    decoding) is this block's keys and values, which it reads and writes. With `full_attention`
+    (a bool, or a traced boolean scalar) true, self-attention attends under `full_mask` instead
+    of `mask`, and false, rotates by `model.rope_local_base` when set.
 
     Parameters `prefix_key` and `prefix_value` [prefix_length, kv_heads, head_dim], when present
     (prefix tuning adds them, `init` never does), are keys and values that self-attention attends
@@ -268,9 +268,10 @@ class TransformerBlock(nn.Module):
 class TransformerStack(nn.Module):
     """`num_layers` blocks stacked with `nn.scan` (parameters get a leading `layers` axis),
     each wrapped in `nn.remat` with the configured policy; stacks that are not post-LN end with
-    a norm. Every block adds `bias` (a relative position bias), when given, to its self-attention
-    scores. With `full_mask` (`model.global_attention_every` layers), every Nth block attends
-    under it instead of `mask`: the scan gives each block whether it is one.
+    a norm. Every block adds `bias` (T5's relative position bias, or an `AlibiBias`), when
+    given, to its self-attention scores. With `full_mask` (`model.global_attention_every`
+    layers), every Nth block attends under it instead of `mask`: the scan gives each block
+    whether it is one.
 
     Decoding (`kv_cache` given: a tuple of keys and a tuple of values, one array per layer)
     runs the blocks one after the other instead, block `i` with the parameters `layers_{i}`
