@@ -47,6 +47,7 @@ _EXPORTS = {
     "from_pretrained": "jaxlm.interop",
     "save_pretrained": "jaxlm.interop",
     "generate_text": "jaxlm.generate",
+    "ConversationCache": "jaxlm.decoding.conversation",
     # errors
     "JaxlmError": "jaxlm.errors",
     "ConfigError": "jaxlm.errors",

@@ -111,3 +111,13 @@ def test_every_platform_gets_one_tensorflow(system, machine, tensorflow):
     platform = {"platform_system": system, "platform_machine": machine}
     names = distribution_names(PROJECT["dependencies"], platform)
     assert names & {"tensorflow", "tensorflow-cpu"} == {tensorflow}
+
+
+def test_every_public_name_loads_from_the_module_it_is_listed_under():
+    """`jaxlm.__all__`'s names load lazily on first use: each must exist where it is listed."""
+    import jaxlm
+
+    for name in jaxlm.__all__:
+        assert getattr(jaxlm, name).__name__ == name
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        jaxlm.nothing  # noqa: B018
