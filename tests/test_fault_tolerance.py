@@ -137,6 +137,7 @@ def _assert_same_run(workdir: Path, reference: Path) -> None:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
 
 
+@pytest.mark.slow  # about 70 s; SIGTERM's test below checks an exact resume too
 def test_run_killed_three_times_resumes_exactly(real_text_files, tokenizer, reference, tmp_path):
     rng = random.Random(0)
     workdir, checkpoints = tmp_path / "run", tmp_path / "run" / "checkpoints"
