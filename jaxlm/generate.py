@@ -99,10 +99,10 @@ def _decode(cfg, params, tokens, segments, sample, eos_id, pad_id, stream, sourc
     rng = jax.random.key(sample.seed)
     out = run(unstack_layers(params), tokens, segments, rng, source_tokens, source_segments)
     stops = set(np.atleast_1d(eos_id).tolist())
-    return [cut_after(row, stops) for row in on_host(out).tolist()]
+    return [_cut_after(row, stops) for row in on_host(out).tolist()]
 
 
-def cut_after(row: list[int], stops: set[int]) -> list[int]:
+def _cut_after(row: list[int], stops: set[int]) -> list[int]:
     """`row` up to its first token in `stops`, included."""
     end = next((i for i, token in enumerate(row) if token in stops), len(row) - 1)
     return row[: end + 1]

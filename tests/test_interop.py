@@ -1581,7 +1581,7 @@ def test_falcon_settings_jaxlm_lacks_are_named(tmp_path):
     cfg = jaxlm_config("falcon")
     save_pretrained(tmp_path, cfg, random_params(cfg))
     edit_config(tmp_path, alibi=True)
-    assert "alibi=True is not supported (ALiBi positions)" in conversion_error(tmp_path)
+    assert "alibi=True is not supported (ALiBi positions: Falcon" in conversion_error(tmp_path)
     edit_config(tmp_path, alibi=False, activation="relu")
     assert "activation='relu' is not supported" in conversion_error(tmp_path)
 

@@ -65,7 +65,10 @@ def _layout(hf: dict) -> tuple[str, int]:
 
 def config_from_hf(hf: dict, names: set[str]) -> ModelConfig:
     if hf.get("alibi", False):
-        raise ConversionError("config.json: alibi=True is not supported (ALiBi positions)")
+        raise ConversionError(
+            "config.json: alibi=True is not supported (ALiBi positions: Falcon's biases, divided "
+            "by sqrt(head_dim), are not jaxlm's)"
+        )
     require(hf, "activation", "gelu", "gelu")
     embed_dim, heads = hf.get("hidden_size", 4544), hf.get("num_attention_heads", 71)
     layout, kv_heads = _layout(hf)

@@ -248,11 +248,12 @@ def save_pretrained(
     """Write `config.json` and `model.safetensors` that `transformers` loads (GPT2LMHeadModel,
     LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, GemmaForCausalLM,
     Gemma2ForCausalLM, Gemma3ForCausalLM, GPTNeoXForCausalLM, GPTJForCausalLM, PhiForCausalLM,
-    StableLmForCausalLM, FalconForCausalLM, MarianMTModel, T5ForConditionalGeneration, or the
-    BERT class holding the model's heads). The special token ids the config names (decoders:
-    bos, eos; encoder-decoders: pad, eos and the decoder start, bos) are those of jaxlm's
-    sentencepiece tokenizers unless `token_ids` ({"pad": ..., "bos": ..., "eos": ...}, the
-    model's tokenizer's; None for a token it lacks) says otherwise."""
+    Phi3ForCausalLM, StableLmForCausalLM, FalconForCausalLM, BloomForCausalLM, MptForCausalLM,
+    OlmoForCausalLM, Olmo2ForCausalLM, Olmo3ForCausalLM, MarianMTModel,
+    T5ForConditionalGeneration, or the BERT class holding the model's heads). The special token
+    ids the config names (decoders: bos, eos; encoder-decoders: pad, eos and the decoder start,
+    bos) are those of jaxlm's sentencepiece tokenizers unless `token_ids` ({"pad": ..., "bos":
+    ..., "eos": ...}, the model's tokenizer's; None for a token it lacks) says otherwise."""
     mapping = _mapping_to_export(model_cfg)
     flat = {path: np.asarray(v) for path, v in flatten_dict(nn.unbox(params), sep="/").items()}
     shapes = _parameter_shapes(model_cfg)

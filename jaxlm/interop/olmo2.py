@@ -44,10 +44,11 @@ def incompatibilities(cfg: ModelConfig) -> list[str]:
     return mismatches(cfg, NEEDS)
 
 
-def config_to_hf(cfg: ModelConfig, model_type: str = MODEL_TYPE) -> dict:
+def config_to_hf(
+    cfg: ModelConfig, model_type: str = MODEL_TYPE, architectures: tuple[str, ...] = ARCHITECTURES
+) -> dict:
     hf = {key: value for key, value in llama.config_to_hf(cfg).items() if key != "mlp_bias"}
-    architecture = f"{model_type.capitalize()}ForCausalLM"
-    return {**hf, "architectures": [architecture], "model_type": model_type}
+    return {**hf, "architectures": list(architectures), "model_type": model_type}
 
 
 def rules(cfg: ModelConfig, names: set[str] | None = None, hf: dict | None = None) -> list[Rule]:

@@ -41,7 +41,7 @@ def incompatibilities(cfg: ModelConfig) -> list[str]:
 
 
 def config_to_hf(cfg: ModelConfig) -> dict:
-    hf = olmo2.config_to_hf(cfg, MODEL_TYPE)
+    hf = olmo2.config_to_hf(cfg, MODEL_TYPE, ARCHITECTURES)
     del hf["rope_theta"]  # given per layer type
     return {
         **hf,

@@ -192,6 +192,12 @@ def empty_cache(cfg: ModelConfig, num_layers: int, batch: int, length: int) -> d
     }
 
 
+def cached_positions(cache: dict) -> jax.Array:
+    """[batch, cache_length]: the position of each filled slot's token, from 0 in each row (the
+    cached tokens fill consecutive slots, left-padded rows after their padding)."""
+    return jnp.cumsum(cache["segments"] != 0, axis=1) - 1
+
+
 def cached_self_attention_mask(cache: dict, segment_ids: jax.Array, window: int | None = None):
     """Append new tokens' segment_ids [batch, length] to the cache's slots.
 

@@ -11,6 +11,7 @@ from jaxlm.layers.alibi import AlibiBias
 from jaxlm.layers.transformer import TransformerStack, make_norm
 from jaxlm.models.common import (
     OutputBias,
+    cached_positions,
     causal_self_attention,
     default_positions,
     embed_inputs,
@@ -73,8 +74,8 @@ class GPT(nn.Module):
                 mask, positions, segment_ids, prompt.shape[0], causal=True
             )
         bias = None
-        if cfg.position_embedding == "alibi":  # keys: the cached tokens, from 0 in each row
-            keys = positions if cache is None else jnp.cumsum(cache["segments"] != 0, axis=1) - 1
+        if cfg.position_embedding == "alibi":
+            keys = positions if cache is None else cached_positions(cache)
             bias = AlibiBias(positions, keys, cfg.num_heads)
         out = TransformerStack(cfg, cfg.num_layers, name="decoder")(
             x, mask, positions, deterministic=deterministic, bias=bias, **stack_cache

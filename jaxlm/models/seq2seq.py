@@ -13,6 +13,7 @@ from jaxlm.layers.relative_positions import RelativePositionBias
 from jaxlm.layers.transformer import TransformerStack
 from jaxlm.models.common import (
     OutputBias,
+    cached_positions,
     causal_self_attention,
     default_positions,
     embed_inputs,
@@ -123,7 +124,7 @@ class EncoderDecoder(nn.Module):
             query_positions = target_positions[:1] if default_rows else target_positions
             key_positions = query_positions
             if cache is not None:  # the cached targets, left to right from position 0
-                key_positions = jnp.cumsum(cache["segments"] != 0, axis=1) - 1
+                key_positions = cached_positions(cache)
             bias = self.decoder_position_bias(query_positions, key_positions)
         out = self.decoder(
             x,
