@@ -31,6 +31,7 @@ LOGICAL_AXIS_RULES = (
     ("vocab", "tensor"),
     ("embed", "fsdp"),
     ("mlp", "tensor"),
+    ("experts", None),  # each expert's MLP splits as a dense one: embed over fsdp, mlp over tensor
     ("heads", "tensor"),
     ("kv_heads", "tensor"),  # replicated where their number does not divide (see above)
     ("kv", None),

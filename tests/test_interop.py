@@ -205,6 +205,14 @@ JAXLM_VARIANTS = {
         "model.mlp_dim=128",
         "model.clip_qkv=0.3",
     ],
+    # four experts a block, two a token, behind Mistral's sliding-window attention
+    "mixtral": [
+        *LLAMA,
+        "model.num_kv_heads=2",
+        "model.sliding_window=5",
+        "model.num_experts=4",
+        "model.experts_per_token=2",
+    ],
     # LayerNorms without parameters, queries, keys and values clipped
     "olmo": [*LLAMA, "model.norm=layernorm", "model.norm_scale=false", "model.clip_qkv=0.3"],
     # each sublayer's output normalized, queries and keys over all heads together
@@ -675,6 +683,8 @@ HF_MODELS = {
     # ALiBi over 4 heads, LayerNorms without biases, queries, keys and values clipped
     "mpt": lambda: _hf_mpt(attn_config={"clip_qkv": 0.3}),
     "mpt-unclipped": lambda: _hf_mpt(),
+    # each block's MLP four experts, two a token
+    "mixtral": lambda: _hf_llama("Mixtral", num_local_experts=4, num_experts_per_tok=2),
     # LayerNorms without parameters; queries, keys and values clipped (OLMo-7B-0424's)
     "olmo": lambda: _hf_llama("Olmo"),
     "olmo-clipped": lambda: _hf_llama("Olmo", clip_qkv=0.3),
@@ -736,6 +746,7 @@ def test_imported_logits_match_transformers(name, tmp_path):
         "qwen2-tied",
         "qwen3",
         "mistral-window",
+        "mixtral",
         "gemma",
         "gemma2",
         "gemma3",
@@ -1475,6 +1486,7 @@ def test_an_imported_llama_workdir_encodes_as_transformers_does(tmp_path):
         ("llama3.2-1b", 1_235_814_400),
         ("qwen2.5-0.5b", 494_032_768),
         ("mistral-7b", 7_241_732_096),
+        ("mixtral-8x7b", 46_702_792_704),
         ("gemma-2b", 2_506_172_416),
         ("gemma2-2b", 2_614_341_888),
         ("gemma3-1b", 999_885_952),
@@ -1532,7 +1544,7 @@ def test_unsupported_architectures_are_named(gpt2_dir):
     edit_config(gpt2_dir, model_type="bart")
     supported = (
         "bert, bloom, falcon, gemma, gemma2, gemma3, gemma3_text, gpt2, gpt_neox, gptj, llama, "
-        "marian, mistral, mpt, olmo, olmo2, olmo3, phi, phi3, qwen2, qwen3, stablelm, t5"
+        "marian, mistral, mixtral, mpt, olmo, olmo2, olmo3, phi, phi3, qwen2, qwen3, stablelm, t5"
     )
     expected = f"unsupported model_type 'bart' (supported: {supported})"
     assert expected in conversion_error(gpt2_dir)

@@ -41,6 +41,17 @@ VARIANTS = {
         "model.qk_norm=true",
         "model.qk_norm_scope=heads",
     ],
+    # each block's MLP four gated experts, two a token (Mixtral's blocks)
+    "gpt-moe": [
+        "model.family=gpt",
+        "model.position_embedding=rotary",
+        "model.norm=rmsnorm",
+        "model.use_bias=false",
+        "model.mlp_type=gated",
+        "model.activation=silu",
+        "model.num_experts=4",
+        "model.experts_per_token=2",
+    ],
     "bert": [
         "model.family=bert",
         "model.heads=[mlm,nsp,classifier]",
@@ -157,7 +168,7 @@ def assert_causal(out):
         assert np.abs(out[t + 1, t + 1 :] - out[0, t + 1 :]).max() > 1e-4  # and not vacuously
 
 
-@pytest.mark.parametrize("variant", ["gpt", "gpt-rotary", "gpt-alibi"])
+@pytest.mark.parametrize("variant", ["gpt", "gpt-rotary", "gpt-alibi", "gpt-moe"])
 def test_gpt_is_causal(variant):
     """Changing token t + 1 never changes the logits at positions <= t."""
     _, params, apply = tiny_model(variant)
@@ -174,7 +185,7 @@ def test_seq2seq_decoder_is_causal(variant):
 # --- padding and packing ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("variant", ["gpt", "gpt-rotary", "gpt-alibi"])
+@pytest.mark.parametrize("variant", ["gpt", "gpt-rotary", "gpt-alibi", "gpt-moe"])
 def test_gpt_padding_invariance(variant):
     """Appending padding (segment id 0, arbitrary token ids) leaves real positions unchanged."""
     _, params, apply = tiny_model(variant)
@@ -242,7 +253,7 @@ def test_gpt_without_segment_ids_is_one_document_per_row(variant):
     )
 
 
-@pytest.mark.parametrize("variant", ["gpt", "gpt-rotary", "gpt-alibi"])
+@pytest.mark.parametrize("variant", ["gpt", "gpt-rotary", "gpt-alibi", "gpt-moe"])
 def test_gpt_packing(variant):
     """Two documents packed in one row (segments 1, 2; positions restart) = each run alone."""
     _, params, apply = tiny_model(variant)
@@ -350,6 +361,26 @@ def test_parallel_blocks_agree_unrolled_rematerialized_and_cached(layout):
         assert np.abs(sequential - expected).max() > 1e-2
 
 
+@pytest.mark.slow
+def test_experts_agree_unrolled_rematerialized_and_cached():
+    """Mixture-of-experts blocks: the same logits and gradients unrolled and with remat, the
+    same logits step by step over a cache (each step routes its one token); other logits when
+    each token takes one expert instead of two."""
+    cfg, params, apply = tiny_model("gpt-moe")
+    inputs = tokens(2, LENGTH, seed=9)
+    expected = apply(params, inputs)
+    loss, grads = loss_and_grads(apply, params, inputs)
+    for overrides in (["model.scan_unroll=0"], ["model.remat_policy=full"]):
+        _, _, other = tiny_model("gpt-moe", *overrides)
+        np.testing.assert_allclose(other(params, inputs), expected, rtol=1e-5, atol=1e-5)
+        other_loss, other_grads = loss_and_grads(other, params, inputs)
+        np.testing.assert_allclose(other_loss, loss, rtol=1e-6)
+        chex.assert_trees_all_close(other_grads, grads, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(cached_logits(cfg, params, inputs), expected, rtol=1e-5, atol=1e-5)
+    one_expert = tiny_model("gpt-moe", "model.experts_per_token=1")[2](params, inputs)
+    assert np.abs(one_expert - expected).max() > 1e-2
+
+
 def test_remat_with_cross_attention_gives_the_same_logits():
     _, params, apply = tiny_model("seq2seq")
     _, _, apply_remat = tiny_model("seq2seq", "model.remat_policy=full")
@@ -405,6 +436,8 @@ def expected_parameters(cfg: ModelConfig) -> int:
     self_attention = d * (q + 2 * kv) + q * d + bias * (q + 2 * kv + d)
     cross_attention = 3 * d * q + q * d + bias * (3 * q + d)
     mlp = (3 if cfg.mlp_type == "gated" else 2) * d * m + bias * (m + d)
+    if cfg.num_experts:  # that many MLPs and a router, without biases
+        mlp = cfg.num_experts * (mlp + d)
     embeddings = V * d + (cfg.max_len * d if cfg.position_embedding == "learned" else 0)
     final_norm = norm if cfg.norm_position == "pre" else 0
     lm_head = 0 if cfg.tie_embeddings else d * V
@@ -452,6 +485,7 @@ def expected_parameters(cfg: ModelConfig) -> int:
         ("gpt", ()),
         ("gpt", ("model.num_layers=3", "model.mlp_dim=80", "model.max_len=32")),
         ("gpt-rotary", ()),
+        ("gpt-moe", ()),
         ("gpt", ("model.num_kv_heads=1", "model.head_dim=16", "model.tie_embeddings=false")),
         ("bert", ()),
         ("bert", ("model.heads=[]",)),

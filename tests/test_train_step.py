@@ -102,6 +102,24 @@ def test_query_and_key_norms_over_all_heads_split_with_the_heads():
         assert tuple(attention[name]["scale"].sharding.spec) == (None, "tensor", None)
 
 
+@pytest.mark.slow
+def test_experts_split_as_dense_mlps_and_route_within_rows():
+    """Mixture-of-experts blocks with a capacity (choices dropped while training) and both
+    router losses: the steps equal one device's (routing stays within each row), and each
+    expert's weights split as a dense MLP's, the experts' axis whole on every device."""
+    experts = [
+        "model.num_experts=4",
+        "model.mlp_type=gated",
+        "model.activation=silu",
+        "model.expert_capacity_factor=1.0",
+        "train.router_z_loss=0.01",
+    ]
+    state = _equals_single_device(experts, (2, 2, 2))
+    mlp = _leaf(state.params, "decoder/layers/mlp")
+    assert tuple(mlp["wi"].sharding.spec) == (None, None, "fsdp", "tensor")
+    assert tuple(mlp["wo"].sharding.spec) == (None, None, "tensor", "fsdp")
+
+
 def _equals_single_device(overrides: list[str], mesh: tuple[int, int, int]):
     """The state after two steps on the 8 devices as a (data, fsdp, tensor) `mesh`, checked
     against one device's steps: the same losses and parameters."""

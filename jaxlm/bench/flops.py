@@ -9,6 +9,9 @@ appendix B) and nanoGPT's `estimate_mfu`:
   scale and bias count, and so does the output projection over the padded vocabulary (with tied
   embeddings the token table counts once, as that projection). Tables that are only indexed
   (the token lookup, learned positions, token types) do not count: a lookup does no arithmetic.
+  A mixture of experts' expert weights count experts_per_token / num_experts of their size:
+  each token meets that many experts (its router counts whole). Experts that run on more
+  tokens than chose them (buffers of unused capacity) do work the figure leaves out.
 - 6: a weight does one multiply-add (2 FLOPs) per token forward and two backward (the gradients
   of its input and of itself).
 - 12 * L * H * Q * T: attention scores q.k and the weighted sum of values, 2 FLOPs per
@@ -53,12 +56,17 @@ class ModelFlops:
 
 
 def _arithmetic_params(cfg: ModelConfig) -> dict[str, int]:
-    """{path: size} of the parameters that take part in arithmetic (no lookup tables)."""
-    return {
-        path: math.prod(shape)
-        for path, shape, names in parameter_leaves(abstract_params(cfg))
-        if not LOOKUP_AXES & set(names or ())
-    }
+    """{path: size} of the parameters that take part in arithmetic (no lookup tables), the
+    experts' weights in the share of them that a token meets."""
+    sizes = {}
+    for path, shape, names in parameter_leaves(abstract_params(cfg)):
+        names = set(names or ())
+        if not LOOKUP_AXES & names:
+            size = math.prod(shape)
+            if "experts" in names:
+                size = size * cfg.experts_per_token // cfg.num_experts
+            sizes[path] = size
+    return sizes
 
 
 def model_flops(cfg: ModelConfig, seq_len: int) -> ModelFlops:

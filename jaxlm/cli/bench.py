@@ -24,18 +24,28 @@ def log(message: str) -> None:
 
 
 def run(args) -> None:
-    import json
-    from pathlib import Path
-
+    """The benchmark, its compile times cold even where JAX_COMPILATION_CACHE_DIR names a
+    persistent cache: the cache is off while it runs, and as it was afterwards (the resets make
+    JAX look at the setting again, should the process have compiled before)."""
     import jax
     from jax.experimental.compilation_cache import compilation_cache
 
-    from jaxlm.config import load_config
-
-    # Compile times are reported cold, even where JAX_COMPILATION_CACHE_DIR names a cache (the
-    # reset makes JAX look at the setting again, should the process have compiled before)
+    cache_enabled = jax.config.jax_enable_compilation_cache
     jax.config.update("jax_enable_compilation_cache", False)
     compilation_cache.reset_cache()
+    try:
+        _benchmark(args)
+    finally:
+        jax.config.update("jax_enable_compilation_cache", cache_enabled)
+        compilation_cache.reset_cache()
+
+
+def _benchmark(args) -> None:
+    import json
+    from pathlib import Path
+
+    from jaxlm.config import load_config
+
     cfg = load_config(args.config, args.overrides)
     if args.decode:
         from jaxlm.bench.decode import decode_benchmark, format_decode_report

@@ -33,7 +33,9 @@ def run(args) -> None:
         )
         + (f", scores x{m.attention_scale:g}" if m.attention_scale else "")
         + (f", scores capped at {m.attention_softcap:g}" if m.attention_softcap else "")
-        + f", mlp {m.mlp_dim} ({m.activation}), {m.norm_position}-{m.norm}"
+        + f", mlp {m.mlp_dim} ({m.activation})"
+        + (f" x {m.num_experts} experts, {m.experts_per_token} a token" if m.num_experts else "")
+        + f", {m.norm_position}-{m.norm}"
         + (" (scales 1 + weight)" if m.norm_unit_offset else "")
         + _unlearned(m)
         + (", embeddings normalized" if m.embed_norm else "")

@@ -36,6 +36,16 @@ class ModelConfig:
     mlp_dim: int = 3072
     activation: str = "gelu"  # gelu (tanh approx.) | gelu_exact | relu | silu
     mlp_type: str = "plain"  # plain: act(x Wi) Wo | gated (SwiGLU with silu): (act(x Wg) * x Wi) Wo
+    # gpt: each block's MLP is this many experts (mixture of experts, jaxlm.layers.moe), of which
+    # a router picks experts_per_token for each token; 0 = one MLP
+    num_experts: int = 0
+    experts_per_token: int = 2
+    # the chosen experts' weights sum to one (Mixtral); false: their router probabilities (OLMoE)
+    router_renormalize: bool = True
+    # training: each expert takes at most this factor x its even share of a row's token choices,
+    # a token over it skipping the expert (Switch Transformer); 0 = no token dropped. Evaluation
+    # and decoding never drop tokens
+    expert_capacity_factor: float = 0.0
     norm: str = "layernorm"  # layernorm | rmsnorm
     norm_eps: float = 1e-5
     norm_unit_offset: bool = False  # rmsnorm: scales by 1 + weight, weights from 0 (Gemma)
@@ -278,6 +288,10 @@ class TrainConfig:
     microbatch_unroll: int = 1  # microbatches per iteration of the accumulation loop; 0 = all
     label_smoothing: float = 0.0  # targets get this share of probability spread over the classes
     z_loss: float = 0.0  # adds z_loss * log(softmax normaliser)^2 per token (PaLM: 1e-4)
+    # mixture of experts: the load-balancing loss's weight (Switch Transformer: 0.01) and the
+    # router z-loss's, mean log(router softmax normaliser)^2 (ST-MoE: 0.001)
+    router_aux_loss: float = 0.01
+    router_z_loss: float = 0.0
     profile_steps: int = 0  # trace this many steps with the JAX profiler into <workdir>/profile
     profile_start: int = 3  # steps of the run before the trace starts (compilation is the first)
 

@@ -101,6 +101,17 @@ def validate(config: Config) -> None:
     )
     _check(m.clip_qkv is None or m.clip_qkv > 0, "model.clip_qkv", "must be positive (or null)")
     _check(
+        m.num_experts == 0 or (m.num_experts >= 2 and m.family == "gpt"),
+        "model.num_experts",
+        f"at least 2 experts, for the gpt family (0 = one MLP), not {m.num_experts} for {m.family}",
+    )
+    _check(
+        m.num_experts == 0 or 1 <= m.experts_per_token <= m.num_experts,
+        "model.experts_per_token",
+        f"between 1 and model.num_experts={m.num_experts}, not {m.experts_per_token}",
+    )
+    _check(m.expert_capacity_factor >= 0, "model.expert_capacity_factor", "must be >= 0")
+    _check(
         m.qk_norm or m.qk_norm_scope == "head",
         "model.qk_norm_scope",
         "sets where the query/key norms reach: set model.qk_norm: true",
@@ -250,6 +261,8 @@ def validate(config: Config) -> None:
     )
     _check(0 <= t.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)")
     _check(t.z_loss >= 0, "train.z_loss", "must be >= 0")
+    _check(t.router_aux_loss >= 0, "train.router_aux_loss", "must be >= 0")
+    _check(t.router_z_loss >= 0, "train.router_z_loss", "must be >= 0")
     o = config.optim
     for key in ("learning_rate", "warmup_steps", "weight_decay", "grad_clip"):
         _check(getattr(o, key) >= 0, f"optim.{key}", "must be >= 0")

@@ -3,15 +3,14 @@
 A directory holds `config.json` and either `model.safetensors` or the shards listed in
 `model.safetensors.index.json`. Tensors are read with safetensors, never unpickled, and nothing is
 downloaded. GPT-2, BERT, Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma 2, Gemma 3 (text), GPT-NeoX
-(Pythia), GPT-J, Phi-1/1.5/2, StableLM, Falcon, BLOOM, MPT, OLMo 1 to 3, Marian and T5 convert both
-ways (see `gpt2.py`, `bert.py`, `llama.py`, `mistral.py`, `qwen2.py`, `qwen3.py`, `gemma.py`,
-`gemma2.py`, `gemma3.py`, `gpt_neox.py`, `gptj.py`, `phi.py`, `stablelm.py`, `falcon.py`,
-`bloom.py`, `mpt.py`, `olmo.py`, `olmo2.py`, `olmo3.py`, `marian.py`, `t5.py`); Phi-3 and the
-language model of Gemma 3's multimodal checkpoints import (`phi3.py`, `gemma3_multimodal.py`): each
-of those modules maps `config.json` to a `ModelConfig` (and back, but the import-only ones) and
-gives the tensor `rules(cfg, names, hf)` (the checkpoint's tensor names and `config.json` on import,
-neither on export).
-"""
+(Pythia), GPT-J, Phi-1/1.5/2, Mixtral, StableLM, Falcon, BLOOM, MPT, OLMo 1 to 3, Marian and T5
+convert both ways (see `gpt2.py`, `bert.py`, `llama.py`, `mistral.py`, `mixtral.py`, `qwen2.py`,
+`qwen3.py`, `gemma.py`, `gemma2.py`, `gemma3.py`, `gpt_neox.py`, `gptj.py`, `phi.py`, `stablelm.py`,
+`falcon.py`, `bloom.py`, `mpt.py`, `olmo.py`, `olmo2.py`, `olmo3.py`, `marian.py`, `t5.py`); Phi-3
+and the language model of Gemma 3's multimodal checkpoints import (`phi3.py`,
+`gemma3_multimodal.py`): each of those modules maps `config.json` to a `ModelConfig` (and back, but
+the import-only ones) and gives the tensor `rules(cfg, names, hf)` (the checkpoint's tensor names
+and `config.json` on import, neither on export)."""
 
 from __future__ import annotations
 
@@ -41,6 +40,7 @@ from jaxlm.interop import (
     llama,
     marian,
     mistral,
+    mixtral,
     mpt,
     olmo,
     olmo2,
@@ -63,6 +63,7 @@ MAPPINGS = {
         bert,
         llama,
         mistral,
+        mixtral,
         qwen2,
         qwen3,
         gemma,
@@ -246,14 +247,14 @@ def save_pretrained(
     token_ids: dict[str, int | None] | None = None,
 ) -> None:
     """Write `config.json` and `model.safetensors` that `transformers` loads (GPT2LMHeadModel,
-    LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, GemmaForCausalLM,
-    Gemma2ForCausalLM, Gemma3ForCausalLM, GPTNeoXForCausalLM, GPTJForCausalLM, PhiForCausalLM,
-    Phi3ForCausalLM, StableLmForCausalLM, FalconForCausalLM, BloomForCausalLM, MptForCausalLM,
-    OlmoForCausalLM, Olmo2ForCausalLM, Olmo3ForCausalLM, MarianMTModel,
-    T5ForConditionalGeneration, or the BERT class holding the model's heads). The special token
-    ids the config names (decoders: bos, eos; encoder-decoders: pad, eos and the decoder start,
-    bos) are those of jaxlm's sentencepiece tokenizers unless `token_ids` ({"pad": ..., "bos":
-    ..., "eos": ...}, the model's tokenizer's; None for a token it lacks) says otherwise."""
+    LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM,
+    GemmaForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, GPTNeoXForCausalLM, GPTJForCausalLM,
+    PhiForCausalLM, Phi3ForCausalLM, StableLmForCausalLM, FalconForCausalLM, BloomForCausalLM,
+    MptForCausalLM, OlmoForCausalLM, Olmo2ForCausalLM, Olmo3ForCausalLM, MarianMTModel,
+    T5ForConditionalGeneration, or the BERT class holding the model's heads). The special token ids
+    the config names (decoders: bos, eos; encoder-decoders: pad, eos and the decoder start, bos) are
+    those of jaxlm's sentencepiece tokenizers unless `token_ids` ({"pad": ..., "bos": ..., "eos":
+    ...}, the model's tokenizer's; None for a token it lacks) says otherwise."""
     mapping = _mapping_to_export(model_cfg)
     flat = {path: np.asarray(v) for path, v in flatten_dict(nn.unbox(params), sep="/").items()}
     shapes = _parameter_shapes(model_cfg)

@@ -37,7 +37,7 @@ def require(hf: dict, key: str, default: Any, supported: Any) -> None:
 
 
 # Settings that only the architectures naming them in their NEEDS have (Gemma's, GPT-NeoX's,
-# Phi's, OLMo's, BLOOM's, MPT's), at the values every other architecture needs.
+# Phi's, OLMo's, BLOOM's, MPT's, Mixtral's), at the values every other architecture needs.
 RARE_SETTINGS = {
     "block_layout": "sequential",
     "rotary_dim": None,
@@ -53,6 +53,7 @@ RARE_SETTINGS = {
     "norm_scale": True,
     "norm_bias": True,
     "clip_qkv": None,
+    "num_experts": 0,
 }
 
 

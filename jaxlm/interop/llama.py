@@ -119,8 +119,16 @@ def query_key_value(cfg: ModelConfig, bias: bool) -> list[Rule]:
     ]
 
 
+def down_projection(cfg: ModelConfig) -> list[Rule]:
+    """The MLP's `down_proj`."""
+    per_layer = dict(bias=cfg.use_bias, layers=cfg.num_layers)
+    return linear(
+        f"{BLOCK}mlp.down_proj", f"{MLP}wo", (cfg.mlp_dim,), (cfg.embed_dim,), **per_layer
+    )
+
+
 def input_projections(cfg: ModelConfig) -> list[Rule]:
-    """The query, key, value, gate and up projections, one HF tensor each."""
+    """The query, key, value, gate, up and down projections, one HF tensor each."""
     per_layer = dict(bias=cfg.use_bias, layers=cfg.num_layers)
     mlp = [
         rule
@@ -129,7 +137,7 @@ def input_projections(cfg: ModelConfig) -> list[Rule]:
             f"{BLOCK}mlp.{name}_proj", f"{MLP}{path}", (cfg.embed_dim,), (cfg.mlp_dim,), **per_layer
         )
     ]
-    return query_key_value(cfg, cfg.use_bias or cfg.qkv_bias) + mlp
+    return query_key_value(cfg, cfg.use_bias or cfg.qkv_bias) + mlp + down_projection(cfg)
 
 
 # HF block norm -> jaxlm block norm: before attention, before the MLP.
@@ -143,8 +151,8 @@ def rules(
     projections=None,
     block_norms: dict[str, str] = BLOCK_NORMS,
 ) -> list[Rule]:
-    """The tensors of Llama's layout; `projections(cfg)` gives the rules of the query, key,
-    value, gate and up projections (default `input_projections`), `block_norms` the names of
+    """The tensors of Llama's layout; `projections(cfg)` gives the rules of the query, key and
+    value projections and the MLP (default `input_projections`), `block_norms` the names of
     each block's norms (RMSNorms, or LayerNorms with a bias: StableLM's)."""
     d, head_dim, layers = cfg.embed_dim, cfg.resolved_head_dim, cfg.num_layers
     per_layer = dict(bias=cfg.use_bias, layers=layers)
@@ -162,7 +170,6 @@ def rules(
             (d,),
             **per_layer,
         ),
-        *linear(f"{BLOCK}mlp.down_proj", f"{MLP}wo", (cfg.mlp_dim,), (d,), **per_layer),
     ]
     if cfg.norm_scale:  # OLMo 1's norms have no parameters
         norm_bias = cfg.norm == "layernorm" and cfg.norm_bias

@@ -228,12 +228,18 @@ def grouped_qkv_linear(
     return rules
 
 
-def stacked(hf: list[str], path: str, *, layers: int = 0) -> Rule:
-    """HF tensors of one shape <-> one jaxlm parameter holding them in order along a new leading
-    axis (StableLM's norms of each head's queries and keys)."""
-    return Rule(
-        tuple(hf), (path,), lambda *arrays: (np.stack(arrays),), lambda array: tuple(array), layers
-    )
+def stacked(hf: list[str], path: str, transform: Transform = IDENTITY, *, layers: int = 0) -> Rule:
+    """HF tensors of one shape <-> one jaxlm parameter holding them, each through `transform`,
+    in order along a new leading axis (StableLM's norms of each head's queries and keys, a
+    mixture's experts)."""
+
+    def forward(*arrays: np.ndarray) -> tuple[np.ndarray]:
+        return (np.stack([transform.forward(a) for a in arrays]),)
+
+    def backward(array: np.ndarray) -> tuple[np.ndarray, ...]:
+        return tuple(transform.backward(a) for a in array)
+
+    return Rule(tuple(hf), (path,), forward, backward, layers)
 
 
 def norm(hf: str, path: str, *, bias: bool = True, layers: int = 0) -> list[Rule]:

@@ -53,7 +53,7 @@ def config_to_hf(cfg: ModelConfig) -> dict:
 
 
 def fused_projections(cfg: ModelConfig) -> list[Rule]:
-    """`qkv_proj` (queries, keys, values) and `gate_up_proj` (gate, then up)."""
+    """`qkv_proj` (queries, keys, values), `gate_up_proj` (gate, then up) and `down_proj`."""
     d, head_dim, layers = cfg.embed_dim, cfg.resolved_head_dim, cfg.num_layers
     heads, kv_heads = cfg.num_heads, cfg.num_kv_heads or cfg.num_heads
     qkv = [
@@ -65,6 +65,7 @@ def fused_projections(cfg: ModelConfig) -> list[Rule]:
     return [
         fused_linear(f"{llama.BLOCK}self_attn.qkv_proj", qkv, (d,), layers=layers),
         fused_linear(f"{llama.BLOCK}mlp.gate_up_proj", gate_up, (d,), layers=layers),
+        *llama.down_projection(cfg),
     ]
 
 

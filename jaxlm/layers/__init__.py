@@ -9,12 +9,15 @@ from jaxlm.layers.embeddings import (
     sinusoidal_table,
 )
 from jaxlm.layers.masks import attention_mask, causal_mask, padding_mask, segment_mask
+from jaxlm.layers.mlp import Mlp
+from jaxlm.layers.moe import MoeMlp
 from jaxlm.layers.multi_head_attention import MultiHeadAttention
-from jaxlm.layers.transformer import Mlp, TransformerBlock, TransformerStack
+from jaxlm.layers.transformer import TransformerBlock, TransformerStack
 
 __all__ = [
     "LearnedPositions",
     "Mlp",
+    "MoeMlp",
     "MultiHeadAttention",
     "SinusoidalPositions",
     "TokenEmbedding",

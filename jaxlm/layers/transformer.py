@@ -4,7 +4,6 @@ stacks scanned over depth with remat."""
 from __future__ import annotations
 
 import functools
-import math
 
 import flax.linen as nn
 import jax
@@ -12,15 +11,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlm.config import ModelConfig
-from jaxlm.layers.activations import ACTIVATIONS
 from jaxlm.layers.embeddings import (
     apply_rotary,
     longrope_attention_factor,
     rotary_frequencies,
     yarn_attention_factor,
 )
-from jaxlm.layers.linear import DenseGeneral
 from jaxlm.layers.matmul import BATCHED_PRODUCT, PRODUCT
+from jaxlm.layers.mlp import Mlp, output_init
+from jaxlm.layers.moe import MoeMlp
 from jaxlm.layers.multi_head_attention import MultiHeadAttention
 from jaxlm.layers.norms import LayerNorm, RMSNorm, rms_scale
 
@@ -86,53 +85,6 @@ def rotary_amplitude(cfg: ModelConfig) -> float:
     if cfg.rope_scaling == "longrope":
         return longrope_attention_factor(cfg.rope_scaling_factor, cfg.rope_original_max_len)
     return yarn_attention_factor(cfg.rope_scaling_factor)
-
-
-def output_init(cfg: ModelConfig) -> nn.initializers.Initializer:
-    """Init of projections back into the residual stream; GPT-2 scales it by 1/sqrt(2 * layers)."""
-    std = cfg.init_std
-    if cfg.scaled_residual_init:
-        std /= math.sqrt(2 * cfg.num_layers)
-    return nn.initializers.normal(std)
-
-
-class Mlp(nn.Module):
-    """Position-wise feed-forward network: Dense(mlp_dim) -> activation -> Dense(embed).
-
-    Gated (`mlp_type: gated`, SwiGLU with silu): activation(x W_gate) * (x W_i), then Dense(embed).
-    """
-
-    cfg: ModelConfig
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        cfg = self.cfg
-        dense = functools.partial(
-            DenseGeneral,
-            use_bias=cfg.use_bias,
-            dtype=cfg.compute_dtype,
-            param_dtype=cfg.weight_dtype,
-        )
-
-        def project_in(name: str) -> jax.Array:
-            return dense(
-                (cfg.mlp_dim,),
-                ("embed", "mlp"),
-                kernel_init=nn.initializers.normal(cfg.init_std),
-                name=name,
-            )(x)
-
-        activation = ACTIVATIONS[cfg.activation]
-        if cfg.mlp_type == "gated":
-            hidden = activation(project_in("wi_gate")) * project_in("wi")
-        else:
-            hidden = activation(project_in("wi"))
-        hidden = nn.with_logical_constraint(
-            hidden, ("activation_batch", "activation_length", "activation_mlp")
-        )
-        return dense((x.shape[-1],), ("mlp", "embed"), kernel_init=output_init(cfg), name="wo")(
-            hidden
-        )
 
 
 class TransformerBlock(nn.Module):
@@ -244,7 +196,11 @@ class TransformerBlock(nn.Module):
                 out, kv_cache = out
             return out
 
-        mlp = Mlp(cfg, name="mlp")
+        if cfg.num_experts:
+            experts = MoeMlp(cfg, name="mlp")
+            mlp = functools.partial(experts, deterministic=deterministic)
+        else:
+            mlp = Mlp(cfg, name="mlp")
         if cfg.block_layout != "sequential":  # x + attention(norm(x)) + mlp(norm'(x))
             attention_input = make_norm(cfg, "self_attention_norm")(x)
             mlp_input = attention_input
@@ -320,7 +276,7 @@ class TransformerStack(nn.Module):
                 )
             stack = nn.scan(
                 block,
-                variable_axes={"params": 0},
+                variable_axes={"params": 0, "intermediates": 0},
                 split_rngs={"params": True, "dropout": True},
                 in_axes=(nn.broadcast,) * 8 + (nn.broadcast if full_layers is None else 0,),
                 length=self.num_layers,

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxlm.layers.moe import ROUTER_LOGITS
+
 
 def predicts_target(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """argmax(logits, -1) == targets (the first maximum wins ties), computed as "the target's
@@ -80,18 +82,78 @@ def token_loss(
     return total / jnp.maximum(normalizer, 1.0), stats
 
 
-def causal_lm_loss(model, params, batch, rngs, deterministic, **regularizers):
-    """GPT: batch has inputs, targets, weights and optionally positions, segment_ids."""
-    logits = model.apply(
+def router_losses(
+    router_logits: jax.Array, valid: jax.Array, experts_per_token: int
+) -> tuple[jax.Array, jax.Array]:
+    """(load balancing, z) of a mixture of experts' routers, from their logits [layers, batch,
+    length, experts] over the tokens where `valid` [batch, length], each a mean over layers.
+
+    Load balancing (Switch Transformer; transformers' `load_balancing_loss_func` for one layer):
+    experts x sum_e f_e P_e, f_e the share of the tokens that choose expert e among their
+    `experts_per_token` and P_e their mean router probability of e; experts_per_token when
+    perfectly balanced. z (ST-MoE): the mean of log(sum_e exp(logit_e))^2 over the tokens."""
+    experts = router_logits.shape[-1]
+    weights = valid.astype(jnp.float32)[None, :, :, None]
+    tokens = jnp.maximum(jnp.sum(valid), 1)
+    probabilities = jax.nn.softmax(router_logits, axis=-1)
+    chosen = jax.lax.top_k(probabilities, experts_per_token)[1]
+    choices = jnp.sum(jax.nn.one_hot(chosen, experts, dtype=jnp.float32), axis=-2)
+    share = jnp.sum(choices * weights, axis=(1, 2)) / tokens  # [layers, experts]
+    mean_probability = jnp.sum(probabilities * weights, axis=(1, 2)) / tokens
+    balance = experts * jnp.mean(jnp.sum(share * mean_probability, axis=-1))
+    log_z = jax.nn.logsumexp(router_logits, axis=-1)
+    z = jnp.sum(jnp.square(log_z) * weights[..., 0]) / (tokens * router_logits.shape[0])
+    return balance, z
+
+
+def sown_router_logits(intermediates: dict) -> jax.Array:
+    """Every router's logits in a model's `intermediates`, stacked: [layers, batch, length,
+    experts]."""
+    found = [
+        leaf
+        for path, leaf in jax.tree_util.tree_leaves_with_path(intermediates)
+        if any(getattr(key, "key", None) == ROUTER_LOGITS for key in path)
+    ]
+    return jnp.concatenate([x if x.ndim == 4 else x[None] for x in found])
+
+
+def causal_lm_loss(
+    model,
+    params,
+    batch,
+    rngs,
+    deterministic,
+    router_aux_loss=0.0,
+    router_z_loss=0.0,
+    **regularizers,
+):
+    """GPT: batch has inputs, targets, weights and optionally positions, segment_ids.
+
+    A mixture of experts trained with `router_aux_loss` or `router_z_loss` adds those weights
+    times `router_losses` of the tokens (every token of segment > 0), and reports the load
+    balancing in `stats["router_balance"]` (times the weight, as the loss's terms)."""
+    routed = model.cfg.num_experts > 0 and (router_aux_loss or router_z_loss)
+    out = model.apply(
         {"params": params},
         batch["inputs"],
         batch.get("positions"),
         batch.get("segment_ids"),
         deterministic=deterministic,
         rngs=rngs,
+        mutable=["intermediates"] if routed else False,
     )
+    logits, state = out if routed else (out, None)
     vocab = model.cfg.vocab_size
-    return token_loss(logits, batch["targets"], batch["weights"], vocab, **regularizers)
+    loss, stats = token_loss(logits, batch["targets"], batch["weights"], vocab, **regularizers)
+    if routed:
+        router_logits = sown_router_logits(state["intermediates"])
+        valid = batch.get("segment_ids", jnp.ones(batch["inputs"].shape, jnp.int32)) > 0
+        extra = router_logits.shape[2] - valid.shape[1]  # a soft prompt's positions
+        valid = jnp.pad(valid, ((0, 0), (extra, 0)), constant_values=True)
+        balance, z = router_losses(router_logits, valid, model.cfg.experts_per_token)
+        loss += router_aux_loss * balance + router_z_loss * z
+        stats["router_balance"] = balance * stats["weights"]
+    return loss, stats
 
 
 def seq2seq_loss(model, params, batch, rngs, deterministic, **regularizers):
@@ -162,6 +224,10 @@ LOSSES = {"gpt": causal_lm_loss, "seq2seq": seq2seq_loss, "bert": bert_loss}
 
 
 def training_loss(cfg) -> Callable:
-    """The family's loss with the config's `train.label_smoothing` and `train.z_loss`."""
-    regularizers = {"label_smoothing": cfg.train.label_smoothing, "z_loss": cfg.train.z_loss}
+    """The family's loss with the config's `train.label_smoothing` and `train.z_loss`, and a
+    mixture of experts' `train.router_aux_loss` and `train.router_z_loss`."""
+    t = cfg.train
+    regularizers = {"label_smoothing": t.label_smoothing, "z_loss": t.z_loss}
+    if cfg.model.num_experts:
+        regularizers |= {"router_aux_loss": t.router_aux_loss, "router_z_loss": t.router_z_loss}
     return functools.partial(LOSSES[cfg.model.family], **regularizers)

@@ -149,6 +149,8 @@ def make_train_step(
         }
         if cfg.train.label_smoothing or cfg.train.z_loss:
             metrics["nll"] = stats["nll"] / jnp.maximum(stats["weights"], 1.0)
+        if "router_balance" in stats:
+            metrics["router_balance"] = stats["router_balance"] / jnp.maximum(stats["weights"], 1.0)
         if schedule is not None:
             metrics["learning_rate"] = schedule(state.step)
         return new_state, metrics
