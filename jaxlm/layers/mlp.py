@@ -22,6 +22,15 @@ def output_init(cfg: ModelConfig) -> nn.initializers.Initializer:
     return nn.initializers.normal(std)
 
 
+def hidden_activations(cfg: ModelConfig, project_in) -> jax.Array:
+    """activation(project_in("wi")), or with `mlp_type: gated` activation(project_in("wi_gate"))
+    * project_in("wi")."""
+    activation = ACTIVATIONS[cfg.activation]
+    if cfg.mlp_type == "gated":
+        return activation(project_in("wi_gate")) * project_in("wi")
+    return activation(project_in("wi"))
+
+
 class Mlp(nn.Module):
     """Position-wise feed-forward network: Dense(mlp_dim) -> activation -> Dense(embed).
 
@@ -48,13 +57,9 @@ class Mlp(nn.Module):
                 name=name,
             )(x)
 
-        activation = ACTIVATIONS[cfg.activation]
-        if cfg.mlp_type == "gated":
-            hidden = activation(project_in("wi_gate")) * project_in("wi")
-        else:
-            hidden = activation(project_in("wi"))
         hidden = nn.with_logical_constraint(
-            hidden, ("activation_batch", "activation_length", "activation_mlp")
+            hidden_activations(cfg, project_in),
+            ("activation_batch", "activation_length", "activation_mlp"),
         )
         return dense((x.shape[-1],), ("mlp", "embed"), kernel_init=output_init(cfg), name="wo")(
             hidden

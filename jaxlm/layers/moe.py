@@ -27,10 +27,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.config import ModelConfig
-from jaxlm.layers.activations import ACTIVATIONS
 from jaxlm.layers.linear import DenseGeneral
 from jaxlm.layers.matmul import einsum
-from jaxlm.layers.mlp import output_init
+from jaxlm.layers.mlp import hidden_activations, output_init
 
 ROUTER_LOGITS = "router_logits"
 
@@ -116,13 +115,8 @@ class MoeMlp(nn.Module):
             weight = self._experts_weight(name, (experts, d, cfg.mlp_dim), in_axes, inner)
             return einsum("becd,edf->becf", buffers, weight)
 
-        activation = ACTIVATIONS[cfg.activation]
-        if cfg.mlp_type == "gated":
-            hidden = activation(project_in("wi_gate")) * project_in("wi")
-        else:
-            hidden = activation(project_in("wi"))
         hidden = nn.with_logical_constraint(
-            hidden, ("activation_batch", None, None, "activation_mlp")
+            hidden_activations(cfg, project_in), ("activation_batch", None, None, "activation_mlp")
         )
         wo = self._experts_weight("wo", (experts, cfg.mlp_dim, d), out_axes, output_init(cfg))
         outputs = einsum("becf,efd->becd", hidden, wo).reshape(batch, experts * capacity, d)
